@@ -1,0 +1,31 @@
+"""gpunn: the dense networks of "Neural Networks from Scratch", on NumPy (CPU) or CuPy (GPU)."""
+
+from __future__ import annotations
+
+import logging
+
+from . import backends, datasets
+from .layers import Dense, Dropout, Layer, Linear, ReLU, Sigmoid, Softmax, set_seed
+from .losses import (BinaryCrossEntropy, CategoricalCrossEntropy, Loss, MeanSquaredError,
+                     SoftmaxCrossEntropy)
+from .model import History, Sequential
+from .optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adagrad", "Adam", "BinaryCrossEntropy", "CategoricalCrossEntropy", "Dense", "Dropout",
+    "History", "Layer", "Linear", "Loss", "MeanSquaredError", "Optimizer", "ReLU", "RMSprop",
+    "SGD", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "backends", "datasets",
+    "set_seed",
+]
+
+# One line says which backend "auto" chose. It goes to stderr unless the application has set up
+# logging for "gpunn" itself (then its handlers decide).
+_log = logging.getLogger("gpunn")
+if not _log.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    _log.addHandler(_handler)
+    _log.setLevel(logging.INFO)
+    _log.propagate = False

@@ -1,0 +1,227 @@
+"""The backend interface: every op gpunn's layers, losses and optimizers call, written once over
+``self.xp`` (NumPy or CuPy). These plain versions are the reference that faster overrides in
+``numpy_backend.py`` and ``cupy_backend.py`` are tested against.
+
+Ops write into ``out`` buffers planned by the caller, so a training step allocates nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# Log inputs are clipped to [CLIP, 1 - CLIP], as in the book, so log(0) never happens.
+CLIP = 1e-7
+
+
+class Backend:
+    """A complete backend over an array module ``xp``; subclasses override only hot ops."""
+
+    name = "base"
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+
+    def __repr__(self) -> str:
+        return f"<gpunn backend {self.name!r}>"
+
+    # ---- arrays and data movement -------------------------------------------------------
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """Return ``x`` as an array on this backend's device (no copy when it already is one)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """Return a NumPy copy of ``x`` that later ops cannot overwrite."""
+        return np.array(x, copy=True)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
+        """Gather the rows ``x[indices]`` into ``out`` (batching with shuffled indices)."""
+        return self.xp.take(x, indices, axis=0, out=out)
+
+    def permutation(self, n: int, rng: np.random.Generator) -> Any:
+        """A shuffle order drawn from the host generator, so a seed gives one order everywhere."""
+        return self.asarray(rng.permutation(n))
+
+    def all_finite(self, x: Any) -> bool:
+        return bool(self.xp.isfinite(x).all())
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    # ---- dense layer ----------------------------------------------------------------------
+
+    def gemm(self, a: Any, b: Any, out: Any, trans_a: bool = False, trans_b: bool = False) -> Any:
+        """out = op(a) @ op(b), op being a transpose where asked."""
+        return self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+    def add_bias(self, z: Any, biases: Any) -> Any:
+        """z += biases, broadcast over the rows (the book's ``inputs @ weights + biases``)."""
+        return self.xp.add(z, biases, out=z)
+
+    def bias_relu(self, z: Any, biases: Any) -> Any:
+        """z = max(z + biases, 0) in place: a Dense layer followed by ReLU."""
+        self.add_bias(z, biases)
+        return self.relu(z, out=z)
+
+    def bias_grad(self, dvalues: Any, out: Any) -> Any:
+        """dbiases = the column sums of dvalues."""
+        return self.xp.sum(dvalues, axis=0, keepdims=True, out=out)
+
+    # ---- activations ----------------------------------------------------------------------
+
+    def relu(self, x: Any, out: Any) -> Any:
+        return self.xp.maximum(x, 0, out=out)
+
+    def relu_backward(self, dvalues: Any, output: Any, out: Any) -> Any:
+        """Gradient passes where the ReLU let the input through (output > 0), else zero."""
+        return self.xp.multiply(dvalues, output > 0, out=out)
+
+    def sigmoid(self, x: Any, out: Any) -> Any:
+        xp = self.xp
+        xp.negative(x, out=out)
+        xp.exp(out, out=out)
+        xp.add(out, 1, out=out)
+        return xp.reciprocal(out, out=out)
+
+    def sigmoid_backward(self, dvalues: Any, output: Any, out: Any) -> Any:
+        """d sigmoid = output * (1 - output)."""
+        xp = self.xp
+        xp.subtract(1, output, out=out)
+        xp.multiply(out, output, out=out)
+        return xp.multiply(out, dvalues, out=out)
+
+    def softmax(self, x: Any, out: Any) -> Any:
+        """Row-wise softmax; the row maximum is subtracted first so exp cannot overflow."""
+        xp = self.xp
+        xp.subtract(x, x.max(axis=1, keepdims=True), out=out)
+        xp.exp(out, out=out)
+        return xp.divide(out, out.sum(axis=1, keepdims=True), out=out)
+
+    def softmax_backward(self, dvalues: Any, output: Any, out: Any) -> Any:
+        """The softmax Jacobian applied per row: p * (d - sum(d * p))."""
+        xp = self.xp
+        dot = (dvalues * output).sum(axis=1, keepdims=True)
+        xp.subtract(dvalues, dot, out=out)
+        return xp.multiply(out, output, out=out)
+
+    def dropout_mask(self, shape: tuple[int, ...], rate: float, rng: np.random.Generator,
+                     dtype: Any) -> Any:
+        """Keep each unit with probability 1 - rate, scaled by 1 / (1 - rate) (inverted dropout)."""
+        keep = rng.random(shape) >= rate
+        return self.asarray(keep / (1.0 - rate), dtype=dtype)
+
+    # ---- loss -----------------------------------------------------------------------------
+
+    def softmax_cross_entropy(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
+                              losses: Any) -> Any:
+        """Softmax, per-sample loss -log(clip(p[label])) and the fused gradient (p - onehot) / n."""
+        xp = self.xp
+        n = logits.shape[0]
+        rows = xp.arange(n)
+        self.softmax(logits, out=probs)
+        xp.log(xp.clip(probs[rows, labels], CLIP, 1 - CLIP), out=losses)
+        xp.negative(losses, out=losses)
+        if dlogits is not None:
+            xp.copyto(dlogits, probs)
+            dlogits[rows, labels] -= 1
+            xp.multiply(dlogits, 1.0 / n, out=dlogits)
+        return losses
+
+    def count_correct(self, outputs: Any, labels: Any) -> Any:
+        """How many rows have their largest output at the label (a device scalar)."""
+        return (outputs.argmax(axis=1) == labels).sum()
+
+    # ---- regularization -------------------------------------------------------------------
+
+    def penalty(self, param: Any, l1: float, l2: float) -> Any:
+        """l1 * sum|w| + l2 * sum w^2 (a device scalar)."""
+        xp = self.xp
+        total = 0.0
+        if l1:
+            total = total + l1 * xp.abs(param).sum()
+        if l2:
+            total = total + l2 * (param * param).sum()
+        return total
+
+    def penalty_grad(self, dparam: Any, param: Any, l1: float, l2: float) -> Any:
+        """dparam += l1 * sign(w) + 2 * l2 * w, the gradient of ``penalty``."""
+        xp = self.xp
+        if l1:
+            dparam += l1 * xp.sign(param)
+        if l2:
+            dparam += (2 * l2) * param
+        return dparam
+
+    # ---- optimizer updates, each over whole (flat) buffers ---------------------------------
+
+    def sgd_update(self, params: Any, grads: Any, momentums: Any, lr: float, momentum: float,
+                   scratch: Any) -> None:
+        """Plain: w -= lr * g. With momentum (the book's form): u = momentum*u - lr*g; w += u."""
+        xp = self.xp
+        if momentums is None:
+            xp.multiply(grads, -lr, out=scratch)
+            xp.add(params, scratch, out=params)
+            return
+        xp.multiply(momentums, momentum, out=momentums)
+        xp.multiply(grads, lr, out=scratch)
+        xp.subtract(momentums, scratch, out=momentums)
+        xp.add(params, momentums, out=params)
+
+    def adagrad_update(self, params: Any, grads: Any, cache: Any, lr: float, epsilon: float,
+                       scratch: Any) -> None:
+        """cache += g^2; w -= lr * g / (sqrt(cache) + eps)."""
+        xp = self.xp
+        xp.multiply(grads, grads, out=scratch)
+        xp.add(cache, scratch, out=cache)
+        self._scaled_step(params, grads, cache, lr, epsilon, scratch)
+
+    def rmsprop_update(self, params: Any, grads: Any, cache: Any, lr: float, epsilon: float,
+                       rho: float, scratch: Any) -> None:
+        """cache = rho*cache + (1-rho)*g^2; w -= lr * g / (sqrt(cache) + eps)."""
+        xp = self.xp
+        xp.multiply(grads, grads, out=scratch)
+        xp.multiply(scratch, 1 - rho, out=scratch)
+        xp.multiply(cache, rho, out=cache)
+        xp.add(cache, scratch, out=cache)
+        self._scaled_step(params, grads, cache, lr, epsilon, scratch)
+
+    def adam_update(self, params: Any, grads: Any, momentums: Any, cache: Any, lr: float,
+                    epsilon: float, beta_1: float, beta_2: float, step: int, scratch: Any) -> None:
+        """Adam with bias correction; ``step`` counts from 1.
+
+        m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2
+        w -= lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps)
+        """
+        xp = self.xp
+        xp.multiply(momentums, beta_1, out=momentums)
+        xp.multiply(grads, 1 - beta_1, out=scratch)
+        xp.add(momentums, scratch, out=momentums)
+        xp.multiply(grads, grads, out=scratch)
+        xp.multiply(scratch, 1 - beta_2, out=scratch)
+        xp.multiply(cache, beta_2, out=cache)
+        xp.add(cache, scratch, out=cache)
+        # sqrt(v_hat) + eps, then m_hat divided by it, scaled by -lr.
+        xp.multiply(cache, 1.0 / (1 - beta_2**step), out=scratch)
+        xp.sqrt(scratch, out=scratch)
+        xp.add(scratch, epsilon, out=scratch)
+        xp.divide(momentums, scratch, out=scratch)
+        xp.multiply(scratch, -lr / (1 - beta_1**step), out=scratch)
+        xp.add(params, scratch, out=params)
+
+    def _scaled_step(self, params: Any, grads: Any, cache: Any, lr: float, epsilon: float,
+                     scratch: Any) -> None:
+        """w -= lr * g / (sqrt(cache) + eps), shared by Adagrad and RMSprop."""
+        xp = self.xp
+        xp.sqrt(cache, out=scratch)
+        xp.add(scratch, epsilon, out=scratch)
+        xp.divide(grads, scratch, out=scratch)
+        xp.multiply(scratch, -lr, out=scratch)
+        xp.add(params, scratch, out=params)

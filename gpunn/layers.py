@@ -1,0 +1,274 @@
+"""Layers with the book's names: ``forward``/``backward``, ``.output``, ``.dinputs``, ``.weights``,
+``.biases``, ``.dweights``, ``.dbiases``. Each layer calls backend ops, so the same code runs on
+NumPy and CuPy. Outputs and gradients are written into buffers the layer keeps per batch shape
+(planned once, then reused), so a training step allocates nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, get_backend
+
+INITS = ("he", "glorot", "nnfs")
+
+# Initial weights come from one host generator, so a seed gives the same weights on every backend.
+_init_rng = np.random.default_rng()
+
+
+def set_seed(seed: int | None) -> None:
+    """Seed the generator that draws initial weights and default dropout masks."""
+    global _init_rng
+    _init_rng = np.random.default_rng(seed)
+
+
+def _child_rng() -> np.random.Generator:
+    return np.random.default_rng(_init_rng.integers(2**63))
+
+
+def _check_regularizer(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return float(value)
+
+
+class Planned:
+    """What layers and losses share: the backend they run on and their planned buffers."""
+
+    def __init__(self) -> None:
+        self.backend: Backend = get_backend("numpy")
+        self._buffers: dict[tuple, Any] = {}
+        self.output: Any = None
+        self.dinputs: Any = None
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A reusable array for ``name`` at this shape: allocated on first use, then kept."""
+        key = (name, shape, np.dtype(dtype).str)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if len(self._buffers) > 32:  # many shapes in turn (ad-hoc book use): start over
+                self._buffers.clear()
+            buf = self._buffers[key] = self.backend.empty(shape, dtype)
+        return buf
+
+    def _set_backend(self, backend: Backend) -> None:
+        self.backend = backend
+        self._buffers.clear()
+        self.output = self.dinputs = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Layer(Planned):
+    """A layer: ``forward(inputs, training)`` sets ``.output``; ``backward(dvalues)`` sets
+    ``.dinputs`` (and, for Dense, ``.dweights`` and ``.dbiases``)."""
+
+    trainable = False
+
+    def _dtype(self, inputs: Any) -> Any:
+        return inputs.dtype
+
+
+class Dense(Layer):
+    """A fully connected layer: ``output = inputs @ weights + biases``.
+
+    ``init``: "nnfs" (the default, the book's ``0.01 * randn`` weights, which reproduce its runs),
+    "he" (scaled for ReLU; the choice for deeper networks) or "glorot" (for sigmoid/linear).
+    """
+
+    trainable = True
+
+    def __init__(self, n_inputs: int, n_neurons: int, init: str = "nnfs",
+                 weight_regularizer_l1: float = 0, weight_regularizer_l2: float = 0,
+                 bias_regularizer_l1: float = 0, bias_regularizer_l2: float = 0,
+                 seed: int | None = None) -> None:
+        super().__init__()
+        for name, value in (("n_inputs", n_inputs), ("n_neurons", n_neurons)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1; got {value!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
+        self.n_inputs, self.n_neurons, self.init = int(n_inputs), int(n_neurons), init
+        self.weight_regularizer_l1 = _check_regularizer("weight_regularizer_l1", weight_regularizer_l1)
+        self.weight_regularizer_l2 = _check_regularizer("weight_regularizer_l2", weight_regularizer_l2)
+        self.bias_regularizer_l1 = _check_regularizer("bias_regularizer_l1", bias_regularizer_l1)
+        self.bias_regularizer_l2 = _check_regularizer("bias_regularizer_l2", bias_regularizer_l2)
+        rng = np.random.default_rng(seed) if seed is not None else _init_rng
+        shape = (self.n_inputs, self.n_neurons)
+        if init == "nnfs":  # the book: small random weights, zero biases
+            self.weights = 0.01 * rng.standard_normal(shape)
+        elif init == "he":  # keeps ReLU activations' variance steady through depth
+            self.weights = rng.standard_normal(shape) * math.sqrt(2.0 / self.n_inputs)
+        else:  # glorot (uniform): keeps variance steady for tanh/sigmoid/linear
+            limit = math.sqrt(6.0 / (self.n_inputs + self.n_neurons))
+            self.weights = rng.uniform(-limit, limit, shape)
+        self.biases = np.zeros((1, self.n_neurons))
+        self.dweights: Any = None
+        self.dbiases: Any = None
+        self.inputs: Any = None
+        # Set by Sequential.compile: a following ReLU folded into this layer, and whether the
+        # layer below needs dinputs at all (the first layer's would be thrown away).
+        self.activation: str | None = None
+        self.need_dinputs = True
+
+    def __repr__(self) -> str:
+        return f"Dense({self.n_inputs}, {self.n_neurons})"
+
+    @property
+    def regularized(self) -> bool:
+        return any((self.weight_regularizer_l1, self.weight_regularizer_l2,
+                    self.bias_regularizer_l1, self.bias_regularizer_l2))
+
+    def _dtype(self, inputs: Any) -> Any:
+        return np.result_type(inputs.dtype, self.weights.dtype)
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        """output = inputs @ weights + biases (then ReLU, when the model folded one in)."""
+        bk = self.backend
+        inputs = bk.asarray(inputs)
+        self.inputs = inputs
+        out = self._buffer("output", (inputs.shape[0], self.n_neurons), self._dtype(inputs))
+        bk.gemm(inputs, self.weights, out=out)
+        if self.activation == "relu":
+            bk.bias_relu(out, self.biases)
+        else:
+            bk.add_bias(out, self.biases)
+        self.output = out
+        return out
+
+    def backward(self, dvalues: Any) -> Any:
+        """dweights = inputs.T @ dvalues; dbiases = column sums; dinputs = dvalues @ weights.T."""
+        bk = self.backend
+        if self.activation == "relu":
+            # The folded ReLU's backward, in place: dvalues is a planned buffer of the model's.
+            bk.relu_backward(dvalues, self.output, out=dvalues)
+        if self.dweights is None or self.dweights.dtype != self.weights.dtype:
+            self.dweights = bk.empty(self.weights.shape, self.weights.dtype)
+            self.dbiases = bk.empty(self.biases.shape, self.biases.dtype)
+        bk.gemm(self.inputs, dvalues, out=self.dweights, trans_a=True)
+        bk.bias_grad(dvalues, out=self.dbiases)
+        if self.regularized:
+            bk.penalty_grad(self.dweights, self.weights, self.weight_regularizer_l1,
+                            self.weight_regularizer_l2)
+            bk.penalty_grad(self.dbiases, self.biases, self.bias_regularizer_l1,
+                            self.bias_regularizer_l2)
+        if self.need_dinputs:
+            out = self._buffer("dinputs", self.inputs.shape, dvalues.dtype)
+            self.dinputs = bk.gemm(dvalues, self.weights, out=out, trans_b=True)
+        return self.dinputs
+
+    def regularization_loss(self) -> Any:
+        """The L1/L2 penalty of this layer's weights and biases (a backend scalar)."""
+        bk = self.backend
+        return (bk.penalty(self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2)
+                + bk.penalty(self.biases, self.bias_regularizer_l1, self.bias_regularizer_l2))
+
+    def get_parameters(self) -> tuple[Any, Any]:
+        return self.weights, self.biases
+
+    def set_parameters(self, weights: Any, biases: Any) -> None:
+        self.weights[...] = weights
+        self.biases[...] = biases
+
+
+class ReLU(Layer):
+    """max(0, x); the gradient passes only where the input was positive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folded = False  # set by Sequential.compile when the Dense before does this work
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        inputs = self.backend.asarray(inputs)
+        self.inputs = inputs
+        self.output = self.backend.relu(inputs, out=self._buffer("output", inputs.shape, inputs.dtype))
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs = self.backend.relu_backward(dvalues, self.output, out=out)
+        return self.dinputs
+
+
+class Softmax(Layer):
+    """exp(x) / sum(exp(x)) per row: class probabilities."""
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        inputs = self.backend.asarray(inputs)
+        self.inputs = inputs
+        self.output = self.backend.softmax(inputs, out=self._buffer("output", inputs.shape, inputs.dtype))
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs = self.backend.softmax_backward(dvalues, self.output, out=out)
+        return self.dinputs
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)): independent probabilities, for binary cross-entropy."""
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        inputs = self.backend.asarray(inputs)
+        self.inputs = inputs
+        self.output = self.backend.sigmoid(inputs, out=self._buffer("output", inputs.shape, inputs.dtype))
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs = self.backend.sigmoid_backward(dvalues, self.output, out=out)
+        return self.dinputs
+
+
+class Linear(Layer):
+    """The identity, for regression outputs: output = inputs, dinputs = dvalues."""
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        self.inputs = self.output = self.backend.asarray(inputs)
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        self.dinputs = dvalues
+        return self.dinputs
+
+
+class Dropout(Layer):
+    """Zeroes each input with probability ``rate`` while training, scaling the rest by
+    1 / (1 - rate) so the expected activation is unchanged; the identity otherwise."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"rate must be a number in [0, 1); got {rate!r}")
+        self.rate = float(rate)
+        self.rng = _child_rng()
+        self.mask: Any = None
+
+    def __repr__(self) -> str:
+        return f"Dropout({self.rate})"
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        bk = self.backend
+        inputs = bk.asarray(inputs)
+        self.inputs = inputs
+        if not training or self.rate == 0:
+            self.mask = None
+            self.output = inputs
+            return inputs
+        self.mask = bk.dropout_mask(inputs.shape, self.rate, self.rng, inputs.dtype)
+        out = self._buffer("output", inputs.shape, inputs.dtype)
+        self.output = bk.xp.multiply(inputs, self.mask, out=out)
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        if self.mask is None:
+            self.dinputs = dvalues
+            return dvalues
+        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs = self.backend.xp.multiply(dvalues, self.mask, out=out)
+        return self.dinputs

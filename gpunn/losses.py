@@ -1,0 +1,200 @@
+"""Losses with the book's definitions. Log inputs are clipped to [1e-7, 1 - 1e-7]; gradients are
+averaged over the samples, so the learning rate does not depend on the batch size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _checks
+from .backends.base import CLIP
+from .layers import Layer, Planned, Sigmoid, Softmax
+
+
+class Loss(Planned):
+    """``forward(outputs, y)`` gives per-sample losses, ``backward(dvalues, y)`` sets ``.dinputs``,
+    ``calculate(outputs, y)`` gives the mean (the book's names)."""
+
+    #: The layer type the model's last layer must be, when the loss needs one.
+    expects_last: type[Layer] | None = None
+    classification = False
+
+    def prepare_targets(self, y: Any, n_samples: int, n_outputs: int) -> np.ndarray:
+        """Check ``y`` against the data and model, returning host targets in working form."""
+        return _checks.targets(y, n_samples, n_outputs)
+
+    def targets_dtype(self, dtype: Any) -> Any:
+        return dtype
+
+    def calculate(self, output: Any, y: Any) -> float:
+        """The mean loss over the samples (the book's ``Loss.calculate``)."""
+        return float(self.forward(output, self.backend.asarray(y)).mean())
+
+    def regularization_loss(self, *layers: Layer) -> float:
+        """The L1/L2 penalties of the given layers, summed."""
+        return float(sum(layer.regularization_loss() for layer in layers if layer.trainable))
+
+    def sample_losses(self, outputs: Any, y: Any) -> Any:
+        """Per-sample losses, without the gradient."""
+        return self.forward(outputs, y)
+
+    def train(self, outputs: Any, y: Any) -> Any:
+        """Per-sample losses, with ``.dinputs`` set for the backward pass."""
+        losses = self.forward(outputs, y)
+        self.backward(outputs, y)
+        return losses
+
+    def predictions(self, outputs: Any) -> Any:
+        """What ``predict`` returns for the model's last outputs."""
+        return outputs
+
+    def count_correct(self, outputs: Any, y: Any) -> Any:
+        """How many samples the outputs got right (summed per-sample accuracy; a device scalar)."""
+        raise NotImplementedError
+
+    def _losses_buffer(self, n: int, dtype: Any) -> Any:
+        return self._buffer("losses", (n,), dtype)
+
+
+class CategoricalCrossEntropy(Loss):
+    """-log(p[true class]), for probabilities from an explicit ``Softmax`` layer."""
+
+    expects_last = Softmax
+    classification = True
+
+    def prepare_targets(self, y: Any, n_samples: int, n_outputs: int) -> np.ndarray:
+        return _checks.class_labels(y, n_samples, n_outputs)
+
+    def targets_dtype(self, dtype: Any) -> Any:
+        return np.int64
+
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        xp = self.backend.xp
+        rows = xp.arange(y_pred.shape[0])
+        losses = self._losses_buffer(y_pred.shape[0], y_pred.dtype)
+        xp.log(xp.clip(y_pred[rows, y_true], CLIP, 1 - CLIP), out=losses)
+        return xp.negative(losses, out=losses)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        """d(-log p_true)/dp = -1/p at the true class, 0 elsewhere; averaged over samples."""
+        xp = self.backend.xp
+        n = dvalues.shape[0]
+        rows = xp.arange(n)
+        self.dinputs = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs[...] = 0
+        self.dinputs[rows, y_true] = -1.0 / (xp.clip(dvalues[rows, y_true], CLIP, 1 - CLIP) * n)
+        return self.dinputs
+
+    def count_correct(self, outputs: Any, y: Any) -> Any:
+        return self.backend.count_correct(outputs, y)
+
+
+class SoftmaxCrossEntropy(CategoricalCrossEntropy):
+    """Softmax and categorical cross-entropy in one: takes the last Dense layer's outputs
+    (logits) and gives the fused gradient (p - onehot) / n, which is cheaper and steadier than
+    the two backward passes chained. ``predict`` returns the softmax probabilities."""
+
+    expects_last = None
+
+    def forward(self, inputs: Any, y_true: Any) -> float:
+        """The book's combined class: sets ``.output`` (probabilities), returns the mean loss."""
+        y_true = self._labels(y_true)
+        losses = self._run(inputs, y_true, need_grad=False)
+        return float(losses.mean())
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        """From the softmax output: dinputs = (p - onehot) / n."""
+        xp = self.backend.xp
+        y_true = self._labels(y_true)
+        n = dvalues.shape[0]
+        self.dinputs = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        xp.copyto(self.dinputs, dvalues)
+        self.dinputs[xp.arange(n), y_true] -= 1
+        xp.multiply(self.dinputs, 1.0 / n, out=self.dinputs)
+        return self.dinputs
+
+    def calculate(self, output: Any, y: Any) -> float:
+        return self.forward(output, y)
+
+    def sample_losses(self, outputs: Any, y: Any) -> Any:
+        return self._run(outputs, y, need_grad=False)
+
+    def train(self, outputs: Any, y: Any) -> Any:
+        return self._run(outputs, y, need_grad=True)
+
+    def predictions(self, outputs: Any) -> Any:
+        return self.backend.softmax(outputs, out=self._buffer("probs", outputs.shape, outputs.dtype))
+
+    def _labels(self, y_true: Any) -> Any:
+        """Accept one-hot rows too, as the book's class does."""
+        y_true = self.backend.asarray(y_true)
+        return y_true.argmax(axis=1) if y_true.ndim == 2 else y_true
+
+    def _run(self, logits: Any, y: Any, need_grad: bool) -> Any:
+        n = logits.shape[0]
+        self.output = self._buffer("probs", logits.shape, logits.dtype)
+        dlogits = None
+        if need_grad:
+            dlogits = self.dinputs = self._buffer("dinputs", logits.shape, logits.dtype)
+        return self.backend.softmax_cross_entropy(logits, y, self.output, dlogits,
+                                                  self._losses_buffer(n, logits.dtype))
+
+    def count_correct(self, outputs: Any, y: Any) -> Any:
+        # argmax of the logits is argmax of the probabilities
+        return self.backend.count_correct(outputs, y)
+
+
+class BinaryCrossEntropy(Loss):
+    """-(y log p + (1 - y) log(1 - p)), averaged over outputs, after a ``Sigmoid`` layer."""
+
+    expects_last = Sigmoid
+    classification = True
+
+    def prepare_targets(self, y: Any, n_samples: int, n_outputs: int) -> np.ndarray:
+        return _checks.targets(y, n_samples, n_outputs, low=0.0, high=1.0)
+
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        xp = self.backend.xp
+        p = xp.clip(y_pred, CLIP, 1 - CLIP)
+        sample = -(y_true * xp.log(p) + (1 - y_true) * xp.log(1 - p))
+        losses = self._losses_buffer(y_pred.shape[0], y_pred.dtype)
+        return xp.mean(sample, axis=1, out=losses)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        xp = self.backend.xp
+        n, outputs = dvalues.shape
+        p = xp.clip(dvalues, CLIP, 1 - CLIP)
+        self.dinputs = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        xp.multiply(-(y_true / p - (1 - y_true) / (1 - p)), 1.0 / (outputs * n), out=self.dinputs)
+        return self.dinputs
+
+    def count_correct(self, outputs: Any, y: Any) -> Any:
+        return ((outputs > 0.5) == (y > 0.5)).mean(axis=1).sum()
+
+
+class MeanSquaredError(Loss):
+    """mean((y - prediction)^2) over outputs, for regression (usually after ``Linear``).
+    Accuracy counts predictions within std(y) / 250 of the target, as the book does; ``fit``
+    sets ``precision`` from all its targets, elsewhere it comes from the targets at hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.precision: float | None = None
+
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        xp = self.backend.xp
+        losses = self._losses_buffer(y_pred.shape[0], y_pred.dtype)
+        return xp.mean((y_true - y_pred) ** 2, axis=1, out=losses)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        xp = self.backend.xp
+        n, outputs = dvalues.shape
+        self.dinputs = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        xp.subtract(dvalues, y_true, out=self.dinputs)
+        xp.multiply(self.dinputs, 2.0 / (outputs * n), out=self.dinputs)
+        return self.dinputs
+
+    def count_correct(self, outputs: Any, y: Any) -> Any:
+        precision = self.precision if self.precision is not None else self.backend.xp.std(y) / 250
+        return (self.backend.xp.abs(outputs - y) < precision).mean(axis=1).sum()

@@ -1,0 +1,37 @@
+"""Shared fixtures: every backend-aware test runs on each backend that can run here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpunn.backends import _cupy_problem, get_backend
+
+CUPY_PROBLEM = _cupy_problem()
+
+BACKENDS = [
+    "numpy",
+    pytest.param("cupy", marks=[pytest.mark.gpu,
+                                pytest.mark.skipif(CUPY_PROBLEM is not None,
+                                                   reason=f"no CUDA device: {CUPY_PROBLEM}")]),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """A backend name, once per backend that can run here."""
+    return request.param
+
+
+@pytest.fixture
+def bk(backend):
+    return get_backend(backend)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def to_host(x):
+    return x.get() if hasattr(x, "get") else np.asarray(x)

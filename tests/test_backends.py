@@ -1,0 +1,91 @@
+"""Backend choice: names, the GPUNN_BACKEND variable, errors that say why and how to fix."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import numpy as np
+import pytest
+from conftest import CUPY_PROBLEM
+
+import gpunn as nn
+from gpunn.backends import Backend, BackendUnavailableError, get_backend
+from gpunn.backends.cupy_backend import CupyBackend
+from gpunn.backends.numpy_backend import NumpyBackend
+
+
+def test_available_lists_numpy_first():
+    names = nn.backends.available()
+    assert names[0] == "numpy" and set(names) <= {"numpy", "cupy"}
+    assert ("cupy" in names) == (CUPY_PROBLEM is None)
+
+
+def test_unknown_name_lists_the_choices():
+    with pytest.raises(ValueError, match=r"backend must be one of 'auto', 'numpy', 'cupy'; got 'tpu'"):
+        get_backend("tpu")
+    model = nn.Sequential([nn.Dense(2, 3)])
+    with pytest.raises(ValueError, match="backend must be one of"):
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="tpu")
+    assert model.backend is None
+
+
+@pytest.mark.skipif(CUPY_PROBLEM is None, reason="CuPy runs here; this checks the refusal")
+def test_cupy_where_it_cannot_run_says_why_and_how_to_install():
+    with pytest.raises(BackendUnavailableError, match=r'cannot run: .*pip install "gpunn\[cuda12\]"'):
+        get_backend("cupy")
+
+
+def test_env_variable_is_read_when_needed(monkeypatch):
+    monkeypatch.setenv("GPUNN_BACKEND", "numpy")
+    assert get_backend().name == "numpy"
+    monkeypatch.setenv("GPUNN_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="got 'nonsense'"):
+        nn.Sequential([nn.Dense(2, 3)]).compile(nn.SoftmaxCrossEntropy(), nn.SGD())
+
+
+def test_auto_picks_and_says_which(monkeypatch, caplog):
+    import gpunn.backends as backends
+
+    monkeypatch.setattr(backends, "_auto_said", False)
+    with caplog.at_level(logging.INFO, logger="gpunn"):
+        logging.getLogger("gpunn").propagate = True
+        try:
+            chosen = get_backend("auto")
+        finally:
+            logging.getLogger("gpunn").propagate = False
+    assert chosen.name == ("numpy" if CUPY_PROBLEM else "cupy")
+    assert f"backend 'auto' chose {chosen.name}" in caplog.text
+
+
+@pytest.mark.parametrize("cls", [NumpyBackend, CupyBackend])
+def test_overrides_keep_the_reference_signatures(cls):
+    """A backend's op must take exactly the arguments of the base.py reference."""
+    for name, ref in inspect.getmembers(Backend, inspect.isfunction):
+        mine = getattr(cls, name)
+        if mine is not ref and not name.startswith("__"):
+            assert inspect.signature(mine) == inspect.signature(ref), f"{cls.__name__}.{name}"
+
+
+def test_numpy_ops_match_reference(rng):
+    """NumPy overrides against the plain xp reference ops, on random data."""
+    fast, ref = NumpyBackend(), Backend(np)
+    for dtype in (np.float32, np.float64):
+        z = rng.standard_normal((37, 13)).astype(dtype)
+        b = rng.standard_normal((1, 13)).astype(dtype)
+        d = rng.standard_normal((37, 13)).astype(dtype)
+        labels = rng.integers(0, 13, 37)
+        for op, args in [("relu", (z,)), ("sigmoid", (z,)), ("softmax", (z,))]:
+            np.testing.assert_array_equal(getattr(fast, op)(*args, out=np.empty_like(z)),
+                                          getattr(ref, op)(*args, out=np.empty_like(z)))
+        a1, a2 = z.copy(), z.copy()
+        np.testing.assert_array_equal(fast.bias_relu(a1, b), ref.bias_relu(a2, b))
+        out = np.maximum(z, 0)
+        np.testing.assert_array_equal(fast.relu_backward(d, out, out=np.empty_like(d)),
+                                      ref.relu_backward(d, out, out=np.empty_like(d)))
+        got = [np.empty_like(z), np.empty_like(z), np.empty(37, dtype)]
+        want = [np.empty_like(z), np.empty_like(z), np.empty(37, dtype)]
+        fast.softmax_cross_entropy(z, labels, *got)
+        ref.softmax_cross_entropy(z, labels, *want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-6 if dtype == np.float32 else 1e-14)

@@ -1,0 +1,125 @@
+"""Each optimizer against the book's update rule written out by hand, over several steps with
+decay and momentum, on the flat buffers and through the book's per-layer calls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import to_host
+
+import gpunn as nn
+from gpunn.backends import get_backend
+
+STEPS = 6
+
+
+def reference(kind: str, cfg: dict, params: np.ndarray, grads: list[np.ndarray]) -> np.ndarray:
+    """The book's rules, one step at a time, in float64."""
+    w = params.copy()
+    m = np.zeros_like(w)  # momentums
+    c = np.zeros_like(w)  # cache
+    for t, g in enumerate(grads):
+        lr = cfg["lr"] / (1 + cfg.get("decay", 0) * t)
+        if kind == "sgd":
+            if cfg.get("momentum"):
+                m = cfg["momentum"] * m - lr * g
+                w = w + m
+            else:
+                w = w - lr * g
+        elif kind == "adagrad":
+            c = c + g**2
+            w = w - lr * g / (np.sqrt(c) + cfg["epsilon"])
+        elif kind == "rmsprop":
+            c = cfg["rho"] * c + (1 - cfg["rho"]) * g**2
+            w = w - lr * g / (np.sqrt(c) + cfg["epsilon"])
+        elif kind == "adam":
+            b1, b2 = cfg["beta_1"], cfg["beta_2"]
+            m = b1 * m + (1 - b1) * g
+            c = b2 * c + (1 - b2) * g**2
+            m_hat = m / (1 - b1 ** (t + 1))
+            c_hat = c / (1 - b2 ** (t + 1))
+            w = w - lr * m_hat / (np.sqrt(c_hat) + cfg["epsilon"])
+    return w
+
+
+CASES = {
+    "sgd": (nn.SGD, {"lr": 0.5, "decay": 0.1}),
+    "sgd-momentum": (nn.SGD, {"lr": 0.5, "decay": 0.1, "momentum": 0.9}),
+    "adagrad": (nn.Adagrad, {"lr": 0.3, "decay": 0.05, "epsilon": 1e-7}),
+    "rmsprop": (nn.RMSprop, {"lr": 0.02, "decay": 0.01, "epsilon": 1e-7, "rho": 0.8}),
+    "adam": (nn.Adam, {"lr": 0.05, "decay": 5e-3, "epsilon": 1e-7, "beta_1": 0.8, "beta_2": 0.95}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_flat_update_matches_hand_computed(case, bk, rng):
+    cls, cfg = CASES[case]
+    opt = cls(**cfg)
+    w0 = rng.standard_normal(10)
+    grads = [rng.standard_normal(10) for _ in range(STEPS)]
+    params = bk.asarray(w0.copy())
+    opt.build(bk, 10, np.float64)
+    for g in grads:
+        opt.step(bk, params, bk.asarray(g))
+    assert opt.iterations == STEPS
+    expect = reference(case.split("-")[0], cfg, w0, grads)
+    np.testing.assert_allclose(to_host(params), expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_book_calls_match_hand_computed(case, rng):
+    """pre_update_params / update_params(layer) / post_update_params, as in the book."""
+    cls, cfg = CASES[case]
+    opt = cls(**cfg)
+    layer = nn.Dense(3, 2, seed=0)
+    w0, b0 = layer.weights.copy(), layer.biases.copy() + rng.standard_normal((1, 2))
+    layer.biases = b0.copy()
+    gw = [rng.standard_normal((3, 2)) for _ in range(STEPS)]
+    gb = [rng.standard_normal((1, 2)) for _ in range(STEPS)]
+    for dw, db in zip(gw, gb):
+        layer.dweights, layer.dbiases = dw, db
+        opt.pre_update_params()
+        opt.update_params(layer)
+        opt.post_update_params()
+    kind = case.split("-")[0]
+    np.testing.assert_allclose(layer.weights, reference(kind, cfg, w0, gw), rtol=1e-12)
+    np.testing.assert_allclose(layer.biases, reference(kind, cfg, b0, gb), rtol=1e-12)
+
+
+def test_train_step_is_exactly_one_sgd_step(backend, rng):
+    model = nn.Sequential([nn.Dense(4, 5, seed=0), nn.ReLU(), nn.Dense(5, 3, seed=1)])
+    model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=0.3), backend=backend, dtype="float64")
+    X, y = rng.standard_normal((9, 4)), rng.integers(0, 3, 9)
+    before = [p.copy() for p in model.get_params()]
+    Xd, yd = model._prepare(X, y)
+    model.loss.train(model._forward(Xd, training=True), yd)
+    model._backward(model.loss.dinputs)
+    grads = to_host(model.grads).copy()
+    loss = model.train_step(X, y)
+    flat_before = np.concatenate([p.ravel() for p in before])
+    flat_after = np.concatenate([p.ravel() for p in model.get_params()])
+    np.testing.assert_allclose(flat_after, flat_before - 0.3 * grads, rtol=1e-13, atol=1e-15)
+    assert model.optimizer.iterations == 1
+    assert loss > 0
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: nn.SGD(lr=0), lambda: nn.SGD(lr=-1), lambda: nn.SGD(lr=float("nan")),
+    lambda: nn.SGD(lr=0.1, momentum=1.0), lambda: nn.SGD(lr=0.1, decay=-1),
+    lambda: nn.Adam(beta_1=1.0), lambda: nn.Adam(beta_2=-0.1), lambda: nn.Adam(epsilon=0),
+    lambda: nn.RMSprop(rho=1.5), lambda: nn.Adagrad(epsilon=-1), lambda: nn.SGD(lr="0.1"),
+])
+def test_invalid_hyper_parameters_are_refused(bad):
+    with pytest.raises(ValueError, match=r"(lr|momentum|decay|beta_1|beta_2|epsilon|rho) must be"):
+        bad()
+
+
+def test_lr_property_and_decay_sequence():
+    opt = nn.SGD(lr=1.0, decay=0.5)
+    seen = []
+    for _ in range(3):
+        opt.pre_update_params()
+        seen.append(opt.current_learning_rate)
+        opt.post_update_params()
+    assert opt.lr == 1.0 and seen == [1.0, 1 / 1.5, 1 / 2.0]
+    assert get_backend("numpy").name == "numpy"
