@@ -6,8 +6,7 @@ import logging
 
 from . import backends, datasets
 from .layers import Dense, Dropout, Layer, Linear, ReLU, Sigmoid, Softmax, set_seed
-from .losses import (BinaryCrossEntropy, CategoricalCrossEntropy, Loss, MeanSquaredError,
-                     SoftmaxCrossEntropy)
+from .losses import BinaryCrossEntropy, CategoricalCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
 from .model import History, Sequential
 from .optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
 
