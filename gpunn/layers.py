@@ -47,7 +47,7 @@ class Planned:
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
         """A reusable array for ``name`` at this shape: allocated on first use, then kept."""
-        key = (name, shape, np.dtype(dtype).str)
+        key = (name, shape, dtype)
         buf = self._buffers.get(key)
         if buf is None:
             if len(self._buffers) > 32:  # many shapes in turn (ad-hoc book use): start over
@@ -125,6 +125,8 @@ class Dense(Layer):
                     self.bias_regularizer_l1, self.bias_regularizer_l2))
 
     def _dtype(self, inputs: Any) -> Any:
+        if inputs.dtype == self.weights.dtype:  # the usual case, and much cheaper to check
+            return inputs.dtype
         return np.result_type(inputs.dtype, self.weights.dtype)
 
     def forward(self, inputs: Any, training: bool = False) -> Any:

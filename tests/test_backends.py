@@ -70,22 +70,26 @@ def test_overrides_keep_the_reference_signatures(cls):
 def test_numpy_ops_match_reference(rng):
     """NumPy overrides against the plain xp reference ops, on random data."""
     fast, ref = NumpyBackend(), Backend(np)
-    for dtype in (np.float32, np.float64):
-        z = rng.standard_normal((37, 13)).astype(dtype)
-        b = rng.standard_normal((1, 13)).astype(dtype)
-        d = rng.standard_normal((37, 13)).astype(dtype)
-        labels = rng.integers(0, 13, 37)
-        for op, args in [("relu", (z,)), ("sigmoid", (z,)), ("softmax", (z,))]:
-            np.testing.assert_array_equal(getattr(fast, op)(*args, out=np.empty_like(z)),
-                                          getattr(ref, op)(*args, out=np.empty_like(z)))
+    for dtype, (n, k) in [(np.float32, (37, 13)), (np.float64, (37, 13)), (np.float32, (5, 1)),
+                          (np.float32, (300, 3)), (np.float64, (4, 1000))]:
+        z = rng.standard_normal((n, k)).astype(dtype)
+        b = rng.standard_normal((1, k)).astype(dtype)
+        d = rng.standard_normal((n, k)).astype(dtype)
+        labels = rng.integers(0, k, n)
+        tol = 1e-6 if dtype == np.float32 else 1e-14  # sums in another order
+        for op in ("relu", "sigmoid", "softmax"):
+            np.testing.assert_allclose(getattr(fast, op)(z, out=np.empty_like(z)),
+                                       getattr(ref, op)(z, out=np.empty_like(z)), rtol=tol)
         a1, a2 = z.copy(), z.copy()
         np.testing.assert_array_equal(fast.bias_relu(a1, b), ref.bias_relu(a2, b))
         out = np.maximum(z, 0)
         np.testing.assert_array_equal(fast.relu_backward(d, out, out=np.empty_like(d)),
                                       ref.relu_backward(d, out, out=np.empty_like(d)))
-        got = [np.empty_like(z), np.empty_like(z), np.empty(37, dtype)]
-        want = [np.empty_like(z), np.empty_like(z), np.empty(37, dtype)]
+        got = [np.empty_like(z), np.empty_like(z), np.empty(n, dtype)]
+        want = [np.empty_like(z), np.empty_like(z), np.empty(n, dtype)]
         fast.softmax_cross_entropy(z, labels, *got)
         ref.softmax_cross_entropy(z, labels, *want)
         for g, w in zip(got, want):
-            np.testing.assert_allclose(g, w, rtol=1e-6 if dtype == np.float32 else 1e-14)
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+        np.testing.assert_allclose(fast.bias_grad(d, out=np.empty((1, k), dtype)),
+                                   ref.bias_grad(d, out=np.empty((1, k), dtype)), rtol=tol, atol=tol)

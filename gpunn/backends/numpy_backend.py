@@ -1,10 +1,23 @@
-"""The CPU backend: NumPy, with overrides only where they measured faster than ``base.py``."""
+"""The CPU backend: NumPy, with overrides only where they measured faster than ``base.py``.
+
+Two things make small NumPy ops slow: reductions along short rows (np.max(axis=1) over 3 classes
+costs ~12 us for 300 rows, mostly per-row overhead) and fancy indexing. The overrides below use
+BLAS matrix-vector products for sums, column-wise maxima for narrow rows, and flat take/put for the
+true-class entries. Each is tied to its ``base.py`` reference by tests/test_backends.py.
+"""
 
 from __future__ import annotations
 
+import platform
+from typing import Any
+
 import numpy as np
 
-from .base import Backend
+from .base import CLIP, Backend
+
+# Rows this narrow get their maximum column by column (k - 1 vectorised ops) instead of a
+# reduction along each short row.
+NARROW_ROWS = 16
 
 
 class NumpyBackend(Backend):
@@ -12,8 +25,58 @@ class NumpyBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__(np)
+        self._cache: dict[tuple, np.ndarray] = {}
 
     def device_name(self) -> str:
-        import platform
-
         return platform.processor() or platform.machine() or "CPU"
+
+    def _ones(self, shape: tuple[int, int], dtype: Any) -> np.ndarray:
+        key = ("ones", shape, dtype)
+        if key not in self._cache:
+            self._cache[key] = np.ones(shape, dtype)
+        return self._cache[key]
+
+    def _rows(self, n: int, dtype: Any) -> np.ndarray:
+        """A scratch column of one value per row (row maxima, then row sums)."""
+        key = ("rows", n, dtype)
+        if key not in self._cache:
+            self._cache[key] = np.empty((n, 1), dtype)
+        return self._cache[key]
+
+    def bias_grad(self, dvalues: Any, out: Any) -> Any:
+        # Column sums as ones(1, n) @ dvalues: a BLAS GEMV, 2-4x faster than np.sum(axis=0).
+        return np.matmul(self._ones((1, dvalues.shape[0]), dvalues.dtype), dvalues, out=out)
+
+    def _row_max(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        k = x.shape[1]
+        if k > NARROW_ROWS:
+            return np.maximum.reduce(x, axis=1, keepdims=True, out=out)
+        np.copyto(out, x[:, :1])
+        for j in range(1, k):
+            np.maximum(out, x[:, j:j + 1], out=out)
+        return out
+
+    def softmax(self, x: Any, out: Any) -> Any:
+        n, k = x.shape
+        rows = self._rows(n, out.dtype)
+        self._row_max(x, rows)
+        np.subtract(x, rows, out=out)
+        np.exp(out, out=out)
+        np.matmul(out, self._ones((k, 1), out.dtype), out=rows)  # row sums, as a GEMV
+        return np.divide(out, rows, out=out)
+
+    def softmax_cross_entropy(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
+                              losses: Any) -> Any:
+        n, k = logits.shape
+        self.softmax(logits, out=probs)
+        # Position of each row's true class in the flattened (n, k) array.
+        flat = labels + np.arange(0, n * k, k)
+        np.take(probs.reshape(-1), flat, out=losses)  # p[true class]
+        if dlogits is not None:
+            # (p - onehot) / n: scale every entry, then overwrite the true-class entries.
+            np.multiply(probs, 1.0 / n, out=dlogits)
+            np.put(dlogits, flat, (losses - 1) * (1.0 / n))
+        np.maximum(losses, CLIP, out=losses)
+        np.minimum(losses, 1 - CLIP, out=losses)
+        np.log(losses, out=losses)
+        return np.negative(losses, out=losses)
