@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -76,7 +77,9 @@ def info() -> int:
 
     print(f"gpunn {nn.__version__} on Python {platform.python_version()} ({platform.machine()})")
     print(f"backends available: {', '.join(nn.backends.available())}")
-    print(f"numpy {np.__version__}; BLAS: {_blas_name()}")
+    cores = os.cpu_count()
+    print(f"numpy {np.__version__}; BLAS: {_blas_name()}; CPU: "
+          f"{nn.backends.get_backend('numpy').device_name()} ({cores} cores)")
     problem = _cupy_problem()
     if problem:
         print(f"cupy: unavailable ({problem})")

@@ -28,6 +28,13 @@ class NumpyBackend(Backend):
         self._cache: dict[tuple, np.ndarray] = {}
 
     def device_name(self) -> str:
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
         return platform.processor() or platform.machine() or "CPU"
 
     def _ones(self, shape: tuple[int, int], dtype: Any) -> np.ndarray:
