@@ -22,6 +22,7 @@ from .losses import Loss, MeanSquaredError, SoftmaxCrossEntropy
 from .optimizers import Optimizer
 
 DTYPES = ("float32", "float64")
+PRECISIONS = ("fp32", "tf32")
 #: Rows per forward pass in ``evaluate``/``predict`` when no batch size is given.
 INFERENCE_ROWS = 8192
 
@@ -62,6 +63,7 @@ class Sequential:
         self.dtype: np.dtype | None = None
         self.params: Any = None  # every weight and bias, one flat array
         self.grads: Any = None  # their gradients, laid out the same way
+        self.precision = "fp32"
         self._batch_buffers: dict[tuple, Any] = {}
 
     def __repr__(self) -> str:
@@ -84,9 +86,10 @@ class Sequential:
     # ---- compile -------------------------------------------------------------------------
 
     def compile(self, loss: Loss, optimizer: Optimizer, backend: str | Backend | None = None,
-                dtype: str = "float32") -> Sequential:
+                dtype: str = "float32", precision: str = "fp32") -> Sequential:
         """Choose loss, optimizer, backend ("auto", "numpy", "cupy"; default GPUNN_BACKEND or
-        "auto") and dtype; lay the parameters out in one flat buffer on that backend."""
+        "auto"), dtype and GEMM precision ("fp32", or "tf32" on GPUs of compute capability 8.0+);
+        lay the parameters out in one flat buffer on that backend."""
         if not isinstance(loss, Loss):
             raise TypeError(f"loss must be a gpunn loss (SoftmaxCrossEntropy(), ...); "
                             f"got {type(loss).__name__}")
@@ -95,11 +98,20 @@ class Sequential:
                             f"got {type(optimizer).__name__}")
         if str(dtype) not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}; got {dtype!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; "
+                             f"got {precision!r}")
+        if precision == "tf32" and str(dtype) != "float32":
+            raise ValueError("precision 'tf32' applies to float32 models; got dtype "
+                             f"{str(dtype)!r}")
         self._check_chain(loss)
         bk = get_backend(backend)
+        bk.set_precision(precision)  # refuses tf32 where it cannot run
+        bk.set_precision("fp32")
         weights = self.get_params()  # whatever the layers hold now, as host arrays
         # Nothing was changed above; from here on the model is rebuilt.
         self.loss, self.optimizer, self.dtype = loss, optimizer, np.dtype(str(dtype))
+        self.precision = precision
         self._fold_layers()
         self._bind(bk, weights, optimizer_state=None)
         return self
@@ -214,6 +226,7 @@ class Sequential:
         bk = get_backend(backend)
         if bk is self.backend:
             return self
+        bk.set_precision(self.precision)  # refuses tf32 on the CPU before anything moves
         weights = self.get_params()
         state = self._optimizer_state(host=True)
         self._bind(bk, weights, state)
@@ -240,6 +253,7 @@ class Sequential:
     # ---- forward and backward --------------------------------------------------------------
 
     def _forward(self, x: Any, training: bool) -> Any:
+        self.backend.set_precision(self.precision)  # the backend is shared between models
         for layer in self.layers:
             if isinstance(layer, ReLU) and layer.folded:
                 layer.output = x  # the Dense before already applied it

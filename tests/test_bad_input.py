@@ -152,3 +152,14 @@ def test_nan_loss_stops_fit_naming_the_epoch_and_restores(data):
     after = model.get_params()
     assert all(np.isfinite(p).all() for p in after)
     assert before is not None
+
+
+def test_tf32_is_refused_on_numpy_and_for_float64():
+    model = nn.Sequential([nn.Dense(2, 3)])
+    with pytest.raises(ValueError, match="precision 'tf32' needs the cupy backend"):
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="numpy", precision="tf32")
+    with pytest.raises(ValueError, match="applies to float32"):
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), dtype="float64", precision="tf32")
+    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'tf32'; got 'bf16'"):
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), precision="bf16")
+    assert model.backend is None

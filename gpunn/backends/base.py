@@ -56,6 +56,12 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
 
+    def set_precision(self, precision: str) -> None:
+        """Use "fp32" (exact float32 GEMMs) or "tf32" (tensor cores; GPUs only) from now on."""
+        if precision != "fp32":
+            raise ValueError(f"precision {precision!r} needs the cupy backend on a GPU of compute "
+                             f"capability 8.0 or newer; the {self.name} backend computes in fp32")
+
     # ---- dense layer ----------------------------------------------------------------------
 
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool = False, trans_b: bool = False) -> Any:

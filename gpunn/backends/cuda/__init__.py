@@ -1,0 +1,24 @@
+"""CUDA sources and the names of their template instances, shared by the CuPy backend (which
+loads them through cupy.RawModule) and the NVRTC build check in the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+KERNELS_CU = Path(__file__).with_name("kernels.cu")
+
+TEMPLATED = ("bias_act", "relu_backward", "column_sum", "take_rows", "softmax_cross_entropy",
+             "sgd_update", "cache_update", "adam_update")
+PLAIN = ("advance_schedule",)
+
+#: Options given to NVRTC (through cupy.RawModule) besides the target architecture.
+NVRTC_OPTIONS = ("-std=c++17",)
+
+
+def name_expressions() -> list[str]:
+    """Every kernel instance the backend may ask for: each template for float and double."""
+    return [f"{name}<{t}>" for name in TEMPLATED for t in ("float", "double")] + list(PLAIN)
+
+
+def source() -> str:
+    return KERNELS_CU.read_text()

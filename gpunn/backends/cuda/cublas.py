@@ -1,0 +1,98 @@
+"""GEMMs for the CuPy backend through cuBLAS with a handle of our own.
+
+CuPy refuses to call cuBLAS while a stream is being captured (its setStream raises
+NotImplementedError), so a training step with CuPy's matmul cannot become a CUDA graph. Calling
+cuBLAS through nvmath-python's bindings with our own handle captures fine. The handle follows the
+current stream; after each stream change the workspace is set again, because cublasSetStream
+resets it (a graph must not use cuBLAS's own workspace allocations).
+
+Without nvmath-python the same calls go through ``cupy.matmul(..., out=)``: correct, eager only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+_log = logging.getLogger("gpunn")
+
+WORKSPACE_BYTES = 32 << 20  # cuBLAS asks for up to 32 MiB on Hopper
+
+
+class Gemm:
+    """Row-major ``out = op(a) @ op(b)`` on CuPy arrays (float32 or float64)."""
+
+    def __init__(self, cupy: Any) -> None:
+        self.cupy = cupy
+        self.handle: int | None = None
+        self.tf32 = False
+        self._stream: int | None = None
+        self._said_fallback = False
+        try:
+            from nvmath.bindings import cublas
+        except ImportError as exc:
+            self.cublas = None
+            self.why_not = f"nvmath-python is not importable ({exc})"
+            return
+        self.cublas = cublas
+        self.why_not = None
+        # Host scalars for alpha and beta (cuBLAS's default pointer mode reads them on the host).
+        self._alpha = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
+        self._beta = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1)}
+
+    @property
+    def capturable(self) -> bool:
+        """Whether GEMMs may run inside a CUDA-graph capture."""
+        return self.cublas is not None
+
+    def set_tf32(self, enabled: bool) -> None:
+        """Tensor-core TF32 for float32 GEMMs (compute capability 8.0 and newer)."""
+        self.tf32 = bool(enabled)
+        if self.handle is not None:
+            self._set_math_mode()
+
+    def _set_math_mode(self) -> None:
+        mode = self.cublas.Math.TF32_TENSOR_OP_MATH if self.tf32 else self.cublas.Math.DEFAULT_MATH
+        self.cublas.set_math_mode(self.handle, int(mode))
+
+    def _bind_stream(self) -> None:
+        stream = self.cupy.cuda.get_current_stream().ptr
+        if self.handle is None:
+            self.handle = self.cublas.create()
+            self._workspace = self.cupy.empty(WORKSPACE_BYTES, dtype=self.cupy.uint8)
+            self._set_math_mode()
+        if stream != self._stream:
+            self.cublas.set_stream(self.handle, stream)
+            # set_stream resets the workspace, so give ours again.
+            self.cublas.set_workspace(self.handle, self._workspace.data.ptr, WORKSPACE_BYTES)
+            self._stream = stream
+
+    def gemm(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:
+        if self.cublas is None:
+            return self._fallback(a, b, out, trans_a, trans_b)
+        # A row-major (r, c) array with row stride ld is, to column-major cuBLAS, its transpose
+        # (c, r) with leading dimension ld. So out^T = op(b)^T @ op(a)^T: swap a and b, keep the
+        # transpose flags, and m, n become out's columns and rows.
+        for name, arr in (("a", a), ("b", b), ("out", out)):
+            if arr.ndim != 2 or arr.strides[1] != arr.itemsize:
+                raise ValueError(f"gemm: {name} must be 2-D with contiguous rows")
+        self._bind_stream()
+        n_rows, m_cols = out.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        itemsize = out.itemsize
+        gemm = self.cublas.sgemm if out.dtype == np.float32 else self.cublas.dgemm
+        op = {False: int(self.cublas.Operation.N), True: int(self.cublas.Operation.T)}
+        gemm(self.handle, op[trans_b], op[trans_a], m_cols, n_rows, k,
+             self._alpha[out.dtype].ctypes.data, b.data.ptr, b.strides[0] // itemsize,
+             a.data.ptr, a.strides[0] // itemsize,
+             self._beta[out.dtype].ctypes.data, out.data.ptr, out.strides[0] // itemsize)
+        return out
+
+    def _fallback(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:
+        if not self._said_fallback:
+            self._said_fallback = True
+            _log.info("gpunn: %s; GEMMs go through cupy.matmul, so training steps run eagerly "
+                      "(no CUDA graphs). pip install nvmath-python to enable them.", self.why_not)
+        return self.cupy.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)

@@ -1,0 +1,80 @@
+"""The row-major to column-major mapping of the cuBLAS GEMM wrapper, checked on the CPU: a stand-in
+for nvmath's cublas module runs the column-major GEMM it is asked for on NumPy memory, exactly as
+cuBLAS would read it (pointers, leading dimensions, transpose flags)."""
+
+from __future__ import annotations
+
+import ctypes
+import types
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import as_strided
+
+from gpunn.backends.cuda.cublas import Gemm
+
+
+class DeviceLike:
+    """A NumPy array dressed as a CuPy one: .data.ptr, shape, strides, dtype."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+        self.data = types.SimpleNamespace(ptr=arr.ctypes.data)
+        self.shape, self.strides, self.dtype = arr.shape, arr.strides, arr.dtype
+        self.itemsize, self.ndim = arr.itemsize, arr.ndim
+
+
+def column_major(ptr: int, rows: int, cols: int, ld: int, dtype) -> np.ndarray:
+    """The (rows, cols) column-major matrix with leading dimension ld at address ptr."""
+    itemsize = np.dtype(dtype).itemsize
+    span = (cols - 1) * ld + rows
+    buf = (ctypes.c_char * (span * itemsize)).from_address(ptr)
+    flat = np.frombuffer(buf, dtype=dtype, count=span)
+    return as_strided(flat, shape=(rows, cols), strides=(itemsize, ld * itemsize))
+
+
+def fake_cublas(calls: list) -> types.SimpleNamespace:
+    def gemm_for(dtype):
+        def gemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            calls.append((transa, transb, m, n, k, lda, ldb, ldc))
+            A = column_major(a, *((m, k) if transa == 0 else (k, m)), lda, dtype)
+            B = column_major(b, *((k, n) if transb == 0 else (n, k)), ldb, dtype)
+            C = column_major(c, m, n, ldc, dtype)
+            opA = A if transa == 0 else A.T
+            opB = B if transb == 0 else B.T
+            al = np.frombuffer((ctypes.c_char * 8).from_address(alpha), dtype=dtype, count=1)[0]
+            C[...] = al * (opA @ opB)  # beta is 0 here
+        return gemm
+
+    return types.SimpleNamespace(
+        sgemm=gemm_for(np.float32), dgemm=gemm_for(np.float64),
+        Operation=types.SimpleNamespace(N=0, T=1),
+        Math=types.SimpleNamespace(DEFAULT_MATH=0, TF32_TENSOR_OP_MATH=3),
+        create=lambda: 1, set_stream=lambda h, s: None, set_workspace=lambda h, p, n: None,
+        set_math_mode=lambda h, mode: calls.append(("math", mode)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
+def test_gemm_mapping_matches_numpy(dtype, trans_a, trans_b, rng):
+    calls: list = []
+    cupy = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=7)),
+        empty=lambda n, dtype: DeviceLike(np.empty(n, np.uint8)), uint8=np.uint8)
+    g = Gemm.__new__(Gemm)
+    Gemm.__init__(g, cupy)  # nvmath may be absent here: install the stand-in either way
+    g.cublas = fake_cublas(calls)
+    g._alpha = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
+    g._beta = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1)}
+    m, k, n = 5, 7, 3  # out is (m, n); odd sizes so a swapped dimension cannot pass
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    # A row slice of a wider array: the leading dimension differs from the width.
+    wide = np.full((m, n + 4), np.nan, dtype)
+    out = wide[:, :n]
+    g.gemm(DeviceLike(a), DeviceLike(b), DeviceLike(out), trans_a, trans_b)
+    expect = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    np.testing.assert_allclose(out, expect, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert np.isnan(wide[:, n:]).all()  # nothing written past the slice
+    g.set_tf32(True)
+    assert ("math", 3) in calls

@@ -1,0 +1,55 @@
+"""Every *.cu file compiles under NVRTC, for sm_80 and sm_90, with the options the CuPy backend
+passes, and every kernel instance it asks for exists. Needs no GPU: the cuda-bindings and
+nvidia-cuda-nvrtc wheels carry the compiler, so a kernel that would not build fails CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cuda.bindings import nvrtc  # from the test extra: cuda-bindings + nvidia-cuda-nvrtc
+
+from gpunn.backends import cuda
+
+SOURCES = sorted(Path(cuda.__file__).parent.glob("*.cu"))
+
+
+def compile_source(text: str, name: str, arch: str, expressions: list[str]) -> tuple[bool, str, dict]:
+    err, prog = nvrtc.nvrtcCreateProgram(text.encode(), name.encode(), 0, [], [])
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
+    for expr in expressions:
+        (err,) = nvrtc.nvrtcAddNameExpression(prog, expr.encode())
+        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
+    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in cuda.NVRTC_OPTIONS]
+    (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    lowered = {}
+    if err == nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        for expr in expressions:
+            e, mangled = nvrtc.nvrtcGetLoweredName(prog, expr.encode())
+            lowered[expr] = mangled if e == nvrtc.nvrtcResult.NVRTC_SUCCESS else None
+    nvrtc.nvrtcDestroyProgram(prog)
+    return err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace").rstrip("\x00 "), lowered
+
+
+def test_there_are_sources():
+    assert cuda.KERNELS_CU in SOURCES
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_cuda_source_compiles(path, arch):
+    expressions = cuda.name_expressions() if path == cuda.KERNELS_CU else []
+    ok, log, lowered = compile_source(path.read_text(), path.name, arch, expressions)
+    assert ok, f"{path.name} does not compile for {arch}:\n{log}"
+    missing = [e for e, mangled in lowered.items() if not mangled]
+    assert not missing, f"kernel instances not found: {missing}"
+
+
+def test_the_build_check_catches_errors():
+    """The check itself must be able to fail: INFINITY is undefined under NVRTC."""
+    ok, log, _ = compile_source("__global__ void k(float* x) { x[0] = INFINITY; }", "bad.cu",
+                                "sm_90", [])
+    assert not ok and "INFINITY" in log
