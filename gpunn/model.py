@@ -17,9 +17,10 @@ import numpy as np
 
 from . import _checks
 from .backends import Backend, get_backend
-from .layers import Dense, Dropout, Layer, ReLU, Softmax
+from .layers import Dense, Dropout, Layer, Linear, ReLU, Softmax
 from .losses import Loss, MeanSquaredError, SoftmaxCrossEntropy
 from .optimizers import Optimizer
+from .plan import EPOCHS_PER_LAUNCH, StepPlan
 
 DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "tf32")
@@ -65,6 +66,10 @@ class Sequential:
         self.grads: Any = None  # their gradients, laid out the same way
         self.precision = "fp32"
         self._batch_buffers: dict[tuple, Any] = {}
+        self._plans: dict[tuple[int, int], StepPlan] = {}
+        self._totals: Any = None  # per-epoch loss sum and correct count, on the device
+        self._schedule: Any = None  # the optimizer's learning-rate schedule, on the device
+        self._force_plans = False  # tests: plan steps on NumPy too, to check the plan logic
 
     def __repr__(self) -> str:
         inner = ", ".join(map(repr, self.layers))
@@ -178,6 +183,8 @@ class Sequential:
             layer._set_backend(bk)
         self.loss._set_backend(bk)
         self._batch_buffers.clear()
+        self._plans.clear()  # graphs hold the old buffers' addresses
+        self._totals = self._schedule = None
 
     def _require_compiled(self, what: str) -> None:
         if self.backend is None:
@@ -249,6 +256,7 @@ class Sequential:
             self.optimizer.state[name][...] = values
         self.optimizer.iterations = state["iterations"]
         self.optimizer.current_learning_rate = state["current_learning_rate"]
+        self._sync_schedule()
 
     # ---- forward and backward --------------------------------------------------------------
 
@@ -274,6 +282,75 @@ class Sequential:
         self._backward(self.loss.dinputs)
         self.optimizer.step(self.backend, self.params, self.grads)
         return losses, outputs
+
+    # ---- planned steps (CuPy: captured as CUDA graphs) --------------------------------------
+
+    def _plan_problem(self) -> str | None:
+        """Why this model's steps cannot be planned, or None when they can."""
+        if not isinstance(self.loss, SoftmaxCrossEntropy):
+            return f"{type(self.loss).__name__} is not planned (only SoftmaxCrossEntropy)"
+        for layer in self.layers:
+            if not isinstance(layer, (Dense, ReLU, Linear)):
+                return f"{layer!r} is not planned (Dense, ReLU and Linear are)"
+        if any(layer.regularized for layer in self.dense_layers):
+            return "L1/L2 penalties are not planned"
+        return None
+
+    def _uses_plans(self) -> bool:
+        return (self.backend.plans_steps or self._force_plans) and self._plan_problem() is None
+
+    def _plan(self, rows: int, steps: int) -> StepPlan:
+        plan = self._plans.get((rows, steps))
+        if plan is None:
+            plan = self._plans[(rows, steps)] = StepPlan(self, rows, steps)
+        return plan
+
+    def _sync_schedule(self) -> None:
+        """Write the host's step count into the device schedule (in place: graphs keep it)."""
+        values = self.backend.asarray(np.array(self.optimizer.schedule_values()))
+        if self._schedule is None:
+            self._totals = self.backend.zeros((EPOCHS_PER_LAUNCH, 2), np.float64)
+            self._schedule = values
+        else:
+            self._schedule[...] = values
+
+    def _planned_step(self, x: Any, y: Any, totals: Any) -> None:
+        """One step, everything on the device: what a plan records and replays."""
+        outputs = self._forward(x, training=True)
+        loss, n = self.loss, x.shape[0]
+        probs = loss._buffer("probs", outputs.shape, outputs.dtype)
+        dlogits = loss._buffer("dinputs", outputs.shape, outputs.dtype)
+        self.backend.softmax_cross_entropy_totals(outputs, y, probs, dlogits,
+                                                  loss._losses_buffer(n, outputs.dtype), totals)
+        self._backward(dlogits)
+        self.optimizer.step_scheduled(self.backend, self.params, self.grads, self._schedule)
+
+    def _planned_epochs(self, X: Any, y: Any, batch: int, shuffle: bool,
+                        rng: np.random.Generator, count: int) -> list[tuple[float, float]]:
+        """``count`` epochs through plans; their (loss sum, correct count), read at once."""
+        bk, n = self.backend, X.shape[0]
+        self._totals.fill(0)
+        if batch == n:  # full batch: the data is copied into the plan once per fit
+            plan = self._plan(n, count)
+            if plan.loaded is not X:
+                plan.x[...] = X
+                plan.y[...] = y
+                plan.loaded = X
+            plan.run()
+        else:
+            order = bk.permutation(n, rng) if shuffle else None
+            for start in range(0, n, batch):
+                stop = min(start + batch, n)
+                plan = self._plan(stop - start, 1)
+                if order is None:
+                    plan.x[...] = X[start:stop]
+                    plan.y[...] = y[start:stop]
+                else:
+                    bk.take_rows(X, order[start:stop], out=plan.x)
+                    bk.take_rows(y, order[start:stop], out=plan.y)
+                plan.run()
+        totals = bk.to_numpy(self._totals[:count])  # the one wait for the device
+        return [(float(loss), float(correct)) for loss, correct in totals]
 
     def _regularization_loss(self) -> float:
         return float(sum(layer.regularization_loss() for layer in self.dense_layers
@@ -303,6 +380,10 @@ class Sequential:
         """Exactly one optimizer step on this batch; returns its loss (data + regularization)."""
         self._require_compiled("train_step()")
         X, y = self._prepare(X, y)
+        if self._uses_plans():
+            self._sync_schedule()
+            [(loss_sum, _)] = self._planned_epochs(X, y, X.shape[0], False, None, 1)
+            return loss_sum / X.shape[0]
         reg = self._regularization_loss()
         losses, _ = self._step(X, y)
         return float(losses.mean()) + reg
@@ -339,33 +420,51 @@ class Sequential:
         history = History(validation is not None)
         bar = _progress(epochs) if verbose == 1 else None
         shown = 0.0
+        planned = self._uses_plans()
+        if planned:
+            self._sync_schedule()
+        # Planned full-batch training runs several epochs per graph launch; with validation
+        # data the model is evaluated after every epoch, so one at a time.
+        per_run = EPOCHS_PER_LAUNCH if planned and batch == n and validation is None else 1
+        done = 0
         try:
-            for epoch in range(1, epochs + 1):
+            while done < epochs:
+                count = min(per_run, epochs - done)
                 snapshot = self._snapshot()
-                loss_sum, correct = self._epoch(X, y, batch, shuffle, rng)
-                loss = float(loss_sum) / n + self._regularization_loss()
-                if not math.isfinite(loss):
-                    self._restore(snapshot)
-                    raise FloatingPointError(
-                        f"training diverged: the loss became {loss} at epoch {epoch}; the "
-                        f"parameters are back as they were before that epoch (try a lower lr)")
-                history.history["loss"].append(loss)
-                history.history["accuracy"].append(float(correct) / n)
-                if validation is not None:
-                    val = self._evaluate(*validation, rows=INFERENCE_ROWS)
-                    history.history["val_loss"].append(val["loss"])
-                    history.history["val_accuracy"].append(val["accuracy"])
-                history.epoch.append(epoch)
+                if planned:
+                    results = self._planned_epochs(X, y, batch, shuffle, rng, count)
+                else:
+                    loss_sum, correct = self._epoch(X, y, batch, shuffle, rng)
+                    results = [(float(loss_sum), float(correct))]
+                reg = self._regularization_loss()
+                for i, (loss_sum, correct) in enumerate(results):
+                    epoch = done + i + 1
+                    loss = loss_sum / n + reg
+                    if not math.isfinite(loss):
+                        self._restore(snapshot)
+                        for _ in range(i):  # back to the state before the failing epoch
+                            self._planned_epochs(X, y, batch, shuffle, rng, 1)
+                        raise FloatingPointError(
+                            f"training diverged: the loss became {loss} at epoch {epoch}; the "
+                            f"parameters are back as they were before that epoch (try a lower lr)")
+                    history.history["loss"].append(loss)
+                    history.history["accuracy"].append(correct / n)
+                    if validation is not None:
+                        val = self._evaluate(*validation, rows=INFERENCE_ROWS)
+                        history.history["val_loss"].append(val["loss"])
+                        history.history["val_accuracy"].append(val["accuracy"])
+                    history.epoch.append(epoch)
+                    if verbose == 2:
+                        metrics = " ".join(f"{k} {v[-1]:.4f}" for k, v in history.history.items())
+                        print(f"epoch {epoch}/{epochs} {metrics}", file=sys.stderr)
+                done += count
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(count)
                     now = time.monotonic()
-                    if now - shown > 0.2 or epoch == epochs:  # formatting costs; not every epoch
+                    if now - shown > 0.2 or done == epochs:  # formatting costs; not every epoch
                         shown = now
                         bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in history.history.items()},
                                         refresh=False)
-                elif verbose == 2:
-                    metrics = " ".join(f"{k} {v[-1]:.4f}" for k, v in history.history.items())
-                    print(f"epoch {epoch}/{epochs} {metrics}", file=sys.stderr)
         finally:
             if bar is not None:
                 bar.close()

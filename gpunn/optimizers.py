@@ -67,6 +67,24 @@ class Optimizer:
         self._update(backend, params, grads, self.state, self._scratch)
         self.post_update_params()
 
+    # ---- the same, with the schedule on the device (planned and captured steps) -------------
+
+    def schedule_values(self) -> list[float]:
+        """The device schedule's starting values (see Backend.advance_schedule)."""
+        return [float(self.iterations), self.learning_rate, self.decay,
+                getattr(self, "beta_1", 0.0), getattr(self, "beta_2", 0.0), 0.0, 0.0, 0.0]
+
+    def step_scheduled(self, backend: Backend, params: Any, grads: Any, schedule: Any) -> None:
+        """One update reading lr_t (and Adam's corrections) from the device ``schedule``, which
+        it moves on; the host counters are kept in step by ``mirror_step``."""
+        backend.advance_schedule(schedule)
+        self._update_scheduled(backend, params, grads, self.state, schedule, self._scratch)
+
+    def mirror_step(self) -> None:
+        """Count one step taken on the device, as ``step`` would have, without reading it back."""
+        self.pre_update_params()
+        self.post_update_params()
+
     # ---- the book's calls ------------------------------------------------------------------
 
     def pre_update_params(self) -> None:
@@ -95,6 +113,10 @@ class Optimizer:
                 scratch: Any) -> None:
         raise NotImplementedError
 
+    def _update_scheduled(self, backend: Backend, params: Any, grads: Any,
+                          state: dict[str, Any], schedule: Any, scratch: Any) -> None:
+        raise NotImplementedError
+
 
 class SGD(Optimizer):
     """w -= lr * g; with momentum, u = momentum * u - lr * g, then w += u."""
@@ -110,6 +132,10 @@ class SGD(Optimizer):
     def _update(self, backend, params, grads, state, scratch) -> None:
         backend.sgd_update(params, grads, state.get("momentums"), self.current_learning_rate,
                            self.momentum, scratch)
+
+    def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
+        backend.sgd_update_scheduled(params, grads, state.get("momentums"), schedule,
+                                     self.momentum, scratch)
 
 
 class Adagrad(Optimizer):
@@ -127,6 +153,10 @@ class Adagrad(Optimizer):
     def _update(self, backend, params, grads, state, scratch) -> None:
         backend.adagrad_update(params, grads, state["cache"], self.current_learning_rate,
                                self.epsilon, scratch)
+
+    def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
+        backend.cache_update_scheduled(params, grads, state["cache"], schedule, self.epsilon,
+                                       -1.0, scratch)
 
 
 class RMSprop(Optimizer):
@@ -147,6 +177,10 @@ class RMSprop(Optimizer):
     def _update(self, backend, params, grads, state, scratch) -> None:
         backend.rmsprop_update(params, grads, state["cache"], self.current_learning_rate,
                                self.epsilon, self.rho, scratch)
+
+    def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
+        backend.cache_update_scheduled(params, grads, state["cache"], schedule, self.epsilon,
+                                       self.rho, scratch)
 
 
 class Adam(Optimizer):
@@ -169,3 +203,7 @@ class Adam(Optimizer):
         backend.adam_update(params, grads, state["momentums"], state["cache"],
                             self.current_learning_rate, self.epsilon, self.beta_1, self.beta_2,
                             self.iterations + 1, scratch)
+
+    def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
+        backend.adam_update_scheduled(params, grads, state["momentums"], state["cache"], schedule,
+                                      self.epsilon, self.beta_1, self.beta_2, scratch)

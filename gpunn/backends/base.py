@@ -56,6 +56,14 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
 
+    #: Whether ``fit`` should plan steps (static buffers, device schedule) and replay them.
+    plans_steps = False
+
+    def capture(self, body: Any) -> Any:
+        """Record ``body``'s device work for replay; returns a function that replays it, or None
+        where this backend has no graphs (the caller then runs ``body`` itself each time)."""
+        return None
+
     def set_precision(self, precision: str) -> None:
         """Use "fp32" (exact float32 GEMMs) or "tf32" (tensor cores; GPUs only) from now on."""
         if precision != "fp32":
@@ -141,6 +149,15 @@ class Backend:
             xp.multiply(dlogits, 1.0 / n, out=dlogits)
         return losses
 
+    def softmax_cross_entropy_totals(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
+                                     losses: Any, totals: Any) -> Any:
+        """As softmax_cross_entropy, also adding the loss sum and the correct count into
+        ``totals`` (two float64), so epoch metrics stay on the device until the host reads them."""
+        self.softmax_cross_entropy(logits, labels, probs, dlogits, losses)
+        totals[0] += losses.sum(dtype=np.float64)
+        totals[1] += self.count_correct(logits, labels)
+        return losses
+
     def count_correct(self, outputs: Any, labels: Any) -> Any:
         """How many rows have their largest output at the label (a device scalar)."""
         return (outputs.argmax(axis=1) == labels).sum()
@@ -221,6 +238,40 @@ class Backend:
         xp.divide(momentums, scratch, out=scratch)
         xp.multiply(scratch, -lr / (1 - beta_1**step), out=scratch)
         xp.add(params, scratch, out=params)
+
+    # ---- the same updates, with the learning rate schedule kept in a device array ----------
+    # schedule = [iterations, lr, decay, beta_1, beta_2, lr_t, 1/(1-beta_1^t), 1/(1-beta_2^t)]:
+    # a replayed CUDA graph reads lr_t and the bias corrections from it, and advance_schedule
+    # (part of the graph) moves it on, so decay and bias correction stay right without the host.
+
+    def advance_schedule(self, schedule: Any) -> None:
+        """lr_t = lr / (1 + decay * iterations), Adam's corrections for step iterations + 1,
+        then iterations += 1 (the book's pre_update_params and post_update_params)."""
+        iterations, lr, decay, beta_1, beta_2 = (float(v) for v in schedule[:5])
+        step = iterations + 1
+        schedule[5] = lr / (1.0 + decay * iterations)
+        schedule[6] = 1.0 / (1.0 - beta_1**step)
+        schedule[7] = 1.0 / (1.0 - beta_2**step)
+        schedule[0] = step
+
+    def sgd_update_scheduled(self, params: Any, grads: Any, momentums: Any, schedule: Any,
+                             momentum: float, scratch: Any) -> None:
+        self.sgd_update(params, grads, momentums, float(schedule[5]), momentum, scratch)
+
+    def cache_update_scheduled(self, params: Any, grads: Any, cache: Any, schedule: Any,
+                               epsilon: float, rho: float, scratch: Any) -> None:
+        """Adagrad (rho < 0) or RMSprop (0 <= rho < 1)."""
+        if rho < 0:
+            self.adagrad_update(params, grads, cache, float(schedule[5]), epsilon, scratch)
+        else:
+            self.rmsprop_update(params, grads, cache, float(schedule[5]), epsilon, rho, scratch)
+
+    def adam_update_scheduled(self, params: Any, grads: Any, momentums: Any, cache: Any,
+                              schedule: Any, epsilon: float, beta_1: float, beta_2: float,
+                              scratch: Any) -> None:
+        step = int(round(float(schedule[0])))
+        self.adam_update(params, grads, momentums, cache, float(schedule[5]), epsilon, beta_1,
+                         beta_2, step, scratch)
 
     def _scaled_step(self, params: Any, grads: Any, cache: Any, lr: float, epsilon: float,
                      scratch: Any) -> None:

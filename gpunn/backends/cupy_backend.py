@@ -28,6 +28,7 @@ def _row_threads(k: int) -> int:
 
 class CupyBackend(Backend):
     name = "cupy"
+    plans_steps = True
 
     def __init__(self) -> None:
         import cupy
@@ -60,6 +61,21 @@ class CupyBackend(Backend):
     def compute_capability(self) -> tuple[int, int]:
         cc = self.xp.cuda.Device().compute_capability  # e.g. "90"
         return int(cc[:-1]), int(cc[-1])
+
+    def capture(self, body: Any) -> Any:
+        """Record ``body`` as a CUDA graph on a capture stream; replays go to the current stream.
+        Without capturable GEMMs (no nvmath-python) there is no graph: None."""
+        if not self.blas.capturable:
+            return None
+        cp = self.xp
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            try:
+                body()
+            finally:
+                graph = stream.end_capture()
+        return lambda: graph.launch(stream=cp.cuda.get_current_stream())
 
     def set_precision(self, precision: str) -> None:
         if precision == "tf32":
@@ -129,8 +145,6 @@ class CupyBackend(Backend):
 
     def softmax_cross_entropy_totals(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
                                      losses: Any, totals: Any) -> Any:
-        """As softmax_cross_entropy, also adding the loss sum and correct count into ``totals``
-        (two float64 on the device), so epoch metrics never wait on the host."""
         n, k = logits.shape
         t = logits.dtype.type
         self.kernel("softmax_cross_entropy", logits.dtype)(
@@ -148,9 +162,10 @@ class CupyBackend(Backend):
 
     def sgd_update(self, params: Any, grads: Any, momentums: Any, lr: float, momentum: float,
                    scratch: Any) -> None:
-        self.sgd_update_scheduled(params, grads, momentums, self._eager(lr), momentum)
+        self.sgd_update_scheduled(params, grads, momentums, self._eager(lr), momentum, scratch)
 
-    def sgd_update_scheduled(self, params, grads, momentums, schedule, momentum) -> None:
+    def sgd_update_scheduled(self, params: Any, grads: Any, momentums: Any, schedule: Any,
+                             momentum: float, scratch: Any) -> None:
         self.kernel("sgd_update", params.dtype)(
             (_blocks(params.size),), (THREADS,),
             (params, grads, params if momentums is None else momentums, schedule,
@@ -158,14 +173,14 @@ class CupyBackend(Backend):
 
     def adagrad_update(self, params: Any, grads: Any, cache: Any, lr: float, epsilon: float,
                        scratch: Any) -> None:
-        self.cache_update_scheduled(params, grads, cache, self._eager(lr), epsilon, -1.0)
+        self.cache_update_scheduled(params, grads, cache, self._eager(lr), epsilon, -1.0, scratch)
 
     def rmsprop_update(self, params: Any, grads: Any, cache: Any, lr: float, epsilon: float,
                        rho: float, scratch: Any) -> None:
-        self.cache_update_scheduled(params, grads, cache, self._eager(lr), epsilon, rho)
+        self.cache_update_scheduled(params, grads, cache, self._eager(lr), epsilon, rho, scratch)
 
-    def cache_update_scheduled(self, params, grads, cache, schedule, epsilon, rho) -> None:
-        """Adagrad (rho < 0) or RMSprop (0 <= rho < 1) with lr_t read from ``schedule``."""
+    def cache_update_scheduled(self, params: Any, grads: Any, cache: Any, schedule: Any,
+                               epsilon: float, rho: float, scratch: Any) -> None:
         self.kernel("cache_update", params.dtype)(
             (_blocks(params.size),), (THREADS,),
             (params, grads, cache, schedule, np.float64(epsilon), np.float64(rho),
@@ -174,15 +189,16 @@ class CupyBackend(Backend):
     def adam_update(self, params: Any, grads: Any, momentums: Any, cache: Any, lr: float,
                     epsilon: float, beta_1: float, beta_2: float, step: int, scratch: Any) -> None:
         schedule = self._eager(lr, 1.0 / (1 - beta_1**step), 1.0 / (1 - beta_2**step))
-        self.adam_update_scheduled(params, grads, momentums, cache, schedule, epsilon, beta_1, beta_2)
+        self.adam_update_scheduled(params, grads, momentums, cache, schedule, epsilon, beta_1,
+                                   beta_2, scratch)
 
-    def adam_update_scheduled(self, params, grads, momentums, cache, schedule, epsilon, beta_1,
-                              beta_2) -> None:
+    def adam_update_scheduled(self, params: Any, grads: Any, momentums: Any, cache: Any,
+                              schedule: Any, epsilon: float, beta_1: float, beta_2: float,
+                              scratch: Any) -> None:
         self.kernel("adam_update", params.dtype)(
             (_blocks(params.size),), (THREADS,),
             (params, grads, momentums, cache, schedule, np.float64(epsilon), np.float64(beta_1),
              np.float64(beta_2), np.int64(params.size)))
 
     def advance_schedule(self, schedule: Any) -> None:
-        """On the device: lr_t and bias corrections for the next step, then iterations += 1."""
         self.kernel("advance_schedule")((1,), (1,), (schedule,))

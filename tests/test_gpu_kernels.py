@@ -1,0 +1,134 @@
+"""On a CUDA device: each fused kernel against the base.py reference run on the same CuPy data
+(random, never zeros), at odd sizes, with output buffers poisoned first so an unwritten element
+shows up as NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import CUPY_PROBLEM
+
+from gpunn.backends.base import Backend
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")]
+
+SHAPES = [(1, 1), (1, 7), (3, 1), (33, 65), (300, 3), (257, 1000), (1024, 10)]
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(scope="module")
+def backends():
+    import cupy
+
+    from gpunn.backends import get_backend
+
+    return get_backend("cupy"), Backend(cupy), cupy
+
+
+def tol(dtype):
+    return {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
+
+
+def poisoned(cp, shape, dtype):
+    return cp.full(shape, cp.nan, dtype=dtype)
+
+
+def rand(cp, rng, shape, dtype):
+    return cp.asarray(rng.standard_normal(shape).astype(dtype))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_kernels_match_reference(backends, shape, dtype, rng):
+    fast, ref, cp = backends
+    n, k = shape
+    z, b, d = rand(cp, rng, shape, dtype), rand(cp, rng, (1, k), dtype), rand(cp, rng, shape, dtype)
+    for name in ("add_bias", "bias_relu"):
+        got, want = z.copy(), z.copy()
+        getattr(fast, name)(got, b)
+        getattr(ref, name)(want, b)
+        cp.testing.assert_allclose(got, want, **tol(dtype))
+    output = cp.maximum(z, 0)
+    got = fast.relu_backward(d, output, out=poisoned(cp, shape, dtype))
+    cp.testing.assert_allclose(got, ref.relu_backward(d, output, out=cp.empty_like(d)), **tol(dtype))
+    got = fast.bias_grad(d, out=poisoned(cp, (1, k), dtype))
+    cp.testing.assert_allclose(got, ref.bias_grad(d, out=cp.empty((1, k), dtype)),
+                               rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+    rows = cp.asarray(rng.permutation(n))
+    got = fast.take_rows(z, rows, out=poisoned(cp, shape, dtype))
+    cp.testing.assert_array_equal(got, z[rows])
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (5, 1), (300, 3), (64, 1000), (33, 65), (2, 2048)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("need_grad", [True, False])
+def test_softmax_cross_entropy_kernel(backends, shape, dtype, need_grad, rng):
+    fast, ref, cp = backends
+    n, k = shape
+    logits = rand(cp, rng, shape, dtype) * 3
+    labels = cp.asarray(rng.integers(0, k, n))
+    got = [poisoned(cp, shape, dtype), poisoned(cp, shape, dtype) if need_grad else None,
+           poisoned(cp, (n,), dtype)]
+    want = [cp.empty(shape, dtype), cp.empty(shape, dtype) if need_grad else None, cp.empty((n,), dtype)]
+    fast.softmax_cross_entropy(logits, labels, *got)
+    ref.softmax_cross_entropy(logits, labels, *want)
+    for g, w in zip(got, want):
+        if w is not None:
+            cp.testing.assert_allclose(g, w, **tol(dtype))
+    totals = cp.zeros(2, cp.float64)
+    fast.softmax_cross_entropy_totals(logits, labels, got[0], got[1], got[2], totals)
+    assert float(totals[0]) == pytest.approx(float(want[2].sum()), rel=1e-5)
+    assert int(totals[1]) == int(ref.count_correct(logits, labels))
+
+
+@pytest.mark.parametrize("rule", ["sgd", "sgd-momentum", "adagrad", "rmsprop", "adam"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_kernels_match_reference(backends, rule, dtype, rng):
+    fast, ref, cp = backends
+    size = 1000 + 17
+    p0, g = rand(cp, rng, (size,), dtype), rand(cp, rng, (size,), dtype)
+    s1, s2 = cp.abs(rand(cp, rng, (size,), dtype)), cp.abs(rand(cp, rng, (size,), dtype))
+    results = []
+    for bk in (fast, ref):
+        p, m, c = p0.copy(), s1.copy(), s2.copy()
+        scratch = cp.empty_like(p)
+        if rule == "sgd":
+            bk.sgd_update(p, g, None, 0.1, 0.0, scratch)
+        elif rule == "sgd-momentum":
+            bk.sgd_update(p, g, m, 0.1, 0.9, scratch)
+        elif rule == "adagrad":
+            bk.adagrad_update(p, g, c, 0.1, 1e-7, scratch)
+        elif rule == "rmsprop":
+            bk.rmsprop_update(p, g, c, 0.01, 1e-7, 0.9, scratch)
+        else:
+            bk.adam_update(p, g, m, c, 0.01, 1e-7, 0.9, 0.999, 3, scratch)
+        results.append((p, m, c))
+    for got, want in zip(*results):
+        cp.testing.assert_allclose(got, want, **tol(dtype))
+
+
+def test_schedule_on_the_device_follows_the_book(backends):
+    fast, _, cp = backends
+    schedule = cp.asarray([0.0, 0.05, 5e-3, 0.9, 0.999, 0, 0, 0])
+    for t in range(4):
+        fast.advance_schedule(schedule)
+        lr_t, c1, c2 = (float(v) for v in schedule[5:8])
+        assert lr_t == pytest.approx(0.05 / (1 + 5e-3 * t), rel=1e-15)
+        assert c1 == pytest.approx(1 / (1 - 0.9 ** (t + 1)), rel=1e-14)
+        assert c2 == pytest.approx(1 / (1 - 0.999 ** (t + 1)), rel=1e-12)
+    assert float(schedule[0]) == 4
+
+
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cublas_gemm_matches_cupy_matmul(backends, trans, dtype, rng):
+    fast, _, cp = backends
+    trans_a, trans_b = trans
+    m, k, n = 37, 129, 65
+    a = rand(cp, rng, (k, m) if trans_a else (m, k), dtype)
+    b = rand(cp, rng, (n, k) if trans_b else (k, n), dtype)
+    out = poisoned(cp, (m, n), dtype)
+    fast.gemm(a, b, out, trans_a, trans_b)
+    want = cp.matmul(a.T if trans_a else a, b.T if trans_b else b)
+    cp.testing.assert_allclose(out, want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
