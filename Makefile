@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9]*' | grep -o '[0-9]*$$')
 CUDA_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 13 14 15,$(CUDA_MAJOR)),cuda13,cuda12),)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ test: lint
 bench: $(VENV)/.test-deps
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) benchmarks/step_bench.py
+
+# On a lent GPU machine (system Python with CuPy, PyTorch, JAX; wheels it lacks in .whl/, fetched
+# beforehand by shared/gpu/fetch-wheels.sh): the gpu-marked tests, then the GPU benchmark, whose
+# JSON goes to $$OUT (or the current folder).
+gpu-check:
+	set -e; site=$$(mktemp -d); \
+	if ls .whl/*.whl >/dev/null 2>&1; then \
+	  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$$site" .whl/*.whl; fi; \
+	export PYTHONPATH="$$site:$$PWD"; \
+	python3 -c "import gpunn, sys; print('gpunn', gpunn.__version__, 'backends:', gpunn.backends.available())"; \
+	python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/test_cuda_sources.py tests || status=$$?; \
+	python3 benchmarks/gpu_bench.py --json "$${OUT:-.}/gpu_bench.json"; \
+	exit $${status:-0}
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

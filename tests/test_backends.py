@@ -93,3 +93,28 @@ def test_numpy_ops_match_reference(rng):
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
         np.testing.assert_allclose(fast.bias_grad(d, out=np.empty((1, k), dtype)),
                                    ref.bias_grad(d, out=np.empty((1, k), dtype)), rtol=tol, atol=tol)
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    given = None
+
+if given is not None:
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(1, 40), st.integers(1, 40), st.sampled_from([np.float32, np.float64]),
+           st.data())
+    def test_softmax_cross_entropy_fast_path_on_any_input(n, k, dtype, data):
+        """The NumPy override equals the reference for any shape and any finite logits."""
+        logits = data.draw(arrays(dtype, (n, k), elements=st.floats(-50, 50, width=32)))
+        labels = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)))
+        fast, ref = NumpyBackend(), Backend(np)
+        got = [np.full((n, k), np.nan, dtype), np.full((n, k), np.nan, dtype), np.full(n, np.nan, dtype)]
+        want = [np.empty((n, k), dtype), np.empty((n, k), dtype), np.empty(n, dtype)]
+        fast.softmax_cross_entropy(logits, labels, *got)
+        ref.softmax_cross_entropy(logits, labels, *want)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol)

@@ -45,3 +45,58 @@ def test_model_moves_between_backends_and_keeps_training():
     model.fit(X, y, epochs=5, batch_size=32, seed=0, verbose=0)
     model.to("numpy")
     assert model.optimizer.iterations == 5 + 5 * 5
+
+
+@pytest.mark.parametrize("make_opt", [lambda: nn.SGD(lr=0.5, momentum=0.9, decay=1e-3),
+                                      lambda: nn.Adam(lr=0.02, decay=5e-7)])
+@pytest.mark.parametrize("batch_size", [None, 64])
+def test_graph_replay_equals_eager_bit_for_bit(make_opt, batch_size, monkeypatch):
+    """The same planned step, replayed from a CUDA graph or run eagerly, gives the same bits."""
+    from gpunn.backends import get_backend
+
+    bk = get_backend("cupy")
+    assert bk.blas.capturable, f"no capturable cuBLAS: {bk.blas.why_not}"
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    runs = []
+    for graphs in (True, False):
+        if not graphs:
+            monkeypatch.setattr(bk, "capture", lambda body: None)
+        nn.set_seed(0)
+        model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend="cupy")
+        history = model.fit(X, y, epochs=200 if batch_size is None else 5, batch_size=batch_size,
+                            seed=0, verbose=0)
+        replayed = [plan.replay is not None for plan in model._plans.values()]
+        runs.append((model.get_params(), history.history, replayed))
+    (p_graph, h_graph, replayed), (p_eager, h_eager, eager_replayed) = runs
+    assert all(replayed) and not any(eager_replayed)
+    for a, b in zip(p_graph, p_eager):
+        np.testing.assert_array_equal(a, b)
+    assert h_graph == h_eager
+
+
+def test_tf32_trains_close_to_fp32():
+    from gpunn.backends import get_backend
+
+    if get_backend("cupy").compute_capability()[0] < 8:
+        pytest.skip("TF32 needs compute capability 8.0+")
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    results = []
+    for precision in ("fp32", "tf32"):
+        nn.set_seed(0)
+        model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05, decay=5e-7), backend="cupy",
+                      precision=precision)
+        model.fit(X, y, epochs=300, batch_size=None, verbose=0)
+        results.append(model.evaluate(X, y))
+    assert abs(results[0]["loss"] - results[1]["loss"]) < 0.05
+
+
+def test_the_books_run_on_the_gpu():
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    nn.set_seed(0)
+    model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
+    model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05, decay=5e-7), backend="cupy")
+    history = model.fit(X, y, epochs=10_001, batch_size=None, verbose=0)
+    assert model.optimizer.iterations == 10_001 and len(history["loss"]) == 10_001
+    assert model.evaluate(X, y)["accuracy"] >= 0.93

@@ -70,6 +70,7 @@ class CupyBackend(Backend):
         cp = self.xp
         stream = cp.cuda.Stream(non_blocking=True)
         with stream:
+            self.blas.bind_stream()  # set stream and workspace before capture, not inside it
             stream.begin_capture()
             try:
                 body()
@@ -147,6 +148,8 @@ class CupyBackend(Backend):
                                      losses: Any, totals: Any) -> Any:
         n, k = logits.shape
         t = logits.dtype.type
+        if labels.dtype != np.int64:  # the kernel reads 64-bit labels (models always give them)
+            labels = labels.astype(np.int64)
         self.kernel("softmax_cross_entropy", logits.dtype)(
             (n,), (_row_threads(k),),
             (logits, labels, probs, probs if dlogits is None else dlogits, losses,

@@ -57,7 +57,8 @@ class Gemm:
         mode = self.cublas.Math.TF32_TENSOR_OP_MATH if self.tf32 else self.cublas.Math.DEFAULT_MATH
         self.cublas.set_math_mode(self.handle, int(mode))
 
-    def _bind_stream(self) -> None:
+    def bind_stream(self) -> None:
+        """Point our handle at the current stream (done before a capture begins, too)."""
         stream = self.cupy.cuda.get_current_stream().ptr
         if self.handle is None:
             self.handle = self.cublas.create()
@@ -70,15 +71,16 @@ class Gemm:
             self._stream = stream
 
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:
-        if self.cublas is None:
+        if self.cublas is None or not _blas_ready(out) or out.dtype not in self._alpha \
+                or a.dtype != out.dtype or b.dtype != out.dtype:
+            # mixed dtypes or a strided output (ad-hoc book-style use): CuPy casts and copies
             return self._fallback(a, b, out, trans_a, trans_b)
+        a = a if _blas_ready(a) else self.cupy.ascontiguousarray(a)
+        b = b if _blas_ready(b) else self.cupy.ascontiguousarray(b)
         # A row-major (r, c) array with row stride ld is, to column-major cuBLAS, its transpose
         # (c, r) with leading dimension ld. So out^T = op(b)^T @ op(a)^T: swap a and b, keep the
         # transpose flags, and m, n become out's columns and rows.
-        for name, arr in (("a", a), ("b", b), ("out", out)):
-            if arr.ndim != 2 or arr.strides[1] != arr.itemsize:
-                raise ValueError(f"gemm: {name} must be 2-D with contiguous rows")
-        self._bind_stream()
+        self.bind_stream()
         n_rows, m_cols = out.shape
         k = a.shape[0] if trans_a else a.shape[1]
         itemsize = out.itemsize
@@ -91,8 +93,16 @@ class Gemm:
         return out
 
     def _fallback(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:
+        if self.cublas is not None:
+            return self.cupy.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
         if not self._said_fallback:
             self._said_fallback = True
             _log.info("gpunn: %s; GEMMs go through cupy.matmul, so training steps run eagerly "
                       "(no CUDA graphs). pip install nvmath-python to enable them.", self.why_not)
         return self.cupy.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+
+def _blas_ready(arr: Any) -> bool:
+    """2-D with each row contiguous: what cuBLAS can read through a leading dimension."""
+    return arr.ndim == 2 and arr.strides[1] == arr.itemsize and arr.strides[0] % arr.itemsize == 0 \
+        and arr.strides[0] >= arr.shape[1] * arr.itemsize
