@@ -30,11 +30,12 @@ lint: $(VENV)/.test-deps
 
 test: lint
 	$(PY) -m pytest
+	$(PY) -m pytest -q benchmarks --benchmark-disable
 
-# Step-time ratios against PyTorch CPU (installs torch into .venv when missing).
+# gpunn against PyTorch (installed into .venv when missing) on every backend here.
 bench: $(VENV)/.test-deps
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) benchmarks/step_bench.py
+	$(VENV)/bin/gpunn bench --json bench.json --markdown bench.md --plot bench.png
 
 # On a lent GPU machine (system Python with CuPy, PyTorch, JAX; wheels it lacks in .whl/, fetched
 # beforehand by shared/gpu/fetch-wheels.sh): the gpu-marked tests, then the GPU benchmark, whose
@@ -46,7 +47,8 @@ gpu-check:
 	export PYTHONPATH="$$site:$$PWD"; \
 	python3 -c "import gpunn, sys; print('gpunn', gpunn.__version__, 'backends:', gpunn.backends.available())"; \
 	python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/test_cuda_sources.py tests || status=$$?; \
-	python3 benchmarks/gpu_bench.py --json "$${OUT:-.}/gpu_bench.json"; \
+	python3 -m gpunn bench --backends cupy --json "$${OUT:-.}/bench.json" \
+	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \
 	exit $${status:-0}
 
 clean:

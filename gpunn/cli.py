@@ -40,6 +40,20 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("info", help="backends, device and library versions")
+    bench = sub.add_parser("bench", help="training-step throughput against PyTorch and JAX")
+    bench.add_argument("--workloads", default="small,medium,large,book",
+                       help="comma-separated: small, medium, large (GPU only), book")
+    bench.add_argument("--backends", default=None, help="numpy,cupy (default: all available)")
+    bench.add_argument("--peers", default=None, help="pytorch,jax,numpy-book (default: all; "
+                       "those not importable are reported as skipped)")
+    bench.add_argument("--precision", default="fp32,tf32", help="fp32,tf32 (tf32 on GPUs only)")
+    bench.add_argument("--repeats", type=_positive_int, default=None, help="default 7, 3 with --quick")
+    bench.add_argument("--quick", action="store_true", help="fewer, shorter repeats")
+    bench.add_argument("--threads", type=_positive_int, default=None,
+                       help="BLAS (and PyTorch) threads; default: as found")
+    bench.add_argument("--json", default=None, help="write the results here (schema: gpunn.bench.SCHEMA)")
+    bench.add_argument("--markdown", default=None, help="write a Markdown table here")
+    bench.add_argument("--plot", default=None, help="write a PNG bar chart here (needs gpunn[plot])")
     return ap
 
 
@@ -78,7 +92,7 @@ def info() -> int:
     print(f"gpunn {nn.__version__} on Python {platform.python_version()} ({platform.machine()})")
     print(f"backends available: {', '.join(nn.backends.available())}")
     cores = os.cpu_count()
-    print(f"numpy {np.__version__}; BLAS: {_blas_name()}; CPU: "
+    print(f"numpy {np.__version__}; BLAS: {_blas_name()} ({_blas_threads()} threads); CPU: "
           f"{nn.backends.get_backend('numpy').device_name()} ({cores} cores)")
     problem = _cupy_problem()
     if problem:
@@ -91,6 +105,12 @@ def info() -> int:
         print(f"cupy {cupy.__version__}; CUDA runtime {runtime // 1000}.{runtime % 1000 // 10}; "
               f"device: {bk.device_name()}")
     return 0
+
+
+def _blas_threads() -> str:
+    from threadpoolctl import threadpool_info
+
+    return ", ".join(str(i["num_threads"]) for i in threadpool_info()) or "?"
 
 
 def _blas_name() -> str:
@@ -107,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return train(args)
+        if args.command == "bench":
+            from . import bench
+
+            return bench.main(args)
         return info()
-    except (ValueError, TypeError, RuntimeError, FloatingPointError) as exc:
+    except (ValueError, TypeError, RuntimeError, FloatingPointError, ImportError) as exc:
         print(f"gpunn: error: {exc}", file=sys.stderr)
         return 2
 

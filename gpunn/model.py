@@ -342,6 +342,7 @@ class Sequential:
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
                 plan = self._plan(stop - start, 1)
+                plan.loaded = None  # its inputs change batch by batch
                 if order is None:
                     plan.x[...] = X[start:stop]
                     plan.y[...] = y[start:stop]
@@ -387,6 +388,21 @@ class Sequential:
         reg = self._regularization_loss()
         losses, _ = self._step(X, y)
         return float(losses.mean()) + reg
+
+    def prepare_step(self, X: Any, y: Any) -> Any:
+        """Put one batch on the device and return a function that takes one optimizer step on it
+        each call (planned and replayed as a CUDA graph where the backend can): for benchmarks
+        and hand-written loops. Nothing is read back; ``evaluate`` gives the loss."""
+        self._require_compiled("prepare_step()")
+        X, y = self._prepare(X, y)
+        if not self._uses_plans():
+            return lambda: self._step(X, y)
+        self._sync_schedule()
+        plan = self._plan(X.shape[0], 1)
+        plan.x[...] = X
+        plan.y[...] = y
+        plan.loaded = X
+        return plan.run
 
     def fit(self, X: Any, y: Any, epochs: int = 1, batch_size: int | None = 32,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,

@@ -152,3 +152,16 @@ def test_out_of_memory_while_planning_names_batch_size_and_bytes(monkeypatch):
     need = plan_module.plan_bytes(model, 300) / 2**20
     with pytest.raises(MemoryError, match=rf"batch_size=300: the plan needs about {need:.1f} MiB"):
         model.fit(X, y, epochs=1, batch_size=None, verbose=0)
+
+
+@pytest.mark.parametrize("planned", [False, True])
+def test_prepare_step_takes_one_step_per_call(planned):
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    model, reference = build(OPTIMIZERS[3], planned), build(OPTIMIZERS[3], False)
+    step = model.prepare_step(X, y)
+    for _ in range(4):
+        step()
+        reference.train_step(X, y)
+    assert model.optimizer.iterations == 4
+    for a, b in zip(reference.get_params(), model.get_params()):
+        assert np.array_equal(a, b)

@@ -21,8 +21,9 @@ def test_readme_has_the_two_commands():
 
 
 @pytest.mark.parametrize("code", [c for lang, c in BLOCKS if lang == "python"])
-def test_python_block_runs(code):
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+def test_python_block_runs(code, tmp_path):
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
 
 
@@ -36,8 +37,8 @@ def _gpunn_lines():
 
 
 @pytest.mark.parametrize("line", list(_gpunn_lines()))
-def test_cli_line_runs(line):
+def test_cli_line_runs(line, tmp_path):
     args = shlex.split(line)[1:]
     result = subprocess.run([sys.executable, "-m", "gpunn", *args], capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,76 @@
+"""gpunn bench: the JSON follows its schema, every contender computes the same thing, missing
+peers are reported as skipped. Timings are not asserted."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jsonschema
+import numpy as np
+import pytest
+
+from gpunn import bench, cli
+
+
+def tiny_suite(peers, workloads=("small",)):
+    return bench.run_suite(list(workloads), ["numpy"], peers, ["fp32"], repeats=1, seconds=0.02,
+                           check_steps=5, log=lambda line: None)
+
+
+def test_results_follow_the_schema():
+    doc = tiny_suite(["numpy-book", "pytorch", "jax"])
+    jsonschema.validate(doc, bench.SCHEMA)
+    impls = {r["impl"] for r in doc["results"]}
+    assert {"gpunn-numpy", "numpy-book"} <= impls
+    gpunn_row = next(r for r in doc["results"] if r["impl"] == "gpunn-numpy")
+    assert set(gpunn_row["speedup_vs"]) == impls - {"gpunn-numpy"}
+    assert doc["machine"]["gemm_ceiling"]["cpu-fp32"] > 0
+    assert any(b.get("num_threads") for b in doc["machine"]["blas"])
+
+
+def test_every_contender_trains_the_same_network_to_the_same_loss():
+    """Same initial weights, data, optimizer and steps: the same loss, so nobody times a
+    different computation."""
+    doc = tiny_suite(["numpy-book", "pytorch", "jax"])
+    losses = {r["impl"]: r["final_loss"] for r in doc["results"]}
+    reference = losses.pop("gpunn-numpy")
+    assert losses, "at least the NumPy port of the book runs"
+    for impl, loss in losses.items():
+        assert loss == pytest.approx(reference, rel=1e-4), impl
+    # and the steps did something: the loss moved from the initial one
+    params = bench.initial_params(bench.WORKLOADS["small"].sizes)
+    X, y = bench.workload_data(bench.WORKLOADS["small"])
+    untrained = bench.numpy_book_run(bench.WORKLOADS["small"], params, X, y, "fp32", "cpu").loss()
+    assert abs(untrained - reference) > 1e-4
+
+
+def test_a_missing_peer_is_reported_as_skipped(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    monkeypatch.setitem(sys.modules, "jax", None)
+    doc = tiny_suite(["pytorch", "jax"])
+    reasons = {s["impl"]: s["reason"] for s in doc["skipped"]}
+    assert reasons["pytorch"].startswith("not importable") and reasons["jax"].startswith("not importable")
+    assert [r["impl"] for r in doc["results"]] == ["gpunn-numpy"]
+    jsonschema.validate(doc, bench.SCHEMA)
+
+
+def test_large_is_gpu_only_and_unknown_workloads_are_refused(capsys):
+    doc = tiny_suite([], workloads=("large",))
+    assert doc["results"] == [] and "only on a GPU" in doc["skipped"][0]["reason"]
+    assert cli.main(["bench", "--workloads", "huge"]) == 2
+    assert "unknown workload 'huge'" in capsys.readouterr().err
+
+
+def test_cli_writes_json_markdown_and_a_png(tmp_path, capsys):
+    paths = {k: tmp_path / f"out.{k}" for k in ("json", "md", "png")}
+    code = cli.main(["bench", "--quick", "--repeats", "1", "--workloads", "small",
+                     "--peers", "numpy-book", "--threads", "1", "--json", str(paths["json"]),
+                     "--markdown", str(paths["md"]), "--plot", str(paths["png"])])
+    assert code == 0
+    doc = json.loads(paths["json"].read_text())
+    jsonschema.validate(doc, bench.SCHEMA)
+    assert "| small | cpu | fp32 | gpunn-numpy |" in paths["md"].read_text()
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "gpunn-numpy" in capsys.readouterr().out
+    assert np.isfinite([r["step_ms"] for r in doc["results"]]).all()
