@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from . import backends, datasets
+from . import backends, datasets, plot
+from .io import load
 from .layers import Dense, Dropout, Layer, Linear, ReLU, Sigmoid, Softmax, set_seed
 from .losses import BinaryCrossEntropy, CategoricalCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
 from .model import History, Sequential
@@ -16,7 +17,7 @@ __all__ = [
     "Adagrad", "Adam", "BinaryCrossEntropy", "CategoricalCrossEntropy", "Dense", "Dropout",
     "History", "Layer", "Linear", "Loss", "MeanSquaredError", "Optimizer", "ReLU", "RMSprop",
     "SGD", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "backends", "datasets",
-    "set_seed",
+    "load", "plot", "set_seed",
 ]
 
 # One line says which backend "auto" chose. It goes to stderr unless the application has set up

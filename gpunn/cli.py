@@ -1,4 +1,5 @@
-"""The command line: ``gpunn train`` (the book's spiral classifier by default) and ``gpunn info``."""
+"""The command line: ``gpunn train`` (the book's spiral classifier by default), ``gpunn predict``,
+``gpunn bench`` and ``gpunn info``."""
 
 from __future__ import annotations
 
@@ -24,21 +25,37 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpunn", description="Train the dense networks of 'Neural "
                                  "Networks from Scratch' on NumPy (CPU) or CuPy (GPU).")
     sub = ap.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a classifier on a toy data set (the book's run by default)")
+    train = sub.add_parser("train", help="train a classifier (the book's spiral run by default)")
     train.add_argument("--backend", default=None, choices=("auto", "numpy", "cupy"),
                        help="default: $GPUNN_BACKEND or auto")
-    train.add_argument("--dataset", default="spiral", choices=("spiral", "vertical"))
-    train.add_argument("--samples", type=_positive_int, default=100, help="samples per class")
-    train.add_argument("--classes", type=_positive_int, default=3)
-    train.add_argument("--hidden", type=_positive_int, default=64, help="neurons in the hidden layer")
-    train.add_argument("--epochs", type=int, default=10_001)
-    train.add_argument("--batch-size", type=_positive_int, default=None, help="default: full batch")
+    train.add_argument("--dataset", default="spiral",
+                       help="spiral, vertical, digits (needs gpunn[data]) or a .npz file with X and y")
+    train.add_argument("--samples", type=_positive_int, default=100, help="samples per class (toy sets)")
+    train.add_argument("--classes", type=_positive_int, default=3, help="classes (toy sets)")
+    train.add_argument("--hidden", default=None,
+                       help="hidden layer sizes, e.g. 64 or 256,128 "
+                            "(default: 64 for toy sets, 256,128 otherwise)")
+    train.add_argument("--epochs", type=int, default=None, help="default: 10001 for toy sets, 50 otherwise")
+    train.add_argument("--batch-size", type=_positive_int, default=None,
+                       help="default: full batch for toy sets, 32 otherwise")
     train.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     train.add_argument("--lr", type=float, default=None,
-                       help="learning rate (default: the book's 0.05 for adam, 1.0 for sgd, ...)")
-    train.add_argument("--decay", type=float, default=5e-7)
+                       help="learning rate (default: the book's 0.05 for adam on toy sets, ...)")
+    train.add_argument("--decay", type=float, default=None, help="default: 5e-7 toy sets, 1e-4 otherwise")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--save", default=None, help="save the trained model to this .safetensors file")
+    train.add_argument("--plot", default=None, help="draw loss and accuracy curves to this PNG")
+    train.add_argument("--checkpoint", default=None, help="checkpoint file (saved at the end and on Ctrl-C)")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=None, help="also every k epochs")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict = sub.add_parser("predict", help="predict with a saved model")
+    predict.add_argument("model", help="a .safetensors file saved by gpunn")
+    predict.add_argument("data", help="a .npz file with X (y too, to report accuracy)")
+    predict.add_argument("--output", default=None,
+                         help="write predictions here (.npz: predictions and outputs; .csv: one row "
+                              "per sample); default: print one predicted class per line")
+    predict.add_argument("--backend", default=None, choices=("auto", "numpy", "cupy"))
     sub.add_parser("info", help="backends, device and library versions")
     bench = sub.add_parser("bench", help="training-step throughput against PyTorch and JAX")
     bench.add_argument("--workloads", default="small,medium,large,book",
@@ -57,31 +74,103 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _optimizer(name: str, lr: float | None, decay: float):
+TOY = ("spiral", "vertical")
+
+
+def _optimizer(name: str, lr: float | None, decay: float, toy: bool):
     import gpunn as nn
 
-    defaults = {"adam": 0.05, "sgd": 1.0, "adagrad": 1.0, "rmsprop": 0.02}
+    if toy:  # the book's settings
+        defaults = {"adam": 0.05, "sgd": 1.0, "adagrad": 1.0, "rmsprop": 0.02}
+    else:
+        defaults = {"adam": 0.005, "sgd": 0.1, "adagrad": 0.1, "rmsprop": 0.002}
     cls = {"adam": nn.Adam, "sgd": nn.SGD, "adagrad": nn.Adagrad, "rmsprop": nn.RMSprop}[name]
     return cls(lr=defaults[name] if lr is None else lr, decay=decay)
+
+
+def _dataset(args: argparse.Namespace):
+    """(X_train, y_train, X_test, y_test); toy sets are evaluated on their training data."""
+    import gpunn as nn
+
+    if args.dataset in TOY:
+        make = nn.datasets.spiral_data if args.dataset == "spiral" else nn.datasets.vertical_data
+        X, y = make(samples=args.samples, classes=args.classes, seed=args.seed)
+        return X, y, X, y
+    if args.dataset == "digits":
+        X, y = nn.datasets.load_digits()
+    elif args.dataset.endswith(".npz"):
+        X, y = nn.datasets.load_npz(args.dataset)
+    else:
+        raise ValueError(f"--dataset must be spiral, vertical, digits or a .npz file; got "
+                         f"{args.dataset!r}")
+    X_train, X_test, y_train, y_test = nn.datasets.train_test_split(X, y, test_size=0.2,
+                                                                    seed=args.seed, stratify=True)
+    return X_train, y_train, X_test, y_test
 
 
 def train(args: argparse.Namespace) -> int:
     import gpunn as nn
 
-    make = nn.datasets.spiral_data if args.dataset == "spiral" else nn.datasets.vertical_data
-    X, y = make(samples=args.samples, classes=args.classes, seed=args.seed)
+    toy = args.dataset in TOY
+    X, y, X_test, y_test = _dataset(args)
+    if X.ndim != 2:
+        raise ValueError(f"the data's X must be 2-D (samples, features); got shape {X.shape}")
+    classes = int(y.shape[1]) if y.ndim == 2 else int(np.max(y)) + 1
+    hidden = [int(h) for h in (args.hidden or ("64" if toy else "256,128")).split(",")]
+    sizes = [X.shape[1], *hidden, classes]
     nn.set_seed(args.seed)
-    model = nn.Sequential([nn.Dense(2, args.hidden), nn.ReLU(), nn.Dense(args.hidden, args.classes)])
-    model.compile(loss=nn.SoftmaxCrossEntropy(), optimizer=_optimizer(args.optimizer, args.lr, args.decay),
-                  backend=args.backend)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Dense(a, b) if toy else nn.Dense(a, b, init="he"))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    decay = args.decay if args.decay is not None else (5e-7 if toy else 1e-4)
+    model = nn.Sequential(layers)
+    model.compile(loss=nn.SoftmaxCrossEntropy(),
+                  optimizer=_optimizer(args.optimizer, args.lr, decay, toy), backend=args.backend)
+    epochs = args.epochs if args.epochs is not None else (10_001 if toy else 50)
+    batch_size = args.batch_size if args.batch_size is not None or toy else 32
+    resume = args.checkpoint if args.resume and args.checkpoint and os.path.exists(args.checkpoint) \
+        else None
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint <file> to resume from")
     start = time.perf_counter()
-    model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-              verbose=0 if args.quiet else 1)
+    history = model.fit(X, y, epochs=epochs, batch_size=batch_size, seed=args.seed,
+                        verbose=0 if args.quiet else 1, checkpoint=args.checkpoint,
+                        checkpoint_every=args.checkpoint_every, resume_from=resume)
     model.backend.synchronize()
     seconds = time.perf_counter() - start
-    result = model.evaluate(X, y)
-    print(f"accuracy {result['accuracy']:.3f} loss {result['loss']:.3f} "
+    if args.save:
+        model.save(args.save)
+    if args.plot:
+        history.plot(args.plot)
+    result = model.evaluate(X_test, y_test)
+    where = "" if toy else "test "
+    print(f"{where}accuracy {result['accuracy']:.3f} loss {result['loss']:.3f} "
           f"({model.backend.name}, {seconds:.1f} s)")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    import gpunn as nn
+
+    model = nn.load(args.model, backend=args.backend)
+    arrays = nn.datasets.read_npz(args.data)
+    if "X" not in arrays:
+        raise ValueError(f"{args.data} must hold an array named X; it has {', '.join(arrays) or 'none'}")
+    X, y = arrays["X"], arrays.get("y")
+    outputs = model.predict(X)
+    classes = outputs.argmax(axis=1) if outputs.shape[1] > 1 else (outputs[:, 0] > 0.5).astype(int)
+    if args.output is None:
+        print("\n".join(map(str, classes.tolist())))
+    elif args.output.endswith(".csv"):
+        header = "prediction," + ",".join(f"output_{j}" for j in range(outputs.shape[1]))
+        np.savetxt(args.output, np.column_stack([classes, outputs]), delimiter=",", header=header,
+                   comments="", fmt=["%d"] + ["%.6g"] * outputs.shape[1])
+    else:
+        np.savez(args.output, predictions=classes, outputs=outputs)
+    if y is not None:
+        print(f"accuracy {model.evaluate(X, y)['accuracy']:.3f} on {len(X)} samples", file=sys.stderr)
     return 0
 
 
@@ -127,12 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return train(args)
+        if args.command == "predict":
+            return predict(args)
         if args.command == "bench":
             from . import bench
 
             return bench.main(args)
         return info()
-    except (ValueError, TypeError, RuntimeError, FloatingPointError, ImportError) as exc:
+    except (ValueError, TypeError, RuntimeError, FloatingPointError, ImportError, OSError) as exc:
         print(f"gpunn: error: {exc}", file=sys.stderr)
         return 2
 

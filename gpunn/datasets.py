@@ -1,10 +1,17 @@
-"""Toy data sets with the nnfs package's definitions (the cs231n spiral and friends).
+"""Data: toy sets with the nnfs package's definitions (the cs231n spiral and friends), and
+readers for real data (scikit-learn's digits, MNIST-format IDX files, your own .npz).
 
 With ``seed=0`` the numbers equal nnfs's after ``nnfs.init()`` (which seeds NumPy's global
 generator with 0), because the same legacy generator draws them in the same order.
 """
 
 from __future__ import annotations
+
+import gzip
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,3 +64,113 @@ def sine_data(samples: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     X = np.arange(samples).reshape(-1, 1) / samples
     y = np.sin(2 * np.pi * X).reshape(-1, 1)
     return X, y
+
+
+# ---- real data ------------------------------------------------------------------------------
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 handwritten digits: X (1797, 64) scaled to [0, 1], y (1797,)."""
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError:
+        raise ImportError('load_digits needs scikit-learn, from the data extra: '
+                          'pip install "gpunn[data]"') from None
+    digits = sklearn_digits()
+    return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
+
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_idx(path: str | os.PathLike) -> np.ndarray:
+    """One IDX file (the MNIST format), raw or gzip-compressed, with its header checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such IDX file: {path}")
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{path} is not a valid IDX file: broken gzip data ({exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or data[3] == 0:
+        raise ValueError(f"{path} is not a valid IDX file: bad magic number {data[:4].hex() or '(empty)'}")
+    dims = data[3]
+    header = 4 + 4 * dims
+    if len(data) < header:
+        raise ValueError(f"{path} is not a valid IDX file: the header is cut short")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"{path} is not a valid IDX file: the header announces shape {shape} "
+                         f"({expected} bytes) but the file has {len(data)} bytes")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def load_idx(images_path: str | os.PathLike, labels_path: str | os.PathLike
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-format images and labels (raw or .gz): X (n, rows * cols) in [0, 1], y (n,)."""
+    images, labels = _read_idx(images_path), _read_idx(labels_path)
+    if images.ndim < 2:
+        raise ValueError(f"{images_path}: images need at least 2 dimensions; got shape {images.shape}")
+    if labels.ndim != 1:
+        raise ValueError(f"{labels_path}: labels must be 1-D; got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                         f"{len(labels)} labels")
+    X = images.reshape(len(images), -1).astype(np.float32)
+    if images.dtype == np.uint8:
+        X /= 255.0
+    return X, labels.astype(np.int64)
+
+
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Your own data: an .npz file with arrays ``X`` (samples, features) and ``y``."""
+    arrays = read_npz(path)
+    missing = {"X", "y"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path} must hold arrays named X and y; it lacks "
+                         f"{', '.join(sorted(missing))} (it has {', '.join(arrays) or 'none'})")
+    return arrays["X"], arrays["y"]
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (no pickled objects); ValueError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such data file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError("it holds a single array, not named arrays")
+            return {name: f[name] for name in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path} is not a valid .npz file ({exc})") from None
+
+
+def train_test_split(X: Any, y: Any, test_size: float = 0.2, seed: int | None = None,
+                     stratify: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle and split into X_train, X_test, y_train, y_test. ``stratify=True`` keeps each
+    class's share the same in both parts (y must then be class labels)."""
+    X, y = np.asarray(X), np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction in (0, 1); got {test_size!r}")
+    rng = np.random.default_rng(seed)
+    if stratify:
+        labels = y.argmax(axis=1) if y.ndim == 2 else y
+        test = []
+        for cls in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == cls))
+            test.append(members[:int(round(test_size * len(members)))])
+        test_idx = np.sort(np.concatenate(test))
+    else:
+        test_idx = np.sort(rng.permutation(len(X))[:int(round(test_size * len(X)))])
+    if len(test_idx) == 0 or len(test_idx) == len(X):
+        raise ValueError(f"test_size={test_size} leaves one part empty with {len(X)} samples")
+    train_mask = np.ones(len(X), dtype=bool)
+    train_mask[test_idx] = False
+    train_idx = rng.permutation(np.flatnonzero(train_mask))
+    return X[train_idx], X[test_idx], y[train_idx], y[test_idx]

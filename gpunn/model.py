@@ -8,6 +8,7 @@ ReLU into the Dense layer before it. The user still writes the layers separately
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _checks
+from . import io as _io
 from .backends import Backend, get_backend
 from .layers import Dense, Dropout, Layer, Linear, ReLU, Softmax
 from .losses import Loss, MeanSquaredError, SoftmaxCrossEntropy
@@ -42,6 +44,12 @@ class History:
     def __repr__(self) -> str:
         last = {k: round(v[-1], 4) for k, v in self.history.items() if v}
         return f"History(epochs={len(self.epoch)}, last={last})"
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """Draw loss and accuracy per epoch (train, and validation when there is some) to a PNG."""
+        from .plot import history_curves
+
+        history_curves(self, path)
 
 
 class Sequential:
@@ -227,6 +235,11 @@ class Sequential:
                 layer.weights[...] = self.backend.asarray(weights, dtype=self.dtype)
                 layer.biases[...] = self.backend.asarray(biases, dtype=self.dtype)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write parameters, optimizer state and step count, architecture and compile settings
+        to one .safetensors file, atomically; ``gpunn.load(path)`` rebuilds the model."""
+        _io.save(self, path)
+
     def to(self, backend: str | Backend) -> Sequential:
         """Move parameters and optimizer state to another backend ("numpy", "cupy", "auto")."""
         self._require_compiled("to()")
@@ -406,8 +419,16 @@ class Sequential:
 
     def fit(self, X: Any, y: Any, epochs: int = 1, batch_size: int | None = 32,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
-            seed: int | None = None, verbose: int = 1) -> History:
-        """Train for ``epochs`` passes over the data (``batch_size=None``: full batch)."""
+            seed: int | None = None, verbose: int = 1, checkpoint: str | os.PathLike | None = None,
+            checkpoint_every: int | None = None,
+            resume_from: str | os.PathLike | None = None) -> History:
+        """Train until ``epochs`` passes over the data are done (``batch_size=None``: full batch).
+
+        ``checkpoint``: a file saved every ``checkpoint_every`` epochs, at the end, and on Ctrl-C
+        (as of the last finished epoch). ``resume_from``: a checkpoint to continue from, with
+        the optimizer state and the shuffling and dropout generators as they were, so the run
+        ends as an uninterrupted one would; ``epochs`` counts all epochs, not extra ones.
+        """
         self._require_compiled("fit()")
         X, y = self._prepare(X, y)
         n = X.shape[0]
@@ -425,33 +446,74 @@ class Sequential:
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (a line per "
                              f"epoch); got {verbose!r}")
+        if checkpoint_every is not None:
+            _checks.whole_number(checkpoint_every, "checkpoint_every", 1)
+            if checkpoint is None:
+                raise ValueError("checkpoint_every needs checkpoint=<file> to save to")
+        resumed = None
+        if resume_from is not None:
+            resumed = _io.read(resume_from)
+            if "training" not in resumed[1]:
+                raise ValueError(f"{resume_from} is a saved model, not a checkpoint written by "
+                                 f"fit(checkpoint=...): it has no training state to resume")
 
+        # Everything is checked; from here on the model trains.
         rng = np.random.default_rng(seed)
+        dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
         if seed is not None:  # dropout masks follow the seed too
-            for layer in self.layers:
-                if isinstance(layer, Dropout):
-                    layer.rng = np.random.default_rng(rng.integers(2**63))
+            for layer in dropouts:
+                layer.rng = np.random.default_rng(rng.integers(2**63))
+        history = History(validation is not None)
+        done = 0
+        if resumed is not None:
+            tensors, meta = resumed
+            _io.restore(self, tensors, meta, resume_from)
+            state = meta["training"]
+            done = int(state["epoch"])
+            rng.bit_generator.state = state["rng"]
+            for layer, saved in zip(dropouts, state["dropout_rngs"]):
+                layer.rng.bit_generator.state = saved
+            history.history.update({k: list(v) for k, v in state["history"].items()
+                                    if k in history.history})
+            history.epoch = list(state["history_epochs"])
         if isinstance(self.loss, MeanSquaredError):
             self.loss.precision = float(y.std()) / 250
-        history = History(validation is not None)
-        bar = _progress(epochs) if verbose == 1 else None
-        shown = 0.0
         planned = self._uses_plans()
         if planned:
             self._sync_schedule()
         # Planned full-batch training runs several epochs per graph launch; with validation
         # data the model is evaluated after every epoch, so one at a time.
         per_run = EPOCHS_PER_LAUNCH if planned and batch == n and validation is None else 1
-        done = 0
+        if checkpoint is not None and checkpoint_every:
+            per_run = min(per_run, checkpoint_every)
+        bar = _progress(epochs, done) if verbose == 1 else None
+        shown = 0.0
+
+        def training_state() -> dict[str, Any]:
+            """Where training stands, for a checkpoint: taken at an epoch boundary."""
+            return {"epoch": done, "rng": rng.bit_generator.state,
+                    "dropout_rngs": [layer.rng.bit_generator.state for layer in dropouts],
+                    "history": history.history, "history_epochs": history.epoch}
+
         try:
             while done < epochs:
                 count = min(per_run, epochs - done)
                 snapshot = self._snapshot()
-                if planned:
-                    results = self._planned_epochs(X, y, batch, shuffle, rng, count)
-                else:
-                    loss_sum, correct = self._epoch(X, y, batch, shuffle, rng)
-                    results = [(float(loss_sum), float(correct))]
+                boundary = training_state() if checkpoint is not None else None
+                try:
+                    if planned:
+                        results = self._planned_epochs(X, y, batch, shuffle, rng, count)
+                    else:
+                        loss_sum, correct = self._epoch(X, y, batch, shuffle, rng)
+                        results = [(float(loss_sum), float(correct))]
+                except KeyboardInterrupt:
+                    if checkpoint is not None:  # save as of the last finished epoch, then stop
+                        self._restore(snapshot)
+                        rng.bit_generator.state = boundary["rng"]
+                        for layer, saved in zip(dropouts, boundary["dropout_rngs"]):
+                            layer.rng.bit_generator.state = saved
+                        _io.save(self, checkpoint, training=boundary)
+                    raise
                 reg = self._regularization_loss()
                 for i, (loss_sum, correct) in enumerate(results):
                     epoch = done + i + 1
@@ -474,6 +536,9 @@ class Sequential:
                         metrics = " ".join(f"{k} {v[-1]:.4f}" for k, v in history.history.items())
                         print(f"epoch {epoch}/{epochs} {metrics}", file=sys.stderr)
                 done += count
+                if checkpoint is not None and (done == epochs or (
+                        checkpoint_every and done % checkpoint_every == 0)):
+                    _io.save(self, checkpoint, training=training_state())
                 if bar is not None:
                     bar.update(count)
                     now = time.monotonic()
@@ -544,7 +609,7 @@ class Sequential:
         return np.concatenate(parts)
 
 
-def _progress(epochs: int) -> Any:
+def _progress(epochs: int, done: int = 0) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=epochs, unit="epoch", leave=True, dynamic_ncols=True)
+    return tqdm(total=epochs, initial=done, unit="epoch", leave=True, dynamic_ncols=True)

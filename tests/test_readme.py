@@ -1,5 +1,6 @@
 """Every code block in the README runs: Python blocks are executed, and `gpunn` command lines in
-shell blocks are run. The `make` lines are the ones CI itself runs, so they are not rerun here."""
+shell blocks are run, in README order in one folder (later blocks use files earlier ones wrote).
+The `make` lines are the ones CI itself runs, so they are not rerun here."""
 
 from __future__ import annotations
 
@@ -20,25 +21,26 @@ def test_readme_has_the_two_commands():
     assert "make demo" in shell and "make test" in shell
 
 
-@pytest.mark.parametrize("code", [c for lang, c in BLOCKS if lang == "python"])
-def test_python_block_runs(code, tmp_path):
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("readme")
 
 
-def _gpunn_lines():
+def _steps():
+    """("python", code) and ("gpunn", line) in README order."""
     for lang, code in BLOCKS:
-        if lang == "bash":
+        if lang == "python":
+            yield "python", code
+        elif lang == "bash":
             for line in code.splitlines():
                 line = line.split("#")[0].strip()
                 if line.startswith("gpunn "):
-                    yield line
+                    yield "gpunn", line
 
 
-@pytest.mark.parametrize("line", list(_gpunn_lines()))
-def test_cli_line_runs(line, tmp_path):
-    args = shlex.split(line)[1:]
-    result = subprocess.run([sys.executable, "-m", "gpunn", *args], capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+@pytest.mark.parametrize("kind, code", list(_steps()), ids=lambda v: v[:40] if isinstance(v, str) else v)
+def test_readme_step_runs(kind, code, folder):
+    command = [sys.executable, "-c", code] if kind == "python" else \
+        [sys.executable, "-m", "gpunn", *shlex.split(code)[1:]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=folder)
     assert result.returncode == 0, result.stderr
