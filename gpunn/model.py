@@ -26,6 +26,8 @@ from .plan import EPOCHS_PER_LAUNCH, StepPlan
 
 DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "tf32")
+#: An epoch of this many batches or more gets a progress bar that moves batch by batch.
+BATCHES_FOR_A_BATCH_BAR = 50
 #: Rows per forward pass in ``evaluate``/``predict`` when no batch size is given.
 INFERENCE_ROWS = 8192
 
@@ -339,7 +341,8 @@ class Sequential:
         self.optimizer.step_scheduled(self.backend, self.params, self.grads, self._schedule)
 
     def _planned_epochs(self, X: Any, y: Any, batch: int, shuffle: bool,
-                        rng: np.random.Generator, count: int) -> list[tuple[float, float]]:
+                        rng: np.random.Generator, count: int,
+                        on_batch: Any = None) -> list[tuple[float, float]]:
         """``count`` epochs through plans; their (loss sum, correct count), read at once."""
         bk, n = self.backend, X.shape[0]
         self._totals.fill(0)
@@ -363,6 +366,8 @@ class Sequential:
                     bk.take_rows(X, order[start:stop], out=plan.x)
                     bk.take_rows(y, order[start:stop], out=plan.y)
                 plan.run()
+                if on_batch is not None:
+                    on_batch()
         totals = bk.to_numpy(self._totals[:count])  # the one wait for the device
         return [(float(loss), float(correct)) for loss, correct in totals]
 
@@ -486,7 +491,14 @@ class Sequential:
         per_run = EPOCHS_PER_LAUNCH if planned and batch == n and validation is None else 1
         if checkpoint is not None and checkpoint_every:
             per_run = min(per_run, checkpoint_every)
-        bar = _progress(epochs, done) if verbose == 1 else None
+        # The bar counts epochs, or batches when an epoch has many of them.
+        batches = -(-n // batch)
+        per_batch = verbose == 1 and batches >= BATCHES_FOR_A_BATCH_BAR
+        bar = None
+        if verbose == 1:
+            bar = _progress(epochs * batches, done * batches, "batch") if per_batch else \
+                _progress(epochs, done, "epoch")
+        on_batch = (lambda: bar.update(1)) if per_batch else None
         shown = 0.0
 
         def training_state() -> dict[str, Any]:
@@ -502,9 +514,9 @@ class Sequential:
                 boundary = training_state() if checkpoint is not None else None
                 try:
                     if planned:
-                        results = self._planned_epochs(X, y, batch, shuffle, rng, count)
+                        results = self._planned_epochs(X, y, batch, shuffle, rng, count, on_batch)
                     else:
-                        loss_sum, correct = self._epoch(X, y, batch, shuffle, rng)
+                        loss_sum, correct = self._epoch(X, y, batch, shuffle, rng, on_batch)
                         results = [(float(loss_sum), float(correct))]
                 except KeyboardInterrupt:
                     if checkpoint is not None:  # save as of the last finished epoch, then stop
@@ -540,11 +552,13 @@ class Sequential:
                         checkpoint_every and done % checkpoint_every == 0)):
                     _io.save(self, checkpoint, training=training_state())
                 if bar is not None:
-                    bar.update(count)
+                    if not per_batch:
+                        bar.update(count)
                     now = time.monotonic()
                     if now - shown > 0.2 or done == epochs:  # formatting costs; not every epoch
                         shown = now
-                        bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in history.history.items()},
+                        bar.set_postfix({"epoch": done, **{k: f"{v[-1]:.4f}"
+                                                           for k, v in history.history.items()}},
                                         refresh=False)
         finally:
             if bar is not None:
@@ -554,7 +568,7 @@ class Sequential:
         return history
 
     def _epoch(self, X: Any, y: Any, batch: int, shuffle: bool,
-               rng: np.random.Generator) -> tuple[Any, Any]:
+               rng: np.random.Generator, on_batch: Any = None) -> tuple[Any, Any]:
         """One pass over the data; returns the summed sample losses and correct count, both left
         on the device so the host waits once per epoch, not once per batch."""
         n = X.shape[0]
@@ -575,6 +589,8 @@ class Sequential:
             losses, outputs = self._step(xb, yb)
             loss_sum = loss_sum + losses.sum(dtype=np.float64)
             correct = correct + self.loss.count_correct(outputs, yb)
+            if on_batch is not None:
+                on_batch()
         return loss_sum, correct
 
     # ---- inference -----------------------------------------------------------------------
@@ -609,7 +625,7 @@ class Sequential:
         return np.concatenate(parts)
 
 
-def _progress(epochs: int, done: int = 0) -> Any:
+def _progress(total: int, done: int, unit: str) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=epochs, initial=done, unit="epoch", leave=True, dynamic_ncols=True)
+    return tqdm(total=total, initial=done, unit=unit, leave=True, dynamic_ncols=True)

@@ -222,3 +222,11 @@ def test_progress_bar_and_lines(capsys):
     assert "3/3" in capsys.readouterr().err
     model.fit(X, y, epochs=2, verbose=2)
     assert "epoch 2/2 loss" in capsys.readouterr().err
+
+
+def test_long_epochs_get_a_per_batch_bar(capsys):
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    model = spiral_model()
+    model.fit(X, y, epochs=2, batch_size=4, verbose=1)  # 75 batches an epoch
+    err = capsys.readouterr().err
+    assert "150/150" in err and "batch" in err

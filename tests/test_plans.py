@@ -102,9 +102,9 @@ def test_divergence_inside_a_multi_epoch_launch_restores_the_epoch_before(monkey
     real = model._planned_epochs
     calls = []
 
-    def planned_epochs(X, y, batch, shuffle, rng, count):
+    def planned_epochs(X, y, batch, shuffle, rng, count, on_batch=None):
         calls.append(count)
-        result = real(X, y, batch, shuffle, rng, count)
+        result = real(X, y, batch, shuffle, rng, count, on_batch)
         if count > 1:
             result[5] = (float("nan"), 0.0)
         return result
