@@ -271,7 +271,8 @@ class Sequential:
             self.optimizer.state[name][...] = values
         self.optimizer.iterations = state["iterations"]
         self.optimizer.current_learning_rate = state["current_learning_rate"]
-        self._sync_schedule()
+        if self._schedule is not None:
+            self._sync_schedule()
 
     # ---- forward and backward --------------------------------------------------------------
 
@@ -557,9 +558,10 @@ class Sequential:
                     now = time.monotonic()
                     if now - shown > 0.2 or done == epochs:  # formatting costs; not every epoch
                         shown = now
-                        bar.set_postfix({"epoch": done, **{k: f"{v[-1]:.4f}"
-                                                           for k, v in history.history.items()}},
-                                        refresh=False)
+                        metrics = {k: f"{v[-1]:.4f}" for k, v in history.history.items()}
+                        if per_batch:
+                            metrics = {"epoch": str(done), **metrics}
+                        bar.set_postfix(metrics, refresh=False)
         finally:
             if bar is not None:
                 bar.close()
