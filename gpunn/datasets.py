@@ -24,14 +24,18 @@ def _rng(seed: int | None) -> np.random.RandomState:
     return np.random.RandomState(seed)
 
 
+def _blank(samples: int, classes: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Checked sizes, and zeroed X (n, 2) and y (n,) as nnfs allocates them."""
+    samples = whole_number(samples, "samples", 1)
+    classes = whole_number(classes, "classes", 1)
+    return samples, classes, np.zeros((samples * classes, 2)), np.zeros(samples * classes, dtype="uint8")
+
+
 def spiral_data(samples: int = 100, classes: int = 3, seed: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``classes`` interleaved spiral arms of ``samples`` points each: X (n, 2), y (n,)."""
-    samples = whole_number(samples, "samples", 1)
-    classes = whole_number(classes, "classes", 1)
+    samples, classes, X, y = _blank(samples, classes)
     rng = _rng(seed)
-    X = np.zeros((samples * classes, 2))
-    y = np.zeros(samples * classes, dtype="uint8")
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
         r = np.linspace(0.0, 1, samples)  # radius
@@ -45,11 +49,8 @@ def spiral_data(samples: int = 100, classes: int = 3, seed: int | None = None
 def vertical_data(samples: int = 100, classes: int = 3, seed: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """``classes`` vertical Gaussian blobs side by side: X (n, 2), y (n,)."""
-    samples = whole_number(samples, "samples", 1)
-    classes = whole_number(classes, "classes", 1)
+    samples, classes, X, y = _blank(samples, classes)
     rng = _rng(seed)
-    X = np.zeros((samples * classes, 2))
-    y = np.zeros(samples * classes, dtype="uint8")
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
         X[ix] = np.c_[rng.randn(samples) * 0.1 + class_number / 3,

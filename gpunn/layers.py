@@ -178,53 +178,48 @@ class Dense(Layer):
         self.biases[...] = biases
 
 
-class ReLU(Layer):
+class Activation(Layer):
+    """An activation: a backend op forward (``forward_op``) and its twin backward
+    (``backward_op``, which needs only the output and the incoming gradient)."""
+
+    forward_op = ""
+    backward_op = ""
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        inputs = self.backend.asarray(inputs)
+        self.inputs = inputs
+        out = self._buffer("output", inputs.shape, inputs.dtype)
+        self.output = getattr(self.backend, self.forward_op)(inputs, out=out)
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs = getattr(self.backend, self.backward_op)(dvalues, self.output, out=out)
+        return self.dinputs
+
+
+class ReLU(Activation):
     """max(0, x); the gradient passes only where the input was positive."""
+
+    forward_op, backward_op = "relu", "relu_backward"
 
     def __init__(self) -> None:
         super().__init__()
         self.folded = False  # set by Sequential.compile when the Dense before does this work
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        inputs = self.backend.asarray(inputs)
-        self.inputs = inputs
-        self.output = self.backend.relu(inputs, out=self._buffer("output", inputs.shape, inputs.dtype))
-        return self.output
 
-    def backward(self, dvalues: Any) -> Any:
-        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
-        self.dinputs = self.backend.relu_backward(dvalues, self.output, out=out)
-        return self.dinputs
+class Softmax(Activation):
+    """exp(x) / sum(exp(x)) per row: class probabilities. Backward applies the softmax
+    Jacobian, p * (d - sum(d * p)), per row."""
+
+    forward_op, backward_op = "softmax", "softmax_backward"
 
 
-class Softmax(Layer):
-    """exp(x) / sum(exp(x)) per row: class probabilities."""
+class Sigmoid(Activation):
+    """1 / (1 + exp(-x)): independent probabilities, for binary cross-entropy. Backward:
+    d * output * (1 - output)."""
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        inputs = self.backend.asarray(inputs)
-        self.inputs = inputs
-        self.output = self.backend.softmax(inputs, out=self._buffer("output", inputs.shape, inputs.dtype))
-        return self.output
-
-    def backward(self, dvalues: Any) -> Any:
-        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
-        self.dinputs = self.backend.softmax_backward(dvalues, self.output, out=out)
-        return self.dinputs
-
-
-class Sigmoid(Layer):
-    """1 / (1 + exp(-x)): independent probabilities, for binary cross-entropy."""
-
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        inputs = self.backend.asarray(inputs)
-        self.inputs = inputs
-        self.output = self.backend.sigmoid(inputs, out=self._buffer("output", inputs.shape, inputs.dtype))
-        return self.output
-
-    def backward(self, dvalues: Any) -> Any:
-        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
-        self.dinputs = self.backend.sigmoid_backward(dvalues, self.output, out=out)
-        return self.dinputs
+    forward_op, backward_op = "sigmoid", "sigmoid_backward"
 
 
 class Linear(Layer):

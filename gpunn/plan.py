@@ -49,7 +49,13 @@ class StepPlan:
         if self.replay is not None:
             self.replay()
         else:
-            self.body()
+            if not self.recorded:  # the first run allocates the layers' buffers for this size
+                try:
+                    self.body()
+                except MemoryError as exc:  # CuPy's OutOfMemoryError is one
+                    raise _out_of_memory(self.model, self.rows, exc) from exc
+            else:
+                self.body()
             if not self.recorded:
                 self.recorded = True
                 self.replay = self._record()

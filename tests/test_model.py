@@ -230,3 +230,12 @@ def test_long_epochs_get_a_per_batch_bar(capsys):
     model.fit(X, y, epochs=2, batch_size=4, verbose=1)  # 75 batches an epoch
     err = capsys.readouterr().err
     assert "150/150" in err and "batch" in err
+
+
+def test_plain_python_lists_are_accepted():
+    X, y = nn.datasets.vertical_data(samples=10, classes=3, seed=0)
+    model = spiral_model()
+    history = model.fit(X.tolist(), y.tolist(), epochs=2, verbose=0)
+    assert len(history["loss"]) == 2
+    assert model.predict(X[:3].tolist()).shape == (3, 3)
+    assert model.evaluate(X.tolist(), np.eye(3)[y].tolist())["accuracy"] >= 0

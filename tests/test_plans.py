@@ -165,3 +165,16 @@ def test_prepare_step_takes_one_step_per_call(planned):
     assert model.optimizer.iterations == 4
     for a, b in zip(reference.get_params(), model.get_params()):
         assert np.array_equal(a, b)
+
+
+def test_out_of_memory_in_the_first_planned_step_names_the_batch_size(monkeypatch):
+    model = build(OPTIMIZERS[0], True)
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+
+    def planned_step(x, y, totals):
+        raise MemoryError("Out of memory allocating 1,228,800 bytes")
+
+    monkeypatch.setattr(model, "_planned_step", planned_step)
+    with pytest.raises(MemoryError, match=r"batch_size=64: the plan needs about .* MiB .*"
+                                          r"Out of memory allocating"):
+        model.fit(X, y, epochs=1, batch_size=64, verbose=0)
