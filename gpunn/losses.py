@@ -71,14 +71,21 @@ class CategoricalCrossEntropy(Loss):
 
     def forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = self.backend.xp
+        y_true = self._labels(y_true)
         rows = xp.arange(y_pred.shape[0])
         losses = self._losses_buffer(y_pred.shape[0], y_pred.dtype)
         xp.log(xp.clip(y_pred[rows, y_true], CLIP, 1 - CLIP), out=losses)
         return xp.negative(losses, out=losses)
 
+    def _labels(self, y_true: Any) -> Any:
+        """Class indices; one-hot rows are accepted too, as the book's classes do."""
+        y_true = self.backend.asarray(y_true)
+        return y_true.argmax(axis=1) if y_true.ndim == 2 else y_true
+
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         """d(-log p_true)/dp = -1/p at the true class, 0 elsewhere; averaged over samples."""
         xp = self.backend.xp
+        y_true = self._labels(y_true)
         n = dvalues.shape[0]
         rows = xp.arange(n)
         self.dinputs = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
@@ -125,11 +132,6 @@ class SoftmaxCrossEntropy(CategoricalCrossEntropy):
 
     def predictions(self, outputs: Any) -> Any:
         return self.backend.softmax(outputs, out=self._buffer("probs", outputs.shape, outputs.dtype))
-
-    def _labels(self, y_true: Any) -> Any:
-        """Accept one-hot rows too, as the book's class does."""
-        y_true = self.backend.asarray(y_true)
-        return y_true.argmax(axis=1) if y_true.ndim == 2 else y_true
 
     def _run(self, logits: Any, y: Any, need_grad: bool) -> Any:
         n = logits.shape[0]

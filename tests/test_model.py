@@ -239,3 +239,12 @@ def test_plain_python_lists_are_accepted():
     assert len(history["loss"]) == 2
     assert model.predict(X[:3].tolist()).shape == (3, 3)
     assert model.evaluate(X.tolist(), np.eye(3)[y].tolist())["accuracy"] >= 0
+
+
+def test_book_loss_classes_take_one_hot_labels_too(rng):
+    p = rng.dirichlet(np.ones(4), size=6)
+    y = rng.integers(0, 4, 6)
+    cce = nn.CategoricalCrossEntropy()
+    np.testing.assert_allclose(cce.calculate(p, np.eye(4)[y]), cce.calculate(p, y))
+    a = cce.backward(p, y).copy()
+    np.testing.assert_allclose(cce.backward(p, np.eye(4)[y]), a)

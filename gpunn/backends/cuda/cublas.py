@@ -49,6 +49,8 @@ class Gemm:
 
     def set_tf32(self, enabled: bool) -> None:
         """Tensor-core TF32 for float32 GEMMs (compute capability 8.0 and newer)."""
+        if bool(enabled) == self.tf32:
+            return  # asked before every forward pass: only a change reaches cuBLAS
         self.tf32 = bool(enabled)
         if self.handle is not None:
             self._set_math_mode()
