@@ -41,7 +41,7 @@ bench: $(VENV)/.test-deps
 # beforehand by shared/gpu/fetch-wheels.sh): the gpu-marked tests, then the GPU benchmark, whose
 # JSON goes to $$OUT (or the current folder).
 gpu-check:
-	set -e; site=$$(mktemp -d); \
+	set -e; site=$$(mktemp -d); mkdir -p "$${OUT:-.}"; \
 	if ls .whl/*.whl >/dev/null 2>&1; then \
 	  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$$site" .whl/*.whl; fi; \
 	export PYTHONPATH="$$site:$$PWD"; \

@@ -318,9 +318,13 @@ def gemm_ceiling(device: str, precision: str, seconds: float) -> float:
 
 
 def machine_info(device_names: dict[str, str], ceilings: dict[str, float]) -> dict[str, Any]:
-    from threadpoolctl import threadpool_info
-
     from .backends import get_backend
+
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # a bare GPU image; gpunn's own install always has it
+        def threadpool_info() -> list[dict[str, Any]]:
+            return [{"internal_api": "unknown (threadpoolctl not installed)"}]
 
     versions = {"gpunn": __import__("gpunn").__version__, "numpy": np.__version__}
     for name in ("cupy", "torch", "jax"):
@@ -452,12 +456,19 @@ def run_suite(workloads: list[str], backends: list[str], peers: list[str], preci
 
     devices = (["cpu"] if "numpy" in backends else []) \
         + (["gpu"] if "cupy" in backends and "cupy" in available() else [])
+    unknown = set(backends) - {"numpy", "cupy"}
+    if unknown:
+        raise ValueError(f"--backends: unknown backend {sorted(unknown)[0]!r}; choose from numpy, cupy")
+    skipped: list[dict[str, str]] = []
+    if "cupy" in backends and "gpu" not in devices:
+        from .backends import _cupy_problem
+
+        skipped.append({"impl": "gpunn-cupy", "workload": "*", "reason": str(_cupy_problem())})
     device_names = {"cpu": get_backend("numpy").device_name()}
     if "gpu" in devices:
         device_names["gpu"] = get_backend("cupy").device_name()
     ceilings: dict[str, float] = {}
     results: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
     for name in workloads:
         if name == "book":
             for device in devices:
@@ -622,8 +633,6 @@ def _importable(name: str) -> bool:
 
 def main(args: Any) -> int:
     """The ``gpunn bench`` command (arguments parsed by gpunn.cli)."""
-    from threadpoolctl import threadpool_limits
-
     from .backends import available
 
     backends = args.backends.split(",") if args.backends else available()
@@ -635,7 +644,11 @@ def main(args: Any) -> int:
                              f"{', '.join(list(WORKLOADS) + ['book'])}")
     repeats = args.repeats or (3 if args.quick else 7)
     seconds = 0.25 if args.quick else 0.6
-    limits = threadpool_limits(args.threads) if args.threads else None
+    limits = None
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(args.threads)
     torch_threads = None
     if args.threads and "torch" in sys.modules or (args.threads and _importable("torch")):
         import torch

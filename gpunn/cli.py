@@ -197,8 +197,10 @@ def info() -> int:
 
 
 def _blas_threads() -> str:
-    from threadpoolctl import threadpool_info
-
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "?"
     return ", ".join(str(i["num_threads"]) for i in threadpool_info()) or "?"
 
 

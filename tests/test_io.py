@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 import gpunn as nn
 
@@ -158,6 +157,8 @@ def test_bad_files_get_clear_errors(tmp_path, data):
     junk.write_bytes(b"this is not a model at all" * 10)
     with pytest.raises(ValueError, match="is not a valid gpunn model file"):
         nn.load(junk)
+    from safetensors.numpy import save_file
+
     foreign = tmp_path / "foreign.safetensors"
     save_file({"weight": np.zeros((2, 2), np.float32)}, str(foreign), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="without gpunn's metadata"):
