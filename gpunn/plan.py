@@ -39,6 +39,7 @@ class StepPlan:
         self.loaded: Any = None  # the data array last copied whole into x (full batch)
         self.replay: Any = None
         self.recorded = False
+        self.buffers: list[list[Any]] = []
 
     def body(self) -> None:
         for i in range(self.steps):
@@ -59,6 +60,10 @@ class StepPlan:
             if not self.recorded:
                 self.recorded = True
                 self.replay = self._record()
+                # A graph writes to the buffers it was recorded with, wherever the layers keep
+                # theirs later: hold them, so their memory is never handed to anything else.
+                self.buffers = [list(part._buffers.values())
+                                for part in [*self.model.layers, self.model.loss]]
         for _ in range(self.steps):
             self.model.optimizer.mirror_step()
 

@@ -72,6 +72,10 @@ def test_recording_then_replaying(monkeypatch):
     assert len(recorded) == 1 and len(replays) == 1
     for a, b in zip(reference.get_params(), model.get_params()):
         assert np.array_equal(a, b)
+    # the plan holds the buffers its record writes to, whatever the layers' caches do later
+    [plan] = model._plans.values()
+    held = {id(buf) for part in plan.buffers for buf in part}
+    assert id(model.layers[0].output) in held and id(model.loss.dinputs) in held
 
 
 def test_capture_failure_falls_back_to_eager_with_one_warning(monkeypatch):
