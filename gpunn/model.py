@@ -334,8 +334,8 @@ class Sequential:
         """One step, everything on the device: what a plan records and replays."""
         outputs = self._forward(x, training=True)
         loss, n = self.loss, x.shape[0]
-        probs = loss._buffer("probs", outputs.shape, outputs.dtype)
-        dlogits = loss._buffer("dinputs", outputs.shape, outputs.dtype)
+        probs = loss.output = loss._buffer("probs", outputs.shape, outputs.dtype)
+        dlogits = loss.dinputs = loss._buffer("dinputs", outputs.shape, outputs.dtype)
         self.backend.softmax_cross_entropy_totals(outputs, y, probs, dlogits,
                                                   loss._losses_buffer(n, outputs.dtype), totals)
         self._backward(dlogits)
