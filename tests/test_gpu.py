@@ -102,3 +102,13 @@ def test_the_books_run_on_the_gpu():
     history = model.fit(X, y, epochs=10_001, batch_size=None, verbose=0)
     assert model.optimizer.iterations == 10_001 and len(history["loss"]) == 10_001
     assert model.evaluate(X, y)["accuracy"] >= 0.93
+
+
+def test_device_permutation_is_a_seeded_permutation():
+    from gpunn.backends import get_backend
+
+    bk = get_backend("cupy")
+    a = bk.to_numpy(bk.permutation(1000, np.random.default_rng(3)))
+    b = bk.to_numpy(bk.permutation(1000, np.random.default_rng(3)))
+    assert np.array_equal(a, b) and np.array_equal(np.sort(a), np.arange(1000))
+    assert not np.array_equal(a, np.arange(1000))
