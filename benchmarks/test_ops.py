@@ -1,5 +1,6 @@
-"""pytest-benchmark benchmarks of the hot ops, each grouped so the fast path and the plain xp
-reference of base.py compare side by side, per backend:
+"""pytest-benchmark benchmarks of the hot ops. Each op (at each size) is one group, so every
+available backend, and on each the fast path beside the plain xp reference of base.py, compare
+side by side:
 
     pytest benchmarks/ --benchmark-only
 """
@@ -27,8 +28,8 @@ def _data(bk, rows, n_in, n_out, seed=0):
 
 
 def _run(benchmark, bk, impl, name, fn):
-    benchmark.group = f"{name} [{bk.name}]"
-    benchmark.extra_info["impl"] = impl
+    benchmark.group = name
+    benchmark.extra_info.update(backend=bk.name, impl=impl)
 
     def call():
         fn(bk if impl == "fast" else Backend(bk.xp))
