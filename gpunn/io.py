@@ -175,7 +175,8 @@ def restore(model: Sequential, tensors: dict[str, np.ndarray], meta: dict[str, A
         model.optimizer.state[name][...] = bk.asarray(values, dtype=model.dtype)
     model.optimizer.iterations = int(opt_spec["iterations"])
     model.optimizer.current_learning_rate = float(opt_spec["current_learning_rate"])
-    model._plans.clear()
+    if model._schedule is not None:  # recorded graphs stay valid: only the step count moved
+        model._sync_schedule()
 
 
 def load(path: str | os.PathLike, backend: Any = None) -> Sequential:

@@ -349,10 +349,7 @@ class Sequential:
         self._totals.fill(0)
         if batch == n:  # full batch: the data is copied into the plan once per fit
             plan = self._plan(n, count)
-            if plan.loaded is not X:
-                plan.x[...] = X
-                plan.y[...] = y
-                plan.loaded = X
+            plan.load(X, y)
             plan.run()
         else:
             order = bk.permutation(n, rng) if shuffle else None
@@ -418,9 +415,7 @@ class Sequential:
             return lambda: self._step(X, y)
         self._sync_schedule()
         plan = self._plan(X.shape[0], 1)
-        plan.x[...] = X
-        plan.y[...] = y
-        plan.loaded = X
+        plan.load(X, y)
         return plan.run
 
     def fit(self, X: Any, y: Any, epochs: int = 1, batch_size: int | None = 32,
@@ -466,6 +461,13 @@ class Sequential:
         # Everything is checked; from here on the model trains.
         rng = np.random.default_rng(seed)
         dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
+
+        def set_generators(state: dict[str, Any]) -> None:
+            """Shuffling and dropout generators back as a training state recorded them."""
+            rng.bit_generator.state = state["rng"]
+            for layer, saved in zip(dropouts, state["dropout_rngs"]):
+                layer.rng.bit_generator.state = saved
+
         if seed is not None:  # dropout masks follow the seed too
             for layer in dropouts:
                 layer.rng = np.random.default_rng(rng.integers(2**63))
@@ -476,9 +478,7 @@ class Sequential:
             _io.restore(self, tensors, meta, resume_from)
             state = meta["training"]
             done = int(state["epoch"])
-            rng.bit_generator.state = state["rng"]
-            for layer, saved in zip(dropouts, state["dropout_rngs"]):
-                layer.rng.bit_generator.state = saved
+            set_generators(state)
             history.history.update({k: list(v) for k, v in state["history"].items()
                                     if k in history.history})
             history.epoch = list(state["history_epochs"])
@@ -522,9 +522,7 @@ class Sequential:
                 except KeyboardInterrupt:
                     if checkpoint is not None:  # save as of the last finished epoch, then stop
                         self._restore(snapshot)
-                        rng.bit_generator.state = boundary["rng"]
-                        for layer, saved in zip(dropouts, boundary["dropout_rngs"]):
-                            layer.rng.bit_generator.state = saved
+                        set_generators(boundary)
                         _io.save(self, checkpoint, training=boundary)
                     raise
                 reg = self._regularization_loss()
