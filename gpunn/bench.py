@@ -78,8 +78,9 @@ SCHEMA: dict[str, Any] = {
                 "properties": {
                     "workload": {"type": "string"},
                     "impl": {"type": "string",
-                             "description": "gpunn-numpy, gpunn-cupy, pytorch, pytorch-graph, jax, "
-                                            "numpy-book"},
+                             "description": "gpunn-numpy, gpunn-cupy, gpunn-cupy-separate "
+                                            "(no cuBLASLt epilogues), pytorch, pytorch-graph, "
+                                            "jax, numpy-book"},
                     "backend": {"type": "string", "description": "numpy, cupy, torch, jax"},
                     "precision": {"enum": ["fp32", "tf32"]},
                     "device": {"enum": ["cpu", "gpu"]},
@@ -128,7 +129,9 @@ def workload_data(w: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- contenders --------------------------------------------------------------------------------
 
-def gpunn_run(backend: str):
+def gpunn_run(backend: str, epilogues: str = "auto"):
+    """gpunn on ``backend``; on CuPy, ``epilogues`` is the backend's epilogue_policy ("never":
+    the separate kernels only, to show what the cuBLASLt epilogues add)."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
         from . import Dense, ReLU, Sequential, SoftmaxCrossEntropy
         from .optimizers import SGD
@@ -139,8 +142,13 @@ def gpunn_run(backend: str):
         model = Sequential(layers)
         model.set_params(params)
         model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=backend, precision=precision)
-        return Run(model.prepare_step(X, y), model.backend.synchronize,
-                   lambda: model.evaluate(X, y)["loss"])
+        step, bk = model.prepare_step(X, y), model.backend
+
+        def run_step() -> None:
+            if hasattr(bk, "epilogue_policy"):  # one CuPy backend serves both gpunn-cupy rows
+                bk.epilogue_policy = epilogues
+            step()
+        return Run(run_step, bk.synchronize, lambda: model.evaluate(X, y)["loss"])
     return make
 
 
@@ -266,6 +274,8 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
     for b in backends:
         if (b == "cupy") == (device == "gpu"):
             out[f"gpunn-{b}"] = (b, gpunn_run(b))
+    if device == "gpu" and "cupy" in backends:
+        out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
     if device == "cpu" and "numpy-book" in peers:
         out["numpy-book"] = ("numpy", numpy_book_run)
     if "pytorch" in peers:
@@ -474,8 +484,8 @@ def run_suite(workloads: list[str], backends: list[str], peers: list[str], preci
             for device in devices:
                 book_rows = []
                 for impl in contenders(backends, peers, device):
-                    if impl == "numpy-book":
-                        continue  # the port's baseline is per step only
+                    if impl in ("numpy-book", "gpunn-cupy-separate"):
+                        continue  # per-step comparisons only
                     try:
                         seconds_taken = book_run(impl, device)
                     except Skip as why:
@@ -492,7 +502,7 @@ def run_suite(workloads: list[str], backends: list[str], peers: list[str], preci
                         "tflops": None, "ceiling_fraction": None, "final_loss": None})
                 _add_speedups(book_rows)
                 for row in book_rows:
-                    log(f"book    {device} {row['impl']:14s} {row['step_ms'] / 1e3:8.3f} s for "
+                    log(f"book    {device} {row['impl']:19s} {row['step_ms'] / 1e3:8.3f} s for "
                         f"{BOOK_EPOCHS} epochs" + _speedup_text(row))
                 results += book_rows
             continue
@@ -563,7 +573,7 @@ def _speedup_text(row: dict[str, Any]) -> str:
 
 
 def _row_text(row: dict[str, Any]) -> str:
-    text = (f"{row['workload']:7s} {row['device']} {row['precision']} {row['impl']:14s} "
+    text = (f"{row['workload']:7s} {row['device']} {row['precision']} {row['impl']:19s} "
             f"{row['step_ms']:10.4f} ms ±{row['step_ms_spread']:.4f}  "
             f"{row['samples_per_s']:12.0f} samples/s")
     if row.get("ceiling_fraction"):

@@ -115,6 +115,12 @@ class Dense(Layer):
         # layer below needs dinputs at all (the first layer's would be thrown away).
         self.activation: str | None = None
         self.need_dinputs = True
+        # Also set by compile, for Dense -> ReLU -> Dense: the upper layer's dinputs GEMM takes on
+        # the lower one's ReLU backward and bias gradient (``relu_below`` names the lower layer,
+        # whose ``grads_from_above`` then says so); ``relu_mask`` is what the forward kept for it.
+        self.relu_below: Dense | None = None
+        self.grads_from_above = False
+        self.relu_mask: Any = None
 
     def __repr__(self) -> str:
         return f"Dense({self.n_inputs}, {self.n_neurons})"
@@ -135,25 +141,27 @@ class Dense(Layer):
         inputs = bk.asarray(inputs)
         self.inputs = inputs
         out = self._buffer("output", (inputs.shape[0], self.n_neurons), self._dtype(inputs))
-        bk.gemm(inputs, self.weights, out=out)
-        if self.activation == "relu":
-            bk.bias_relu(out, self.biases)
-        else:
-            bk.add_bias(out, self.biases)
+        relu = self.activation == "relu"
+        keep_mask = relu and training and self.grads_from_above  # for the backward pass
+        mask_shape = bk.relu_mask_shape(*out.shape) if keep_mask else None
+        mask = None if mask_shape is None else self._buffer("relu_mask", mask_shape, np.uint8)
+        wrote_mask = bk.dense_forward(inputs, self.weights, self.biases, out, relu, mask)
+        self.relu_mask = mask if wrote_mask else None
         self.output = out
         return out
 
     def backward(self, dvalues: Any) -> Any:
         """dweights = inputs.T @ dvalues; dbiases = column sums; dinputs = dvalues @ weights.T."""
         bk = self.backend
-        if self.activation == "relu":
+        if self.activation == "relu" and not self.grads_from_above:
             # The folded ReLU's backward, in place: dvalues is a planned buffer of the model's.
             bk.relu_backward(dvalues, self.output, out=dvalues)
         if self.dweights is None or self.dweights.dtype != self.weights.dtype:
             self.dweights = bk.empty(self.weights.shape, self.weights.dtype)
             self.dbiases = bk.empty(self.biases.shape, self.biases.dtype)
         bk.gemm(self.inputs, dvalues, out=self.dweights, trans_a=True)
-        bk.bias_grad(dvalues, out=self.dbiases)
+        if not self.grads_from_above:  # else the layer above already wrote dbiases
+            bk.bias_grad(dvalues, out=self.dbiases)
         if self.regularized:
             bk.penalty_grad(self.dweights, self.weights, self.weight_regularizer_l1,
                             self.weight_regularizer_l2)
@@ -161,7 +169,12 @@ class Dense(Layer):
                             self.bias_regularizer_l2)
         if self.need_dinputs:
             out = self._buffer("dinputs", self.inputs.shape, dvalues.dtype)
-            self.dinputs = bk.gemm(dvalues, self.weights, out=out, trans_b=True)
+            below = self.relu_below
+            if below is None:
+                self.dinputs = bk.gemm(dvalues, self.weights, out=out, trans_b=True)
+            else:  # the lower layer's ReLU backward and bias gradient, on this GEMM
+                self.dinputs = bk.dinputs_relu_bgrad(dvalues, self.weights, out, below.output,
+                                                     below.dbiases, below.relu_mask)
         return self.dinputs
 
     def regularization_loss(self) -> Any:

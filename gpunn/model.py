@@ -154,11 +154,16 @@ class Sequential:
         """Fold each ReLU into the Dense before it; skip dinputs below the first Dense."""
         for layer in self.dense_layers:
             layer.activation, layer.need_dinputs = None, True
+            layer.relu_below, layer.grads_from_above, layer.relu_mask = None, False, None
         for before, layer in zip([None] + self.layers[:-1], self.layers):
             if isinstance(layer, ReLU):
                 layer.folded = isinstance(before, Dense)
                 if layer.folded:
                     before.activation = "relu"
+        # Dense -> ReLU -> Dense: the upper GEMM for dinputs does the lower ReLU and bias grads.
+        for lower, relu, upper in zip(self.layers, self.layers[1:], self.layers[2:]):
+            if isinstance(relu, ReLU) and relu.folded and isinstance(upper, Dense):
+                upper.relu_below, lower.grads_from_above = lower, True
         self._first_trainable = next(i for i, layer in enumerate(self.layers) if layer.trainable)
         self.layers[self._first_trainable].need_dinputs = False
 

@@ -87,11 +87,14 @@ class StepPlan:
 
 def plan_bytes(model: Sequential, rows: int) -> int:
     """Device bytes a plan for ``rows`` samples needs: inputs, each layer's output and input
-    gradient, and the loss's probabilities, gradient and per-sample losses."""
+    gradient (and ReLU mask, where the backend keeps one), and the loss's probabilities,
+    gradient and per-sample losses."""
     itemsize = np.dtype(model.dtype).itemsize
     widths = [layer.n_neurons for layer in model.dense_layers]
     floats = rows * (model.n_inputs + 2 * sum(widths) + 2 * model.n_outputs + 1)
-    return floats * itemsize + rows * 8
+    masks = [model.backend.relu_mask_shape(rows, layer.n_neurons)
+             for layer in model.dense_layers if layer.grads_from_above]
+    return floats * itemsize + rows * 8 + sum(r * c for r, c in filter(None, masks))
 
 
 def _out_of_memory(model: Sequential, rows: int, exc: Exception) -> Exception:

@@ -112,3 +112,28 @@ def test_device_permutation_is_a_seeded_permutation():
     b = bk.to_numpy(bk.permutation(1000, np.random.default_rng(3)))
     assert np.array_equal(a, b) and np.array_equal(np.sort(a), np.arange(1000))
     assert not np.array_equal(a, np.arange(1000))
+
+
+def test_epilogue_and_separate_paths_train_alike(monkeypatch):
+    """cuBLASLt epilogues always, or never: the same training within float32 tolerance, and the
+    epilogues really ran."""
+    from gpunn.backends import get_backend
+
+    bk = get_backend("cupy")
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    results = []
+    for policy in ("always", "never"):
+        monkeypatch.setattr(bk, "epilogue_policy", policy)
+        nn.set_seed(0)
+        model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 48, init="he"),
+                               nn.ReLU(), nn.Dense(48, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.01), backend="cupy")
+        history = model.fit(X, y, epochs=30, batch_size=64, seed=0, verbose=0)
+        results.append((model.get_params(), history["loss"]))
+        if policy == "always":
+            used = {key: fused for key, fused in bk._epilogue_faster.items() if key[-1] == "always"}
+            assert used and all(used.values()), used
+    (p_fused, l_fused), (p_sep, l_sep) = results
+    np.testing.assert_allclose(l_fused, l_sep, rtol=1e-4, atol=1e-6)
+    for a, b in zip(p_fused, p_sep):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)

@@ -132,3 +132,45 @@ def test_cublas_gemm_matches_cupy_matmul(backends, trans, dtype, rng):
     fast.gemm(a, b, out, trans_a, trans_b)
     want = cp.matmul(a.T if trans_a else a, b.T if trans_b else b)
     cp.testing.assert_allclose(out, want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+EPILOGUE_SHAPES = [(1, 2, 64), (300, 2, 64), (33, 65, 1000), (257, 129, 31), (1024, 784, 1024)]
+
+
+@pytest.mark.parametrize("rows, n_in, n_out", EPILOGUE_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cublaslt_epilogues_match_reference(backends, rows, n_in, n_out, dtype, rng):
+    """Forward with RELU_AUX_BIAS / RELU_BIAS / BIAS, and DRELU_BGRAD with the kept mask, against
+    GEMM + the base.py ops. float32 must be offered by cuBLASLt; float64 is checked where it is."""
+    from gpunn.backends.cuda.cublaslt import relu_mask_shape
+
+    fast, ref, cp = backends
+    lt = fast.epilogues
+    assert lt.available, lt.why_not
+    x, w = rand(cp, rng, (rows, n_in), dtype), rand(cp, rng, (n_in, n_out), dtype)
+    b = rand(cp, rng, (1, n_out), dtype)
+    gemm_tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else tol(dtype)
+    z = ref.gemm(x, w, out=cp.empty((rows, n_out), dtype)) + b
+    mask = cp.zeros(relu_mask_shape(rows, n_out), cp.uint8)
+    cases = [(False, None, z), (True, None, cp.maximum(z, 0)), (True, mask, cp.maximum(z, 0))]
+    for relu, keep, want in cases:
+        out = poisoned(cp, (rows, n_out), dtype)
+        ran = lt.forward(x, w, b, out, relu, keep)
+        assert ran or dtype == np.float64, f"cuBLASLt offered no algorithm (relu={relu})"
+        if ran:
+            cp.testing.assert_allclose(out, want, **gemm_tol)
+    if not ran:
+        return
+    # The layer above: its dvalues times its weights, through the mask just kept.
+    n_up = 17
+    w_up, dvalues = rand(cp, rng, (n_out, n_up), dtype), rand(cp, rng, (rows, n_up), dtype)
+    h = out
+    out, dbiases = poisoned(cp, (rows, n_out), dtype), poisoned(cp, (1, n_out), dtype)
+    ran = lt.dinputs_relu_bgrad(dvalues, w_up, out, mask, dbiases)
+    assert ran or dtype == np.float64, "cuBLASLt offered no DRELU_BGRAD algorithm"
+    if ran:
+        want_db = cp.empty((1, n_out), dtype)
+        want = ref.dinputs_relu_bgrad(dvalues, w_up, cp.empty_like(out), h, want_db)
+        cp.testing.assert_allclose(out, want, **gemm_tol)
+        cp.testing.assert_allclose(dbiases, want_db, rtol=1e-3 if dtype == np.float32 else 1e-10,
+                                   atol=1e-3)

@@ -89,6 +89,37 @@ class Backend:
         """dbiases = the column sums of dvalues."""
         return self.xp.sum(dvalues, axis=0, keepdims=True, out=out)
 
+    # Where a backend can fuse them (cuBLASLt epilogues on a GPU), a Dense layer's bias and ReLU
+    # ride on its forward GEMM, and the ReLU gradient and bias gradient of a Dense layer below on
+    # the GEMM that makes that layer's gradient. These plain versions are the separate ops.
+
+    def relu_mask_shape(self, rows: int, cols: int) -> tuple[int, int] | None:
+        """The uint8 buffer in which ``dense_forward`` keeps where a ReLU let values through, for
+        ``dinputs_relu_bgrad``; None where the backward reads the layer's output instead."""
+        return None
+
+    def dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
+                      mask: Any = None) -> bool:
+        """out = inputs @ weights + biases, then ReLU when ``relu``. Returns whether ``mask``
+        (a ``relu_mask_shape`` buffer, or None) was written."""
+        self.gemm(inputs, weights, out=out)
+        if relu:
+            self.bias_relu(out, biases)
+        else:
+            self.add_bias(out, biases)
+        return False
+
+    def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
+                           below_dbiases: Any, mask: Any = None) -> Any:
+        """The gradient a Dense layer hands to a Dense layer below it whose ReLU was folded in:
+        out = dvalues @ weights.T where that layer's ReLU let values through (``below_output``
+        > 0, or ``mask`` when ``dense_forward`` wrote one), else 0; ``below_dbiases`` = the column
+        sums of out."""
+        self.gemm(dvalues, weights, out=out, trans_b=True)
+        self.relu_backward(out, below_output, out=out)
+        self.bias_grad(out, out=below_dbiases)
+        return out
+
     # ---- activations ----------------------------------------------------------------------
 
     def relu(self, x: Any, out: Any) -> Any:

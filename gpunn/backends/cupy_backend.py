@@ -6,13 +6,18 @@ lazily on first use and cached by CuPy), and GEMMs go through cuBLAS with a hand
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from . import cuda
 from .base import Backend
+from .cuda.cublaslt import relu_mask_shape
 
+_log = logging.getLogger("gpunn")
+
+EPILOGUE_POLICIES = ("auto", "always", "never")
 THREADS = 256
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
 
@@ -40,8 +45,13 @@ class CupyBackend(Backend):
         self._eager_schedule = cupy.zeros(8, dtype=cupy.float64)
         self._dummy_totals = cupy.zeros(2, dtype=cupy.float64)
         from .cuda.cublas import Gemm
+        from .cuda.cublaslt import Epilogues
 
         self.blas = Gemm(cupy)
+        self.epilogues = Epilogues(cupy)
+        self.epilogue_policy = "auto"
+        self._epilogue_faster: dict[tuple, bool] = {}
+        self._said_epilogue_failed = False
 
     # ---- arrays and devices ---------------------------------------------------------------
 
@@ -96,6 +106,7 @@ class CupyBackend(Backend):
         elif precision != "fp32":
             raise ValueError(f"precision must be 'fp32' or 'tf32'; got {precision!r}")
         self.blas.set_tf32(precision == "tf32")
+        self.epilogues.tf32 = precision == "tf32"
 
     def kernel(self, name: str, dtype: Any = None) -> Any:
         """A kernel of kernels.cu; templated ones by element type ("float" or "double")."""
@@ -135,6 +146,98 @@ class CupyBackend(Backend):
         self.kernel("column_sum", dvalues.dtype)(((k + 31) // 32,), (32, 8),
                                                  (dvalues, out, np.int32(n), np.int32(k)))
         return out
+
+    # ---- cuBLASLt epilogues, where they measure faster ---------------------------------------
+
+    @property
+    def epilogue_policy(self) -> str:
+        """"auto": per problem, the cuBLASLt epilogue or the separate kernels, whichever measured
+        faster the first time; "always" / "never": one or the other (tests, comparisons)."""
+        return self._epilogue_policy
+
+    @epilogue_policy.setter
+    def epilogue_policy(self, value: str) -> None:
+        if value not in EPILOGUE_POLICIES:
+            raise ValueError(f"epilogue_policy must be one of "
+                             f"{', '.join(map(repr, EPILOGUE_POLICIES))}; got {value!r}")
+        self._epilogue_policy = value
+
+    def relu_mask_shape(self, rows: int, cols: int) -> tuple[int, int] | None:
+        if not self.epilogues.available or self.epilogue_policy == "never":
+            return None
+        return relu_mask_shape(rows, cols)
+
+    def dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
+                      mask: Any = None) -> bool:
+        kind = "relu_mask" if mask is not None else "relu" if relu else "bias"
+        return self._fused_if_faster(
+            ("forward", kind, inputs.shape, weights.shape, out.dtype),
+            lambda: self.epilogues.forward(inputs, weights, biases, out, relu, mask),
+            lambda: super(CupyBackend, self).dense_forward(inputs, weights, biases, out, relu))
+
+    def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
+                           below_dbiases: Any, mask: Any = None) -> Any:
+        def separate() -> None:
+            super(CupyBackend, self).dinputs_relu_bgrad(dvalues, weights, out, below_output,
+                                                        below_dbiases)
+
+        if mask is None:  # the forward pass kept no mask: the separate kernels read the output
+            separate()
+        else:
+            self._fused_if_faster(
+                ("dinputs", dvalues.shape, weights.shape, out.dtype),
+                lambda: self.epilogues.dinputs_relu_bgrad(dvalues, weights, out, mask,
+                                                          below_dbiases),
+                separate)
+        return out
+
+    def _fused_if_faster(self, problem: tuple, fused: Any, separate: Any) -> bool:
+        """Run ``fused`` (a cuBLASLt call that returns False where it cannot run) or
+        ``separate`` (GEMM, then kernels), whichever was faster the first time this problem
+        came; returns whether the fused one ran. Both write the same outputs from the same
+        inputs, so running each a few times to time them changes nothing."""
+        if not self.epilogues.available or self.epilogue_policy == "never":
+            separate()
+            return False
+        key = problem + (self.epilogues.tf32, self.epilogue_policy)
+        faster = self._epilogue_faster.get(key)
+        if faster is None:
+            if self.xp.cuda.get_current_stream().is_capturing():
+                faster = False  # nothing is timed inside a capture (planning times it first)
+            elif not self._try(fused):
+                faster = self._epilogue_faster[key] = False  # no cuBLASLt algorithm for it
+            elif self.epilogue_policy == "always":
+                faster = self._epilogue_faster[key] = True
+            else:
+                faster = self._epilogue_faster[key] = self._time(fused) < self._time(separate)
+        if faster and fused():
+            return True
+        separate()
+        return False
+
+    def _try(self, fused: Any) -> bool:
+        """The first call of an epilogue for a problem. Should cuBLASLt fail outright, training
+        goes on with the separate kernels, which do the same work; said once."""
+        try:
+            return bool(fused())
+        except Exception as exc:
+            if not self._said_epilogue_failed:
+                self._said_epilogue_failed = True
+                _log.warning("gpunn: a cuBLASLt epilogue failed (%s: %s); using separate kernels "
+                             "where it did", type(exc).__name__, exc)
+            return False
+
+    def _time(self, fn: Any, repeats: int = 10) -> float:
+        """Device milliseconds for ``repeats`` calls of ``fn`` after one warm-up call."""
+        cp = self.xp
+        fn()
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        end.synchronize()
+        return cp.cuda.get_elapsed_time(start, end)
 
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
         if x.ndim != 2 or x.dtype not in (np.float32, np.float64):

@@ -73,12 +73,12 @@ class Gemm:
             self._stream = stream
 
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:
-        if self.cublas is None or not _blas_ready(out) or out.dtype not in self._alpha \
+        if self.cublas is None or not blas_ready(out) or out.dtype not in self._alpha \
                 or a.dtype != out.dtype or b.dtype != out.dtype:
             # mixed dtypes or a strided output (ad-hoc book-style use): CuPy casts and copies
             return self._fallback(a, b, out, trans_a, trans_b)
-        a = a if _blas_ready(a) else self.cupy.ascontiguousarray(a)
-        b = b if _blas_ready(b) else self.cupy.ascontiguousarray(b)
+        a = a if blas_ready(a) else self.cupy.ascontiguousarray(a)
+        b = b if blas_ready(b) else self.cupy.ascontiguousarray(b)
         # A row-major (r, c) array with row stride ld is, to column-major cuBLAS, its transpose
         # (c, r) with leading dimension ld. So out^T = op(b)^T @ op(a)^T: swap a and b, keep the
         # transpose flags, and m, n become out's columns and rows.
@@ -104,7 +104,7 @@ class Gemm:
         return self.cupy.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
 
 
-def _blas_ready(arr: Any) -> bool:
+def blas_ready(arr: Any) -> bool:
     """2-D with each row contiguous: what cuBLAS can read through a leading dimension."""
     return arr.ndim == 2 and arr.strides[1] == arr.itemsize and arr.strides[0] % arr.itemsize == 0 \
         and arr.strides[0] >= arr.shape[1] * arr.itemsize

@@ -1,0 +1,277 @@
+"""The cuBLASLt epilogue wrapper (gpunn/backends/cuda/cublaslt.py), checked on the CPU: a stand-in
+for nvmath's cublasLt module runs the column-major matmul and epilogue it is asked for on NumPy
+memory, reading descriptors, layouts and pointers as cuBLASLt would. What this shows: operands,
+leading dimensions, transposes, bias and mask pointers are wired so that the row-major results are
+right; that "no algorithm" leaves everything untouched. What it cannot show: cuBLASLt's own
+behaviour (tests/test_gpu_kernels.py checks that on a GPU)."""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import types
+
+import numpy as np
+import pytest
+from test_cublas_mapping import DeviceLike, column_major
+
+from gpunn.backends.cuda.cublaslt import Epilogues, relu_mask_shape
+
+EPILOGUE = types.SimpleNamespace(BIAS=4, RELU_BIAS=6, RELU_AUX_BIAS=134, DRELU_BGRAD=152)
+DESC = types.SimpleNamespace(TRANSA=3, TRANSB=4, EPILOGUE=7, BIAS_POINTER=8,
+                             EPILOGUE_AUX_POINTER=11, EPILOGUE_AUX_LD=12)
+PREF = types.SimpleNamespace(MAX_WORKSPACE_BYTES=1, MIN_ALIGNMENT_A_BYTES=5,
+                             MIN_ALIGNMENT_B_BYTES=6, MIN_ALIGNMENT_C_BYTES=7,
+                             MIN_ALIGNMENT_D_BYTES=8)
+TYPES = {0: np.float32, 1: np.float64}
+
+
+def read(ptr: int, dtype, count: int = 1) -> np.ndarray:
+    size = np.dtype(dtype).itemsize * count
+    return np.frombuffer((ctypes.c_char * size).from_address(ptr), dtype=dtype, count=count)
+
+
+class FakeLt:
+    """Just enough of nvmath.bindings.cublasLt, computing in NumPy. The ReLU mask format is this
+    stand-in's own (bit i % 8 of byte i // 8 of column j, columns aux_ld bits apart)."""
+
+    Epilogue, MatmulDescAttribute, MatmulPreferenceAttribute = EPILOGUE, DESC, PREF
+    cuBLASLtError = RuntimeError
+    matmul_heuristic_result_dtype = np.dtype([("algo", "<u8", (8,)), ("workspace_size", "<u8"),
+                                              ("state", "<i4"), ("waves_count", "<f4"),
+                                              ("reserved", "<i4", (4,))])
+
+    def __init__(self, unsupported=()) -> None:
+        self.unsupported = set(unsupported)
+        self.objects: dict[int, dict] = {}
+        self.calls: list[tuple] = []
+
+    def _new(self, **fields) -> int:
+        self.objects[len(self.objects) + 1] = fields
+        return len(self.objects)
+
+    @staticmethod
+    def get_matmul_desc_attribute_dtype(attr):
+        return {3: np.int32, 4: np.int32, 7: np.uint32}.get(attr, np.int64)
+
+    @staticmethod
+    def get_matmul_preference_attribute_dtype(attr):
+        return np.uint64 if attr == 1 else np.uint32
+
+    def create(self) -> int:
+        return 99
+
+    def matmul_desc_create(self, compute, scale):
+        return self._new(compute=compute, scale=scale)
+
+    def matmul_desc_set_attribute(self, desc, attr, ptr, size):
+        dtype = self.get_matmul_desc_attribute_dtype(attr)
+        assert size == np.dtype(dtype).itemsize
+        self.objects[desc][attr] = int(read(ptr, dtype)[0])
+
+    def matrix_layout_create(self, dtype, rows, cols, ld):
+        assert ld >= rows, "column-major: the leading dimension covers a column"
+        return self._new(dtype=TYPES[dtype], rows=rows, cols=cols, ld=ld)
+
+    def matmul_preference_create(self):
+        return self._new()
+
+    def matmul_preference_set_attribute(self, pref, attr, ptr, size):
+        self.objects[pref][attr] = int(read(ptr, self.get_matmul_preference_attribute_dtype(attr))[0])
+
+    def matmul_preference_destroy(self, pref):
+        pass
+
+    def matmul_algo_get_heuristic(self, handle, desc, a, b, c, d, pref, count, results, found):
+        assert count == 1 and self.objects[pref][PREF.MAX_WORKSPACE_BYTES] > 0
+        supported = self.objects[desc][DESC.EPILOGUE] not in self.unsupported
+        ctypes.c_int32.from_address(found).value = int(supported)
+
+    def _matrix(self, ptr, layout):
+        lay = self.objects[layout]
+        return column_major(ptr, lay["rows"], lay["cols"], lay["ld"], lay["dtype"])
+
+    def matmul(self, handle, desc, alpha, a, adesc, b, bdesc, beta, c, cdesc, d, ddesc, algo,
+               workspace, workspace_size, stream):
+        attrs = self.objects[desc]
+        epilogue = attrs[DESC.EPILOGUE]
+        self.calls.append((epilogue, attrs[DESC.TRANSA], attrs[DESC.TRANSB]))
+        A, B, D = self._matrix(a, adesc), self._matrix(b, bdesc), self._matrix(d, ddesc)
+        assert c == d and cdesc == ddesc and attrs[DESC.TRANSB] == 0
+        opA = A.T if attrs[DESC.TRANSA] else A
+        assert opA.shape[1] == B.shape[0] and D.shape == (opA.shape[0], B.shape[1])
+        m, n = D.shape
+        al = read(alpha, D.dtype)[0]
+        result = al * (opA @ B)
+        bias = read(attrs[DESC.BIAS_POINTER], D.dtype, m) if DESC.BIAS_POINTER in attrs else None
+        if epilogue in (EPILOGUE.BIAS, EPILOGUE.RELU_BIAS, EPILOGUE.RELU_AUX_BIAS):
+            result = result + bias[:, None]
+        if epilogue == EPILOGUE.RELU_AUX_BIAS:
+            self._mask(attrs, m, n)[...] = result > 0
+        if epilogue in (EPILOGUE.RELU_BIAS, EPILOGUE.RELU_AUX_BIAS):
+            result = np.maximum(result, 0)
+        if epilogue == EPILOGUE.DRELU_BGRAD:
+            result = result * np.asarray(self._mask(attrs, m, n))
+            bias[...] = result.sum(axis=1)  # bias was read from the pointer: writes go there
+        D[...] = result
+
+    def _mask(self, attrs, m, n):
+        """A (m, n) boolean view-and-write-back helper over the bit mask."""
+        ld_bytes = attrs[DESC.EPILOGUE_AUX_LD] // 8
+        assert ld_bytes % 16 == 0 and ld_bytes * 8 >= m
+        raw = read(attrs[DESC.EPILOGUE_AUX_POINTER], np.uint8, ld_bytes * n)
+        return BitMask(raw.reshape(n, ld_bytes), m)
+
+
+class BitMask:
+    """Bits of a (columns, bytes) uint8 array as an (m, n) boolean matrix, readable and writable."""
+
+    def __init__(self, raw: np.ndarray, m: int) -> None:
+        self.raw, self.m = raw, m
+
+    def __array__(self, dtype=None, copy=None):
+        bits = np.unpackbits(self.raw, axis=1, bitorder="little")[:, :self.m]
+        return bits.T.astype(bool)
+
+    def __setitem__(self, key, value):
+        bits = np.zeros((self.raw.shape[0], self.raw.shape[1] * 8), np.uint8)
+        bits[:, :self.m] = np.asarray(value).T
+        self.raw[...] = np.packbits(bits, axis=1, bitorder="little")
+
+
+def cupy_stand_in():
+    def empty(shape, dtype):
+        return DeviceLike(np.empty(shape, dtype))
+
+    return types.SimpleNamespace(
+        cuda=types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=7)),
+        empty=empty, uint8=np.uint8)
+
+
+class Dev(DeviceLike):
+    """DeviceLike with flags.c_contiguous, as the wrapper checks bias and mask buffers."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        super().__init__(arr)
+        self.flags = types.SimpleNamespace(c_contiguous=arr.flags.c_contiguous)
+
+
+def epilogues(lt: FakeLt) -> Epilogues:
+    e = Epilogues(cupy_stand_in())  # nvmath may be absent here: install the stand-in either way
+    e.lt = lt
+    e._one = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
+    e._zero = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1)}
+    return e
+
+
+def aligned(arr: np.ndarray) -> np.ndarray:
+    """A copy of ``arr`` at a 256-byte aligned address (as CuPy's pool gives)."""
+    raw = np.empty(arr.nbytes + 256, np.uint8)
+    start = -raw.ctypes.data % 256
+    out = raw[start:start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out[...] = arr
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu, keep_mask", [(False, False), (True, False), (True, True)])
+def test_forward_epilogues_compute_dense_layers(dtype, relu, keep_mask, rng):
+    rows, n_in, n_out = 7, 5, 13  # odd sizes; 13 outputs need 2 mask bytes, padded to 16
+    lt = FakeLt()
+    e = epilogues(lt)
+    x = aligned(rng.standard_normal((rows, n_in)).astype(dtype))
+    w = aligned(rng.standard_normal((n_in, n_out)).astype(dtype))
+    b = aligned(rng.standard_normal((1, n_out)).astype(dtype))
+    out = aligned(np.full((rows, n_out), np.nan, dtype))
+    mask = aligned(np.zeros(relu_mask_shape(rows, n_out), np.uint8)) if keep_mask else None
+    assert e.forward(Dev(x), Dev(w), Dev(b), Dev(out), relu, None if mask is None else Dev(mask))
+    z = x @ w + b
+    np.testing.assert_allclose(out, np.maximum(z, 0) if relu else z,
+                               rtol=1e-5 if dtype == np.float32 else 1e-12)
+    expect = {(False, False): 4, (True, False): 6, (True, True): 134}[(relu, keep_mask)]
+    assert lt.calls == [(expect, 0, 0)]
+    if keep_mask:
+        assert relu_mask_shape(rows, n_out) == (rows, 16)
+        bits = np.unpackbits(mask, axis=1, bitorder="little")[:, :n_out]
+        np.testing.assert_array_equal(bits.astype(bool), z > 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_drelu_bgrad_gives_the_lower_layers_gradients(dtype, rng):
+    rows, n_in, n_mid, n_out = 9, 3, 21, 6
+    e = epilogues(FakeLt())
+    x = aligned(rng.standard_normal((rows, n_in)).astype(dtype))
+    w1 = aligned(rng.standard_normal((n_in, n_mid)).astype(dtype))
+    b1 = aligned(rng.standard_normal((1, n_mid)).astype(dtype))
+    w2 = aligned(rng.standard_normal((n_mid, n_out)).astype(dtype))
+    h = aligned(np.empty((rows, n_mid), dtype))
+    mask = aligned(np.zeros(relu_mask_shape(rows, n_mid), np.uint8))
+    assert e.forward(Dev(x), Dev(w1), Dev(b1), Dev(h), True, Dev(mask))
+    dvalues = aligned(rng.standard_normal((rows, n_out)).astype(dtype))
+    out = aligned(np.full((rows, n_mid), np.nan, dtype))
+    db1 = aligned(np.full((1, n_mid), np.nan, dtype))
+    assert e.dinputs_relu_bgrad(Dev(dvalues), Dev(w2), Dev(out), Dev(mask), Dev(db1))
+    expect = (dvalues @ w2.T) * (h > 0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, expect, rtol=tol, atol=tol)
+    np.testing.assert_allclose(db1, expect.sum(axis=0, keepdims=True), rtol=tol, atol=tol)
+
+
+def test_no_algorithm_means_nothing_written(rng):
+    lt = FakeLt(unsupported={EPILOGUE.RELU_BIAS})
+    e = epilogues(lt)
+    x, w = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
+    b, out = aligned(np.zeros((1, 5))), aligned(np.full((4, 5), np.nan))
+    for _ in range(2):  # the answer is remembered, and still refused
+        assert not e.forward(Dev(x), Dev(w), Dev(b), Dev(out), True)
+    assert np.isnan(out).all() and lt.calls == []
+    assert e.forward(Dev(x), Dev(w), Dev(b), Dev(out), False)  # BIAS is offered
+
+
+def test_unsuitable_operands_take_the_separate_path(rng):
+    e = epilogues(FakeLt())
+    x, w = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
+    out = aligned(np.full((4, 5), np.nan))
+    b = aligned(np.zeros((1, 5)))
+    mixed = aligned(rng.standard_normal((4, 3)).astype(np.float32))
+    assert not e.forward(Dev(mixed), Dev(w), Dev(b), Dev(out), True)  # dtypes differ
+    strided_bias = aligned(np.zeros((1, 10)))[:, ::2]
+    assert not e.forward(Dev(x), Dev(w), Dev(strided_bias), Dev(out), True)
+    wrong_mask = aligned(np.zeros((4, 8), np.uint8))  # not relu_mask_shape(4, 5)
+    assert not e.forward(Dev(x), Dev(w), Dev(b), Dev(out), True, Dev(wrong_mask))
+    assert np.isnan(out).all()
+
+
+def test_problems_are_planned_once_per_shape(rng):
+    lt = FakeLt()
+    e = epilogues(lt)
+    for rows, _ in itertools.product((4, 6), range(3)):
+        x = aligned(rng.standard_normal((rows, 3)))
+        w, b = aligned(rng.standard_normal((3, 5))), aligned(rng.standard_normal((1, 5)))
+        assert e.forward(Dev(x), Dev(w), Dev(b), Dev(aligned(np.empty((rows, 5)))), False)
+    assert len(e._problems) == 2 and len(lt.calls) == 6
+
+
+def test_stand_in_matches_the_real_bindings():
+    """Names, values and call signatures of the stand-in are those of nvmath's cublasLt, so the
+    wrapper tested against it calls the real module the same way (where nvmath is installed)."""
+    import inspect
+    import re
+
+    lt = pytest.importorskip("nvmath.bindings.cublasLt")
+    for group, real in ((EPILOGUE, lt.Epilogue), (DESC, lt.MatmulDescAttribute),
+                        (PREF, lt.MatmulPreferenceAttribute)):
+        for name, value in vars(group).items():
+            assert int(getattr(real, name)) == value, name
+    real = lt.matmul_heuristic_result_dtype  # the wrapper passes its address as the algorithm's
+    assert real.itemsize == FakeLt.matmul_heuristic_result_dtype.itemsize
+    assert real.fields["algo"][1] == 0
+    for name in ("matmul_desc_create", "matmul_desc_set_attribute", "matrix_layout_create",
+                 "matmul_preference_create", "matmul_preference_set_attribute",
+                 "matmul_preference_destroy", "matmul_algo_get_heuristic", "matmul", "create"):
+        doc_args = re.match(rf"{name}\((.*?)\)", getattr(lt, name).__doc__).group(1)
+        real_count = len([a for a in doc_args.split(",") if a.strip()])
+        fake_count = len(inspect.signature(getattr(FakeLt(), name)).parameters)
+        assert fake_count == real_count, name
+    for attr in (DESC.TRANSA, DESC.EPILOGUE, DESC.BIAS_POINTER, DESC.EPILOGUE_AUX_LD):
+        assert FakeLt.get_matmul_desc_attribute_dtype(attr) is lt.get_matmul_desc_attribute_dtype(attr)
