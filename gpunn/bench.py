@@ -79,8 +79,9 @@ SCHEMA: dict[str, Any] = {
                     "workload": {"type": "string"},
                     "impl": {"type": "string",
                              "description": "gpunn-numpy, gpunn-cupy, gpunn-cupy-separate "
-                                            "(no cuBLASLt epilogues), pytorch, pytorch-graph, "
-                                            "jax, numpy-book"},
+                                            "(no cuBLASLt epilogues), gpunn-cupy-one-kernel "
+                                            "(book: the one-block trainer), pytorch, "
+                                            "pytorch-graph, jax, numpy-book"},
                     "backend": {"type": "string", "description": "numpy, cupy, torch, jax"},
                     "precision": {"enum": ["fp32", "tf32"]},
                     "device": {"enum": ["cpu", "gpu"]},
@@ -357,10 +358,14 @@ def book_run(impl: str, device: str) -> float:
     if impl.startswith("gpunn-"):
         from . import Adam, Dense, ReLU, Sequential, SoftmaxCrossEntropy, set_seed
 
+        backend = "cupy" if impl.startswith("gpunn-cupy") else "numpy"
+
         def train(epochs: int) -> float:
             set_seed(0)
             model = Sequential([Dense(2, 64), ReLU(), Dense(64, 3)])
-            model.compile(SoftmaxCrossEntropy(), Adam(lr=0.05, decay=5e-7), backend=impl[6:])
+            model.compile(SoftmaxCrossEntropy(), Adam(lr=0.05, decay=5e-7), backend=backend)
+            if backend == "cupy":  # gpunn-cupy-one-kernel: the one-block trainer, switched on
+                model.backend.small_net_kernel = impl == "gpunn-cupy-one-kernel"
             t0 = time.perf_counter()
             model.fit(X, y, epochs=epochs, batch_size=None, verbose=0)
             model.backend.synchronize()
@@ -483,9 +488,11 @@ def run_suite(workloads: list[str], backends: list[str], peers: list[str], preci
         if name == "book":
             for device in devices:
                 book_rows = []
-                for impl in contenders(backends, peers, device):
-                    if impl in ("numpy-book", "gpunn-cupy-separate"):
-                        continue  # per-step comparisons only
+                impls = [impl for impl in contenders(backends, peers, device)
+                         if impl not in ("numpy-book", "gpunn-cupy-separate")]  # per step only
+                if device == "gpu":
+                    impls.insert(1, "gpunn-cupy-one-kernel")
+                for impl in impls:
                     try:
                         seconds_taken = book_run(impl, device)
                     except Skip as why:
@@ -496,7 +503,8 @@ def run_suite(workloads: list[str], backends: list[str], peers: list[str], preci
                         continue
                     book_rows.append({
                         "workload": name, "impl": impl,
-                        "backend": impl[6:] if impl.startswith("gpunn-") else _peer_backend(impl),
+                        "backend": impl.split("-")[1] if impl.startswith("gpunn-")
+                        else _peer_backend(impl),
                         "precision": "fp32", "device": device, "step_ms": seconds_taken * 1e3,
                         "step_ms_spread": 0.0, "samples_per_s": BOOK_EPOCHS * 300 / seconds_taken,
                         "tflops": None, "ceiling_fraction": None, "final_loss": None})

@@ -346,6 +346,35 @@ class Sequential:
         self._backward(dlogits)
         self.optimizer.step_scheduled(self.backend, self.params, self.grads, self._schedule)
 
+    def _small_net(self, rows: int) -> bool:
+        """Whether plans for ``rows`` samples use the backend's one-kernel trainer: the book's
+        Dense -> ReLU -> Dense, small enough for it (planned models: SoftmaxCrossEntropy, no
+        penalties)."""
+        if [type(layer) for layer in self.layers] != [Dense, ReLU, Dense]:
+            return False
+        first, second = self.dense_layers
+        sizes = (first.n_inputs, first.n_neurons, second.n_neurons)
+        return self.backend.fits_small_net(rows, sizes, self.dtype)
+
+    def _small_net_steps(self, x: Any, y: Any, steps: int) -> None:
+        """``steps`` planned steps in one launch of the one-kernel trainer, leaving the layers'
+        and the loss's buffers as the last planned step would."""
+        first, relu, second = self.layers
+        loss, n, dtype = self.loss, x.shape[0], self.dtype
+        outs = {"hidden": first._buffer("output", (n, first.n_neurons), dtype),
+                "dhidden": second._buffer("dinputs", (n, second.n_inputs), dtype),
+                "logits": second._buffer("output", (n, second.n_neurons), dtype),
+                "probs": loss._buffer("probs", (n, second.n_neurons), dtype),
+                "dlogits": loss._buffer("dinputs", (n, second.n_neurons), dtype),
+                "losses": loss._losses_buffer(n, dtype)}
+        opt = self.optimizer
+        self.backend.train_small_net(x, y, self.params, self.grads,
+                                     [opt.state[name] for name in opt.state_names], self._schedule,
+                                     self._totals, steps, opt.kernel_rule(), outs)
+        first.inputs, first.output, relu.output = x, outs["hidden"], outs["hidden"]
+        second.inputs, second.output, second.dinputs = outs["hidden"], outs["logits"], outs["dhidden"]
+        loss.output, loss.dinputs = outs["probs"], outs["dlogits"]
+
     def _planned_epochs(self, X: Any, y: Any, batch: int, shuffle: bool,
                         rng: np.random.Generator, count: int,
                         on_batch: Any = None) -> list[tuple[float, float]]:

@@ -80,6 +80,11 @@ class Optimizer:
         backend.advance_schedule(schedule)
         self._update_scheduled(backend, params, grads, self.state, schedule, self._scratch)
 
+    def kernel_rule(self) -> tuple[int, float, float]:
+        """(rule, hyper-parameter, epsilon) as the one-block trainer ``train_small_net`` of
+        kernels.cu takes them; its state buffers are ``state_names`` in order."""
+        raise NotImplementedError
+
     def mirror_step(self) -> None:
         """Count one step taken on the device, as ``step`` would have, without reading it back."""
         self.pre_update_params()
@@ -137,6 +142,9 @@ class SGD(Optimizer):
         backend.sgd_update_scheduled(params, grads, state.get("momentums"), schedule,
                                      self.momentum, scratch)
 
+    def kernel_rule(self) -> tuple[int, float, float]:
+        return (1 if self.momentum else 0), self.momentum, 0.0
+
 
 class Adagrad(Optimizer):
     """cache += g^2; w -= lr * g / (sqrt(cache) + epsilon)."""
@@ -157,6 +165,9 @@ class Adagrad(Optimizer):
     def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
         backend.cache_update_scheduled(params, grads, state["cache"], schedule, self.epsilon,
                                        -1.0, scratch)
+
+    def kernel_rule(self) -> tuple[int, float, float]:
+        return 2, -1.0, self.epsilon  # rho < 0: Adagrad's running sum
 
 
 class RMSprop(Optimizer):
@@ -181,6 +192,9 @@ class RMSprop(Optimizer):
     def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
         backend.cache_update_scheduled(params, grads, state["cache"], schedule, self.epsilon,
                                        self.rho, scratch)
+
+    def kernel_rule(self) -> tuple[int, float, float]:
+        return 2, self.rho, self.epsilon
 
 
 class Adam(Optimizer):
@@ -207,3 +221,6 @@ class Adam(Optimizer):
     def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
         backend.adam_update_scheduled(params, grads, state["momentums"], state["cache"], schedule,
                                       self.epsilon, self.beta_1, self.beta_2, scratch)
+
+    def kernel_rule(self) -> tuple[int, float, float]:
+        return 3, 0.0, self.epsilon  # the betas come from the schedule

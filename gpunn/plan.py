@@ -40,6 +40,8 @@ class StepPlan:
         self.replay: Any = None
         self.recorded = False
         self.buffers: list[list[Any]] = []
+        # The book's network, small enough: all steps in one kernel launch (CuPy, when enabled).
+        self.small_net = model._small_net(rows)
 
     def load(self, X: Any, y: Any) -> None:
         """Copy a whole batch into the static inputs, unless it is the one already there."""
@@ -49,6 +51,9 @@ class StepPlan:
             self.loaded = X
 
     def body(self) -> None:
+        if self.small_net:
+            self.model._small_net_steps(self.x, self.y, self.steps)
+            return
         for i in range(self.steps):
             self.model._planned_step(self.x, self.y, self.model._totals[i])
 

@@ -53,3 +53,17 @@ def test_the_build_check_catches_errors():
     ok, log, _ = compile_source("__global__ void k(float* x) { x[0] = INFINITY; }", "bad.cu",
                                 "sm_90", [])
     assert not ok and "INFINITY" in log
+
+
+def test_host_constants_match_the_sources():
+    """What cupy_backend.py launches with is what kernels.cu was written for."""
+    import re
+
+    from cuda.bindings import runtime
+
+    from gpunn.backends import cupy_backend
+
+    threads = re.search(r"#define SMALL_NET_THREADS (\d+)", cuda.source())
+    assert threads and int(threads.group(1)) == cupy_backend.SMALL_NET_THREADS
+    assert cupy_backend.CUDA_DEV_ATTR_MAX_SHARED_OPTIN == int(
+        runtime.cudaDeviceAttr.cudaDevAttrMaxSharedMemoryPerBlockOptin)

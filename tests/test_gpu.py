@@ -137,3 +137,47 @@ def test_epilogue_and_separate_paths_train_alike(monkeypatch):
     np.testing.assert_allclose(l_fused, l_sep, rtol=1e-4, atol=1e-6)
     for a, b in zip(p_fused, p_sep):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("make_opt", [lambda: nn.SGD(lr=0.5, decay=1e-3),
+                                      lambda: nn.SGD(lr=0.5, momentum=0.9, decay=1e-3),
+                                      lambda: nn.Adagrad(lr=0.3, decay=1e-3),
+                                      lambda: nn.RMSprop(lr=0.01, decay=1e-3),
+                                      lambda: nn.Adam(lr=0.05, decay=5e-7)])
+@pytest.mark.parametrize("dtype, batch_size", [("float32", None), ("float64", None),
+                                               ("float32", 64)])
+def test_one_kernel_trainer_matches_the_planned_steps(make_opt, dtype, batch_size, monkeypatch):
+    """kernels.cu's train_small_net against the planned steps (cuBLAS + kernels), same start."""
+    from gpunn.backends import get_backend
+
+    bk = get_backend("cupy")
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    runs = []
+    for one_kernel in (False, True):
+        monkeypatch.setattr(bk, "small_net_kernel", one_kernel)
+        nn.set_seed(0)
+        model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend="cupy", dtype=dtype)
+        history = model.fit(X, y, epochs=50 if batch_size is None else 5, batch_size=batch_size,
+                            seed=0, verbose=0)
+        assert all(plan.small_net == one_kernel for plan in model._plans.values())
+        runs.append((model.get_params(), history.history, model.optimizer.iterations))
+    (p_plan, h_plan, it_plan), (p_one, h_one, it_one) = runs
+    assert it_plan == it_one
+    rtol, atol = (2e-3, 5e-4) if dtype == "float32" else (1e-8, 1e-10)
+    for a, b in zip(p_one, p_plan):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(h_one["loss"], h_plan["loss"], rtol=rtol, atol=atol)
+
+
+def test_the_books_run_with_the_one_kernel_trainer(monkeypatch):
+    from gpunn.backends import get_backend
+
+    monkeypatch.setattr(get_backend("cupy"), "small_net_kernel", True)
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    nn.set_seed(0)
+    model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
+    model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05, decay=5e-7), backend="cupy")
+    model.fit(X, y, epochs=10_001, batch_size=None, verbose=0)
+    assert all(plan.small_net for plan in model._plans.values())
+    assert model.evaluate(X, y)["accuracy"] >= 0.93

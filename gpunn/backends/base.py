@@ -120,6 +120,22 @@ class Backend:
         self.bias_grad(out, out=below_dbiases)
         return out
 
+    # ---- a whole small network in one kernel (CuPy) ------------------------------------------
+
+    def fits_small_net(self, rows: int, sizes: tuple[int, int, int], dtype: Any) -> bool:
+        """Whether ``train_small_net`` can train Dense(n_in, hidden) -> ReLU -> Dense(hidden, k),
+        ``sizes`` = (n_in, hidden, k), on ``rows`` samples here (and is switched on)."""
+        return False
+
+    def train_small_net(self, X: Any, y: Any, params: Any, grads: Any, states: list[Any],
+                        schedule: Any, totals: Any, epochs: int, rule: tuple[int, float, float],
+                        outs: dict[str, Any]) -> None:
+        """``epochs`` planned steps of that network on (X, y) at once: the same updates of
+        params, grads, optimizer ``states``, ``schedule`` and ``totals`` rows as ``epochs``
+        planned steps, and the last step's hidden/dhidden/logits/probs/dlogits/losses in
+        ``outs``. ``rule`` is the optimizer's ``kernel_rule()``."""
+        raise NotImplementedError(f"the {self.name} backend has no one-kernel trainer")
+
     # ---- activations ----------------------------------------------------------------------
 
     def relu(self, x: Any, out: Any) -> Any:

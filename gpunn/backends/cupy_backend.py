@@ -19,6 +19,8 @@ _log = logging.getLogger("gpunn")
 
 EPILOGUE_POLICIES = ("auto", "always", "never")
 THREADS = 256
+CUDA_DEV_ATTR_MAX_SHARED_OPTIN = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin
+SMALL_NET_THREADS = 512  # kernels.cu's SMALL_NET_THREADS (its __launch_bounds__)
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
 
 
@@ -52,6 +54,10 @@ class CupyBackend(Backend):
         self.epilogue_policy = "auto"
         self._epilogue_faster: dict[tuple, bool] = {}
         self._said_epilogue_failed = False
+        #: Train Dense -> ReLU -> Dense networks that fit in one block's shared memory with one
+        #: kernel per launch (``train_small_net``). Off until it has been measured on a GPU.
+        self.small_net_kernel = False
+        self._small_net_shared: dict[Any, int] = {}
 
     # ---- arrays and devices ---------------------------------------------------------------
 
@@ -246,6 +252,43 @@ class CupyBackend(Backend):
         self.kernel("take_rows", x.dtype)((_blocks(out.size),), (THREADS,),
                                           (x, indices, out, np.int64(rows), np.int32(cols)))
         return out
+
+    # ---- a whole small network in one kernel ------------------------------------------------
+
+    @staticmethod
+    def small_net_bytes(rows: int, sizes: tuple[int, int, int], dtype: Any) -> int:
+        """Shared memory train_small_net needs (its layout is described in kernels.cu)."""
+        n_in, hidden, k = sizes
+        n_params = n_in * hidden + hidden + hidden * k + k
+        elements = rows * (n_in + hidden + k) + 4 * n_params + SMALL_NET_THREADS
+        return 8 * (SMALL_NET_THREADS + 8) + np.dtype(dtype).itemsize * elements
+
+    def fits_small_net(self, rows: int, sizes: tuple[int, int, int], dtype: Any) -> bool:
+        if not self.small_net_kernel:
+            return False
+        runtime = self.xp.cuda.runtime
+        limit = runtime.deviceGetAttribute(CUDA_DEV_ATTR_MAX_SHARED_OPTIN, runtime.getDevice())
+        return self.small_net_bytes(rows, sizes, dtype) <= limit
+
+    def train_small_net(self, X: Any, y: Any, params: Any, grads: Any, states: list[Any],
+                        schedule: Any, totals: Any, epochs: int, rule: tuple[int, float, float],
+                        outs: dict[str, Any]) -> None:
+        rows, n_in = X.shape
+        hidden, k = outs["hidden"].shape[1], outs["logits"].shape[1]
+        nbytes = self.small_net_bytes(rows, (n_in, hidden, k), X.dtype)
+        kernel = self.kernel("train_small_net", X.dtype)
+        if self._small_net_shared.get(X.dtype, 0) < nbytes:  # beyond 48 KiB is opted into
+            kernel.max_dynamic_shared_size_bytes = nbytes
+            self._small_net_shared[X.dtype] = nbytes
+        code, hyper, epsilon = rule
+        state_1 = states[0] if states else params  # unused by the rules that keep no state
+        state_2 = states[1] if len(states) > 1 else params
+        kernel((1,), (SMALL_NET_THREADS,),
+               (X, y, np.int32(rows), np.int32(n_in), np.int32(hidden), np.int32(k), params,
+                grads, state_1, state_2, schedule, totals, np.int32(epochs), np.int32(code),
+                np.float64(hyper), np.float64(epsilon), outs["hidden"], outs["dhidden"],
+                outs["logits"], outs["probs"], outs["dlogits"], outs["losses"]),
+               shared_mem=nbytes)
 
     # ---- loss -----------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from pathlib import Path
 KERNELS_CU = Path(__file__).with_name("kernels.cu")
 
 TEMPLATED = ("bias_act", "relu_backward", "column_sum", "take_rows", "softmax_cross_entropy",
-             "sgd_update", "cache_update", "adam_update")
+             "sgd_update", "cache_update", "adam_update", "train_small_net")
 PLAIN = ("advance_schedule",)
 
 #: Options given to NVRTC (through cupy.RawModule) besides the target architecture.

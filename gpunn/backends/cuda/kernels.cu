@@ -167,10 +167,9 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
 
 // The learning-rate schedule lives on the device so a replayed graph applies decay and Adam's bias
 // correction: schedule = [iterations, lr, decay, beta_1, beta_2, lr_t, 1/(1-beta_1^t), 1/(1-beta_2^t)].
-// One thread: the book's pre_update_params (lr_t = lr / (1 + decay * iterations)), the bias
-// corrections for step t = iterations + 1, and post_update_params (iterations += 1).
-__global__ void advance_schedule(double* schedule) {
-    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+// The book's pre_update_params (lr_t = lr / (1 + decay * iterations)), the bias corrections for
+// step t = iterations + 1, and post_update_params (iterations += 1).
+__device__ __forceinline__ void advance(double* schedule) {
     double iterations = schedule[0];
     schedule[5] = schedule[1] / (1.0 + schedule[2] * iterations);
     double step = iterations + 1.0;
@@ -179,54 +178,249 @@ __global__ void advance_schedule(double* schedule) {
     schedule[0] = step;
 }
 
-#define FOR_EACH_PARAM(i, size) \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size; \
-         i += (long long)gridDim.x * blockDim.x)
+__global__ void advance_schedule(double* schedule) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) advance(schedule);
+}
+
+// The rules, one parameter at a time (shared by the kernels below and train_small_net).
 
 // Plain: w -= lr_t * g. With momentum (the book's form): u = momentum * u - lr_t * g; w += u.
-// momentums is only touched when use_momentum is set.
 template <typename T>
-__global__ void sgd_update(T* params, const T* grads, T* momentums, const double* schedule,
-                           double momentum, int use_momentum, long long size) {
-    T lr = (T)schedule[5];
-    FOR_EACH_PARAM(i, size) {
-        if (use_momentum) {
-            T u = (T)momentum * momentums[i] - lr * grads[i];
-            momentums[i] = u;
-            params[i] += u;
-        } else {
-            params[i] -= lr * grads[i];
-        }
+__device__ __forceinline__ void sgd_rule(T& w, T g, T& u, T lr, double momentum, int use_momentum) {
+    if (use_momentum) {
+        T v = (T)momentum * u - lr * g;
+        u = v;
+        w += v;
+    } else {
+        w -= lr * g;
     }
 }
 
 // cache += g^2 (Adagrad, rho < 0) or cache = rho * cache + (1 - rho) * g^2 (RMSprop);
 // w -= lr_t * g / (sqrt(cache) + epsilon).
 template <typename T>
-__global__ void cache_update(T* params, const T* grads, T* cache, const double* schedule,
-                             double epsilon, double rho, long long size) {
-    T lr = (T)schedule[5];
-    FOR_EACH_PARAM(i, size) {
-        T g = grads[i];
-        T c = rho < 0 ? cache[i] + g * g : (T)rho * cache[i] + (T)(1 - rho) * g * g;
-        cache[i] = c;
-        params[i] -= lr * g / (dev_sqrt(c) + (T)epsilon);
-    }
+__device__ __forceinline__ void cache_rule(T& w, T g, T& cache, T lr, double epsilon, double rho) {
+    T c = rho < 0 ? cache + g * g : (T)rho * cache + (T)(1 - rho) * g * g;
+    cache = c;
+    w -= lr * g / (dev_sqrt(c) + (T)epsilon);
 }
 
 // Adam: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 // w -= lr_t * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + epsilon).
+template <typename T>
+__device__ __forceinline__ void adam_rule(T& w, T g, T& m, T& v, T lr, T correct_1, T correct_2,
+                                          double epsilon, double beta_1, double beta_2) {
+    T m_new = (T)beta_1 * m + (T)(1 - beta_1) * g;
+    T v_new = (T)beta_2 * v + (T)(1 - beta_2) * g * g;
+    m = m_new;
+    v = v_new;
+    w -= lr * (m_new * correct_1) / (dev_sqrt(v_new * correct_2) + (T)epsilon);
+}
+
+#define FOR_EACH_PARAM(i, size) \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size; \
+         i += (long long)gridDim.x * blockDim.x)
+
+// momentums is only touched when use_momentum is set.
+template <typename T>
+__global__ void sgd_update(T* params, const T* grads, T* momentums, const double* schedule,
+                           double momentum, int use_momentum, long long size) {
+    T lr = (T)schedule[5];
+    FOR_EACH_PARAM(i, size) sgd_rule(params[i], grads[i], momentums[i], lr, momentum, use_momentum);
+}
+
+template <typename T>
+__global__ void cache_update(T* params, const T* grads, T* cache, const double* schedule,
+                             double epsilon, double rho, long long size) {
+    T lr = (T)schedule[5];
+    FOR_EACH_PARAM(i, size) cache_rule(params[i], grads[i], cache[i], lr, epsilon, rho);
+}
+
 template <typename T>
 __global__ void adam_update(T* params, const T* grads, T* momentums, T* cache,
                             const double* schedule, double epsilon, double beta_1, double beta_2,
                             long long size) {
     T lr = (T)schedule[5], correct_1 = (T)schedule[6], correct_2 = (T)schedule[7];
     FOR_EACH_PARAM(i, size) {
-        T g = grads[i];
-        T m = (T)beta_1 * momentums[i] + (T)(1 - beta_1) * g;
-        T v = (T)beta_2 * cache[i] + (T)(1 - beta_2) * g * g;
-        momentums[i] = m;
-        cache[i] = v;
-        params[i] -= lr * (m * correct_1) / (dev_sqrt(v * correct_2) + (T)epsilon);
+        adam_rule(params[i], grads[i], momentums[i], cache[i], lr, correct_1, correct_2, epsilon,
+                  beta_1, beta_2);
     }
+}
+
+// ---- a whole small network, many full-batch epochs, one block --------------------------------
+//
+// Dense(n_in, hidden) -> ReLU -> Dense(hidden, k) -> softmax cross-entropy, trained for `epochs`
+// full-batch steps by one thread block out of shared memory: the book's spiral network (387
+// parameters, 300 samples) needs about 100 KiB, and its 10,001 epochs become a few launches instead
+// of ten kernels per epoch. Each epoch is exactly the planned step: forward, per-sample loss and
+// first-index argmax, dlogits = (p - onehot) / n, backward with the ReLU mask, the schedule
+// advanced, the rule applied; sums run in a fixed order, so a run gives the same bits every time.
+// `rule`: 0 SGD, 1 SGD with momentum, 2 Adagrad/RMSprop (cache_rule's rho), 3 Adam. Epoch e adds
+// its loss sum and correct count to totals[e] (as softmax_cross_entropy does: one row per epoch).
+
+#define SMALL_NET_THREADS 512
+
+// out[r * b_cols + c] = sum_i A[i, r] * B[i, c] over n rows (A: n x a_cols, B: n x b_cols,
+// row-major); A == nullptr stands for a column of ones (a bias gradient). Each output's sum is
+// split over `parts` stripes of rows whose partial sums are then added in a fixed order.
+template <typename T>
+__device__ void block_tn(const T* A, int a_cols, const T* B, int b_cols, int n, T* out,
+                         T* scratch) {
+    int outputs = a_cols * b_cols;
+    int parts = (int)blockDim.x / outputs;
+    if (parts > n) parts = n;
+    if (parts < 1) parts = 1;
+    for (int t = threadIdx.x; t < outputs * parts; t += blockDim.x) {
+        int o = t % outputs, part = t / outputs;
+        int r = o / b_cols, c = o - r * b_cols;
+        T acc = T(0);
+        for (int i = part; i < n; i += parts) acc += (A ? A[i * a_cols + r] : T(1)) * B[i * b_cols + c];
+        if (parts == 1) out[o] = acc; else scratch[t] = acc;
+    }
+    __syncthreads();
+    if (parts > 1) {
+        for (int o = threadIdx.x; o < outputs; o += blockDim.x) {
+            T acc = T(0);
+            for (int p = 0; p < parts; ++p) acc += scratch[p * outputs + o];
+            out[o] = acc;
+        }
+        __syncthreads();
+    }
+}
+
+// Sum of one double per thread, in a fixed tree order (blockDim a power of two); all threads get it.
+__device__ double block_sum(double value, double* scratch) {
+    scratch[threadIdx.x] = value;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
+        __syncthreads();
+    }
+    double total = scratch[0];
+    __syncthreads();
+    return total;
+}
+
+// Shared memory, in order: doubles [blockDim reduction scratch | 8 schedule], then T:
+// X (n x n_in) | H (n x hidden) | Z (n x k) | params | grads | state_1 | state_2 | blockDim scratch.
+// The last epoch also writes what the planned step leaves behind: the hidden layer's output and
+// its gradient, logits, probabilities, dlogits and per-sample losses.
+template <typename T>
+__global__ void __launch_bounds__(SMALL_NET_THREADS)
+train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden, int k,
+                T* params, T* grads, T* state_1, T* state_2, double* schedule, double* totals,
+                int epochs, int rule, double hyper, double epsilon, T* hidden_out, T* dhidden_out,
+                T* logits_out, T* probs_out, T* dlogits_out, T* losses_out) {
+    extern __shared__ __align__(16) unsigned char shared_raw[];
+    double* reduce = reinterpret_cast<double*>(shared_raw);
+    double* sched = reduce + blockDim.x;
+    T* sX = reinterpret_cast<T*>(sched + 8);
+    T* sH = sX + n * n_in;
+    T* sZ = sH + n * hidden;
+    int off_b1 = n_in * hidden, off_w2 = off_b1 + hidden, off_b2 = off_w2 + hidden * k;
+    int n_params = off_b2 + k;
+    T* sW = sZ + n * k;
+    T* sG = sW + n_params;
+    T* sS1 = sG + n_params;
+    T* sS2 = sS1 + n_params;
+    T* scratch = sS2 + n_params;
+    int tid = threadIdx.x, threads = blockDim.x;
+    int uses_1 = rule != 0, uses_2 = rule == 3;
+
+    for (int i = tid; i < n * n_in; i += threads) sX[i] = X[i];
+    for (int i = tid; i < n_params; i += threads) {
+        sW[i] = params[i];
+        sS1[i] = uses_1 ? state_1[i] : T(0);
+        sS2[i] = uses_2 ? state_2[i] : T(0);
+    }
+    if (tid < 8) sched[tid] = schedule[tid];
+    __syncthreads();
+    T inv_n = T(1.0 / n);
+
+    for (int epoch = 0; epoch < epochs; ++epoch) {
+        int last = epoch == epochs - 1;
+        // Hidden layer: H = max(X @ W1 + b1, 0).
+        for (int idx = tid; idx < n * hidden; idx += threads) {
+            int i = idx / hidden, j = idx - i * hidden;
+            T z = T(0);
+            for (int c = 0; c < n_in; ++c) z += sX[i * n_in + c] * sW[c * hidden + j];
+            z += sW[off_b1 + j];
+            z = z < T(0) ? T(0) : z;
+            sH[idx] = z;
+            if (last) hidden_out[idx] = z;
+        }
+        __syncthreads();
+        // Logits: Z = H @ W2 + b2.
+        for (int idx = tid; idx < n * k; idx += threads) {
+            int i = idx / k, c = idx - i * k;
+            T z = T(0);
+            for (int j = 0; j < hidden; ++j) z += sH[i * hidden + j] * sW[off_w2 + j * k + c];
+            z += sW[off_b2 + c];
+            sZ[idx] = z;
+            if (last) logits_out[idx] = z;
+        }
+        __syncthreads();
+        // Softmax cross-entropy, one thread per row; Z becomes dlogits in place.
+        double loss_sum = 0.0, correct = 0.0;
+        for (int i = tid; i < n; i += threads) {
+            T* z = sZ + i * k;
+            T best = lowest<T>();
+            int argmax = k;
+            for (int c = 0; c < k; ++c) {
+                if (z[c] > best) { best = z[c]; argmax = c; }
+            }
+            T total = T(0);
+            for (int c = 0; c < k; ++c) total += dev_exp(z[c] - best);
+            T inv_total = T(1) / total;
+            long long label = labels[i];
+            T p_true = dev_exp(z[label] - best) * inv_total;
+            for (int c = 0; c < k; ++c) {
+                T p = dev_exp(z[c] - best) * inv_total;
+                T d = (p - (c == label ? T(1) : T(0))) * inv_n;
+                z[c] = d;
+                if (last) { probs_out[i * k + c] = p; dlogits_out[i * k + c] = d; }
+            }
+            T clipped = p_true < T(CLIP) ? T(CLIP) : (p_true > T(1 - CLIP) ? T(1 - CLIP) : p_true);
+            T loss = -dev_log(clipped);
+            if (last) losses_out[i] = loss;
+            loss_sum += (double)loss;
+            if (argmax == label) correct += 1.0;
+        }
+        loss_sum = block_sum(loss_sum, reduce);
+        correct = block_sum(correct, reduce);
+        if (tid == 0) { totals[2 * epoch] += loss_sum; totals[2 * epoch + 1] += correct; }
+        // Output layer's gradients: dW2 = H^T dZ, db2 = column sums of dZ.
+        block_tn<T>(sH, hidden, sZ, k, n, sG + off_w2, scratch);
+        block_tn<T>(nullptr, 1, sZ, k, n, sG + off_b2, scratch);
+        // Hidden gradient, in place of H: (dZ @ W2^T) where the ReLU let values through.
+        for (int idx = tid; idx < n * hidden; idx += threads) {
+            int i = idx / hidden, j = idx - i * hidden;
+            T d = T(0);
+            if (sH[idx] > T(0)) {
+                for (int c = 0; c < k; ++c) d += sZ[i * k + c] * sW[off_w2 + j * k + c];
+            }
+            sH[idx] = d;
+            if (last) dhidden_out[idx] = d;
+        }
+        __syncthreads();
+        block_tn<T>(sX, n_in, sH, hidden, n, sG, scratch);
+        block_tn<T>(nullptr, 1, sH, hidden, n, sG + off_b1, scratch);
+        if (tid == 0) advance(sched);
+        __syncthreads();
+        T lr = (T)sched[5], correct_1 = (T)sched[6], correct_2 = (T)sched[7];
+        for (int i = tid; i < n_params; i += threads) {
+            if (rule <= 1) sgd_rule(sW[i], sG[i], sS1[i], lr, hyper, rule);
+            else if (rule == 2) cache_rule(sW[i], sG[i], sS1[i], lr, epsilon, hyper);
+            else adam_rule(sW[i], sG[i], sS1[i], sS2[i], lr, correct_1, correct_2, epsilon,
+                           sched[3], sched[4]);
+        }
+        __syncthreads();
+    }
+    for (int i = tid; i < n_params; i += threads) {
+        params[i] = sW[i];
+        grads[i] = sG[i];
+        if (uses_1) state_1[i] = sS1[i];
+        if (uses_2) state_2[i] = sS2[i];
+    }
+    if (tid < 8) schedule[tid] = sched[tid];
 }
