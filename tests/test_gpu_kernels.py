@@ -1,29 +1,50 @@
-"""On a CUDA device: each fused kernel against the base.py reference run on the same CuPy data
-(random, never zeros), at odd sizes, with output buffers poisoned first so an unwritten element
-shows up as NaN."""
+"""Each fused kernel against the base.py reference run on the same data (random, never zeros), at
+odd sizes, with output buffers poisoned first so an unwritten element shows up as NaN.
+
+Twice: on a CUDA device (CuPy; gpu-marked), and on the CPU, where tests/cuda_on_cpu compiles
+kernels.cu with g++ and runs each kernel with one std::thread per CUDA thread, through the CuPy
+backend's own launch code (so argument lists are checked against the kernels' signatures too).
+cuBLAS and cuBLASLt are GPU-only."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from conftest import CUPY_PROBLEM
+from cuda_on_cpu.emulator import build, emulated_backend
 
 from gpunn.backends.base import Backend
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")]
-
-SHAPES = [(1, 1), (1, 7), (3, 1), (33, 65), (300, 3), (257, 1000), (1024, 10)]
-DTYPES = [np.float32, np.float64]
+ON_GPU = [pytest.mark.gpu,
+          pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")]
 
 
-@pytest.fixture(scope="module")
-def backends():
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    lib = build(tmp_path_factory.mktemp("cuda_on_cpu"))
+    if isinstance(lib, str):
+        pytest.skip(lib)
+    return lib
+
+
+def gpu_backends():
     import cupy
 
     from gpunn.backends import get_backend
 
     return get_backend("cupy"), Backend(cupy), cupy
+
+
+@pytest.fixture(scope="module", params=[pytest.param("gpu", marks=ON_GPU), "cpu-emulation"])
+def backends(request):
+    """(backend under test, base.py reference, array module)."""
+    if request.param == "gpu":
+        return gpu_backends()
+    return emulated_backend(request.getfixturevalue("harness")), Backend(np), np
+
+
+SHAPES = [(1, 1), (1, 7), (3, 1), (33, 65), (300, 3), (257, 1000), (1024, 10)]
+DTYPES = [np.float32, np.float64]
 
 
 def tol(dtype):
@@ -122,8 +143,10 @@ def test_schedule_on_the_device_follows_the_book(backends):
 
 @pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cublas_gemm_matches_cupy_matmul(backends, trans, dtype, rng):
-    fast, _, cp = backends
+@pytest.mark.gpu
+@pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")
+def test_cublas_gemm_matches_cupy_matmul(trans, dtype, rng):
+    fast, _, cp = gpu_backends()
     trans_a, trans_b = trans
     m, k, n = 37, 129, 65
     a = rand(cp, rng, (k, m) if trans_a else (m, k), dtype)
@@ -139,12 +162,14 @@ EPILOGUE_SHAPES = [(1, 2, 64), (300, 2, 64), (33, 65, 1000), (257, 129, 31), (10
 
 @pytest.mark.parametrize("rows, n_in, n_out", EPILOGUE_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cublaslt_epilogues_match_reference(backends, rows, n_in, n_out, dtype, rng):
+@pytest.mark.gpu
+@pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")
+def test_cublaslt_epilogues_match_reference(rows, n_in, n_out, dtype, rng):
     """Forward with RELU_AUX_BIAS / RELU_BIAS / BIAS, and DRELU_BGRAD with the kept mask, against
     GEMM + the base.py ops. float32 must be offered by cuBLASLt; float64 is checked where it is."""
     from gpunn.backends.cuda.cublaslt import relu_mask_shape
 
-    fast, ref, cp = backends
+    fast, ref, cp = gpu_backends()
     lt = fast.epilogues
     assert lt.available, lt.why_not
     x, w = rand(cp, rng, (rows, n_in), dtype), rand(cp, rng, (n_in, n_out), dtype)

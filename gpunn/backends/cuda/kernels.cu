@@ -22,6 +22,12 @@ template <> __device__ __forceinline__ double lowest<double>() { return -1.79769
 // Log inputs are clipped to [CLIP, 1 - CLIP], as in the book (base.py's CLIP).
 #define CLIP 1e-7
 
+// A kernel's dynamic shared memory (sized by its launch). A macro so that tests/cuda_on_cpu can
+// run these kernels on the CPU with a buffer of its own.
+#ifndef DYNAMIC_SHARED_MEMORY
+#define DYNAMIC_SHARED_MEMORY(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 // ---- Dense forward and ReLU backward ----------------------------------------------------------
 
 // z = z + biases (broadcast over rows), then max(z, 0) when relu != 0. z is (n, k), row-major.
@@ -311,7 +317,7 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
                 T* params, T* grads, T* state_1, T* state_2, double* schedule, double* totals,
                 int epochs, int rule, double hyper, double epsilon, T* hidden_out, T* dhidden_out,
                 T* logits_out, T* probs_out, T* dlogits_out, T* losses_out) {
-    extern __shared__ __align__(16) unsigned char shared_raw[];
+    DYNAMIC_SHARED_MEMORY(shared_raw);
     double* reduce = reinterpret_cast<double*>(shared_raw);
     double* sched = reduce + blockDim.x;
     T* sX = reinterpret_cast<T*>(sched + 8);

@@ -1,0 +1,130 @@
+"""The CuPy backend with its CUDA kernels run on the CPU (harness.cpp), for tests without a GPU.
+
+``build`` compiles kernels.cu with g++ into a library whose entry points take arguments as
+cuLaunchKernel does. ``Launcher`` stands in for a CuPy kernel: it checks every argument against
+the kernel's parameter list, read from kernels.cu (a NumPy array of the right element type for a
+pointer, a NumPy scalar of the right width for a value: what CuPy would pass), then launches.
+``emulated_backend`` is a CupyBackend whose arrays are NumPy arrays, whose kernels are Launchers,
+whose GEMMs are NumPy's, and which has no CUDA graphs or cuBLASLt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpunn.backends import cuda
+from gpunn.backends.base import Backend
+from gpunn.backends.cupy_backend import CupyBackend
+
+HARNESS = Path(__file__).with_name("harness.cpp")
+DYNAMIC_SHARED_BYTES = 256 * 1024  # harness.cpp's buffer
+SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64}
+C_TYPES = {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float64: ctypes.c_double,
+           np.float32: ctypes.c_float}
+
+
+def build(directory: Path) -> ctypes.CDLL | str:
+    """The harness library, or why it cannot be built here (no g++). A build error raises."""
+    compiler = shutil.which("g++")
+    if compiler is None:
+        return "no g++ here to build the CUDA-on-CPU harness"
+    lib = directory / "harness.so"
+    result = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w",
+                             "-I", str(cuda.KERNELS_CU.parent), str(HARNESS), "-o", str(lib)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"harness.cpp did not build:\n{result.stderr[-4000:]}")
+    return ctypes.CDLL(str(lib))
+
+
+def kernel_parameters() -> dict[str, list[tuple[str, str]]]:
+    """kernel name -> [(type, name)] for every __global__ function of kernels.cu."""
+    source = re.sub(r"//[^\n]*", "", cuda.source())
+    found = {}
+    for name, params in re.findall(r"__global__\s+void\s+(?:__launch_bounds__\(\w+\)\s*)?"
+                                   r"(\w+)\s*\(([^)]*)\)", source):
+        parsed = []
+        for param in params.split(","):
+            words = param.replace("*", " * ").replace("const", " ").split()
+            parsed.append((" ".join(words[:-1]).replace(" *", "*"), words[-1]))
+        found[name] = parsed
+    return found
+
+
+class Launcher:
+    """A kernel of kernels.cu, called like CuPy's: kernel(grid, block, args, shared_mem=0)."""
+
+    def __init__(self, lib: ctypes.CDLL, name: str, dtype: Any,
+                 params: list[tuple[str, str]]) -> None:
+        suffix = "plain" if dtype is None else "float" if np.dtype(dtype) == np.float32 else "double"
+        self.fn = getattr(lib, f"{name}_{suffix}")
+        self.fn.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
+        self.name, self.params = name, params
+        self.T = None if dtype is None else np.dtype(dtype)
+        self.max_dynamic_shared_size_bytes = 48 << 10
+
+    def _value(self, ctype: str, pname: str, arg: Any) -> Any:
+        where = f"{self.name}: parameter {pname} ({ctype})"
+        if ctype.endswith("*"):
+            base = ctype[:-1]
+            want = self.T if base == "T" else np.dtype(SCALARS[base])
+            assert isinstance(arg, np.ndarray), f"{where} got {type(arg).__name__}"
+            assert arg.dtype == want, f"{where} got a {arg.dtype} array"
+            return ctypes.c_void_p(arg.ctypes.data)
+        want = self.T.type if ctype == "T" else SCALARS[ctype]
+        assert type(arg) is want, f"{where} got {type(arg).__name__}, not {want.__name__}"
+        return C_TYPES[want](arg)
+
+    def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+        assert len(args) == len(self.params), (self.name, len(args), len(self.params))
+        assert shared_mem <= min(DYNAMIC_SHARED_BYTES, max(self.max_dynamic_shared_size_bytes,
+                                                           48 << 10)), (self.name, shared_mem)
+        values = [self._value(t, n, a) for (t, n), a in zip(self.params, args)]
+        argv = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p)
+                                                 for v in values])
+        assert len(grid) == 1 or all(g == 1 for g in grid[1:]), "1-D grids only"
+        block = tuple(block) + (1,) * (2 - len(block))
+        self.fn(grid[0], block[0], block[1], argv)
+
+
+def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:
+    bk = CupyBackend.__new__(CupyBackend)
+    Backend.__init__(bk, np)
+    bk._module = None
+    bk._eager_schedule = np.zeros(8)
+    bk._dummy_totals = np.zeros(2)
+
+    def gemm(a, b, out, trans_a, trans_b):
+        return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+    bk.blas = types.SimpleNamespace(capturable=False, why_not="CUDA on the CPU", gemm=gemm,
+                                    set_tf32=lambda enabled: None)
+    bk.epilogues = types.SimpleNamespace(available=False, tf32=False, why_not="CUDA on the CPU")
+    bk._epilogue_policy, bk._epilogue_faster, bk._said_epilogue_failed = "auto", {}, False
+    bk.small_net_kernel, bk._small_net_shared = False, {}
+    params = kernel_parameters()
+    launchers: dict[tuple, Launcher] = {}
+
+    def kernel(name: str, dtype: Any = None) -> Launcher:
+        key = (name, None if dtype is None else np.dtype(dtype))
+        if key not in launchers:
+            launchers[key] = Launcher(lib, name, dtype, params[name])
+        return launchers[key]
+
+    bk.kernel = kernel
+    bk.to_numpy = lambda x: np.array(x, copy=True)
+    bk.synchronize = lambda: None
+
+    def fits_small_net(rows, sizes, dtype):
+        return bk.small_net_kernel and bk.small_net_bytes(rows, sizes, dtype) <= 227 << 10
+
+    bk.fits_small_net = fits_small_net
+    return bk

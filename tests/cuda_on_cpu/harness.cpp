@@ -1,0 +1,106 @@
+// Runs the kernels of gpunn/backends/cuda/kernels.cu on the CPU, for tests/test_cuda_on_cpu.py.
+// A launch runs its blocks one after another on blockDim.x * blockDim.y std::threads:
+// __syncthreads() is a barrier of the block, __shfl_xor_sync an exchange through a barrier of the
+// warp, __shared__ arrays are function statics, the dynamic shared memory is one buffer poisoned
+// with NaN bytes before each launch, atomicAdd is an atomic_ref. Entry points take their
+// arguments as cuLaunchKernel does: an array of pointers to each argument's value.
+// Built by the test with g++ -std=c++20 -pthread.
+#include <atomic>
+#include <barrier>
+#include <cstring>
+#include <functional>
+#include <math.h>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+thread_local dim3 threadIdx, blockIdx;
+static dim3 blockDim, gridDim;
+
+static std::barrier<>* block_barrier = nullptr;
+static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+static unsigned long long warp_slots[32][32];
+alignas(16) static unsigned char dynamic_shared[256 * 1024];
+
+static void __syncthreads() { block_barrier->arrive_and_wait(); }
+
+template <typename T>
+static T __shfl_xor_sync(unsigned, T value, int offset) {
+    unsigned tid = threadIdx.x + threadIdx.y * blockDim.x, warp = tid / 32, lane = tid % 32;
+    std::memcpy(&warp_slots[warp][lane], &value, sizeof(T));
+    warp_barriers[warp]->arrive_and_wait();
+    T other;
+    std::memcpy(&other, &warp_slots[warp][lane ^ offset], sizeof(T));
+    warp_barriers[warp]->arrive_and_wait();
+    return other;
+}
+
+template <typename T>
+static T atomicAdd(T* address, T value) { return std::atomic_ref<T>(*address).fetch_add(value); }
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static
+#define DYNAMIC_SHARED_MEMORY(name) unsigned char* name = dynamic_shared
+
+#include "kernels.cu"
+
+static void launch(unsigned grid, unsigned block_x, unsigned block_y,
+                   const std::function<void()>& kernel) {
+    unsigned threads = block_x * block_y;
+    blockDim = {block_x, block_y, 1};
+    gridDim = {grid, 1, 1};
+    std::memset(dynamic_shared, 0xFF, sizeof(dynamic_shared));  // NaN in every float and double
+    std::barrier<> block(threads);
+    block_barrier = &block;
+    warp_barriers.clear();
+    for (unsigned first = 0; first < threads; first += 32) {
+        warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - first)));
+    }
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+            threadIdx = {t % block_x, t / block_x, 0};
+            for (unsigned b = 0; b < grid; ++b) {
+                blockIdx = {b, 0, 0};
+                kernel();
+                block.arrive_and_wait();  // the next block starts when this one is done
+            }
+        });
+    }
+    for (auto& thread : pool) thread.join();
+}
+
+template <typename... Args, size_t... I>
+static void call(void (*kernel)(Args...), void** args, std::index_sequence<I...>) {
+    kernel(*static_cast<std::remove_reference_t<Args>*>(args[I])...);
+}
+
+template <typename... Args>
+static void run(void (*kernel)(Args...), unsigned grid, unsigned bx, unsigned by, void** args) {
+    launch(grid, bx, by, [=] { call(kernel, args, std::index_sequence_for<Args...>{}); });
+}
+
+#define ENTRY(NAME, T) \
+    extern "C" void NAME##_##T(unsigned g, unsigned bx, unsigned by, void** a) { run(&NAME<T>, g, bx, by, a); }
+#define TEMPLATED(NAME) ENTRY(NAME, float) ENTRY(NAME, double)
+
+TEMPLATED(bias_act)
+TEMPLATED(relu_backward)
+TEMPLATED(column_sum)
+TEMPLATED(take_rows)
+TEMPLATED(softmax_cross_entropy)
+TEMPLATED(sgd_update)
+TEMPLATED(cache_update)
+TEMPLATED(adam_update)
+TEMPLATED(train_small_net)
+
+extern "C" void advance_schedule_plain(unsigned g, unsigned bx, unsigned by, void** a) {
+    run(&advance_schedule, g, bx, by, a);
+}

@@ -1,0 +1,101 @@
+"""The CuPy backend's training, with its CUDA kernels run on the CPU (tests/cuda_on_cpu: kernels.cu
+compiled with g++, one std::thread per CUDA thread, barriers for __syncthreads, shared memory
+poisoned with NaN). What this shows without a GPU: the kernels compute the planned step, the
+backend launches them with the arguments their signatures ask for, and the one-block trainer
+trains as the planned steps do. What it cannot show: GPU timing, cuBLAS/cuBLASLt, CUDA graphs, and
+races that only a GPU's scheduling would expose (test_gpu.py covers those on a device)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cuda_on_cpu.emulator import build, emulated_backend
+from test_plans import OPTIMIZERS
+from test_small_net import SmallNetNumpy
+
+import gpunn as nn
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    lib = build(tmp_path_factory.mktemp("cuda_on_cpu"))
+    if isinstance(lib, str):
+        pytest.skip(lib)
+    return emulated_backend(lib)
+
+
+RULES = {"sgd": ((0, 0.0, 0.0), 0, (0.5, 1e-3)), "momentum": ((1, 0.9, 0.0), 1, (0.5, 1e-3)),
+         "adagrad": ((2, -1.0, 1e-7), 1, (0.3, 1e-3)), "rmsprop": ((2, 0.9, 1e-7), 1, (0.01, 1e-3)),
+         "adam": ((3, 0.0, 1e-7), 2, (0.05, 5e-7))}
+
+
+@pytest.mark.parametrize("rule_name", list(RULES))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, sizes", [(37, (2, 9, 3)), (5, (3, 40, 2)), (20, (3, 200, 4)),
+                                      (300, (2, 64, 3))])
+def test_one_block_trainer_kernel_follows_the_planned_step(emulated, rule_name, dtype, n, sizes,
+                                                           rng):
+    """train_small_net (512 threads) against its NumPy port, from a state 3 steps in. The sizes
+    cover partial sums split over row stripes, stripes clamped to few rows, and more outputs
+    than threads."""
+    (code, hyper, epsilon), n_states, (lr, decay) = RULES[rule_name]
+    n_in, hidden, k = sizes
+    n_params = n_in * hidden + hidden + hidden * k + k
+    X = rng.standard_normal((n, n_in)).astype(dtype)
+    y = rng.integers(0, k, n).astype(np.int64)
+    params = (rng.standard_normal(n_params) * 0.5).astype(dtype)
+    states = [np.abs(rng.standard_normal(n_params)).astype(dtype) * 0.1 for _ in range(n_states)]
+    schedule = np.array([3.0, lr, decay, 0.9, 0.999, 0.0, 0.0, 0.0])
+    epochs = 6
+    shapes = {"hidden": (n, hidden), "dhidden": (n, hidden), "logits": (n, k), "probs": (n, k),
+              "dlogits": (n, k), "losses": (n,)}
+    runs = []
+    for trainer in (emulated, SmallNetNumpy()):
+        p, s, sched = params.copy(), [a.copy() for a in states], schedule.copy()
+        grads, totals = np.full_like(params, np.nan), np.zeros((epochs, 2))
+        outs = {name: np.full(shape, np.nan, dtype) for name, shape in shapes.items()}
+        trainer.train_small_net(X, y, p, grads, s, sched, totals, epochs, (code, hyper, epsilon),
+                                outs)
+        runs.append((p, s, grads, sched, totals, outs))
+    (p, s, g, sched, totals, outs), (p0, s0, g0, sched0, totals0, outs0) = runs
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == np.float64 else {"rtol": 2e-4, "atol": 1e-5}
+    for a, b in zip([p, g, *s], [p0, g0, *s0]):
+        np.testing.assert_allclose(a, b, **tol)
+    np.testing.assert_array_equal(sched, sched0)  # the same doubles in the same order
+    np.testing.assert_allclose(totals[:, 0], totals0[:, 0], rtol=1e-10 if dtype == np.float64 else 1e-5)
+    np.testing.assert_array_equal(totals[:, 1], totals0[:, 1])
+    for name in outs:
+        np.testing.assert_allclose(outs[name], outs0[name], err_msg=name, **tol)
+
+
+def train(backend, make_opt, batch_size, epochs, small_net=False):
+    if small_net:
+        backend.small_net_kernel = True
+    try:
+        X, y = nn.datasets.spiral_data(samples=40, classes=3, seed=0)  # 120 rows
+        model = nn.Sequential([nn.Dense(2, 16, init="he", seed=1), nn.ReLU(),
+                               nn.Dense(16, 3, seed=3)])
+        model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend=backend, dtype="float64")
+        history = model.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=False, verbose=0)
+        return model, history.history
+    finally:
+        if small_net:
+            backend.small_net_kernel = False
+
+
+@pytest.mark.parametrize("make_opt", OPTIMIZERS)
+@pytest.mark.parametrize("batch_size, small_net", [(None, False), (50, False), (None, True)])
+def test_cupy_backend_trains_as_numpy(emulated, make_opt, batch_size, small_net):
+    """fit on the CuPy backend (planned steps, eager: no graphs here) equals fit on NumPy in
+    float64, within summation-order differences; with the one-block trainer too."""
+    # The one-block trainer: launches of 64 and 6 epochs. Emulated, the planned steps are slow
+    # (one std::thread per CUDA thread, a block at a time), so they run fewer epochs.
+    epochs = 70 if small_net else 6 if batch_size is None else 2
+    cupy_model, cupy_history = train(emulated, make_opt, batch_size, epochs, small_net)
+    numpy_model, numpy_history = train("numpy", make_opt, batch_size, epochs)
+    assert all(plan.small_net == small_net for plan in cupy_model._plans.values())
+    for a, b in zip(cupy_model.get_params(), numpy_model.get_params()):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+    for key in numpy_history:
+        np.testing.assert_allclose(cupy_history[key], numpy_history[key], rtol=1e-8, atol=1e-10)
+    assert cupy_model.optimizer.iterations == numpy_model.optimizer.iterations
