@@ -260,7 +260,7 @@ class CupyBackend(Backend):
         """Shared memory train_small_net needs (its layout is described in kernels.cu)."""
         n_in, hidden, k = sizes
         n_params = n_in * hidden + hidden + hidden * k + k
-        elements = rows * (n_in + hidden + k) + 4 * n_params + SMALL_NET_THREADS
+        elements = rows * (n_in + (hidden | 1) + k) + 4 * n_params + SMALL_NET_THREADS
         return 8 * (SMALL_NET_THREADS + 8) + np.dtype(dtype).itemsize * elements
 
     def fits_small_net(self, rows: int, sizes: tuple[int, int, int], dtype: Any) -> bool:

@@ -267,11 +267,12 @@ __global__ void adam_update(T* params, const T* grads, T* momentums, T* cache,
 #define SMALL_NET_THREADS 512
 
 // out[r * b_cols + c] = sum_i A[i, r] * B[i, c] over n rows (A: n x a_cols, B: n x b_cols,
-// row-major); A == nullptr stands for a column of ones (a bias gradient). Each output's sum is
-// split over `parts` stripes of rows whose partial sums are then added in a fixed order.
+// row-major with row strides lda and ldb); A == nullptr stands for a column of ones (a bias
+// gradient). Each output's sum is split over `parts` stripes of rows whose partial sums are then
+// added in a fixed order.
 template <typename T>
-__device__ void block_tn(const T* A, int a_cols, const T* B, int b_cols, int n, T* out,
-                         T* scratch) {
+__device__ void block_tn(const T* A, int a_cols, int lda, const T* B, int b_cols, int ldb, int n,
+                         T* out, T* scratch) {
     int outputs = a_cols * b_cols;
     int parts = (int)blockDim.x / outputs;
     if (parts > n) parts = n;
@@ -280,7 +281,7 @@ __device__ void block_tn(const T* A, int a_cols, const T* B, int b_cols, int n, 
         int o = t % outputs, part = t / outputs;
         int r = o / b_cols, c = o - r * b_cols;
         T acc = T(0);
-        for (int i = part; i < n; i += parts) acc += (A ? A[i * a_cols + r] : T(1)) * B[i * b_cols + c];
+        for (int i = part; i < n; i += parts) acc += (A ? A[i * lda + r] : T(1)) * B[i * ldb + c];
         if (parts == 1) out[o] = acc; else scratch[t] = acc;
     }
     __syncthreads();
@@ -308,7 +309,9 @@ __device__ double block_sum(double value, double* scratch) {
 }
 
 // Shared memory, in order: doubles [blockDim reduction scratch | 8 schedule], then T:
-// X (n x n_in) | H (n x hidden) | Z (n x k) | params | grads | state_1 | state_2 | blockDim scratch.
+// X (n x n_in) | H (n x hidden, rows ldh = hidden | 1 apart: an odd stride, so threads reading one
+// column of different rows hit different banks) | Z (n x k) | params | grads | state_1 | state_2 |
+// blockDim scratch.
 // The last epoch also writes what the planned step leaves behind: the hidden layer's output and
 // its gradient, logits, probabilities, dlogits and per-sample losses.
 template <typename T>
@@ -322,7 +325,8 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
     double* sched = reduce + blockDim.x;
     T* sX = reinterpret_cast<T*>(sched + 8);
     T* sH = sX + n * n_in;
-    T* sZ = sH + n * hidden;
+    int ldh = hidden | 1;
+    T* sZ = sH + n * ldh;
     int off_b1 = n_in * hidden, off_w2 = off_b1 + hidden, off_b2 = off_w2 + hidden * k;
     int n_params = off_b2 + k;
     T* sW = sZ + n * k;
@@ -352,7 +356,7 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
             for (int c = 0; c < n_in; ++c) z += sX[i * n_in + c] * sW[c * hidden + j];
             z += sW[off_b1 + j];
             z = z < T(0) ? T(0) : z;
-            sH[idx] = z;
+            sH[i * ldh + j] = z;
             if (last) hidden_out[idx] = z;
         }
         __syncthreads();
@@ -360,7 +364,7 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
         for (int idx = tid; idx < n * k; idx += threads) {
             int i = idx / k, c = idx - i * k;
             T z = T(0);
-            for (int j = 0; j < hidden; ++j) z += sH[i * hidden + j] * sW[off_w2 + j * k + c];
+            for (int j = 0; j < hidden; ++j) z += sH[i * ldh + j] * sW[off_w2 + j * k + c];
             z += sW[off_b2 + c];
             sZ[idx] = z;
             if (last) logits_out[idx] = z;
@@ -396,21 +400,21 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
         correct = block_sum(correct, reduce);
         if (tid == 0) { totals[2 * epoch] += loss_sum; totals[2 * epoch + 1] += correct; }
         // Output layer's gradients: dW2 = H^T dZ, db2 = column sums of dZ.
-        block_tn<T>(sH, hidden, sZ, k, n, sG + off_w2, scratch);
-        block_tn<T>(nullptr, 1, sZ, k, n, sG + off_b2, scratch);
+        block_tn<T>(sH, hidden, ldh, sZ, k, k, n, sG + off_w2, scratch);
+        block_tn<T>(nullptr, 1, 1, sZ, k, k, n, sG + off_b2, scratch);
         // Hidden gradient, in place of H: (dZ @ W2^T) where the ReLU let values through.
         for (int idx = tid; idx < n * hidden; idx += threads) {
             int i = idx / hidden, j = idx - i * hidden;
             T d = T(0);
-            if (sH[idx] > T(0)) {
+            if (sH[i * ldh + j] > T(0)) {
                 for (int c = 0; c < k; ++c) d += sZ[i * k + c] * sW[off_w2 + j * k + c];
             }
-            sH[idx] = d;
+            sH[i * ldh + j] = d;
             if (last) dhidden_out[idx] = d;
         }
         __syncthreads();
-        block_tn<T>(sX, n_in, sH, hidden, n, sG, scratch);
-        block_tn<T>(nullptr, 1, sH, hidden, n, sG + off_b1, scratch);
+        block_tn<T>(sX, n_in, n_in, sH, hidden, ldh, n, sG, scratch);
+        block_tn<T>(nullptr, 1, 1, sH, hidden, ldh, n, sG + off_b1, scratch);
         if (tid == 0) advance(sched);
         __syncthreads();
         T lr = (T)sched[5], correct_1 = (T)sched[6], correct_2 = (T)sched[7];
