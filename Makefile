@@ -47,7 +47,7 @@ gpu-check:
 	export PYTHONPATH="$$site:$$PWD"; \
 	python3 -c "import gpunn, sys; print('gpunn', gpunn.__version__, 'backends:', gpunn.backends.available())"; \
 	python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/test_cuda_sources.py tests || status=$$?; \
-	python3 -m gpunn bench --backends cupy --json "$${OUT:-.}/bench.json" \
+	python3 -m gpunn bench --backends cupy --repeats 5 --json "$${OUT:-.}/bench.json" \
 	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \
 	exit $${status:-0}
 
