@@ -99,3 +99,33 @@ def test_cupy_backend_trains_as_numpy(emulated, make_opt, batch_size, small_net)
     for key in numpy_history:
         np.testing.assert_allclose(cupy_history[key], numpy_history[key], rtol=1e-8, atol=1e-10)
     assert cupy_model.optimizer.iterations == numpy_model.optimizer.iterations
+
+
+def test_shuffled_batches_train_step_evaluate_and_predict(emulated, monkeypatch):
+    """Shuffled mini-batches gathered on the device (take_rows), train_step, evaluate and predict
+    on the CuPy backend, against NumPy given the same shuffle orders (the CuPy backend draws its
+    orders on the device, from the same seeded host generator)."""
+    from gpunn.backends import get_backend
+
+    numpy_backend = get_backend("numpy")
+    monkeypatch.setattr(numpy_backend, "permutation", lambda n, rng: emulated.permutation(n, rng))
+    X, y = nn.datasets.spiral_data(samples=30, classes=3, seed=1)
+    models = []
+    for backend in (emulated, "numpy"):
+        model = nn.Sequential([nn.Dense(2, 8, init="he", seed=1), nn.ReLU(),
+                               nn.Dense(8, 3, seed=3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend=backend, dtype="float64")
+        history = model.fit(X, y, epochs=2, batch_size=32, seed=4, verbose=0)
+        step_loss = model.train_step(X[:17], y[:17])
+        models.append((model, history.history, step_loss))
+    (cupy_model, cupy_history, cupy_step), (numpy_model, numpy_history, numpy_step) = models
+    for key in numpy_history:
+        np.testing.assert_allclose(cupy_history[key], numpy_history[key], rtol=1e-9)
+    assert cupy_step == pytest.approx(numpy_step, rel=1e-9)
+    for a, b in zip(cupy_model.get_params(), numpy_model.get_params()):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+    got, want = cupy_model.evaluate(X, y), numpy_model.evaluate(X, y)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-9) and got["accuracy"] == want["accuracy"]
+    np.testing.assert_allclose(cupy_model.predict(X), numpy_model.predict(X), rtol=1e-9, atol=1e-12)
+    order = emulated.permutation(90, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(90))

@@ -72,7 +72,7 @@ class CupyBackend(Backend):
     def permutation(self, n: int, rng: np.random.Generator) -> Any:
         """A shuffle order made on the device (sorting random keys), seeded from the host
         generator: the same seed gives the same order, and no index array crosses the bus."""
-        keys = self.xp.random.RandomState(int(rng.integers(2**63))).random_sample(n)
+        keys = self.xp.random.RandomState(int(rng.integers(2**32))).random_sample(n)
         return self.xp.argsort(keys)
 
     def device_name(self) -> str:
