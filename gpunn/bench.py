@@ -80,7 +80,7 @@ SCHEMA: dict[str, Any] = {
                     "impl": {"type": "string",
                              "description": "gpunn-numpy, gpunn-cupy, gpunn-cupy-separate "
                                             "(no cuBLASLt epilogues), gpunn-cupy-one-kernel "
-                                            "(book: the one-block trainer), pytorch, "
+                                            "(the one-block trainer), pytorch, "
                                             "pytorch-graph, jax, numpy-book"},
                     "backend": {"type": "string", "description": "numpy, cupy, torch, jax"},
                     "precision": {"enum": ["fp32", "tf32"]},
@@ -130,12 +130,16 @@ def workload_data(w: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- contenders --------------------------------------------------------------------------------
 
-def gpunn_run(backend: str, epilogues: str = "auto"):
+def gpunn_run(backend: str, epilogues: str = "auto", small_net: bool = False):
     """gpunn on ``backend``; on CuPy, ``epilogues`` is the backend's epilogue_policy ("never":
-    the separate kernels only, to show what the cuBLASLt epilogues add)."""
+    the separate kernels only, to show what the cuBLASLt epilogues add) and ``small_net`` its
+    small_net_kernel (the one-block trainer, for Dense -> ReLU -> Dense)."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
         from . import Dense, ReLU, Sequential, SoftmaxCrossEntropy
         from .optimizers import SGD
+
+        if small_net and len(w.sizes) != 3:
+            raise Skip("the one-block trainer takes Dense -> ReLU -> Dense networks only")
 
         layers: list = []
         for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
@@ -146,8 +150,9 @@ def gpunn_run(backend: str, epilogues: str = "auto"):
         step, bk = model.prepare_step(X, y), model.backend
 
         def run_step() -> None:
-            if hasattr(bk, "epilogue_policy"):  # one CuPy backend serves both gpunn-cupy rows
+            if hasattr(bk, "epilogue_policy"):  # one CuPy backend serves every gpunn-cupy row
                 bk.epilogue_policy = epilogues
+                bk.small_net_kernel = small_net  # read when the step is first planned
             step()
         return Run(run_step, bk.synchronize, lambda: model.evaluate(X, y)["loss"])
     return make
@@ -277,6 +282,7 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
             out[f"gpunn-{b}"] = (b, gpunn_run(b))
     if device == "gpu" and "cupy" in backends:
         out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
+        out["gpunn-cupy-one-kernel"] = ("cupy", gpunn_run("cupy", small_net=True))
     if device == "cpu" and "numpy-book" in peers:
         out["numpy-book"] = ("numpy", numpy_book_run)
     if "pytorch" in peers:
@@ -490,8 +496,6 @@ def run_suite(workloads: list[str], backends: list[str], peers: list[str], preci
                 book_rows = []
                 impls = [impl for impl in contenders(backends, peers, device)
                          if impl not in ("numpy-book", "gpunn-cupy-separate")]  # per step only
-                if device == "gpu":
-                    impls.insert(1, "gpunn-cupy-one-kernel")
                 for impl in impls:
                     try:
                         seconds_taken = book_run(impl, device)
