@@ -84,13 +84,14 @@ def train(backend, make_opt, batch_size, epochs, small_net=False):
 
 
 @pytest.mark.parametrize("make_opt", OPTIMIZERS)
-@pytest.mark.parametrize("batch_size, small_net", [(None, False), (50, False), (None, True)])
+@pytest.mark.parametrize("batch_size, small_net", [(None, False), (50, False), (None, True),
+                                                  (50, True)])
 def test_cupy_backend_trains_as_numpy(emulated, make_opt, batch_size, small_net):
     """fit on the CuPy backend (planned steps, eager: no graphs here) equals fit on NumPy in
     float64, within summation-order differences; with the one-block trainer too."""
     # The one-block trainer: launches of 64 and 6 epochs. Emulated, the planned steps are slow
     # (one std::thread per CUDA thread, a block at a time), so they run fewer epochs.
-    epochs = 70 if small_net else 6 if batch_size is None else 2
+    epochs = 2 if batch_size else 70 if small_net else 6
     cupy_model, cupy_history = train(emulated, make_opt, batch_size, epochs, small_net)
     numpy_model, numpy_history = train("numpy", make_opt, batch_size, epochs)
     assert all(plan.small_net == small_net for plan in cupy_model._plans.values())
