@@ -27,6 +27,7 @@ import numpy as np
 from .cublas import blas_ready
 
 WORKSPACE_BYTES = 32 << 20
+PLACEHOLDER_POINTER = 256  # non-null and aligned: stands for the bias and mask while planning
 
 # cudaDataType and cublasComputeType_t values (library_types.h, cublas_api.h).
 CUDA_R_32F, CUDA_R_64F = 0, 1
@@ -60,8 +61,12 @@ class _Problem:
         self.set(lt.MatmulDescAttribute.TRANSA, int(trans_a))  # CUBLAS_OP_N = 0, _T = 1
         self.set(lt.MatmulDescAttribute.TRANSB, 0)
         self.set(lt.MatmulDescAttribute.EPILOGUE, int(epilogue))
+        # cuBLASLt wants the epilogue's pointers set before it picks an algorithm (nvmath sets a
+        # placeholder too); the real ones are set before each call.
+        self.set(lt.MatmulDescAttribute.BIAS_POINTER, PLACEHOLDER_POINTER)
         if aux_ld:
             self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_LD, aux_ld)
+            self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, PLACEHOLDER_POINTER)
         rows_a, cols_a = (k, m) if trans_a else (m, k)
         self.a = lt.matrix_layout_create(data_type, rows_a, cols_a, lda)
         self.b = lt.matrix_layout_create(data_type, k, n, ldb)
