@@ -193,7 +193,17 @@ def info() -> int:
         runtime = cupy.cuda.runtime.runtimeGetVersion()
         print(f"cupy {cupy.__version__}; CUDA runtime {runtime // 1000}.{runtime % 1000 // 10}; "
               f"device: {bk.device_name()}")
+        print(gpu_paths(bk))
     return 0
+
+
+def gpu_paths(bk) -> str:
+    """Which fast paths the CuPy backend ``bk`` takes here, and why not where it does not."""
+    graphs = "yes" if bk.blas.capturable else f"no ({bk.blas.why_not})"
+    epilogues = (f"per policy {bk.epilogue_policy!r}" if bk.epilogues.available
+                 else f"no ({bk.epilogues.why_not})")
+    trainer = "on" if bk.small_net_kernel else "off (backend.small_net_kernel = True)"
+    return f"CUDA graphs: {graphs}; cuBLASLt epilogues: {epilogues}; one-block trainer: {trainer}"
 
 
 def _blas_threads() -> str:

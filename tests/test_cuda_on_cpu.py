@@ -130,3 +130,11 @@ def test_shuffled_batches_train_step_evaluate_and_predict(emulated, monkeypatch)
     np.testing.assert_allclose(cupy_model.predict(X), numpy_model.predict(X), rtol=1e-9, atol=1e-12)
     order = emulated.permutation(90, np.random.default_rng(0))
     assert sorted(order.tolist()) == list(range(90))
+
+
+def test_info_names_the_gpu_paths_and_why_not(emulated):
+    from gpunn.cli import gpu_paths
+
+    assert gpu_paths(emulated) == ("CUDA graphs: no (CUDA on the CPU); cuBLASLt epilogues: no "
+                                   "(CUDA on the CPU); one-block trainer: off "
+                                   "(backend.small_net_kernel = True)")
