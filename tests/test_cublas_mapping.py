@@ -64,8 +64,6 @@ def test_gemm_mapping_matches_numpy(dtype, trans_a, trans_b, rng):
     g = Gemm.__new__(Gemm)
     Gemm.__init__(g, cupy)  # nvmath may be absent here: install the stand-in either way
     g.cublas = fake_cublas(calls)
-    g._alpha = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
-    g._beta = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1)}
     m, k, n = 5, 7, 3  # out is (m, n); odd sizes so a swapped dimension cannot pass
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)

@@ -159,8 +159,6 @@ class Dev(DeviceLike):
 def epilogues(lt: FakeLt) -> Epilogues:
     e = Epilogues(cupy_stand_in())  # nvmath may be absent here: install the stand-in either way
     e.lt = lt
-    e._one = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
-    e._zero = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1)}
     return e
 
 

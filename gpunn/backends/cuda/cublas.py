@@ -20,6 +20,11 @@ _log = logging.getLogger("gpunn")
 
 WORKSPACE_BYTES = 32 << 20  # cuBLAS asks for up to 32 MiB on Hopper
 
+# alpha = 1 and beta = 0 on the host, per element type (the default pointer mode reads the host);
+# cuBLASLt's calls in cublaslt.py take the same.
+ONE = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
+ZERO = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1)}
+
 
 class Gemm:
     """Row-major ``out = op(a) @ op(b)`` on CuPy arrays (float32 or float64)."""
@@ -38,9 +43,6 @@ class Gemm:
             return
         self.cublas = cublas
         self.why_not = None
-        # Host scalars for alpha and beta (cuBLAS's default pointer mode reads them on the host).
-        self._alpha = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
-        self._beta = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1)}
 
     @property
     def capturable(self) -> bool:
@@ -73,7 +75,7 @@ class Gemm:
             self._stream = stream
 
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:
-        if self.cublas is None or not blas_ready(out) or out.dtype not in self._alpha \
+        if self.cublas is None or not blas_ready(out) or out.dtype not in ONE \
                 or a.dtype != out.dtype or b.dtype != out.dtype:
             # mixed dtypes or a strided output (ad-hoc book-style use): CuPy casts and copies
             return self._fallback(a, b, out, trans_a, trans_b)
@@ -89,9 +91,9 @@ class Gemm:
         gemm = self.cublas.sgemm if out.dtype == np.float32 else self.cublas.dgemm
         op = {False: int(self.cublas.Operation.N), True: int(self.cublas.Operation.T)}
         gemm(self.handle, op[trans_b], op[trans_a], m_cols, n_rows, k,
-             self._alpha[out.dtype].ctypes.data, b.data.ptr, b.strides[0] // itemsize,
+             ONE[out.dtype].ctypes.data, b.data.ptr, b.strides[0] // itemsize,
              a.data.ptr, a.strides[0] // itemsize,
-             self._beta[out.dtype].ctypes.data, out.data.ptr, out.strides[0] // itemsize)
+             ZERO[out.dtype].ctypes.data, out.data.ptr, out.strides[0] // itemsize)
         return out
 
     def _fallback(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:

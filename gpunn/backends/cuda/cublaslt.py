@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .cublas import blas_ready
+from .cublas import ONE, ZERO, blas_ready
 
 WORKSPACE_BYTES = 32 << 20
 PLACEHOLDER_POINTER = 256  # non-null and aligned: stands for the bias and mask while planning
@@ -111,9 +111,6 @@ class Epilogues:
             return
         self.lt = cublasLt
         self.why_not = None
-        self._one = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
-        self._zero = {np.dtype(np.float32): np.zeros(1, np.float32),
-                      np.dtype(np.float64): np.zeros(1)}
 
     @property
     def available(self) -> bool:
@@ -145,7 +142,7 @@ class Epilogues:
     def _matmul(self, epilogue: Any, a: Any, b: Any, d: Any, m: int, n: int, k: int,
                 trans_a: bool, bias: Any, mask: Any) -> bool:
         dtype = d.dtype
-        if dtype not in self._one or a.dtype != dtype or b.dtype != dtype \
+        if dtype not in ONE or a.dtype != dtype or b.dtype != dtype \
                 or bias.dtype != dtype or not all(blas_ready(x) for x in (a, b, d)) \
                 or not bias.flags.c_contiguous or _alignment(bias.data.ptr) < 16 \
                 or (mask is not None and (not mask.flags.c_contiguous
@@ -168,9 +165,9 @@ class Epilogues:
         problem.set(self.lt.MatmulDescAttribute.BIAS_POINTER, bias.data.ptr)
         if mask is not None:
             problem.set(self.lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, mask.data.ptr)
-        self.lt.matmul(self.handle, problem.desc, self._one[dtype].ctypes.data,
+        self.lt.matmul(self.handle, problem.desc, ONE[dtype].ctypes.data,
                        a.data.ptr, problem.a, b.data.ptr, problem.b,
-                       self._zero[dtype].ctypes.data, d.data.ptr, problem.d, d.data.ptr, problem.d,
+                       ZERO[dtype].ctypes.data, d.data.ptr, problem.d, d.data.ptr, problem.d,
                        problem.result.ctypes.data, self._workspace.data.ptr, WORKSPACE_BYTES,
                        self.cupy.cuda.get_current_stream().ptr)
         return True
