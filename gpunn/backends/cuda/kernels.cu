@@ -22,6 +22,12 @@ template <> __device__ __forceinline__ double lowest<double>() { return -1.79769
 // Log inputs are clipped to [CLIP, 1 - CLIP], as in the book (base.py's CLIP).
 #define CLIP 1e-7
 
+// A sample's cross-entropy loss from its true-class probability: -log(clip(p_true)).
+template <typename T>
+__device__ __forceinline__ T clipped_nll(T p_true) {
+    return -dev_log(p_true < T(CLIP) ? T(CLIP) : (p_true > T(1 - CLIP) ? T(1 - CLIP) : p_true));
+}
+
 // A kernel's dynamic shared memory (sized by its launch). A macro so that tests/cuda_on_cpu can
 // run these kernels on the CPU with a buffer of its own.
 #ifndef DYNAMIC_SHARED_MEMORY
@@ -158,9 +164,7 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
         if (need_grad) d[j] = (pj - (j == label ? T(1) : T(0))) * inv_n;
     }
     if (threadIdx.x == 0) {
-        T p_true = dev_exp(z[label] - row_max) * inv_total;
-        T clipped = p_true < T(CLIP) ? T(CLIP) : (p_true > T(1 - CLIP) ? T(1 - CLIP) : p_true);
-        T loss = -dev_log(clipped);
+        T loss = clipped_nll(dev_exp(z[label] - row_max) * inv_total);
         losses[row] = loss;
         if (accumulate) {
             atomicAdd(&totals[0], (double)loss);
@@ -390,8 +394,7 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
                 z[c] = d;
                 if (last) { probs_out[i * k + c] = p; dlogits_out[i * k + c] = d; }
             }
-            T clipped = p_true < T(CLIP) ? T(CLIP) : (p_true > T(1 - CLIP) ? T(1 - CLIP) : p_true);
-            T loss = -dev_log(clipped);
+            T loss = clipped_nll(p_true);
             if (last) losses_out[i] = loss;
             loss_sum += (double)loss;
             if (argmax == label) correct += 1.0;
