@@ -25,8 +25,11 @@ demo: $(VENV)/.demo-deps
 	$(VENV)/bin/gpunn info
 	$(VENV)/bin/gpunn train
 
+# ruff (private names stay private, no tangled functions) and import-linter (imports point down:
+# the contracts in pyproject.toml).
 lint: $(VENV)/.test-deps
 	$(VENV)/bin/ruff check gpunn tests benchmarks
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 test: lint
 	$(PY) -m pytest
@@ -46,7 +49,7 @@ gpu-check:
 	  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$$site" .whl/*.whl; fi; \
 	export PYTHONPATH="$$site:$$PWD"; \
 	python3 -c "import gpunn, sys; print('gpunn', gpunn.__version__, 'backends:', gpunn.backends.available())"; \
-	python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/test_cuda_sources.py tests || status=$$?; \
+	python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/backends/cuda/test_cuda_sources.py tests || status=$$?; \
 	python3 -m gpunn bench --backends cupy --repeats 5 --json "$${OUT:-.}/bench.json" \
 	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \
 	exit $${status:-0}

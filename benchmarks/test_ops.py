@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gpunn.backends import schedule as slots
 from gpunn.backends.base import Backend
 
 SHAPES = {"spiral": (300, 64, 3), "medium": (1024, 1024, 1024)}  # (rows, in, out)
@@ -80,11 +81,14 @@ def test_optimizer_update(benchmark, bk, rule, impl):
     p, g = (bk.asarray(rng.standard_normal(size).astype(np.float32)) for _ in range(2))
     m, c = (bk.asarray(np.abs(rng.standard_normal(size)).astype(np.float32)) for _ in range(2))
     scratch = bk.empty((size,), np.float32)
+    values = slots.start(4, 1e-3, 0.0, 0.9, 0.999)
+    slots.advance(values)  # the schedule as step 5 reads it
+    schedule = bk.asarray(np.array(values))
     calls = {
-        "sgd": lambda ops: ops.sgd_update(p, g, None, 1e-3, 0.0, scratch),
-        "sgd-momentum": lambda ops: ops.sgd_update(p, g, m, 1e-3, 0.9, scratch),
-        "adagrad": lambda ops: ops.adagrad_update(p, g, c, 1e-3, 1e-7, scratch),
-        "rmsprop": lambda ops: ops.rmsprop_update(p, g, c, 1e-3, 1e-7, 0.9, scratch),
-        "adam": lambda ops: ops.adam_update(p, g, m, c, 1e-3, 1e-7, 0.9, 0.999, 5, scratch),
+        "sgd": lambda ops: ops.sgd_update(p, g, None, schedule, 0.0, scratch),
+        "sgd-momentum": lambda ops: ops.sgd_update(p, g, m, schedule, 0.9, scratch),
+        "adagrad": lambda ops: ops.adagrad_update(p, g, c, schedule, 1e-7, scratch),
+        "rmsprop": lambda ops: ops.rmsprop_update(p, g, c, schedule, 1e-7, 0.9, scratch),
+        "adam": lambda ops: ops.adam_update(p, g, m, c, schedule, 1e-7, 0.9, 0.999, scratch),
     }
     _run(benchmark, bk, impl, f"update {rule} (1.86M parameters)", calls[rule])

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from . import backends, datasets, plot
-from .io import load
+from . import backends, datasets, io, plot
 from .layers import Dense, Dropout, Layer, Linear, ReLU, Sigmoid, Softmax, set_seed
 from .losses import BinaryCrossEntropy, CategoricalCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
-from .model import History, Sequential
+from .model import Sequential, load
 from .optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
+from .training.callbacks import History
 
 __version__ = "0.1.0"
 
@@ -17,7 +17,7 @@ __all__ = [
     "Adagrad", "Adam", "BinaryCrossEntropy", "CategoricalCrossEntropy", "Dense", "Dropout",
     "History", "Layer", "Linear", "Loss", "MeanSquaredError", "Optimizer", "ReLU", "RMSprop",
     "SGD", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "backends", "datasets",
-    "load", "plot", "set_seed",
+    "io", "load", "plot", "set_seed",
 ]
 
 # One line says which backend "auto" chose. It goes to stderr unless the application has set up

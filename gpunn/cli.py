@@ -176,14 +176,14 @@ def predict(args: argparse.Namespace) -> int:
 
 def info() -> int:
     import gpunn as nn
-    from gpunn.backends import _cupy_problem
+    from gpunn.backends import cupy_problem
 
     print(f"gpunn {nn.__version__} on Python {platform.python_version()} ({platform.machine()})")
     print(f"backends available: {', '.join(nn.backends.available())}")
     cores = os.cpu_count()
     print(f"numpy {np.__version__}; BLAS: {_blas_name()} ({_blas_threads()} threads); CPU: "
           f"{nn.backends.get_backend('numpy').device_name()} ({cores} cores)")
-    problem = _cupy_problem()
+    problem = cupy_problem()
     if problem:
         print(f"cupy: unavailable ({problem})")
     else:
@@ -198,12 +198,16 @@ def info() -> int:
 
 
 def gpu_paths(bk) -> str:
-    """Which fast paths the CuPy backend ``bk`` takes here, and why not where it does not."""
-    graphs = "yes" if bk.blas.capturable else f"no ({bk.blas.why_not})"
-    epilogues = (f"per policy {bk.epilogue_policy!r}" if bk.epilogues.available
-                 else f"no ({bk.epilogues.why_not})")
-    trainer = "on" if bk.small_net_kernel else "off (backend.small_net_kernel = True)"
-    return f"CUDA graphs: {graphs}; cuBLASLt epilogues: {epilogues}; one-block trainer: {trainer}"
+    """Which fast paths the CuPy backend ``bk`` takes here, and why not where it does not: the
+    reasons ``bk.why_not`` gives, which the training steps read too."""
+    parts = []
+    for label, feature in (("CUDA graphs", "graphs"), ("cuBLASLt epilogues", "epilogues"),
+                           ("one-kernel trainer", "one_kernel_trainer")):
+        reason = bk.why_not(feature)
+        parts.append(f"{label}: {'yes' if reason is None else f'no ({reason})'}")
+    if bk.why_not("epilogues") is None:
+        parts[1] += f", policy {bk.epilogue_policy!r}"
+    return "; ".join(parts)
 
 
 def _blas_threads() -> str:

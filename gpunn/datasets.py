@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import whole_number
+from .checks import whole_number
 
 
 def _rng(seed: int | None) -> np.random.RandomState:

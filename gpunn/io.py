@@ -1,8 +1,8 @@
-"""Saving and loading models: one ``.safetensors`` file holding the flat parameter array and the
-optimizer's state arrays, with the architecture, compile settings and step count as JSON in its
-metadata (and, for checkpoints, where training stood). Writes are atomic: a temporary file in the
-same folder is written, flushed and fsynced, then renamed over the real name, so a crash mid-save
-leaves the previous file as it was.
+"""Saving and reading networks: one ``.safetensors`` file holding a network's state dict (the
+flat parameter array and the optimizer's state arrays), with the architecture, compile settings
+and step count as JSON in its metadata (and, for checkpoints, where training stood). Writes are
+atomic: a temporary file in the same folder is written, flushed and fsynced, then renamed over the
+real name, so a crash mid-save leaves the previous file as it was.
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import layers as _layers
 from . import losses as _losses
 from . import optimizers as _optimizers
-
-if TYPE_CHECKING:
-    from .model import Sequential
+from .network import Network
 
 FORMAT = "gpunn.model"
 VERSION = 1
@@ -45,29 +43,27 @@ def layer_config(layer: _layers.Layer) -> dict[str, Any]:
     return {}
 
 
-def architecture(model: Sequential) -> list[dict[str, Any]]:
-    return [{"type": type(layer).__name__, "config": layer_config(layer)} for layer in model.layers]
+def architecture(layers: list[_layers.Layer]) -> list[dict[str, Any]]:
+    return [{"type": type(layer).__name__, "config": layer_config(layer)} for layer in layers]
 
 
-def save(model: Sequential, path: str | os.PathLike, training: dict[str, Any] | None = None) -> None:
-    """Write the model (and, for a checkpoint, ``training``: where fit stood) to ``path``."""
+def save(network: Network, path: str | os.PathLike, training: dict[str, Any] | None = None) -> None:
+    """Write the network (and, for a checkpoint, ``training``: where fit stood) to ``path``."""
     from safetensors.numpy import save as to_bytes
 
-    if model.backend is None:
-        raise RuntimeError("call compile(loss, optimizer) before save(): the file records the "
-                           "loss and optimizer too")
-    bk, opt = model.backend, model.optimizer
-    tensors = {"params": bk.to_numpy(model.params)}
-    for name, values in opt.state.items():
-        tensors[f"optimizer.{name}"] = bk.to_numpy(values)
+    state = network.state_dict(host=True)
+    opt, opt_state = network.optimizer, state["optimizer"]
+    tensors = {"params": state["params"]}
+    for name, values in opt_state["state"].items():
+        tensors[f"optimizer.{name}"] = values
     meta = {
         "format": FORMAT, "version": VERSION,
-        "layers": architecture(model),
-        "loss": type(model.loss).__name__,
+        "layers": architecture(network.layers),
+        "loss": type(network.loss).__name__,
         "optimizer": {"type": type(opt).__name__, "config": opt.config(),
-                      "iterations": opt.iterations,
-                      "current_learning_rate": opt.current_learning_rate},
-        "dtype": str(model.dtype), "precision": model.precision,
+                      "iterations": opt_state["iterations"],
+                      "current_learning_rate": opt_state["current_learning_rate"]},
+        "dtype": str(network.dtype), "precision": network.backend.precision,
     }
     if training is not None:
         meta["training"] = training
@@ -147,49 +143,44 @@ def build(meta: dict[str, Any], path: Any = "") -> tuple[list[_layers.Layer], An
     return layers, loss, optimizer
 
 
-def restore(model: Sequential, tensors: dict[str, np.ndarray], meta: dict[str, Any],
-            path: Any = "") -> None:
-    """Put the file's parameters and optimizer state into a compiled model of the same shape."""
+def state_for(network: Network, tensors: dict[str, np.ndarray], meta: dict[str, Any],
+              path: Any = "") -> dict[str, Any]:
+    """The file's state dict, checked against ``network`` (same architecture and optimizer,
+    arrays of the right sizes): what ``network.load_state_dict`` takes. Nothing is written."""
     saved = meta["layers"]
-    mine = architecture(model)
+    mine = architecture(network.layers)
     if len(saved) != len(mine):
         raise ValueError(f"{path} holds a model of {len(saved)} layers; this one has {len(mine)}")
     for i, (a, b) in enumerate(zip(saved, mine)):
         if a["type"] != b["type"] or a["config"] != b["config"]:
             raise ValueError(f"{path} does not match this model at layer {i}: the file has "
                              f"{a['type']}({a['config']}), the model {b['type']}({b['config']})")
-    flat = tensors["params"]
-    if flat.shape != tuple(model.params.shape):
-        raise ValueError(f"{path}: params has {flat.size} values; the model needs {model.params.size}")
     opt_spec = meta["optimizer"]
-    if opt_spec["type"] != type(model.optimizer).__name__:
+    if opt_spec["type"] != type(network.optimizer).__name__:
         raise ValueError(f"{path} was saved with {opt_spec['type']}; this model uses "
-                         f"{type(model.optimizer).__name__}")
-    state = {name: tensors.get(f"optimizer.{name}") for name in model.optimizer.state}
-    missing = [name for name, values in state.items() if values is None or values.shape != flat.shape]
-    if missing:
-        raise ValueError(f"{path} lacks the optimizer state {missing}")
-    bk = model.backend
-    model.params[...] = bk.asarray(flat, dtype=model.dtype)
-    for name, values in state.items():
-        model.optimizer.state[name][...] = bk.asarray(values, dtype=model.dtype)
-    model.optimizer.iterations = int(opt_spec["iterations"])
-    model.optimizer.current_learning_rate = float(opt_spec["current_learning_rate"])
-    if model._schedule is not None:  # recorded graphs stay valid: only the step count moved
-        model._sync_schedule()
+                         f"{type(network.optimizer).__name__}")
+    buffers = {key[len("optimizer."):]: values for key, values in tensors.items()
+               if key.startswith("optimizer.")}
+    state = {"params": tensors["params"],
+             "optimizer": {"state": buffers, "iterations": int(opt_spec["iterations"]),
+                           "current_learning_rate": float(opt_spec["current_learning_rate"])}}
+    network.check_state_dict(state, str(path))
+    return state
 
 
-def load(path: str | os.PathLike, backend: Any = None) -> Sequential:
-    """A compiled model rebuilt from ``path`` on ``backend`` (default: GPUNN_BACKEND or auto)."""
-    from .backends import get_backend
-    from .model import Sequential
+TRAINING_KEYS = ("epoch", "rng", "dropout_rngs", "history", "history_epochs")
 
+
+def read_checkpoint(network: Network, path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint written by ``fit(checkpoint=...)``: its network state dict, checked against
+    ``network``, and where training stood. Everything is checked before anything is used."""
     tensors, meta = read(path)
-    layers, loss, optimizer = build(meta, path)
-    bk = get_backend(backend)
-    # A model trained with TF32 GEMMs loads on the CPU too; it then computes in fp32.
-    precision = meta.get("precision", "fp32") if bk.name == "cupy" else "fp32"
-    model = Sequential(layers)
-    model.compile(loss, optimizer, backend=bk, dtype=meta.get("dtype", "float32"), precision=precision)
-    restore(model, tensors, meta, path)
-    return model
+    training = meta.get("training")
+    if training is None:
+        raise ValueError(f"{path} is a saved model, not a checkpoint written by "
+                         f"fit(checkpoint=...): it has no training state to resume")
+    missing = [key for key in TRAINING_KEYS if key not in training]
+    if missing or not isinstance(training["epoch"], int) or training["epoch"] < 0:
+        raise ValueError(f"{path} is not a valid gpunn checkpoint (its training state lacks "
+                         f"{missing or 'a whole epoch count'})")
+    return state_for(network, tensors, meta, path), training

@@ -36,35 +36,38 @@ def _check_regularizer(name: str, value: float) -> float:
     return float(value)
 
 
-class Planned:
-    """What layers and losses share: the backend they run on and their planned buffers."""
+class Buffered:
+    """What layers and losses share: the backend they run on, and the buffers they write their
+    outputs and gradients into (one per name and shape, kept and reused)."""
 
     def __init__(self) -> None:
         self.backend: Backend = get_backend("numpy")
-        self._buffers: dict[tuple, Any] = {}
+        #: (name, shape, dtype) -> the array ``buffer`` gave for it
+        self.buffers: dict[tuple, Any] = {}
         self.output: Any = None
         self.dinputs: Any = None
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
         """A reusable array for ``name`` at this shape: allocated on first use, then kept."""
         key = (name, shape, dtype)
-        buf = self._buffers.get(key)
+        buf = self.buffers.get(key)
         if buf is None:
-            if len(self._buffers) > 32:  # many shapes in turn (ad-hoc book use): start over
-                self._buffers.clear()
-            buf = self._buffers[key] = self.backend.empty(shape, dtype)
+            if len(self.buffers) > 32:  # many shapes in turn (ad-hoc book use): start over
+                self.buffers.clear()
+            buf = self.buffers[key] = self.backend.empty(shape, dtype)
         return buf
 
-    def _set_backend(self, backend: Backend) -> None:
+    def set_backend(self, backend: Backend) -> None:
+        """Run on ``backend`` from now on (a compiled model's); its buffers start afresh."""
         self.backend = backend
-        self._buffers.clear()
+        self.buffers.clear()
         self.output = self.dinputs = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
-class Layer(Planned):
+class Layer(Buffered):
     """A layer: ``forward(inputs, training)`` sets ``.output``; ``backward(dvalues)`` sets
     ``.dinputs`` (and, for Dense, ``.dweights`` and ``.dbiases``)."""
 
@@ -111,11 +114,11 @@ class Dense(Layer):
         self.dweights: Any = None
         self.dbiases: Any = None
         self.inputs: Any = None
-        # Set by Sequential.compile: a following ReLU folded into this layer, and whether the
-        # layer below needs dinputs at all (the first layer's would be thrown away).
+        # Set by the network (network.fold): a following ReLU folded into this layer, and whether
+        # the layer below needs dinputs at all (the first layer's would be thrown away).
         self.activation: str | None = None
         self.need_dinputs = True
-        # Also set by compile, for Dense -> ReLU -> Dense: the upper layer's dinputs GEMM takes on
+        # Also set there, for Dense -> ReLU -> Dense: the upper layer's dinputs GEMM takes on
         # the lower one's ReLU backward and bias gradient (``relu_below`` names the lower layer,
         # whose ``grads_from_above`` then says so); ``relu_mask`` is what the forward kept for it.
         self.relu_below: Dense | None = None
@@ -140,11 +143,11 @@ class Dense(Layer):
         bk = self.backend
         inputs = bk.asarray(inputs)
         self.inputs = inputs
-        out = self._buffer("output", (inputs.shape[0], self.n_neurons), self._dtype(inputs))
+        out = self.buffer("output", (inputs.shape[0], self.n_neurons), self._dtype(inputs))
         relu = self.activation == "relu"
         keep_mask = relu and training and self.grads_from_above  # for the backward pass
         mask_shape = bk.relu_mask_shape(*out.shape) if keep_mask else None
-        mask = None if mask_shape is None else self._buffer("relu_mask", mask_shape, np.uint8)
+        mask = None if mask_shape is None else self.buffer("relu_mask", mask_shape, np.uint8)
         wrote_mask = bk.dense_forward(inputs, self.weights, self.biases, out, relu, mask)
         self.relu_mask = mask if wrote_mask else None
         self.output = out
@@ -168,7 +171,7 @@ class Dense(Layer):
             bk.penalty_grad(self.dbiases, self.biases, self.bias_regularizer_l1,
                             self.bias_regularizer_l2)
         if self.need_dinputs:
-            out = self._buffer("dinputs", self.inputs.shape, dvalues.dtype)
+            out = self.buffer("dinputs", self.inputs.shape, dvalues.dtype)
             below = self.relu_below
             if below is None:
                 self.dinputs = bk.gemm(dvalues, self.weights, out=out, trans_b=True)
@@ -201,12 +204,12 @@ class Activation(Layer):
     def forward(self, inputs: Any, training: bool = False) -> Any:
         inputs = self.backend.asarray(inputs)
         self.inputs = inputs
-        out = self._buffer("output", inputs.shape, inputs.dtype)
+        out = self.buffer("output", inputs.shape, inputs.dtype)
         self.output = getattr(self.backend, self.forward_op)(inputs, out=out)
         return self.output
 
     def backward(self, dvalues: Any) -> Any:
-        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        out = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
         self.dinputs = getattr(self.backend, self.backward_op)(dvalues, self.output, out=out)
         return self.dinputs
 
@@ -218,7 +221,7 @@ class ReLU(Activation):
 
     def __init__(self) -> None:
         super().__init__()
-        self.folded = False  # set by Sequential.compile when the Dense before does this work
+        self.folded = False  # set by network.fold when the Dense before does this work
 
 
 class Softmax(Activation):
@@ -271,7 +274,7 @@ class Dropout(Layer):
             self.output = inputs
             return inputs
         self.mask = bk.dropout_mask(inputs.shape, self.rate, self.rng, inputs.dtype)
-        out = self._buffer("output", inputs.shape, inputs.dtype)
+        out = self.buffer("output", inputs.shape, inputs.dtype)
         self.output = bk.xp.multiply(inputs, self.mask, out=out)
         return self.output
 
@@ -279,6 +282,6 @@ class Dropout(Layer):
         if self.mask is None:
             self.dinputs = dvalues
             return dvalues
-        out = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        out = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
         self.dinputs = self.backend.xp.multiply(dvalues, self.mask, out=out)
         return self.dinputs

@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from . import _checks
+from . import checks
 from .backends.base import CLIP
-from .layers import Layer, Planned, Sigmoid, Softmax
+from .layers import Buffered, Layer, Sigmoid, Softmax
 
 
-class Loss(Planned):
+class Loss(Buffered):
     """``forward(outputs, y)`` gives per-sample losses, ``backward(dvalues, y)`` sets ``.dinputs``,
     ``calculate(outputs, y)`` gives the mean (the book's names)."""
 
@@ -22,10 +22,16 @@ class Loss(Planned):
 
     def prepare_targets(self, y: Any, n_samples: int, n_outputs: int) -> np.ndarray:
         """Check ``y`` against the data and model, returning host targets in working form."""
-        return _checks.targets(y, n_samples, n_outputs)
+        return checks.targets(y, n_samples, n_outputs)
 
     def targets_dtype(self, dtype: Any) -> Any:
         return dtype
+
+    def fit_begin(self, y: Any) -> None:
+        """``fit`` starts on targets ``y`` (MeanSquaredError takes its accuracy precision)."""
+
+    def fit_end(self) -> None:
+        """``fit`` is over, however it ended."""
 
     def calculate(self, output: Any, y: Any) -> float:
         """The mean loss over the samples (the book's ``Loss.calculate``)."""
@@ -53,8 +59,9 @@ class Loss(Planned):
         """How many samples the outputs got right (summed per-sample accuracy; a device scalar)."""
         raise NotImplementedError
 
-    def _losses_buffer(self, n: int, dtype: Any) -> Any:
-        return self._buffer("losses", (n,), dtype)
+    def losses_buffer(self, n: int, dtype: Any) -> Any:
+        """Where per-sample losses of ``n`` samples go."""
+        return self.buffer("losses", (n,), dtype)
 
 
 class CategoricalCrossEntropy(Loss):
@@ -64,7 +71,7 @@ class CategoricalCrossEntropy(Loss):
     classification = True
 
     def prepare_targets(self, y: Any, n_samples: int, n_outputs: int) -> np.ndarray:
-        return _checks.class_labels(y, n_samples, n_outputs)
+        return checks.class_labels(y, n_samples, n_outputs)
 
     def targets_dtype(self, dtype: Any) -> Any:
         return np.int64
@@ -73,7 +80,7 @@ class CategoricalCrossEntropy(Loss):
         xp = self.backend.xp
         y_true = self._labels(y_true)
         rows = xp.arange(y_pred.shape[0])
-        losses = self._losses_buffer(y_pred.shape[0], y_pred.dtype)
+        losses = self.losses_buffer(y_pred.shape[0], y_pred.dtype)
         xp.log(xp.clip(y_pred[rows, y_true], CLIP, 1 - CLIP), out=losses)
         return xp.negative(losses, out=losses)
 
@@ -88,7 +95,7 @@ class CategoricalCrossEntropy(Loss):
         y_true = self._labels(y_true)
         n = dvalues.shape[0]
         rows = xp.arange(n)
-        self.dinputs = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
         self.dinputs[...] = 0
         self.dinputs[rows, y_true] = -1.0 / (xp.clip(dvalues[rows, y_true], CLIP, 1 - CLIP) * n)
         return self.dinputs
@@ -115,7 +122,7 @@ class SoftmaxCrossEntropy(CategoricalCrossEntropy):
         xp = self.backend.xp
         y_true = self._labels(y_true)
         n = dvalues.shape[0]
-        self.dinputs = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
         xp.copyto(self.dinputs, dvalues)
         self.dinputs[xp.arange(n), y_true] -= 1
         xp.multiply(self.dinputs, 1.0 / n, out=self.dinputs)
@@ -130,17 +137,26 @@ class SoftmaxCrossEntropy(CategoricalCrossEntropy):
     def train(self, outputs: Any, y: Any) -> Any:
         return self._run(outputs, y, need_grad=True)
 
+    def train_totals(self, logits: Any, y: Any, totals: Any) -> Any:
+        """As ``train``, also adding the loss sum and the correct count into ``totals`` (two
+        float64): the planned step's loss, whose epoch metrics wait on the device."""
+        n = logits.shape[0]
+        self.output = self.buffer("probs", logits.shape, logits.dtype)
+        self.dinputs = self.buffer("dinputs", logits.shape, logits.dtype)
+        return self.backend.softmax_cross_entropy_totals(logits, y, self.output, self.dinputs,
+                                                         self.losses_buffer(n, logits.dtype), totals)
+
     def predictions(self, outputs: Any) -> Any:
-        return self.backend.softmax(outputs, out=self._buffer("probs", outputs.shape, outputs.dtype))
+        return self.backend.softmax(outputs, out=self.buffer("probs", outputs.shape, outputs.dtype))
 
     def _run(self, logits: Any, y: Any, need_grad: bool) -> Any:
         n = logits.shape[0]
-        self.output = self._buffer("probs", logits.shape, logits.dtype)
+        self.output = self.buffer("probs", logits.shape, logits.dtype)
         dlogits = None
         if need_grad:
-            dlogits = self.dinputs = self._buffer("dinputs", logits.shape, logits.dtype)
+            dlogits = self.dinputs = self.buffer("dinputs", logits.shape, logits.dtype)
         return self.backend.softmax_cross_entropy(logits, y, self.output, dlogits,
-                                                  self._losses_buffer(n, logits.dtype))
+                                                  self.losses_buffer(n, logits.dtype))
 
     def count_correct(self, outputs: Any, y: Any) -> Any:
         # argmax of the logits is argmax of the probabilities
@@ -154,20 +170,20 @@ class BinaryCrossEntropy(Loss):
     classification = True
 
     def prepare_targets(self, y: Any, n_samples: int, n_outputs: int) -> np.ndarray:
-        return _checks.targets(y, n_samples, n_outputs, low=0.0, high=1.0)
+        return checks.targets(y, n_samples, n_outputs, low=0.0, high=1.0)
 
     def forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = self.backend.xp
         p = xp.clip(y_pred, CLIP, 1 - CLIP)
         sample = -(y_true * xp.log(p) + (1 - y_true) * xp.log(1 - p))
-        losses = self._losses_buffer(y_pred.shape[0], y_pred.dtype)
+        losses = self.losses_buffer(y_pred.shape[0], y_pred.dtype)
         return xp.mean(sample, axis=1, out=losses)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         xp = self.backend.xp
         n, outputs = dvalues.shape
         p = xp.clip(dvalues, CLIP, 1 - CLIP)
-        self.dinputs = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
         xp.multiply(-(y_true / p - (1 - y_true) / (1 - p)), 1.0 / (outputs * n), out=self.dinputs)
         return self.dinputs
 
@@ -184,15 +200,21 @@ class MeanSquaredError(Loss):
         super().__init__()
         self.precision: float | None = None
 
+    def fit_begin(self, y: Any) -> None:
+        self.precision = float(y.std()) / 250
+
+    def fit_end(self) -> None:
+        self.precision = None
+
     def forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = self.backend.xp
-        losses = self._losses_buffer(y_pred.shape[0], y_pred.dtype)
+        losses = self.losses_buffer(y_pred.shape[0], y_pred.dtype)
         return xp.mean((y_true - y_pred) ** 2, axis=1, out=losses)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         xp = self.backend.xp
         n, outputs = dvalues.shape
-        self.dinputs = self._buffer("dinputs", dvalues.shape, dvalues.dtype)
+        self.dinputs = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
         xp.subtract(dvalues, y_true, out=self.dinputs)
         xp.multiply(self.dinputs, 2.0 / (outputs * n), out=self.dinputs)
         return self.dinputs

@@ -1,9 +1,14 @@
 """Optimizers with the book's update rules and learning-rate decay lr / (1 + decay * t), t being
 the number of steps taken so far (from 0).
 
-In a compiled model all parameters live in one flat buffer, so ``step`` updates every weight and
-bias with one backend call. The book's per-layer calls (``pre_update_params``,
-``update_params(layer)``, ``post_update_params``) work too, with the same update rule.
+In a compiled model all parameters live in one flat buffer, so a step updates every weight and
+bias with one backend call. There is one update API: ``update(params, grads)`` is a step's device
+work (it moves the optimizer's device schedule on, then applies the rule reading the decayed
+learning rate and Adam's corrections from it) and ``count_step()`` its host bookkeeping
+(``iterations``, ``current_learning_rate``); ``step`` is both. A CUDA graph records ``update`` and
+each replay is followed by ``count_step``, as torch.optim.Adam(capturable=True) keeps its step on
+the device. The book's per-layer calls (``pre_update_params``, ``update_params(layer)``,
+``post_update_params``) apply the same rules.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 from typing import Any
 
 from .backends import Backend
+from .backends import schedule as slots
 
 
 def _check(name: str, value: Any, low: float, high: float | None = None,
@@ -27,7 +33,8 @@ def _check(name: str, value: Any, low: float, high: float | None = None,
 
 
 class Optimizer:
-    """Shared machinery: decay, the step counter, flat state buffers, the book's calls."""
+    """Shared machinery: decay, the step counter, flat state buffers and the device schedule,
+    the state dict, the book's calls."""
 
     #: Names of the per-parameter state buffers this rule keeps (each shaped like the params).
     state_names: tuple[str, ...] = ()
@@ -37,7 +44,9 @@ class Optimizer:
         self.decay = _check("decay", decay, 0.0)
         self.current_learning_rate = self.learning_rate
         self.iterations = 0
+        self.backend: Backend | None = None
         self.state: dict[str, Any] = {}  # flat state buffers, allocated by ``build``
+        self.schedule: Any = None  # the device schedule (backends/schedule.py's slots)
         self._scratch: Any = None
 
     @property
@@ -55,40 +64,79 @@ class Optimizer:
     # ---- flat buffers (a compiled model) ---------------------------------------------------
 
     def build(self, backend: Backend, size: int, dtype: Any) -> None:
-        """Allocate zeroed state buffers for ``size`` parameters, and the step counter at 0."""
+        """Zeroed state buffers for ``size`` parameters on ``backend``, the step counter at 0."""
+        self.backend = backend
         self.state = {name: backend.zeros((size,), dtype) for name in self.state_names}
         self._scratch = backend.empty((size,), dtype)
         self.iterations = 0
         self.current_learning_rate = self.learning_rate
+        self.schedule = backend.new_schedule(self.schedule_start())
 
-    def step(self, backend: Backend, params: Any, grads: Any) -> None:
-        """One update of every parameter from its gradient, decay included."""
+    def schedule_start(self) -> list[float]:
+        """The device schedule's values before the next step (see backends/schedule.py)."""
+        return slots.start(self.iterations, self.learning_rate, self.decay,
+                           getattr(self, "beta_1", 0.0), getattr(self, "beta_2", 0.0))
+
+    def sync_schedule(self) -> None:
+        """Write the host's step count and hyper-parameters into the device schedule, in place
+        (recorded graphs keep reading it)."""
+        self.schedule[:] = self.backend.new_schedule(self.schedule_start())
+
+    def update(self, params: Any, grads: Any) -> None:
+        """A step's device work: the schedule moved on one step, then the rule applied to every
+        parameter. Nothing is read back, so it can be captured into a CUDA graph."""
+        self.backend.advance_schedule(self.schedule)
+        self._apply(self.backend, params, grads, self.state, self.schedule, self._scratch)
+
+    def count_step(self) -> None:
+        """A step's host bookkeeping, as the book's pre_ and post_update_params do it."""
         self.pre_update_params()
-        self._update(backend, params, grads, self.state, self._scratch)
         self.post_update_params()
 
-    # ---- the same, with the schedule on the device (planned and captured steps) -------------
-
-    def schedule_values(self) -> list[float]:
-        """The device schedule's starting values (see Backend.advance_schedule)."""
-        return [float(self.iterations), self.learning_rate, self.decay,
-                getattr(self, "beta_1", 0.0), getattr(self, "beta_2", 0.0), 0.0, 0.0, 0.0]
-
-    def step_scheduled(self, backend: Backend, params: Any, grads: Any, schedule: Any) -> None:
-        """One update reading lr_t (and Adam's corrections) from the device ``schedule``, which
-        it moves on; the host counters are kept in step by ``mirror_step``."""
-        backend.advance_schedule(schedule)
-        self._update_scheduled(backend, params, grads, self.state, schedule, self._scratch)
+    def step(self, params: Any, grads: Any) -> None:
+        """One update of every parameter from its gradient, decay included: ``update`` and
+        ``count_step``, written out (this is the hot path of eager training)."""
+        self.backend.advance_schedule(self.schedule)
+        self._apply(self.backend, params, grads, self.state, self.schedule, self._scratch)
+        self.pre_update_params()
+        self.iterations += 1
 
     def kernel_rule(self) -> tuple[int, float, float]:
-        """(rule, hyper-parameter, epsilon) as the one-block trainer ``train_small_net`` of
-        kernels.cu takes them; its state buffers are ``state_names`` in order."""
+        """(rule code, hyper-parameter, epsilon) as the one-kernel trainer (``train_in_one_kernel``
+        of kernels.cu) takes them; its state buffers are ``state_names`` in order."""
         raise NotImplementedError
 
-    def mirror_step(self) -> None:
-        """Count one step taken on the device, as ``step`` would have, without reading it back."""
-        self.pre_update_params()
-        self.post_update_params()
+    # ---- state -----------------------------------------------------------------------------
+
+    def state_dict(self, host: bool = True) -> dict[str, Any]:
+        """State buffers (NumPy copies when ``host``, else device copies), step count and
+        learning rate: what ``load_state_dict`` takes back."""
+        copy = self.backend.to_numpy if host else (lambda a: a.copy())
+        return {"state": {name: copy(values) for name, values in self.state.items()},
+                "iterations": self.iterations,
+                "current_learning_rate": self.current_learning_rate}
+
+    def check_state_dict(self, state: dict[str, Any], where: str = "the state") -> None:
+        """Raise ValueError unless ``state`` fits this optimizer's buffers (nothing is written)."""
+        buffers = state.get("state", {})
+        missing = [name for name in self.state
+                   if name not in buffers or tuple(buffers[name].shape) != tuple(self.state[name].shape)]
+        if missing:
+            raise ValueError(f"{where} lacks the optimizer state {missing}")
+        for key in ("iterations", "current_learning_rate"):
+            if key not in state:
+                raise ValueError(f"{where} lacks the optimizer's {key}")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put ``state`` (from ``state_dict``, on any backend) into the buffers in place, after
+        checking all of it; the device schedule follows the step count."""
+        self.check_state_dict(state)
+        for name, values in state["state"].items():
+            if name in self.state:
+                self.state[name][...] = self.backend.asarray(values, dtype=self.state[name].dtype)
+        self.iterations = int(state["iterations"])
+        self.current_learning_rate = float(state["current_learning_rate"])
+        self.sync_schedule()
 
     # ---- the book's calls ------------------------------------------------------------------
 
@@ -100,6 +148,9 @@ class Optimizer:
     def update_params(self, layer: Any) -> None:
         """Update one layer's weights and biases, keeping state on the layer as the book does."""
         backend = layer.backend
+        values = self.schedule_start()
+        slots.advance(values)  # this step's lr_t and corrections, as ``update`` would have them
+        schedule = backend.new_schedule(values)
         for kind in ("weight", "bias"):
             param = getattr(layer, "weights" if kind == "weight" else "biases")
             grad = getattr(layer, "dweights" if kind == "weight" else "dbiases")
@@ -109,17 +160,14 @@ class Optimizer:
                 if getattr(layer, attr, None) is None:
                     setattr(layer, attr, backend.zeros(param.shape, param.dtype))
                 state[name] = getattr(layer, attr)
-            self._update(backend, param, grad, state, backend.empty(param.shape, param.dtype))
+            self._apply(backend, param, grad, state, schedule, backend.empty(param.shape, param.dtype))
 
     def post_update_params(self) -> None:
         self.iterations += 1
 
-    def _update(self, backend: Backend, params: Any, grads: Any, state: dict[str, Any],
-                scratch: Any) -> None:
-        raise NotImplementedError
-
-    def _update_scheduled(self, backend: Backend, params: Any, grads: Any,
-                          state: dict[str, Any], schedule: Any, scratch: Any) -> None:
+    def _apply(self, backend: Backend, params: Any, grads: Any, state: dict[str, Any],
+               schedule: Any, scratch: Any) -> None:
+        """The rule, on ``params`` with ``grads``, reading this step's scalars from ``schedule``."""
         raise NotImplementedError
 
 
@@ -134,16 +182,11 @@ class SGD(Optimizer):
     def config(self) -> dict[str, Any]:
         return {"lr": self.learning_rate, "decay": self.decay, "momentum": self.momentum}
 
-    def _update(self, backend, params, grads, state, scratch) -> None:
-        backend.sgd_update(params, grads, state.get("momentums"), self.current_learning_rate,
-                           self.momentum, scratch)
-
-    def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
-        backend.sgd_update_scheduled(params, grads, state.get("momentums"), schedule,
-                                     self.momentum, scratch)
+    def _apply(self, backend, params, grads, state, schedule, scratch) -> None:
+        backend.sgd_update(params, grads, state.get("momentums"), schedule, self.momentum, scratch)
 
     def kernel_rule(self) -> tuple[int, float, float]:
-        return (1 if self.momentum else 0), self.momentum, 0.0
+        return (slots.RULE_SGD_MOMENTUM if self.momentum else slots.RULE_SGD), self.momentum, 0.0
 
 
 class Adagrad(Optimizer):
@@ -158,16 +201,11 @@ class Adagrad(Optimizer):
     def config(self) -> dict[str, Any]:
         return {"lr": self.learning_rate, "decay": self.decay, "epsilon": self.epsilon}
 
-    def _update(self, backend, params, grads, state, scratch) -> None:
-        backend.adagrad_update(params, grads, state["cache"], self.current_learning_rate,
-                               self.epsilon, scratch)
-
-    def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
-        backend.cache_update_scheduled(params, grads, state["cache"], schedule, self.epsilon,
-                                       -1.0, scratch)
+    def _apply(self, backend, params, grads, state, schedule, scratch) -> None:
+        backend.adagrad_update(params, grads, state["cache"], schedule, self.epsilon, scratch)
 
     def kernel_rule(self) -> tuple[int, float, float]:
-        return 2, -1.0, self.epsilon  # rho < 0: Adagrad's running sum
+        return slots.RULE_CACHE, -1.0, self.epsilon  # rho < 0: Adagrad's running sum
 
 
 class RMSprop(Optimizer):
@@ -185,16 +223,12 @@ class RMSprop(Optimizer):
         return {"lr": self.learning_rate, "decay": self.decay, "epsilon": self.epsilon,
                 "rho": self.rho}
 
-    def _update(self, backend, params, grads, state, scratch) -> None:
-        backend.rmsprop_update(params, grads, state["cache"], self.current_learning_rate,
-                               self.epsilon, self.rho, scratch)
-
-    def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
-        backend.cache_update_scheduled(params, grads, state["cache"], schedule, self.epsilon,
-                                       self.rho, scratch)
+    def _apply(self, backend, params, grads, state, schedule, scratch) -> None:
+        backend.rmsprop_update(params, grads, state["cache"], schedule, self.epsilon, self.rho,
+                               scratch)
 
     def kernel_rule(self) -> tuple[int, float, float]:
-        return 2, self.rho, self.epsilon
+        return slots.RULE_CACHE, self.rho, self.epsilon
 
 
 class Adam(Optimizer):
@@ -213,14 +247,9 @@ class Adam(Optimizer):
         return {"lr": self.learning_rate, "decay": self.decay, "epsilon": self.epsilon,
                 "beta_1": self.beta_1, "beta_2": self.beta_2}
 
-    def _update(self, backend, params, grads, state, scratch) -> None:
-        backend.adam_update(params, grads, state["momentums"], state["cache"],
-                            self.current_learning_rate, self.epsilon, self.beta_1, self.beta_2,
-                            self.iterations + 1, scratch)
-
-    def _update_scheduled(self, backend, params, grads, state, schedule, scratch) -> None:
-        backend.adam_update_scheduled(params, grads, state["momentums"], state["cache"], schedule,
-                                      self.epsilon, self.beta_1, self.beta_2, scratch)
+    def _apply(self, backend, params, grads, state, schedule, scratch) -> None:
+        backend.adam_update(params, grads, state["momentums"], state["cache"], schedule,
+                            self.epsilon, self.beta_1, self.beta_2, scratch)
 
     def kernel_rule(self) -> tuple[int, float, float]:
-        return 3, 0.0, self.epsilon  # the betas come from the schedule
+        return slots.RULE_ADAM, 0.0, self.epsilon  # the betas come from the schedule

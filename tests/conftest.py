@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpunn.backends import _cupy_problem, get_backend
+from gpunn.backends import cupy_problem, get_backend
 
-CUPY_PROBLEM = _cupy_problem()
+CUPY_PROBLEM = cupy_problem()
 
 BACKENDS = [
     "numpy",

@@ -66,44 +66,6 @@ def test_resumed_fit_equals_an_uninterrupted_one_exactly(data, tmp_path):
     assert again.optimizer.iterations == whole.optimizer.iterations
 
 
-def test_ctrl_c_saves_the_last_finished_epoch_and_resume_is_exact(data, tmp_path, monkeypatch):
-    X, y = data
-    whole = model_with_dropout()
-    whole.fit(X, y, epochs=6, batch_size=16, seed=2, verbose=0)
-    ck = tmp_path / "ck.safetensors"
-    model = model_with_dropout()
-    real_step, calls = model._step, []
-
-    def step(xb, yb):
-        calls.append(1)
-        if len(calls) == 4 * 8 + 3:  # 8 batches an epoch: stop inside epoch 5
-            raise KeyboardInterrupt
-        return real_step(xb, yb)
-
-    monkeypatch.setattr(model, "_step", step)
-    with pytest.raises(KeyboardInterrupt):
-        model.fit(X, y, epochs=6, batch_size=16, seed=2, verbose=0, checkpoint=ck,
-                  checkpoint_every=100)
-    saved = nn.load(ck)
-    assert saved.optimizer.iterations == 4 * 8  # as of the end of epoch 4
-    resumed = model_with_dropout(seed=7)
-    resumed.fit(X, y, epochs=6, batch_size=16, seed=2, verbose=0, resume_from=ck)
-    for a, b in zip(whole.get_params(), resumed.get_params()):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_checkpoint_every_k_epochs(data, tmp_path, monkeypatch):
-    X, y = data
-    model = model_with_dropout()
-    saves = []
-    real_save = nn.io.save
-    monkeypatch.setattr(nn.io, "save", lambda m, p, training=None: (saves.append(training["epoch"]),
-                                                                     real_save(m, p, training)))
-    model.fit(X, y, epochs=7, batch_size=None, verbose=0, checkpoint=tmp_path / "c.safetensors",
-              checkpoint_every=3)
-    assert saves == [3, 6, 7]
-
-
 KILL_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np

@@ -1,4 +1,4 @@
-"""Training behaviour: the book's run, the untrained network, determinism, the public API."""
+"""Sequential, the face: the book's run, the untrained network, determinism, the public API."""
 
 from __future__ import annotations
 
@@ -120,23 +120,6 @@ def test_get_set_params_round_trip_and_to(backend):
     assert all(np.array_equal(a, b) for a, b in zip(model.get_params(), new))
 
 
-def test_rebinding_through_host_copies_continues_identically():
-    """What to() does between backends: parameters and optimizer state go through host copies
-    into new flat buffers. Training must then continue exactly as without the move."""
-    X, y = nn.datasets.spiral_data(samples=30, classes=3, seed=0)
-    a, b = spiral_model(seed=5, dtype="float64"), spiral_model(seed=5, dtype="float64")
-    for model in (a, b):
-        model.fit(X, y, epochs=3, batch_size=None, verbose=0)
-    assert b.to("numpy") is b  # already there: nothing to do
-    old_params = b.params
-    b._bind(b.backend, b.get_params(), b._optimizer_state(host=True))
-    assert b.params is not old_params and b.optimizer.iterations == 3
-    for model in (a, b):
-        model.fit(X, y, epochs=3, batch_size=None, verbose=0)
-    for p, q in zip(a.get_params(), b.get_params()):
-        assert np.array_equal(p, q)
-
-
 def test_float64_and_float32_agree():
     X, y = nn.datasets.spiral_data(samples=30, classes=3, seed=0)
     runs = {}
@@ -182,54 +165,12 @@ def test_book_low_level_api_ports_line_for_line():
     np.testing.assert_allclose(model.get_params()[0], dense1.weights, rtol=1e-9, atol=1e-12)
 
 
-def test_fused_softmax_cross_entropy_equals_softmax_then_cce(rng):
-    logits = rng.standard_normal((11, 5))
-    y = rng.integers(0, 5, 11)
-    fused = nn.SoftmaxCrossEntropy()
-    fused.train(logits, y)
-    softmax, cce = nn.Softmax(), nn.CategoricalCrossEntropy()
-    softmax.forward(logits)
-    chained_losses = cce.forward(softmax.output, y)
-    cce.backward(softmax.output, y)
-    softmax.backward(cce.dinputs)
-    np.testing.assert_allclose(fused.dinputs, softmax.dinputs, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(fused.sample_losses(logits, y), chained_losses, rtol=1e-12)
-    # the book's combined class: backward from the softmax output
-    fused.forward(logits, y)
-    np.testing.assert_allclose(fused.backward(fused.output, y), softmax.dinputs, rtol=1e-10,
-                               atol=1e-12)
-
-
-def test_clipping_keeps_the_loss_finite():
-    cce = nn.CategoricalCrossEntropy()
-    p = np.array([[1.0, 0.0], [0.0, 1.0]])
-    losses = cce.forward(p, np.array([1, 1]))
-    np.testing.assert_allclose(losses, [-np.log(1e-7), -np.log(1 - 1e-7)])
-
-
 def test_fit_with_zero_epochs_changes_nothing():
     X, y = nn.datasets.spiral_data(samples=10, classes=3, seed=0)
     model = spiral_model()
     before = model.get_params()
     history = model.fit(X, y, epochs=0, verbose=0)
     assert history["loss"] == [] and all(np.array_equal(a, b) for a, b in zip(before, model.get_params()))
-
-
-def test_progress_bar_and_lines(capsys):
-    X, y = nn.datasets.spiral_data(samples=10, classes=3, seed=0)
-    model = spiral_model()
-    model.fit(X, y, epochs=3, verbose=1)
-    assert "3/3" in capsys.readouterr().err
-    model.fit(X, y, epochs=2, verbose=2)
-    assert "epoch 2/2 loss" in capsys.readouterr().err
-
-
-def test_long_epochs_get_a_per_batch_bar(capsys):
-    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
-    model = spiral_model()
-    model.fit(X, y, epochs=2, batch_size=4, verbose=1)  # 75 batches an epoch
-    err = capsys.readouterr().err
-    assert "150/150" in err and "batch" in err
 
 
 def test_plain_python_lists_are_accepted():
@@ -241,10 +182,17 @@ def test_plain_python_lists_are_accepted():
     assert model.evaluate(X.tolist(), np.eye(3)[y].tolist())["accuracy"] >= 0
 
 
-def test_book_loss_classes_take_one_hot_labels_too(rng):
-    p = rng.dirichlet(np.ones(4), size=6)
-    y = rng.integers(0, 4, 6)
-    cce = nn.CategoricalCrossEntropy()
-    np.testing.assert_allclose(cce.calculate(p, np.eye(4)[y]), cce.calculate(p, y))
-    a = cce.backward(p, y).copy()
-    np.testing.assert_allclose(cce.backward(p, np.eye(4)[y]), a)
+def test_backend_options_belong_to_each_model():
+    a, b = spiral_model(), spiral_model()
+    assert a.backend is not b.backend and a.backend.name == b.backend.name == "numpy"
+    a.backend.one_kernel_trainer = True
+    assert not b.backend.one_kernel_trainer and a.precision == b.precision == "fp32"
+    with pytest.raises(TypeError, match="one_kernel_trainer must be True or False; got 'yes'"):
+        a.backend.one_kernel_trainer = "yes"
+    assert a.backend.one_kernel_trainer  # the refused value changed nothing
+
+
+def test_to_keeps_the_models_options():
+    model = spiral_model()
+    model.backend.epilogue_policy = "never"
+    assert model.to("numpy") is model and model.backend.epilogue_policy == "never"

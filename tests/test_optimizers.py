@@ -9,6 +9,7 @@ from conftest import to_host
 
 import gpunn as nn
 from gpunn.backends import get_backend
+from gpunn.backends import schedule as slots
 
 STEPS = 6
 
@@ -60,8 +61,9 @@ def test_flat_update_matches_hand_computed(case, bk, rng):
     params = bk.asarray(w0.copy())
     opt.build(bk, 10, np.float64)
     for g in grads:
-        opt.step(bk, params, bk.asarray(g))
+        opt.step(params, bk.asarray(g))
     assert opt.iterations == STEPS
+    assert float(opt.schedule[slots.ITERATIONS]) == STEPS  # the device schedule kept pace
     expect = reference(case.split("-")[0], cfg, w0, grads)
     np.testing.assert_allclose(to_host(params), expect, rtol=1e-12, atol=1e-12)
 
@@ -91,9 +93,10 @@ def test_train_step_is_exactly_one_sgd_step(backend, rng):
     model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=0.3), backend=backend, dtype="float64")
     X, y = rng.standard_normal((9, 4)), rng.integers(0, 3, 9)
     before = [p.copy() for p in model.get_params()]
-    Xd, yd = model._prepare(X, y)
-    model.loss.train(model._forward(Xd, training=True), yd)
-    model._backward(model.loss.dinputs)
+    net = model.network
+    Xd, yd = net.prepare(X, y)
+    model.loss.train(net.forward(Xd, training=True), yd)
+    net.backward(model.loss.dinputs)
     grads = to_host(model.grads).copy()
     loss = model.train_step(X, y)
     flat_before = np.concatenate([p.ravel() for p in before])
@@ -123,3 +126,55 @@ def test_lr_property_and_decay_sequence():
         opt.post_update_params()
     assert opt.lr == 1.0 and seen == [1.0, 1 / 1.5, 1 / 2.0]
     assert get_backend("numpy").name == "numpy"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_update_then_count_step_is_one_step(case, rng):
+    """update() is the device work (a graph records it), count_step() the host bookkeeping."""
+    cls, cfg = CASES[case]
+    bk = get_backend("numpy")
+    w0, g = rng.standard_normal(7), rng.standard_normal(7)
+    a, b = cls(**cfg), cls(**cfg)
+    pa, pb = w0.copy(), w0.copy()
+    for opt in (a, b):
+        opt.build(bk, 7, np.float64)
+    for _ in range(3):
+        a.step(pa, g)
+        b.update(pb, g)
+        b.count_step()
+    assert np.array_equal(pa, pb)
+    assert (a.iterations, a.current_learning_rate) == (b.iterations, b.current_learning_rate)
+    assert np.array_equal(a.schedule, b.schedule)
+
+
+def test_the_schedule_advances_as_the_books_calls_do():
+    opt = nn.Adam(lr=0.05, decay=0.5, beta_1=0.8, beta_2=0.9)
+    opt.build(get_backend("numpy"), 3, np.float64)
+    for t in range(3):
+        opt.update(np.zeros(3), np.ones(3))
+        opt.pre_update_params()
+        s = opt.schedule
+        assert s[slots.LR_T] == opt.current_learning_rate == 0.05 / (1 + 0.5 * t)
+        assert s[slots.CORRECTION_1] == 1 / (1 - 0.8 ** (t + 1))
+        assert s[slots.CORRECTION_2] == 1 / (1 - 0.9 ** (t + 1))
+        opt.post_update_params()
+        assert s[slots.ITERATIONS] == opt.iterations == t + 1
+
+
+def test_state_dict_round_trip_and_refusal(rng):
+    bk = get_backend("numpy")
+    a, b = nn.Adam(lr=0.1), nn.Adam(lr=0.1)
+    for opt in (a, b):
+        opt.build(bk, 5, np.float64)
+    params = rng.standard_normal(5)
+    for _ in range(4):
+        a.step(params, rng.standard_normal(5))
+    b.load_state_dict(a.state_dict())
+    # the schedule's inputs follow (the derived slots are remade by the next step's advance)
+    assert b.iterations == 4 and np.array_equal(b.schedule[:slots.LR_T], a.schedule[:slots.LR_T])
+    for name in a.state:
+        assert np.array_equal(a.state[name], b.state[name])
+    with pytest.raises(ValueError, match=r"lacks the optimizer state \['cache'\]"):
+        b.load_state_dict({"state": {"momentums": np.zeros(5)}, "iterations": 9,
+                           "current_learning_rate": 0.1})
+    assert b.iterations == 4

@@ -12,7 +12,7 @@ import os
 from .base import Backend
 from .numpy_backend import NumpyBackend
 
-__all__ = ["Backend", "BackendUnavailableError", "available", "get_backend", "CHOICES"]
+__all__ = ["Backend", "BackendUnavailableError", "CHOICES", "available", "cupy_problem", "get_backend"]
 
 CHOICES = ("auto", "numpy", "cupy")
 INSTALL_HINT = 'install the CUDA extra: pip install "gpunn[cuda12]" (CUDA 12) or "gpunn[cuda13]" (CUDA 13)'
@@ -26,7 +26,7 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run on this machine."""
 
 
-def _cupy_problem() -> str | None:
+def cupy_problem() -> str | None:
     """Why CuPy cannot run here, or None when it can."""
     try:
         import cupy
@@ -43,7 +43,7 @@ def _cupy_problem() -> str | None:
 
 def available() -> list[str]:
     """The backends that can run on this machine now, fastest last."""
-    return ["numpy"] if _cupy_problem() else ["numpy", "cupy"]
+    return ["numpy"] if cupy_problem() else ["numpy", "cupy"]
 
 
 def get_backend(name: str | Backend | None = None) -> Backend:
@@ -57,14 +57,14 @@ def get_backend(name: str | Backend | None = None) -> Backend:
         raise ValueError(f"backend must be one of {', '.join(map(repr, CHOICES))}; got {name!r}")
     name = name.lower()
     if name == "auto":
-        problem = _cupy_problem()
+        problem = cupy_problem()
         name = "numpy" if problem else "cupy"
         if not _auto_said:
             _auto_said = True
             why = f" ({problem})" if problem else ""
             _log.info("gpunn: backend 'auto' chose %s%s", name, why)
     elif name == "cupy":
-        problem = _cupy_problem()
+        problem = cupy_problem()
         if problem:
             raise BackendUnavailableError(f"backend 'cupy' cannot run: {problem}; {INSTALL_HINT}")
     if name not in _instances:

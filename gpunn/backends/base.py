@@ -7,12 +7,34 @@ Ops write into ``out`` buffers planned by the caller, so a training step allocat
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
 import numpy as np
 
+from . import schedule as slots
+
 # Log inputs are clipped to [CLIP, 1 - CLIP], as in the book, so log(0) never happens.
 CLIP = 1e-7
+
+PRECISIONS = ("fp32", "tf32")
+EPILOGUE_POLICIES = ("auto", "always", "never")
+#: What ``Backend.why_not`` answers for.
+FEATURES = ("planned_steps", "graphs", "epilogues", "tf32", "one_kernel_trainer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How one model runs on its backend. Each compiled model holds a backend of its own with
+    these (``Backend.configured``); the device state behind it is shared, the options are not."""
+
+    #: "fp32" (exact float32 GEMMs) or "tf32" (tensor cores; GPUs of compute capability 8.0+).
+    precision: str = "fp32"
+    #: cuBLASLt epilogues: "auto" (per problem, whichever measured faster), "always", "never".
+    epilogue_policy: str = "auto"
+    #: Train Dense -> ReLU -> Dense networks small enough with one kernel launch per many epochs.
+    one_kernel_trainer: bool = False
 
 
 class Backend:
@@ -22,9 +44,76 @@ class Backend:
 
     def __init__(self, xp: Any) -> None:
         self.xp = xp
+        self.options = Options()
 
     def __repr__(self) -> str:
         return f"<gpunn backend {self.name!r}>"
+
+    # ---- what this backend can do, and a model's options on it ----------------------------
+
+    def why_not(self, feature: str, rows: int | None = None,
+                sizes: tuple[int, int, int] | None = None, dtype: Any = None) -> str | None:
+        """Why ``feature`` (one of FEATURES) cannot run here, or None when it can. For
+        "one_kernel_trainer", ``rows``, ``sizes`` (n_in, hidden, k) and ``dtype`` name the problem."""
+        if feature not in FEATURES:
+            raise ValueError(f"feature must be one of {', '.join(map(repr, FEATURES))}; got {feature!r}")
+        return {
+            "planned_steps": f"the {self.name} backend takes each step as it comes (planned steps pay "
+                             f"where they are replayed as device graphs)",
+            "graphs": f"the {self.name} backend has no device graphs",
+            "epilogues": f"cuBLASLt epilogues need the cupy backend; this is the {self.name} backend",
+            "tf32": f"precision 'tf32' needs the cupy backend on a GPU of compute capability 8.0 or "
+                    f"newer; the {self.name} backend computes in fp32",
+            "one_kernel_trainer": f"the {self.name} backend has no one-kernel trainer",
+        }[feature]
+
+    def configured(self, **changes: Any) -> Backend:
+        """This backend for one model: the same device state, its own ``Options`` (the current
+        ones with ``changes``), each checked first."""
+        view = copy.copy(self)
+        view.options = self._checked(dataclasses.replace(self.options, **changes))
+        return view
+
+    def _checked(self, options: Options) -> Options:
+        if options.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; "
+                             f"got {options.precision!r}")
+        if options.precision == "tf32" and self.why_not("tf32"):
+            raise ValueError(self.why_not("tf32"))
+        if options.epilogue_policy not in EPILOGUE_POLICIES:
+            raise ValueError(f"epilogue_policy must be one of "
+                             f"{', '.join(map(repr, EPILOGUE_POLICIES))}; got {options.epilogue_policy!r}")
+        if not isinstance(options.one_kernel_trainer, (bool, np.bool_)):
+            raise TypeError(f"one_kernel_trainer must be True or False; got "
+                            f"{options.one_kernel_trainer!r}")
+        return options
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
+
+    @property
+    def epilogue_policy(self) -> str:
+        """"auto": per problem, the cuBLASLt epilogue or the separate kernels, whichever measured
+        faster the first time; "always" / "never": one or the other."""
+        return self.options.epilogue_policy
+
+    @epilogue_policy.setter
+    def epilogue_policy(self, value: str) -> None:
+        self.options = self._checked(dataclasses.replace(self.options, epilogue_policy=value))
+
+    @property
+    def one_kernel_trainer(self) -> bool:
+        """Whether planned steps of a small Dense -> ReLU -> Dense network run many epochs per
+        kernel launch (``train_in_one_kernel``), where ``why_not("one_kernel_trainer", ...)`` allows."""
+        return self.options.one_kernel_trainer
+
+    @one_kernel_trainer.setter
+    def one_kernel_trainer(self, value: bool) -> None:
+        self.options = self._checked(dataclasses.replace(self.options, one_kernel_trainer=value))
+
+    #: The name ``one_kernel_trainer`` had before.
+    small_net_kernel = one_kernel_trainer
 
     # ---- arrays and data movement -------------------------------------------------------
 
@@ -56,19 +145,10 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
 
-    #: Whether ``fit`` should plan steps (static buffers, device schedule) and replay them.
-    plans_steps = False
-
     def capture(self, body: Any) -> Any:
-        """Record ``body``'s device work for replay; returns a function that replays it, or None
-        where this backend has no graphs (the caller then runs ``body`` itself each time)."""
-        return None
-
-    def set_precision(self, precision: str) -> None:
-        """Use "fp32" (exact float32 GEMMs) or "tf32" (tensor cores; GPUs only) from now on."""
-        if precision != "fp32":
-            raise ValueError(f"precision {precision!r} needs the cupy backend on a GPU of compute "
-                             f"capability 8.0 or newer; the {self.name} backend computes in fp32")
+        """Record ``body``'s device work; returns a function that replays it. Only where
+        ``why_not("graphs")`` is None."""
+        raise RuntimeError(self.why_not("graphs"))
 
     # ---- dense layer ----------------------------------------------------------------------
 
@@ -122,19 +202,15 @@ class Backend:
 
     # ---- a whole small network in one kernel (CuPy) ------------------------------------------
 
-    def fits_small_net(self, rows: int, sizes: tuple[int, int, int], dtype: Any) -> bool:
-        """Whether ``train_small_net`` can train Dense(n_in, hidden) -> ReLU -> Dense(hidden, k),
-        ``sizes`` = (n_in, hidden, k), on ``rows`` samples here (and is switched on)."""
-        return False
-
-    def train_small_net(self, X: Any, y: Any, params: Any, grads: Any, states: list[Any],
-                        schedule: Any, totals: Any, epochs: int, rule: tuple[int, float, float],
-                        outs: dict[str, Any]) -> None:
-        """``epochs`` planned steps of that network on (X, y) at once: the same updates of
-        params, grads, optimizer ``states``, ``schedule`` and ``totals`` rows as ``epochs``
-        planned steps, and the last step's hidden/dhidden/logits/probs/dlogits/losses in
-        ``outs``. ``rule`` is the optimizer's ``kernel_rule()``."""
-        raise NotImplementedError(f"the {self.name} backend has no one-kernel trainer")
+    def train_in_one_kernel(self, X: Any, y: Any, params: Any, grads: Any, states: list[Any],
+                            schedule: Any, totals: Any, epochs: int, rule: tuple[int, float, float],
+                            outs: dict[str, Any]) -> None:
+        """``epochs`` planned steps of Dense(n_in, hidden) -> ReLU -> Dense(hidden, k) with
+        softmax cross-entropy on (X, y) in one launch: the same updates of params, grads,
+        optimizer ``states``, ``schedule`` and ``totals`` rows as ``epochs`` planned steps, and
+        the last step's hidden/dhidden/logits/probs/dlogits/losses in ``outs``. ``rule`` is the
+        optimizer's ``kernel_rule()``. Only where ``why_not("one_kernel_trainer", ...)`` is None."""
+        raise NotImplementedError(self.why_not("one_kernel_trainer"))
 
     # ---- activations ----------------------------------------------------------------------
 
@@ -231,11 +307,23 @@ class Backend:
         return dparam
 
     # ---- optimizer updates, each over whole (flat) buffers ---------------------------------
+    # Every rule reads the step's learning rate (and Adam its step count) from ``schedule``, the
+    # device array of schedule.py's slots, which ``advance_schedule`` moves on first: a replayed
+    # CUDA graph then applies decay and bias correction without the host.
 
-    def sgd_update(self, params: Any, grads: Any, momentums: Any, lr: float, momentum: float,
+    def new_schedule(self, values: list[float]) -> Any:
+        """A schedule holding ``values`` (schedule.py's slots) where the update ops read it: a
+        float64 array on the device."""
+        return self.asarray(np.array(values, dtype=np.float64))
+
+    def advance_schedule(self, schedule: Any) -> None:
+        """lr_t = lr / (1 + decay * t), Adam's corrections for step t + 1, then t += 1."""
+        slots.advance(schedule)
+
+    def sgd_update(self, params: Any, grads: Any, momentums: Any, schedule: Any, momentum: float,
                    scratch: Any) -> None:
-        """Plain: w -= lr * g. With momentum (the book's form): u = momentum*u - lr*g; w += u."""
-        xp = self.xp
+        """Plain: w -= lr_t * g. With momentum (the book's form): u = momentum*u - lr_t*g; w += u."""
+        xp, lr = self.xp, float(schedule[slots.LR_T])
         if momentums is None:
             xp.multiply(grads, -lr, out=scratch)
             xp.add(params, scratch, out=params)
@@ -245,32 +333,33 @@ class Backend:
         xp.subtract(momentums, scratch, out=momentums)
         xp.add(params, momentums, out=params)
 
-    def adagrad_update(self, params: Any, grads: Any, cache: Any, lr: float, epsilon: float,
+    def adagrad_update(self, params: Any, grads: Any, cache: Any, schedule: Any, epsilon: float,
                        scratch: Any) -> None:
-        """cache += g^2; w -= lr * g / (sqrt(cache) + eps)."""
+        """cache += g^2; w -= lr_t * g / (sqrt(cache) + eps)."""
         xp = self.xp
         xp.multiply(grads, grads, out=scratch)
         xp.add(cache, scratch, out=cache)
-        self._scaled_step(params, grads, cache, lr, epsilon, scratch)
+        self._scaled_step(params, grads, cache, float(schedule[slots.LR_T]), epsilon, scratch)
 
-    def rmsprop_update(self, params: Any, grads: Any, cache: Any, lr: float, epsilon: float,
+    def rmsprop_update(self, params: Any, grads: Any, cache: Any, schedule: Any, epsilon: float,
                        rho: float, scratch: Any) -> None:
-        """cache = rho*cache + (1-rho)*g^2; w -= lr * g / (sqrt(cache) + eps)."""
+        """cache = rho*cache + (1-rho)*g^2; w -= lr_t * g / (sqrt(cache) + eps)."""
         xp = self.xp
         xp.multiply(grads, grads, out=scratch)
         xp.multiply(scratch, 1 - rho, out=scratch)
         xp.multiply(cache, rho, out=cache)
         xp.add(cache, scratch, out=cache)
-        self._scaled_step(params, grads, cache, lr, epsilon, scratch)
+        self._scaled_step(params, grads, cache, float(schedule[slots.LR_T]), epsilon, scratch)
 
-    def adam_update(self, params: Any, grads: Any, momentums: Any, cache: Any, lr: float,
-                    epsilon: float, beta_1: float, beta_2: float, step: int, scratch: Any) -> None:
-        """Adam with bias correction; ``step`` counts from 1.
+    def adam_update(self, params: Any, grads: Any, momentums: Any, cache: Any, schedule: Any,
+                    epsilon: float, beta_1: float, beta_2: float, scratch: Any) -> None:
+        """Adam with bias correction, for step t = the schedule's (already advanced) ITERATIONS.
 
         m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2
-        w -= lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps)
+        w -= lr_t * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
         """
         xp = self.xp
+        lr, step = float(schedule[slots.LR_T]), int(round(float(schedule[slots.ITERATIONS])))
         xp.multiply(momentums, beta_1, out=momentums)
         xp.multiply(grads, 1 - beta_1, out=scratch)
         xp.add(momentums, scratch, out=momentums)
@@ -285,40 +374,6 @@ class Backend:
         xp.divide(momentums, scratch, out=scratch)
         xp.multiply(scratch, -lr / (1 - beta_1**step), out=scratch)
         xp.add(params, scratch, out=params)
-
-    # ---- the same updates, with the learning rate schedule kept in a device array ----------
-    # schedule = [iterations, lr, decay, beta_1, beta_2, lr_t, 1/(1-beta_1^t), 1/(1-beta_2^t)]:
-    # a replayed CUDA graph reads lr_t and the bias corrections from it, and advance_schedule
-    # (part of the graph) moves it on, so decay and bias correction stay right without the host.
-
-    def advance_schedule(self, schedule: Any) -> None:
-        """lr_t = lr / (1 + decay * iterations), Adam's corrections for step iterations + 1,
-        then iterations += 1 (the book's pre_update_params and post_update_params)."""
-        iterations, lr, decay, beta_1, beta_2 = (float(v) for v in schedule[:5])
-        step = iterations + 1
-        schedule[5] = lr / (1.0 + decay * iterations)
-        schedule[6] = 1.0 / (1.0 - beta_1**step)
-        schedule[7] = 1.0 / (1.0 - beta_2**step)
-        schedule[0] = step
-
-    def sgd_update_scheduled(self, params: Any, grads: Any, momentums: Any, schedule: Any,
-                             momentum: float, scratch: Any) -> None:
-        self.sgd_update(params, grads, momentums, float(schedule[5]), momentum, scratch)
-
-    def cache_update_scheduled(self, params: Any, grads: Any, cache: Any, schedule: Any,
-                               epsilon: float, rho: float, scratch: Any) -> None:
-        """Adagrad (rho < 0) or RMSprop (0 <= rho < 1)."""
-        if rho < 0:
-            self.adagrad_update(params, grads, cache, float(schedule[5]), epsilon, scratch)
-        else:
-            self.rmsprop_update(params, grads, cache, float(schedule[5]), epsilon, rho, scratch)
-
-    def adam_update_scheduled(self, params: Any, grads: Any, momentums: Any, cache: Any,
-                              schedule: Any, epsilon: float, beta_1: float, beta_2: float,
-                              scratch: Any) -> None:
-        step = int(round(float(schedule[0])))
-        self.adam_update(params, grads, momentums, cache, float(schedule[5]), epsilon, beta_1,
-                         beta_2, step, scratch)
 
     def _scaled_step(self, params: Any, grads: Any, cache: Any, lr: float, epsilon: float,
                      scratch: Any) -> None:

@@ -1,11 +1,12 @@
 """The CuPy backend with its CUDA kernels run on the CPU (harness.cpp), for tests without a GPU.
 
-``build`` compiles kernels.cu with g++ into a library whose entry points take arguments as
-cuLaunchKernel does. ``Launcher`` stands in for a CuPy kernel: it checks every argument against
-the kernel's parameter list, read from kernels.cu (a NumPy array of the right element type for a
-pointer, a NumPy scalar of the right width for a value: what CuPy would pass), then launches.
-``emulated_backend`` is a CupyBackend whose arrays are NumPy arrays, whose kernels are Launchers,
-whose GEMMs are NumPy's, and which has no CUDA graphs or cuBLASLt.
+``build`` compiles kernels.cu with g++ (and the -D options of cuda.NVRTC_OPTIONS) into a library
+whose entry points take arguments as cuLaunchKernel does. ``Launcher`` stands in for a CuPy
+kernel: it checks every argument against the kernel's parameter list, read from kernels.cu (a
+NumPy array of the right element type for a pointer, a NumPy scalar of the right width for a
+value: what CuPy would pass), then launches. ``emulated_backend`` is a CupyBackend whose arrays
+are NumPy arrays, whose kernels (cuda/launch.py's Kernels) are Launchers, whose GEMMs are NumPy's,
+and which has no CUDA graphs or cuBLASLt.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 
 from gpunn.backends import cuda
 from gpunn.backends.base import Backend
+from gpunn.backends.cuda import launch
+from gpunn.backends.cuda.epilogues import EpilogueChoice
 from gpunn.backends.cupy_backend import CupyBackend
 
 HARNESS = Path(__file__).with_name("harness.cpp")
@@ -37,8 +40,9 @@ def build(directory: Path) -> ctypes.CDLL | str:
     if compiler is None:
         return "no g++ here to build the CUDA-on-CPU harness"
     lib = directory / "harness.so"
+    defines = [option for option in cuda.NVRTC_OPTIONS if option.startswith("-D")]
     result = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w",
-                             "-I", str(cuda.KERNELS_CU.parent), str(HARNESS), "-o", str(lib)],
+                             *defines, "-I", str(cuda.KERNELS_CU.parent), str(HARNESS), "-o", str(lib)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"harness.cpp did not build:\n{result.stderr[-4000:]}")
@@ -98,33 +102,23 @@ class Launcher:
 def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:
     bk = CupyBackend.__new__(CupyBackend)
     Backend.__init__(bk, np)
-    bk._module = None
-    bk._eager_schedule = np.zeros(8)
-    bk._dummy_totals = np.zeros(2)
-
-    def gemm(a, b, out, trans_a, trans_b):
-        return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
-
-    bk.blas = types.SimpleNamespace(capturable=False, why_not="CUDA on the CPU", gemm=gemm,
-                                    set_tf32=lambda enabled: None)
-    bk.epilogues = types.SimpleNamespace(available=False, tf32=False, why_not="CUDA on the CPU")
-    bk._epilogue_policy, bk._epilogue_faster, bk._said_epilogue_failed = "auto", {}, False
-    bk.small_net_kernel, bk._small_net_shared = False, {}
     params = kernel_parameters()
     launchers: dict[tuple, Launcher] = {}
 
-    def kernel(name: str, dtype: Any = None) -> Launcher:
+    def lookup(name: str, dtype: Any = None) -> Launcher:
         key = (name, None if dtype is None else np.dtype(dtype))
         if key not in launchers:
             launchers[key] = Launcher(lib, name, dtype, params[name])
         return launchers[key]
 
-    bk.kernel = kernel
+    def gemm(a, b, out, trans_a, trans_b, tf32=False):
+        return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+    bk.kernels = launch.Kernels(lookup, np)
+    bk.blas = types.SimpleNamespace(why_not="CUDA on the CPU", gemm=gemm)
+    bk.epilogues = types.SimpleNamespace(available=False, why_not="CUDA on the CPU")
+    bk.epilogue_choice = EpilogueChoice(None, available=False)
     bk.to_numpy = lambda x: np.array(x, copy=True)
     bk.synchronize = lambda: None
-
-    def fits_small_net(rows, sizes, dtype):
-        return bk.small_net_kernel and bk.small_net_bytes(rows, sizes, dtype) <= 227 << 10
-
-    bk.fits_small_net = fits_small_net
+    bk.max_shared_bytes = lambda: 227 << 10  # an H100's or H200's opt-in limit
     return bk

@@ -99,7 +99,7 @@ TEMPLATED(softmax_cross_entropy)
 TEMPLATED(sgd_update)
 TEMPLATED(cache_update)
 TEMPLATED(adam_update)
-TEMPLATED(train_small_net)
+TEMPLATED(train_in_one_kernel)
 
 extern "C" void advance_schedule_plain(unsigned g, unsigned bx, unsigned by, void** a) {
     run(&advance_schedule, g, bx, by, a);

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import schedule
+
 KERNELS_CU = Path(__file__).with_name("kernels.cu")
 
 TEMPLATED = ("bias_act", "relu_backward", "column_sum", "take_rows", "softmax_cross_entropy",
-             "sgd_update", "cache_update", "adam_update", "train_small_net")
+             "sgd_update", "cache_update", "adam_update", "train_in_one_kernel")
 PLAIN = ("advance_schedule",)
 
-#: Options given to NVRTC (through cupy.RawModule) besides the target architecture.
-NVRTC_OPTIONS = ("-std=c++17",)
+#: Options given to NVRTC (through cupy.RawModule) besides the target architecture: the schedule's
+#: slots and the rule codes as macros (schedule.py), so the kernels read the slots Python writes.
+NVRTC_OPTIONS = ("-std=c++17", *schedule.cuda_defines())
 
 
 def name_expressions() -> list[str]:

@@ -50,9 +50,10 @@ class Gemm:
         return self.cublas is not None
 
     def set_tf32(self, enabled: bool) -> None:
-        """Tensor-core TF32 for float32 GEMMs (compute capability 8.0 and newer)."""
+        """Tensor-core TF32 for float32 GEMMs (compute capability 8.0 and newer). Models share
+        the handle and each GEMM says which it wants: only a change reaches cuBLAS."""
         if bool(enabled) == self.tf32:
-            return  # asked before every forward pass: only a change reaches cuBLAS
+            return
         self.tf32 = bool(enabled)
         if self.handle is not None:
             self._set_math_mode()
@@ -74,7 +75,9 @@ class Gemm:
             self.cublas.set_workspace(self.handle, self._workspace.data.ptr, WORKSPACE_BYTES)
             self._stream = stream
 
-    def gemm(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:
+    def gemm(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool,
+             tf32: bool = False) -> Any:
+        """``tf32``: tensor-core TF32 for float32 (the model's precision)."""
         if self.cublas is None or not blas_ready(out) or out.dtype not in ONE \
                 or a.dtype != out.dtype or b.dtype != out.dtype:
             # mixed dtypes or a strided output (ad-hoc book-style use): CuPy casts and copies
@@ -85,6 +88,7 @@ class Gemm:
         # (c, r) with leading dimension ld. So out^T = op(b)^T @ op(a)^T: swap a and b, keep the
         # transpose flags, and m, n become out's columns and rows.
         self.bind_stream()
+        self.set_tf32(tf32)
         n_rows, m_cols = out.shape
         k = a.shape[0] if trans_a else a.shape[1]
         itemsize = out.itemsize

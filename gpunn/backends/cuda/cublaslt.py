@@ -100,9 +100,8 @@ class Epilogues:
 
     def __init__(self, cupy: Any) -> None:
         self.cupy = cupy
-        self.tf32 = False
         self.handle: int | None = None
-        self._problems: dict[tuple, _Problem] = {}
+        self.problems: dict[tuple, _Problem] = {}
         try:
             from nvmath.bindings import cublasLt
         except ImportError as exc:
@@ -117,9 +116,10 @@ class Epilogues:
         return self.lt is not None
 
     def forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
-                mask: Any = None) -> bool:
+                mask: Any = None, tf32: bool = False) -> bool:
         """out = inputs @ weights + biases, then ReLU when ``relu`` (its bit mask into ``mask``
-        when one is given), as one call. False, with nothing written, where cuBLASLt cannot."""
+        when one is given), as one call (TF32 tensor cores for float32 when ``tf32``). False,
+        with nothing written, where cuBLASLt cannot."""
         lt = self.lt
         if mask is not None:
             epilogue = lt.Epilogue.RELU_AUX_BIAS
@@ -128,19 +128,20 @@ class Epilogues:
         # Column-major: out^T (n_out, rows) = weights^T (n_out, n_in) @ inputs^T (n_in, rows).
         rows, n_out = out.shape
         return self._matmul(epilogue, a=weights, b=inputs, d=out, m=n_out, n=rows,
-                            k=weights.shape[0], trans_a=False, bias=biases, mask=mask)
+                            k=weights.shape[0], trans_a=False, bias=biases, mask=mask, tf32=tf32)
 
     def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, mask: Any,
-                           dbiases: Any) -> bool:
+                           dbiases: Any, tf32: bool = False) -> bool:
         """out = (dvalues @ weights.T) * relu'(layer below), read from that layer's ``mask``;
         dbiases = the column sums of out. False, with nothing written, where cuBLASLt cannot."""
         # Column-major: out^T (n_in, rows) = op_T(weights^T) (n_in, n_out) @ dvalues^T.
         rows, n_in = out.shape
         return self._matmul(self.lt.Epilogue.DRELU_BGRAD, a=weights, b=dvalues, d=out, m=n_in,
-                            n=rows, k=weights.shape[1], trans_a=True, bias=dbiases, mask=mask)
+                            n=rows, k=weights.shape[1], trans_a=True, bias=dbiases, mask=mask,
+                            tf32=tf32)
 
     def _matmul(self, epilogue: Any, a: Any, b: Any, d: Any, m: int, n: int, k: int,
-                trans_a: bool, bias: Any, mask: Any) -> bool:
+                trans_a: bool, bias: Any, mask: Any, tf32: bool) -> bool:
         dtype = d.dtype
         if dtype not in ONE or a.dtype != dtype or b.dtype != dtype \
                 or bias.dtype != dtype or not all(blas_ready(x) for x in (a, b, d)) \
@@ -155,11 +156,11 @@ class Epilogues:
         item = d.itemsize
         aux_ld = 8 * mask.shape[1] if mask is not None else 0  # in elements: bits
         key = (int(epilogue), m, n, k, a.strides[0] // item, b.strides[0] // item,
-               d.strides[0] // item, trans_a, aux_ld, dtype, self.tf32 and dtype == np.float32,
+               d.strides[0] // item, trans_a, aux_ld, dtype, tf32 and dtype == np.float32,
                _alignment(a.data.ptr), _alignment(b.data.ptr), _alignment(d.data.ptr))
-        problem = self._problems.get(key)
+        problem = self.problems.get(key)
         if problem is None:
-            problem = self._problems[key] = _Problem(self.lt, self.handle, key)
+            problem = self.problems[key] = _Problem(self.lt, self.handle, key)
         if not problem.supported:
             return False
         problem.set(self.lt.MatmulDescAttribute.BIAS_POINTER, bias.data.ptr)

@@ -7,6 +7,12 @@
 //
 // Each kernel writes every element of its outputs (tests poison outputs first), reads only what
 // it is given, and allocates nothing, so a whole training step can be captured as a CUDA graph.
+//
+// The optimizer's schedule slots (SCHEDULE_LR_T, ...) and rule codes (RULE_ADAM, ...) come from
+// gpunn/backends/schedule.py as -D options (cuda.NVRTC_OPTIONS), so Python and CUDA share them.
+#ifndef SCHEDULE_SIZE
+#error "compile with the -D options of gpunn.backends.cuda.NVRTC_OPTIONS (the schedule's slots)"
+#endif
 
 __device__ __forceinline__ float dev_exp(float x) { return expf(x); }
 __device__ __forceinline__ double dev_exp(double x) { return exp(x); }
@@ -176,16 +182,15 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
 // ---- optimizers: one kernel per rule over the flat parameter buffer ----------------------------
 
 // The learning-rate schedule lives on the device so a replayed graph applies decay and Adam's bias
-// correction: schedule = [iterations, lr, decay, beta_1, beta_2, lr_t, 1/(1-beta_1^t), 1/(1-beta_2^t)].
-// The book's pre_update_params (lr_t = lr / (1 + decay * iterations)), the bias corrections for
-// step t = iterations + 1, and post_update_params (iterations += 1).
+// correction (its slots: schedule.py). The book's pre_update_params (lr_t = lr / (1 + decay * t)),
+// the bias corrections for step t + 1, and post_update_params (t += 1), as schedule.advance.
 __device__ __forceinline__ void advance(double* schedule) {
-    double iterations = schedule[0];
-    schedule[5] = schedule[1] / (1.0 + schedule[2] * iterations);
+    double iterations = schedule[SCHEDULE_ITERATIONS];
+    schedule[SCHEDULE_LR_T] = schedule[SCHEDULE_LR] / (1.0 + schedule[SCHEDULE_DECAY] * iterations);
     double step = iterations + 1.0;
-    schedule[6] = 1.0 / (1.0 - pow(schedule[3], step));
-    schedule[7] = 1.0 / (1.0 - pow(schedule[4], step));
-    schedule[0] = step;
+    schedule[SCHEDULE_CORRECTION_1] = 1.0 / (1.0 - pow(schedule[SCHEDULE_BETA_1], step));
+    schedule[SCHEDULE_CORRECTION_2] = 1.0 / (1.0 - pow(schedule[SCHEDULE_BETA_2], step));
+    schedule[SCHEDULE_ITERATIONS] = step;
 }
 
 __global__ void advance_schedule(double* schedule) {
@@ -235,14 +240,14 @@ __device__ __forceinline__ void adam_rule(T& w, T g, T& m, T& v, T lr, T correct
 template <typename T>
 __global__ void sgd_update(T* params, const T* grads, T* momentums, const double* schedule,
                            double momentum, int use_momentum, long long size) {
-    T lr = (T)schedule[5];
+    T lr = (T)schedule[SCHEDULE_LR_T];
     FOR_EACH_PARAM(i, size) sgd_rule(params[i], grads[i], momentums[i], lr, momentum, use_momentum);
 }
 
 template <typename T>
 __global__ void cache_update(T* params, const T* grads, T* cache, const double* schedule,
                              double epsilon, double rho, long long size) {
-    T lr = (T)schedule[5];
+    T lr = (T)schedule[SCHEDULE_LR_T];
     FOR_EACH_PARAM(i, size) cache_rule(params[i], grads[i], cache[i], lr, epsilon, rho);
 }
 
@@ -250,25 +255,27 @@ template <typename T>
 __global__ void adam_update(T* params, const T* grads, T* momentums, T* cache,
                             const double* schedule, double epsilon, double beta_1, double beta_2,
                             long long size) {
-    T lr = (T)schedule[5], correct_1 = (T)schedule[6], correct_2 = (T)schedule[7];
+    T lr = (T)schedule[SCHEDULE_LR_T], correct_1 = (T)schedule[SCHEDULE_CORRECTION_1],
+      correct_2 = (T)schedule[SCHEDULE_CORRECTION_2];
     FOR_EACH_PARAM(i, size) {
         adam_rule(params[i], grads[i], momentums[i], cache[i], lr, correct_1, correct_2, epsilon,
                   beta_1, beta_2);
     }
 }
 
-// ---- a whole small network, many full-batch epochs, one block --------------------------------
+// ---- the one-kernel trainer: a whole small network, many epochs, one block ---------------------
 //
 // Dense(n_in, hidden) -> ReLU -> Dense(hidden, k) -> softmax cross-entropy, trained for `epochs`
-// full-batch steps by one thread block out of shared memory: the book's spiral network (387
+// steps on one batch by one thread block out of shared memory: the book's spiral network (387
 // parameters, 300 samples) needs about 100 KiB, and its 10,001 epochs become a few launches instead
 // of ten kernels per epoch. Each epoch is exactly the planned step: forward, per-sample loss and
 // first-index argmax, dlogits = (p - onehot) / n, backward with the ReLU mask, the schedule
 // advanced, the rule applied; sums run in a fixed order, so a run gives the same bits every time.
-// `rule`: 0 SGD, 1 SGD with momentum, 2 Adagrad/RMSprop (cache_rule's rho), 3 Adam. Epoch e adds
-// its loss sum and correct count to totals[e] (as softmax_cross_entropy does: one row per epoch).
+// `rule`: RULE_SGD, RULE_SGD_MOMENTUM, RULE_CACHE (Adagrad/RMSprop by cache_rule's rho) or
+// RULE_ADAM. Epoch e adds its loss sum and correct count to totals[e] (as softmax_cross_entropy
+// does: one row per epoch).
 
-#define SMALL_NET_THREADS 512
+#define ONE_KERNEL_THREADS 512
 
 // out[r * b_cols + c] = sum_i A[i, r] * B[i, c] over n rows (A: n x a_cols, B: n x b_cols,
 // row-major with row strides lda and ldb); A == nullptr stands for a column of ones (a bias
@@ -312,22 +319,22 @@ __device__ double block_sum(double value, double* scratch) {
     return total;
 }
 
-// Shared memory, in order: doubles [blockDim reduction scratch | 8 schedule], then T:
+// Shared memory, in order: doubles [blockDim reduction scratch | SCHEDULE_SIZE schedule], then T:
 // X (n x n_in) | H (n x hidden, rows ldh = hidden | 1 apart: an odd stride, so threads reading one
 // column of different rows hit different banks) | Z (n x k) | params | grads | state_1 | state_2 |
 // blockDim scratch.
 // The last epoch also writes what the planned step leaves behind: the hidden layer's output and
 // its gradient, logits, probabilities, dlogits and per-sample losses.
 template <typename T>
-__global__ void __launch_bounds__(SMALL_NET_THREADS)
-train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden, int k,
+__global__ void __launch_bounds__(ONE_KERNEL_THREADS)
+train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hidden, int k,
                 T* params, T* grads, T* state_1, T* state_2, double* schedule, double* totals,
                 int epochs, int rule, double hyper, double epsilon, T* hidden_out, T* dhidden_out,
                 T* logits_out, T* probs_out, T* dlogits_out, T* losses_out) {
     DYNAMIC_SHARED_MEMORY(shared_raw);
     double* reduce = reinterpret_cast<double*>(shared_raw);
     double* sched = reduce + blockDim.x;
-    T* sX = reinterpret_cast<T*>(sched + 8);
+    T* sX = reinterpret_cast<T*>(sched + SCHEDULE_SIZE);
     T* sH = sX + n * n_in;
     int ldh = hidden | 1;
     T* sZ = sH + n * ldh;
@@ -339,7 +346,7 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
     T* sS2 = sS1 + n_params;
     T* scratch = sS2 + n_params;
     int tid = threadIdx.x, threads = blockDim.x;
-    int uses_1 = rule != 0, uses_2 = rule == 3;
+    int uses_1 = rule != RULE_SGD, uses_2 = rule == RULE_ADAM;
 
     for (int i = tid; i < n * n_in; i += threads) sX[i] = X[i];
     for (int i = tid; i < n_params; i += threads) {
@@ -347,7 +354,7 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
         sS1[i] = uses_1 ? state_1[i] : T(0);
         sS2[i] = uses_2 ? state_2[i] : T(0);
     }
-    if (tid < 8) sched[tid] = schedule[tid];
+    if (tid < SCHEDULE_SIZE) sched[tid] = schedule[tid];
     __syncthreads();
     T inv_n = T(1.0 / n);
 
@@ -420,12 +427,17 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
         block_tn<T>(nullptr, 1, 1, sH, hidden, ldh, n, sG + off_b1, scratch);
         if (tid == 0) advance(sched);
         __syncthreads();
-        T lr = (T)sched[5], correct_1 = (T)sched[6], correct_2 = (T)sched[7];
+        T lr = (T)sched[SCHEDULE_LR_T], correct_1 = (T)sched[SCHEDULE_CORRECTION_1],
+          correct_2 = (T)sched[SCHEDULE_CORRECTION_2];
         for (int i = tid; i < n_params; i += threads) {
-            if (rule <= 1) sgd_rule(sW[i], sG[i], sS1[i], lr, hyper, rule);
-            else if (rule == 2) cache_rule(sW[i], sG[i], sS1[i], lr, epsilon, hyper);
-            else adam_rule(sW[i], sG[i], sS1[i], sS2[i], lr, correct_1, correct_2, epsilon,
-                           sched[3], sched[4]);
+            if (rule == RULE_SGD || rule == RULE_SGD_MOMENTUM) {
+                sgd_rule(sW[i], sG[i], sS1[i], lr, hyper, rule == RULE_SGD_MOMENTUM);
+            } else if (rule == RULE_CACHE) {
+                cache_rule(sW[i], sG[i], sS1[i], lr, epsilon, hyper);
+            } else {
+                adam_rule(sW[i], sG[i], sS1[i], sS2[i], lr, correct_1, correct_2, epsilon,
+                          sched[SCHEDULE_BETA_1], sched[SCHEDULE_BETA_2]);
+            }
         }
         __syncthreads();
     }
@@ -435,5 +447,5 @@ train_small_net(const T* X, const long long* labels, int n, int n_in, int hidden
         if (uses_1) state_1[i] = sS1[i];
         if (uses_2) state_2[i] = sS2[i];
     }
-    if (tid < 8) schedule[tid] = sched[tid];
+    if (tid < SCHEDULE_SIZE) schedule[tid] = sched[tid];
 }

@@ -10,10 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cuda_on_cpu.emulator import build, emulated_backend
-from test_plans import OPTIMIZERS
-from test_small_net import SmallNetNumpy
+from support.backends import OneKernelNumpy
+from support.training import OPTIMIZERS, made_steps
 
 import gpunn as nn
+from gpunn.backends import schedule as slots
+from gpunn.cli import gpu_paths
+from gpunn.training import steps
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +27,19 @@ def emulated(tmp_path_factory):
     return emulated_backend(lib)
 
 
-RULES = {"sgd": ((0, 0.0, 0.0), 0, (0.5, 1e-3)), "momentum": ((1, 0.9, 0.0), 1, (0.5, 1e-3)),
-         "adagrad": ((2, -1.0, 1e-7), 1, (0.3, 1e-3)), "rmsprop": ((2, 0.9, 1e-7), 1, (0.01, 1e-3)),
-         "adam": ((3, 0.0, 1e-7), 2, (0.05, 5e-7))}
+RULES = {"sgd": ((slots.RULE_SGD, 0.0, 0.0), 0, (0.5, 1e-3)),
+         "momentum": ((slots.RULE_SGD_MOMENTUM, 0.9, 0.0), 1, (0.5, 1e-3)),
+         "adagrad": ((slots.RULE_CACHE, -1.0, 1e-7), 1, (0.3, 1e-3)),
+         "rmsprop": ((slots.RULE_CACHE, 0.9, 1e-7), 1, (0.01, 1e-3)),
+         "adam": ((slots.RULE_ADAM, 0.0, 1e-7), 2, (0.05, 5e-7))}
 
 
 @pytest.mark.parametrize("rule_name", list(RULES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n, sizes", [(37, (2, 9, 3)), (5, (3, 40, 2)), (20, (3, 200, 4)),
                                       (300, (2, 64, 3))])
-def test_one_block_trainer_kernel_follows_the_planned_step(emulated, rule_name, dtype, n, sizes,
-                                                           rng):
-    """train_small_net (512 threads) against its NumPy port, from a state 3 steps in. The sizes
+def test_one_kernel_trainer_follows_the_planned_step(emulated, rule_name, dtype, n, sizes, rng):
+    """train_in_one_kernel (512 threads) against its NumPy port, from a state 3 steps in. The sizes
     cover partial sums split over row stripes, stripes clamped to few rows, and more outputs
     than threads."""
     (code, hyper, epsilon), n_states, (lr, decay) = RULES[rule_name]
@@ -45,17 +49,17 @@ def test_one_block_trainer_kernel_follows_the_planned_step(emulated, rule_name, 
     y = rng.integers(0, k, n).astype(np.int64)
     params = (rng.standard_normal(n_params) * 0.5).astype(dtype)
     states = [np.abs(rng.standard_normal(n_params)).astype(dtype) * 0.1 for _ in range(n_states)]
-    schedule = np.array([3.0, lr, decay, 0.9, 0.999, 0.0, 0.0, 0.0])
+    schedule = np.array(slots.start(3, lr, decay, 0.9, 0.999))
     epochs = 6
     shapes = {"hidden": (n, hidden), "dhidden": (n, hidden), "logits": (n, k), "probs": (n, k),
               "dlogits": (n, k), "losses": (n,)}
     runs = []
-    for trainer in (emulated, SmallNetNumpy()):
+    for trainer in (emulated, OneKernelNumpy()):
         p, s, sched = params.copy(), [a.copy() for a in states], schedule.copy()
         grads, totals = np.full_like(params, np.nan), np.zeros((epochs, 2))
         outs = {name: np.full(shape, np.nan, dtype) for name, shape in shapes.items()}
-        trainer.train_small_net(X, y, p, grads, s, sched, totals, epochs, (code, hyper, epsilon),
-                                outs)
+        trainer.train_in_one_kernel(X, y, p, grads, s, sched, totals, epochs,
+                                    (code, hyper, epsilon), outs)
         runs.append((p, s, grads, sched, totals, outs))
     (p, s, g, sched, totals, outs), (p0, s0, g0, sched0, totals0, outs0) = runs
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == np.float64 else {"rtol": 2e-4, "atol": 1e-5}
@@ -68,33 +72,27 @@ def test_one_block_trainer_kernel_follows_the_planned_step(emulated, rule_name, 
         np.testing.assert_allclose(outs[name], outs0[name], err_msg=name, **tol)
 
 
-def train(backend, make_opt, batch_size, epochs, small_net=False):
-    if small_net:
-        backend.small_net_kernel = True
-    try:
-        X, y = nn.datasets.spiral_data(samples=40, classes=3, seed=0)  # 120 rows
-        model = nn.Sequential([nn.Dense(2, 16, init="he", seed=1), nn.ReLU(),
-                               nn.Dense(16, 3, seed=3)])
-        model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend=backend, dtype="float64")
-        history = model.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=False, verbose=0)
-        return model, history.history
-    finally:
-        if small_net:
-            backend.small_net_kernel = False
+def train(backend, make_opt, batch_size, epochs, one_kernel=False):
+    X, y = nn.datasets.spiral_data(samples=40, classes=3, seed=0)  # 120 rows
+    model = nn.Sequential([nn.Dense(2, 16, init="he", seed=1), nn.ReLU(), nn.Dense(16, 3, seed=3)])
+    model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend=backend, dtype="float64")
+    model.backend.one_kernel_trainer = one_kernel
+    history = model.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=False, verbose=0)
+    return model, history.history
 
 
 @pytest.mark.parametrize("make_opt", OPTIMIZERS)
-@pytest.mark.parametrize("batch_size, small_net", [(None, False), (50, False), (None, True),
-                                                  (50, True)])
-def test_cupy_backend_trains_as_numpy(emulated, make_opt, batch_size, small_net):
+@pytest.mark.parametrize("batch_size, one_kernel", [(None, False), (50, False), (None, True),
+                                                   (50, True)])
+def test_cupy_backend_trains_as_numpy(emulated, make_opt, batch_size, one_kernel):
     """fit on the CuPy backend (planned steps, eager: no graphs here) equals fit on NumPy in
     float64, within summation-order differences; with the one-block trainer too."""
-    # The one-block trainer: launches of 64 and 6 epochs. Emulated, the planned steps are slow
+    # The one-kernel trainer: launches of 64 and 6 epochs. Emulated, the planned steps are slow
     # (one std::thread per CUDA thread, a block at a time), so they run fewer epochs.
-    epochs = 2 if batch_size else 70 if small_net else 6
-    cupy_model, cupy_history = train(emulated, make_opt, batch_size, epochs, small_net)
+    epochs = 2 if batch_size else 70 if one_kernel else 6
+    cupy_model, cupy_history = train(emulated, make_opt, batch_size, epochs, one_kernel)
     numpy_model, numpy_history = train("numpy", make_opt, batch_size, epochs)
-    assert all(plan.small_net == small_net for plan in cupy_model._plans.values())
+    assert set(made_steps(cupy_model).values()) == {"one-kernel" if one_kernel else "planned"}
     for a, b in zip(cupy_model.get_params(), numpy_model.get_params()):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
     for key in numpy_history:
@@ -133,8 +131,18 @@ def test_shuffled_batches_train_step_evaluate_and_predict(emulated, monkeypatch)
 
 
 def test_info_names_the_gpu_paths_and_why_not(emulated):
-    from gpunn.cli import gpu_paths
-
     assert gpu_paths(emulated) == ("CUDA graphs: no (CUDA on the CPU); cuBLASLt epilogues: no "
-                                   "(CUDA on the CPU); one-block trainer: off "
-                                   "(backend.small_net_kernel = True)")
+                                   "(CUDA on the CPU); one-kernel trainer: no (switched off; "
+                                   "model.backend.one_kernel_trainer = True turns it on)")
+    on = emulated.configured(one_kernel_trainer=True)
+    assert gpu_paths(on).endswith("one-kernel trainer: yes")
+
+
+def test_the_one_kernel_trainer_says_when_a_batch_does_not_fit(emulated):
+    model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
+    model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend=emulated)
+    model.backend.one_kernel_trainer = True
+    assert steps.choose(model.network, 300) == "one-kernel"
+    reason = steps.why_not(model.network, "one-kernel", 3000)
+    assert reason.startswith("3000 rows of this network need ") and "a block of this GPU may have" in reason
+    assert steps.choose(model.network, 3000) == "planned"

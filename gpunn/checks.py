@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 
-def _host(value: Any) -> np.ndarray:
+def host_array(value: Any) -> np.ndarray:
     """A NumPy view of ``value`` (CuPy arrays are copied to the host, lists converted)."""
     if hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):
         value = value.get()
@@ -20,7 +20,7 @@ def _host(value: Any) -> np.ndarray:
 
 def features(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
     """X as a 2-D array of finite real numbers with ``n_features`` columns."""
-    arr = _host(X)
+    arr = host_array(X)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
             or np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must hold real numbers; got dtype {arr.dtype}")
@@ -42,7 +42,7 @@ def features(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarr
 
 def class_labels(y: Any, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
     """Integer class indices in [0, n_classes), from indices or one-hot rows."""
-    arr = _host(y)
+    arr = host_array(y)
     if arr.ndim == 2:
         if arr.shape != (n_samples, n_classes):
             raise ValueError(f"{name} as one-hot rows must have shape ({n_samples}, {n_classes}); "
@@ -75,7 +75,7 @@ def class_labels(y: Any, n_samples: int, n_classes: int, name: str = "y") -> np.
 def targets(y: Any, n_samples: int, n_outputs: int, name: str = "y",
             low: float | None = None, high: float | None = None) -> np.ndarray:
     """Real-valued targets of shape (n_samples, n_outputs) ((n_samples,) when one output)."""
-    arr = _host(y)
+    arr = host_array(y)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
             or np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must hold real numbers; got dtype {arr.dtype}")

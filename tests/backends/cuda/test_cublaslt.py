@@ -13,7 +13,7 @@ import types
 
 import numpy as np
 import pytest
-from test_cublas_mapping import DeviceLike, column_major
+from support.cuda import DeviceLike, column_major
 
 from gpunn.backends.cuda.cublaslt import Epilogues, relu_mask_shape
 
@@ -247,7 +247,7 @@ def test_problems_are_planned_once_per_shape(rng):
         x = aligned(rng.standard_normal((rows, 3)))
         w, b = aligned(rng.standard_normal((3, 5))), aligned(rng.standard_normal((1, 5)))
         assert e.forward(Dev(x), Dev(w), Dev(b), Dev(aligned(np.empty((rows, 5)))), False)
-    assert len(e._problems) == 2 and len(lt.calls) == 6
+    assert len(e.problems) == 2 and len(lt.calls) == 6
 
 
 def test_stand_in_matches_the_real_bindings():

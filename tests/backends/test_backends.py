@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
-import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from conftest import CUPY_PROBLEM
 
 import gpunn as nn
 from gpunn.backends import Backend, BackendUnavailableError, get_backend
+from gpunn.backends.base import FEATURES
 from gpunn.backends.cupy_backend import CupyBackend
 from gpunn.backends.numpy_backend import NumpyBackend
 
@@ -44,18 +47,38 @@ def test_env_variable_is_read_when_needed(monkeypatch):
         nn.Sequential([nn.Dense(2, 3)]).compile(nn.SoftmaxCrossEntropy(), nn.SGD())
 
 
-def test_auto_picks_and_says_which(monkeypatch, caplog):
-    import gpunn.backends as backends
+def test_auto_picks_and_says_which_once():
+    """In a fresh process, as a user meets it: one line, the first time "auto" decides."""
+    code = ("import gpunn; a = gpunn.backends.get_backend('auto'); "
+            "b = gpunn.backends.get_backend('auto'); print(a.name, a is b)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "GPUNN_BACKEND": ""})
+    name = "numpy" if CUPY_PROBLEM else "cupy"
+    assert result.stdout.split() == [name, "True"], result.stderr
+    assert result.stderr.count(f"gpunn: backend 'auto' chose {name}") == 1
 
-    monkeypatch.setattr(backends, "_auto_said", False)
-    with caplog.at_level(logging.INFO, logger="gpunn"):
-        logging.getLogger("gpunn").propagate = True
-        try:
-            chosen = get_backend("auto")
-        finally:
-            logging.getLogger("gpunn").propagate = False
-    assert chosen.name == ("numpy" if CUPY_PROBLEM else "cupy")
-    assert f"backend 'auto' chose {chosen.name}" in caplog.text
+
+def test_why_not_answers_each_feature_with_a_reason_or_none():
+    bk = get_backend("numpy")
+    for feature in FEATURES:
+        assert isinstance(bk.why_not(feature), str) and "numpy" in bk.why_not(feature)
+    with pytest.raises(ValueError, match="feature must be one of 'planned_steps', 'graphs'"):
+        bk.why_not("bf16")
+
+
+def test_configured_copies_share_the_device_but_not_the_options():
+    bk = get_backend("numpy")
+    view = bk.configured(epilogue_policy="never", one_kernel_trainer=True)
+    assert view is not bk and view.xp is bk.xp and view.name == "numpy"
+    assert (view.epilogue_policy, view.one_kernel_trainer) == ("never", True)
+    assert (bk.epilogue_policy, bk.one_kernel_trainer) == ("auto", False)
+    assert view.small_net_kernel  # the name the option had before
+    with pytest.raises(ValueError, match="precision 'tf32' needs the cupy backend"):
+        bk.configured(precision="tf32")
+    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'tf32'; got 'bf16'"):
+        bk.configured(precision="bf16")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'policy'"):
+        bk.configured(policy="never")
 
 
 @pytest.mark.parametrize("cls", [NumpyBackend, CupyBackend])

@@ -14,13 +14,14 @@ from gpunn.backends import cuda
 SOURCES = sorted(Path(cuda.__file__).parent.glob("*.cu"))
 
 
-def compile_source(text: str, name: str, arch: str, expressions: list[str]) -> tuple[bool, str, dict]:
+def compile_source(text: str, name: str, arch: str, expressions: list[str],
+                   options: tuple[str, ...] = cuda.NVRTC_OPTIONS) -> tuple[bool, str, dict]:
     err, prog = nvrtc.nvrtcCreateProgram(text.encode(), name.encode(), 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
     for expr in expressions:
         (err,) = nvrtc.nvrtcAddNameExpression(prog, expr.encode())
         assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
-    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in cuda.NVRTC_OPTIONS]
+    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in options]
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
     _, size = nvrtc.nvrtcGetProgramLogSize(prog)
     log = b" " * size
@@ -56,14 +57,31 @@ def test_the_build_check_catches_errors():
 
 
 def test_host_constants_match_the_sources():
-    """What cupy_backend.py launches with is what kernels.cu was written for."""
+    """What cuda/launch.py launches with is what kernels.cu was written for."""
     import re
 
     from cuda.bindings import runtime
 
     from gpunn.backends import cupy_backend
+    from gpunn.backends.cuda import launch
 
-    threads = re.search(r"#define SMALL_NET_THREADS (\d+)", cuda.source())
-    assert threads and int(threads.group(1)) == cupy_backend.SMALL_NET_THREADS
+    threads = re.search(r"#define ONE_KERNEL_THREADS (\d+)", cuda.source())
+    assert threads and int(threads.group(1)) == launch.ONE_KERNEL_THREADS
     assert cupy_backend.CUDA_DEV_ATTR_MAX_SHARED_OPTIN == int(
         runtime.cudaDeviceAttr.cudaDevAttrMaxSharedMemoryPerBlockOptin)
+
+
+def test_the_schedule_slots_reach_the_kernels_only_through_the_python_names():
+    """kernels.cu reads the schedule by the names schedule.py defines (no bare indices), and
+    does not build without them."""
+    import re
+
+    from gpunn.backends import schedule
+
+    text = re.sub(r"//[^\n]*", "", cuda.source())
+    assert not re.search(r"sched(ule)?\[\s*\d", text), "a bare index into the schedule"
+    used = set(re.findall(r"SCHEDULE_([A-Z_0-9]+)", text)) - {"SIZE"}
+    assert used <= set(schedule.SLOTS) and {"LR_T", "ITERATIONS"} <= used
+    assert "-DSCHEDULE_LR_T=5" in cuda.NVRTC_OPTIONS and "-DRULE_ADAM=3" in cuda.NVRTC_OPTIONS
+    ok, log, _ = compile_source(cuda.source(), "kernels.cu", "sm_90", [], options=("-std=c++17",))
+    assert not ok and "the schedule's slots" in log

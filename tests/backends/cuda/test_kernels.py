@@ -13,6 +13,7 @@ import pytest
 from conftest import CUPY_PROBLEM
 from cuda_on_cpu.emulator import build, emulated_backend
 
+from gpunn.backends import schedule as slots
 from gpunn.backends.base import Backend
 
 ON_GPU = [pytest.mark.gpu,
@@ -114,16 +115,21 @@ def test_optimizer_kernels_match_reference(backends, rule, dtype, rng):
     for bk in (fast, ref):
         p, m, c = p0.copy(), s1.copy(), s2.copy()
         scratch = cp.empty_like(p)
+        # Step 3 of a run with lr 0.1 (0.01 for RMSprop and Adam) and no decay: what
+        # advance_schedule leaves for the rule to read.
+        values = slots.start(2, 0.01 if rule in ("rmsprop", "adam") else 0.1, 0.0, 0.9, 0.999)
+        slots.advance(values)
+        schedule = cp.asarray(values)
         if rule == "sgd":
-            bk.sgd_update(p, g, None, 0.1, 0.0, scratch)
+            bk.sgd_update(p, g, None, schedule, 0.0, scratch)
         elif rule == "sgd-momentum":
-            bk.sgd_update(p, g, m, 0.1, 0.9, scratch)
+            bk.sgd_update(p, g, m, schedule, 0.9, scratch)
         elif rule == "adagrad":
-            bk.adagrad_update(p, g, c, 0.1, 1e-7, scratch)
+            bk.adagrad_update(p, g, c, schedule, 1e-7, scratch)
         elif rule == "rmsprop":
-            bk.rmsprop_update(p, g, c, 0.01, 1e-7, 0.9, scratch)
+            bk.rmsprop_update(p, g, c, schedule, 1e-7, 0.9, scratch)
         else:
-            bk.adam_update(p, g, m, c, 0.01, 1e-7, 0.9, 0.999, 3, scratch)
+            bk.adam_update(p, g, m, c, schedule, 1e-7, 0.9, 0.999, scratch)
         results.append((p, m, c))
     for got, want in zip(*results):
         cp.testing.assert_allclose(got, want, **tol(dtype))
@@ -131,14 +137,15 @@ def test_optimizer_kernels_match_reference(backends, rule, dtype, rng):
 
 def test_schedule_on_the_device_follows_the_book(backends):
     fast, _, cp = backends
-    schedule = cp.asarray([0.0, 0.05, 5e-3, 0.9, 0.999, 0, 0, 0])
+    schedule = cp.asarray(slots.start(0, 0.05, 5e-3, 0.9, 0.999))
     for t in range(4):
         fast.advance_schedule(schedule)
-        lr_t, c1, c2 = (float(v) for v in schedule[5:8])
+        lr_t, c1, c2 = (float(schedule[i]) for i in (slots.LR_T, slots.CORRECTION_1,
+                                                     slots.CORRECTION_2))
         assert lr_t == pytest.approx(0.05 / (1 + 5e-3 * t), rel=1e-15)
         assert c1 == pytest.approx(1 / (1 - 0.9 ** (t + 1)), rel=1e-14)
         assert c2 == pytest.approx(1 / (1 - 0.999 ** (t + 1)), rel=1e-12)
-    assert float(schedule[0]) == 4
+    assert float(schedule[slots.ITERATIONS]) == 4
 
 
 @pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True)])

@@ -1,10 +1,12 @@
-"""On a CUDA device: the CuPy backend matches NumPy within float32 tolerance."""
+"""On a CUDA device: training on the CuPy backend (planned steps, CUDA graphs, cuBLASLt epilogues,
+the one-kernel trainer) matches NumPy and the other paths within the dtype's tolerance."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from conftest import CUPY_PROBLEM
+from support.training import made_steps
 
 import gpunn as nn
 
@@ -67,6 +69,13 @@ def test_model_moves_between_backends_and_keeps_training():
     assert model.optimizer.iterations == 5 + 5 * 5
 
 
+def without_graphs(why_not):
+    """A backend's why_not that says no to graphs and asks ``why_not`` for the rest."""
+    def answer(feature, *args, **kwargs):
+        return "graphs off for this run" if feature == "graphs" else why_not(feature, *args, **kwargs)
+    return answer
+
+
 @pytest.mark.parametrize("make_opt", [lambda: nn.SGD(lr=0.5, momentum=0.9, decay=1e-3),
                                       lambda: nn.Adam(lr=0.02, decay=5e-7)])
 @pytest.mark.parametrize("batch_size", [None, 64])
@@ -75,18 +84,18 @@ def test_graph_replay_equals_eager_bit_for_bit(make_opt, batch_size, monkeypatch
     from gpunn.backends import get_backend
 
     bk = get_backend("cupy")
-    assert bk.blas.capturable, f"no capturable cuBLAS: {bk.blas.why_not}"
+    assert bk.why_not("graphs") is None, f"no capturable cuBLAS: {bk.why_not('graphs')}"
     X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
     runs = []
     for graphs in (True, False):
-        if not graphs:
-            monkeypatch.setattr(bk, "capture", lambda body: None)
         nn.set_seed(0)
         model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 3)])
         model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend="cupy")
+        if not graphs:
+            monkeypatch.setattr(model.backend, "why_not", without_graphs(model.backend.why_not))
         history = model.fit(X, y, epochs=200 if batch_size is None else 5, batch_size=batch_size,
                             seed=0, verbose=0)
-        replayed = [plan.replay is not None for plan in model._plans.values()]
+        replayed = [step.graph.replaying for step in model.steps]
         runs.append((model.get_params(), history.history, replayed))
     (p_graph, h_graph, replayed), (p_eager, h_eager, eager_replayed) = runs
     assert all(replayed) and not any(eager_replayed)
@@ -141,16 +150,17 @@ def test_epilogue_and_separate_paths_train_alike(monkeypatch):
     X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
     results = []
     for policy in ("always", "never"):
-        monkeypatch.setattr(bk, "epilogue_policy", policy)
         nn.set_seed(0)
         model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 48, init="he"),
                                nn.ReLU(), nn.Dense(48, 3)])
         # SGD with momentum: no rule that magnifies rounding, so parameters compare one by one.
         model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=0.1, momentum=0.9), backend="cupy")
+        model.backend.epilogue_policy = policy
         history = model.fit(X, y, epochs=30, batch_size=64, seed=0, verbose=0)
         results.append((model.get_params(), history["loss"]))
         if policy == "always":
-            used = {key: fused for key, fused in bk._epilogue_faster.items() if key[-1] == "always"}
+            used = {key: fused for key, fused in bk.epilogue_choice.decisions.items()
+                    if key[-1] == "always"}
             masked = {key: fused for key, fused in used.items()
                       if key[:2] == ("forward", "relu_mask") or key[0] == "dinputs"}
             assert masked and all(masked.values()), used  # RELU_AUX_BIAS and DRELU_BGRAD ran
@@ -167,34 +177,29 @@ def test_epilogue_and_separate_paths_train_alike(monkeypatch):
                                       lambda: nn.Adam(lr=0.05, decay=5e-7)])
 @pytest.mark.parametrize("dtype, batch_size", [("float32", None), ("float64", None),
                                                ("float32", 64)])
-def test_one_kernel_trainer_matches_the_planned_steps(make_opt, dtype, batch_size, monkeypatch):
-    """kernels.cu's train_small_net against the planned steps (cuBLAS + kernels), same start."""
-    from gpunn.backends import get_backend
-
-    bk = get_backend("cupy")
+def test_one_kernel_trainer_matches_the_planned_steps(make_opt, dtype, batch_size):
+    """kernels.cu's train_in_one_kernel against the planned steps (cuBLAS + kernels), same start."""
     X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
     runs = []
     for one_kernel in (False, True):
-        monkeypatch.setattr(bk, "small_net_kernel", one_kernel)
         nn.set_seed(0)
         model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 3)])
         model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend="cupy", dtype=dtype)
-        history = model.fit(X, y, epochs=50 if batch_size is None else 5, batch_size=batch_size,
-                            seed=0, verbose=0)
-        assert all(plan.small_net == one_kernel for plan in model._plans.values())
-        assert model.optimizer.iterations == (50 if batch_size is None else 25)
+        model.backend.one_kernel_trainer = one_kernel
+        epochs = 5 if batch_size else 50
+        history = model.fit(X, y, epochs=epochs, batch_size=batch_size, seed=0, verbose=0)
+        assert set(made_steps(model).values()) == {"one-kernel" if one_kernel else "planned"}
+        assert model.optimizer.iterations == (25 if batch_size else epochs)
         runs.append((model.get_params(), history["loss"], model.predict(X)))
     assert_trained_alike(runs[1], runs[0], dtype)
 
 
-def test_the_books_run_with_the_one_kernel_trainer(monkeypatch):
-    from gpunn.backends import get_backend
-
-    monkeypatch.setattr(get_backend("cupy"), "small_net_kernel", True)
+def test_the_books_run_with_the_one_kernel_trainer():
     X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
     nn.set_seed(0)
     model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
     model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05, decay=5e-7), backend="cupy")
+    model.backend.one_kernel_trainer = True
     model.fit(X, y, epochs=10_001, batch_size=None, verbose=0)
-    assert all(plan.small_net for plan in model._plans.values())
+    assert set(made_steps(model).values()) == {"one-kernel"}
     assert model.evaluate(X, y)["accuracy"] >= 0.93

@@ -1,4 +1,5 @@
-"""Real data readers, the split, plots, and the train/predict command line."""
+"""datasets.py: the nnfs toy sets, real data readers (IDX, .npz, scikit-learn's digits) and the
+split."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import numpy as np
 import pytest
 
 import gpunn as nn
-from gpunn import cli
 
-PNG = b"\x89PNG\r\n\x1a\n"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -24,6 +23,37 @@ def write_idx(path: Path, array: np.ndarray, code: int = 0x08, compress: bool = 
     data = header + array.astype(big_endian).tobytes()
     path.write_bytes(gzip.compress(data) if compress else data)
     return path
+
+
+def test_spiral_data_shapes_and_seed():
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    assert X.shape == (300, 2) and y.shape == (300,)
+    assert np.bincount(y).tolist() == [100, 100, 100]
+    X2, _ = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    assert np.array_equal(X, X2)
+    assert not np.array_equal(X, nn.datasets.spiral_data(samples=100, classes=3, seed=1)[0])
+    # the cs231n spiral: radius grows linearly from 0 to 1 along each arm
+    np.testing.assert_allclose(np.hypot(X[:100, 0], X[:100, 1]), np.linspace(0, 1, 100))
+
+
+def test_spiral_matches_the_nnfs_recipe_with_the_legacy_generator():
+    """nnfs.init() seeds NumPy's global generator with 0; seed=0 reproduces its draws."""
+    X, _ = nn.datasets.spiral_data(samples=5, classes=2, seed=0)
+    rng = np.random.RandomState(0)
+    t0 = np.linspace(0, 4, 5) + rng.randn(5) * 0.2
+    r = np.linspace(0, 1, 5)
+    np.testing.assert_allclose(X[:5], np.c_[r * np.sin(t0 * 2.5), r * np.cos(t0 * 2.5)])
+
+
+def test_vertical_and_sine_data():
+    X, y = nn.datasets.vertical_data(samples=50, classes=4, seed=0)
+    assert X.shape == (200, 2) and set(y.tolist()) == {0, 1, 2, 3}
+    np.testing.assert_allclose(X[y == 2, 0].mean(), 2 / 3, atol=0.05)
+    X, y = nn.datasets.sine_data(samples=10)
+    assert X.shape == y.shape == (10, 1)
+    np.testing.assert_allclose(y, np.sin(2 * np.pi * X))
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        nn.datasets.spiral_data(samples=0)
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -106,43 +136,3 @@ def test_digits_figure_in_the_readme(tmp_path, monkeypatch):
     accuracy = scope["result"]["accuracy"]
     assert accuracy >= 0.97
     assert round(accuracy, 3) == stated
-
-
-def test_history_and_decision_boundary_plots_are_png(tmp_path):
-    X, y = nn.datasets.spiral_data(samples=30, classes=3, seed=0)
-    nn.set_seed(0)
-    model = nn.Sequential([nn.Dense(2, 16), nn.ReLU(), nn.Dense(16, 3)])
-    model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05), backend="numpy")
-    history = model.fit(X, y, epochs=20, verbose=0, validation_data=(X, y))
-    history.plot(tmp_path / "curves.png")
-    nn.plot.decision_boundary(model, X, y, tmp_path / "boundary.png", resolution=50)
-    for name in ("curves.png", "boundary.png"):
-        assert (tmp_path / name).read_bytes()[:8] == PNG
-    with pytest.raises(ValueError, match="needs 2-D points"):
-        nn.plot.decision_boundary(model, np.ones((3, 3)), y[:3], tmp_path / "x.png")
-
-
-def test_cli_train_npz_with_save_plot_checkpoint_resume_then_predict(tmp_path, capsys):
-    X, y = nn.datasets.vertical_data(samples=60, classes=3, seed=0)
-    np.savez(tmp_path / "data.npz", X=X, y=y)
-    args = ["train", "--dataset", str(tmp_path / "data.npz"), "--hidden", "16", "--epochs", "6",
-            "--backend", "numpy", "--quiet", "--save", str(tmp_path / "m.safetensors"),
-            "--plot", str(tmp_path / "c.png"), "--checkpoint", str(tmp_path / "ck.safetensors")]
-    assert cli.main(args) == 0
-    assert capsys.readouterr().out.startswith("test accuracy ")
-    assert (tmp_path / "c.png").read_bytes()[:8] == PNG
-    assert nn.load(tmp_path / "ck.safetensors").optimizer.iterations == 6 * 5  # 144 rows / 32
-    # --resume with more epochs continues from the checkpoint
-    assert cli.main(args[:6] + ["9"] + args[7:] + ["--resume"]) == 0
-    capsys.readouterr()
-    assert nn.load(tmp_path / "ck.safetensors").optimizer.iterations == 9 * 5
-    assert cli.main(["predict", str(tmp_path / "m.safetensors"), str(tmp_path / "data.npz"),
-                     "--output", str(tmp_path / "p.npz"), "--backend", "numpy"]) == 0
-    assert "accuracy" in capsys.readouterr().err
-    with np.load(tmp_path / "p.npz") as f:
-        assert f["predictions"].shape == (180,) and f["outputs"].shape == (180, 3)
-    assert cli.main(["predict", str(tmp_path / "m.safetensors"), str(tmp_path / "data.npz"),
-                     "--backend", "numpy"]) == 0
-    assert len(capsys.readouterr().out.split()) == 180
-    assert cli.main(["predict", str(tmp_path / "nope.safetensors"), str(tmp_path / "data.npz")]) == 2
-    assert "no such model file" in capsys.readouterr().err

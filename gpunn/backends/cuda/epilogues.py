@@ -1,0 +1,74 @@
+"""Choosing, per problem, between a cuBLASLt epilogue and the separate kernels.
+
+A Dense layer's bias and ReLU can ride on its GEMM (cublaslt.py), or run as their own kernels
+after a plain GEMM. Which is faster depends on the shape, so under the "auto" policy each problem
+is timed once, the first time it comes, and the faster path kept. Both paths write the same
+outputs from the same inputs, so running each a few times to time them changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+_log = logging.getLogger("gpunn")
+
+TIMED_CALLS = 10
+
+
+class EpilogueChoice:
+    """Remembers, per problem, whether the fused call measured faster (or could not run)."""
+
+    def __init__(self, cupy: Any, available: bool) -> None:
+        self.cupy = cupy
+        self.available = available  # cuBLASLt through nvmath-python
+        #: problem key (with precision and policy) -> whether the fused call runs
+        self.decisions: dict[tuple, bool] = {}
+        self.said_failed = False
+
+    def run(self, problem: tuple, fused: Any, separate: Any, policy: str, tf32: bool) -> bool:
+        """Run ``fused`` (a cuBLASLt call that returns False where it cannot run) or
+        ``separate`` (GEMM, then kernels), as ``policy`` ("auto", "always", "never") and the
+        first measurement say; returns whether the fused one ran."""
+        if not self.available or policy == "never":
+            separate()
+            return False
+        key = problem + (tf32, policy)
+        faster = self.decisions.get(key)
+        if faster is None:
+            if self.cupy.cuda.get_current_stream().is_capturing():
+                faster = False  # nothing is timed inside a capture (the warm-up step times it)
+            elif not self._try(fused):
+                faster = self.decisions[key] = False  # no cuBLASLt algorithm for it
+            elif policy == "always":
+                faster = self.decisions[key] = True
+            else:
+                faster = self.decisions[key] = self.time(fused) < self.time(separate)
+        if faster and fused():
+            return True
+        separate()
+        return False
+
+    def _try(self, fused: Any) -> bool:
+        """The first call of an epilogue for a problem. Should cuBLASLt fail outright, training
+        goes on with the separate kernels, which do the same work; said once."""
+        try:
+            return bool(fused())
+        except Exception as exc:
+            if not self.said_failed:
+                self.said_failed = True
+                _log.warning("gpunn: a cuBLASLt epilogue failed (%s: %s); using separate kernels "
+                             "where it did", type(exc).__name__, exc)
+            return False
+
+    def time(self, fn: Any) -> float:
+        """Device milliseconds for TIMED_CALLS calls of ``fn`` after one warm-up call."""
+        cp = self.cupy
+        fn()
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        for _ in range(TIMED_CALLS):
+            fn()
+        end.record()
+        end.synchronize()
+        return cp.cuda.get_elapsed_time(start, end)

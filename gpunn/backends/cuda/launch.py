@@ -1,0 +1,142 @@
+"""Launching the kernels of kernels.cu: one method per kernel, holding its grid, block and
+argument packing, so the CuPy backend's ops are one-line dispatches.
+
+``Kernels`` takes a ``lookup(name, dtype)`` that gives a kernel called as CuPy's RawKernel is,
+``kernel(grid, block, args, shared_mem=0)``: ``compiled(cupy)`` builds kernels.cu through one
+cupy.RawModule, lazily, on first use; tests/cuda_on_cpu gives the same kernels run on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import NVRTC_OPTIONS, name_expressions, source
+
+THREADS = 256
+MAX_BLOCKS = 8192  # grid-stride loops cover the rest
+ONE_KERNEL_THREADS = 512  # kernels.cu's ONE_KERNEL_THREADS (its __launch_bounds__)
+
+
+def blocks(size: int) -> int:
+    return max(1, min((size + THREADS - 1) // THREADS, MAX_BLOCKS))
+
+
+def row_threads(k: int) -> int:
+    """Threads per row of the softmax kernel: one warp for a few classes, more for many."""
+    return 32 if k <= 64 else 128 if k <= 512 else 256
+
+
+def compiled(cupy: Any) -> Any:
+    """A lookup over kernels.cu compiled by NVRTC through one cupy.RawModule (on first use)."""
+    module: list[Any] = []
+
+    def lookup(name: str, dtype: Any = None) -> Any:
+        if not module:
+            module.append(cupy.RawModule(code=source(), options=NVRTC_OPTIONS,
+                                         name_expressions=name_expressions()))
+        if dtype is not None:
+            name = f"{name}<{'float' if np.dtype(dtype) == np.float32 else 'double'}>"
+        return module[0].get_function(name)
+
+    return lookup
+
+
+def one_kernel_bytes(rows: int, sizes: tuple[int, int, int], dtype: Any) -> int:
+    """Shared memory train_in_one_kernel needs for ``rows`` samples of Dense(n_in, hidden) ->
+    ReLU -> Dense(hidden, k), ``sizes`` = (n_in, hidden, k) (the layout is in kernels.cu)."""
+    n_in, hidden, k = sizes
+    n_params = n_in * hidden + hidden + hidden * k + k
+    elements = rows * (n_in + (hidden | 1) + k) + 4 * n_params + ONE_KERNEL_THREADS
+    return 8 * (ONE_KERNEL_THREADS + 8) + np.dtype(dtype).itemsize * elements
+
+
+class Kernels:
+    """kernels.cu's kernels with their launch shapes and argument lists."""
+
+    def __init__(self, lookup: Any, xp: Any) -> None:
+        self.lookup = lookup
+        self._no_totals = xp.zeros(2, dtype=np.float64)  # the kernel's totals when none are kept
+        self._shared_opted_in: dict[Any, int] = {}  # dtype -> dynamic shared bytes asked for
+
+    def bias_act(self, z: Any, biases: Any, relu: bool) -> Any:
+        """z = z + biases, then max(z, 0) when ``relu``; in place."""
+        n, k = z.shape
+        self.lookup("bias_act", z.dtype)((blocks(z.size),), (THREADS,),
+                                         (z, biases, np.int64(n), np.int32(k), np.int32(relu)))
+        return z
+
+    def relu_backward(self, dvalues: Any, output: Any) -> Any:
+        """dvalues = 0 where the ReLU's output was not positive; in place."""
+        self.lookup("relu_backward", dvalues.dtype)((blocks(dvalues.size),), (THREADS,),
+                                                    (dvalues, output, np.int64(dvalues.size)))
+        return dvalues
+
+    def column_sum(self, dvalues: Any, out: Any) -> Any:
+        n, k = dvalues.shape
+        self.lookup("column_sum", dvalues.dtype)(((k + 31) // 32,), (32, 8),
+                                                 (dvalues, out, np.int32(n), np.int32(k)))
+        return out
+
+    def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
+        rows, cols = out.shape
+        self.lookup("take_rows", x.dtype)((blocks(out.size),), (THREADS,),
+                                          (x, indices, out, np.int64(rows), np.int32(cols)))
+        return out
+
+    def softmax_cross_entropy(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
+                              losses: Any, totals: Any) -> Any:
+        n, k = logits.shape
+        self.lookup("softmax_cross_entropy", logits.dtype)(
+            (n,), (row_threads(k),),
+            (logits, labels, probs, probs if dlogits is None else dlogits, losses,
+             self._no_totals if totals is None else totals, np.int32(n), np.int32(k),
+             logits.dtype.type(1.0 / n), np.int32(dlogits is not None),
+             np.int32(totals is not None)))
+        return losses
+
+    def advance_schedule(self, schedule: Any) -> None:
+        self.lookup("advance_schedule")((1,), (1,), (schedule,))
+
+    def sgd_update(self, params: Any, grads: Any, momentums: Any, schedule: Any,
+                   momentum: float) -> None:
+        self.lookup("sgd_update", params.dtype)(
+            (blocks(params.size),), (THREADS,),
+            (params, grads, params if momentums is None else momentums, schedule,
+             np.float64(momentum), np.int32(momentums is not None), np.int64(params.size)))
+
+    def cache_update(self, params: Any, grads: Any, cache: Any, schedule: Any, epsilon: float,
+                     rho: float) -> None:
+        """Adagrad (rho < 0) or RMSprop."""
+        self.lookup("cache_update", params.dtype)(
+            (blocks(params.size),), (THREADS,),
+            (params, grads, cache, schedule, np.float64(epsilon), np.float64(rho),
+             np.int64(params.size)))
+
+    def adam_update(self, params: Any, grads: Any, momentums: Any, cache: Any, schedule: Any,
+                    epsilon: float, beta_1: float, beta_2: float) -> None:
+        self.lookup("adam_update", params.dtype)(
+            (blocks(params.size),), (THREADS,),
+            (params, grads, momentums, cache, schedule, np.float64(epsilon), np.float64(beta_1),
+             np.float64(beta_2), np.int64(params.size)))
+
+    def train_in_one_kernel(self, X: Any, y: Any, params: Any, grads: Any, states: list[Any],
+                            schedule: Any, totals: Any, epochs: int, rule: tuple[int, float, float],
+                            outs: dict[str, Any]) -> None:
+        rows, n_in = X.shape
+        hidden, k = outs["hidden"].shape[1], outs["logits"].shape[1]
+        nbytes = one_kernel_bytes(rows, (n_in, hidden, k), X.dtype)
+        kernel = self.lookup("train_in_one_kernel", X.dtype)
+        if self._shared_opted_in.get(X.dtype, 0) < nbytes:  # beyond 48 KiB is opted into
+            kernel.max_dynamic_shared_size_bytes = nbytes
+            self._shared_opted_in[X.dtype] = nbytes
+        code, hyper, epsilon = rule
+        state_1 = states[0] if states else params  # unused by the rules that keep no state
+        state_2 = states[1] if len(states) > 1 else params
+        kernel((1,), (ONE_KERNEL_THREADS,),
+               (X, y, np.int32(rows), np.int32(n_in), np.int32(hidden), np.int32(k), params,
+                grads, state_1, state_2, schedule, totals, np.int32(epochs), np.int32(code),
+                np.float64(hyper), np.float64(epsilon), outs["hidden"], outs["dhidden"],
+                outs["logits"], outs["probs"], outs["dlogits"], outs["losses"]),
+               shared_mem=nbytes)

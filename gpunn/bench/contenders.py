@@ -1,0 +1,181 @@
+"""The contenders: gpunn on each backend and path, the book's code ported to NumPy, PyTorch
+(eager, and with the whole step in a CUDA graph) and JAX (jit). Each makes a ``Run`` of the same
+network from the same initial weights on the same data, with SGD at the same learning rate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import SGD, Dense, ReLU, Sequential, SoftmaxCrossEntropy
+from ..training import steps
+from .workloads import LR, Workload
+
+
+@dataclass
+class Run:
+    """One contender on one workload: a training step, a wait for the device, and the loss."""
+
+    step: Callable[[], Any]
+    sync: Callable[[], Any]
+    loss: Callable[[], float]
+
+
+class Skip(Exception):
+    """A contender that cannot run here; reported as skipped with the reason."""
+
+
+def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
+    """gpunn on ``backend``; on CuPy, ``epilogues`` is the model's epilogue_policy ("never": the
+    separate kernels only, to show what the cuBLASLt epilogues add) and ``one_kernel`` its
+    one_kernel_trainer (Dense -> ReLU -> Dense only), both set before the step is planned."""
+    def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
+        layers: list = []
+        for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
+            layers += [Dense(a, b)] + ([ReLU()] if i < len(w.sizes) - 2 else [])
+        model = Sequential(layers)
+        model.set_params(params)
+        model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=backend, precision=precision)
+        bk = model.backend
+        if backend == "cupy":
+            bk.epilogue_policy, bk.one_kernel_trainer = epilogues, one_kernel
+        if one_kernel and steps.why_not(model.network, "one-kernel", len(y)):
+            raise Skip(steps.why_not(model.network, "one-kernel", len(y)))
+        step = model.prepare_step(X, y)
+        return Run(step, bk.synchronize, lambda: model.evaluate(X, y)["loss"])
+    return make
+
+
+def numpy_book_run(w: Workload, params, X, y, precision: str, device: str) -> Run:
+    """The book's code as a reader would port it: np.dot, new arrays every step."""
+    params = [p.copy() for p in params]
+    n = len(y)
+
+    def forward():
+        acts = [X]
+        for i in range(0, len(params), 2):
+            z = np.dot(acts[-1], params[i]) + params[i + 1]
+            acts.append(np.maximum(0, z) if i < len(params) - 2 else z)
+        z = acts[-1]
+        e = np.exp(z - np.max(z, axis=1, keepdims=True))
+        return acts, e / np.sum(e, axis=1, keepdims=True)
+
+    def step():
+        acts, p = forward()
+        d = p.copy()
+        d[range(n), y] -= 1
+        d = d / n
+        for i in range(len(params) - 2, -1, -2):
+            W = params[i]
+            dW, db = np.dot(acts[i // 2].T, d), np.sum(d, axis=0, keepdims=True)
+            if i > 0:
+                d = np.dot(d, W.T)
+                d[acts[i // 2] <= 0] = 0
+            params[i] = W - LR * dW
+            params[i + 1] = params[i + 1] - LR * db
+
+    def loss():
+        _, p = forward()
+        return float(np.mean(-np.log(np.clip(p[range(n), y], 1e-7, 1 - 1e-7))))
+
+    return Run(step, lambda: None, loss)
+
+
+def torch_run(graph: bool):
+    def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
+        import torch
+
+        cuda = device == "gpu"
+        if cuda and not torch.cuda.is_available():
+            raise Skip(f"this PyTorch ({torch.__version__}) has no CUDA device")
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        device = "cuda" if cuda else "cpu"
+        layers: list = []
+        for i in range(0, len(params), 2):
+            lin = torch.nn.Linear(*params[i].shape)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(params[i].T.copy()))
+                lin.bias.copy_(torch.from_numpy(params[i + 1].ravel()))
+            layers += [lin] + ([torch.nn.ReLU()] if i < len(params) - 2 else [])
+        model = torch.nn.Sequential(*layers).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        Xt, yt = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+        def step():
+            opt.zero_grad(set_to_none=not graph)
+            loss_fn(model(Xt), yt).backward()
+            opt.step()
+
+        def loss():
+            with torch.no_grad():
+                return float(loss_fn(model(Xt), yt))
+
+        if not graph:
+            return Run(step, sync, loss)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up on a side stream, as torch.cuda.graphs asks
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            step()
+        return Run(g.replay, sync, loss)
+    return make
+
+
+def jax_run(w: Workload, params, X, y, precision: str, device: str) -> Run:
+    import jax
+    import jax.numpy as jnp
+
+    if (jax.default_backend() == "gpu") != (device == "gpu"):
+        raise Skip(f"JAX runs on its default backend ({jax.default_backend()}), not {device}")
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if precision == "tf32" else "float32")
+    state = {"params": [jnp.asarray(p) for p in params]}
+    Xj, yj = jnp.asarray(X), jnp.asarray(y)
+
+    def loss_of(ps):
+        h = Xj
+        for i in range(0, len(ps), 2):
+            h = h @ ps[i] + ps[i + 1]
+            if i < len(ps) - 2:
+                h = jax.nn.relu(h)
+        return -jnp.take_along_axis(jax.nn.log_softmax(h), yj[:, None], axis=1).mean()
+
+    @jax.jit
+    def train(ps):
+        grads = jax.grad(loss_of)(ps)
+        return [p - LR * g for p, g in zip(ps, grads)]
+
+    loss_jit = jax.jit(loss_of)
+
+    def step():
+        state["params"] = train(state["params"])
+
+    return Run(step, lambda: jax.block_until_ready(state["params"]),
+               lambda: float(loss_jit(state["params"])))
+
+
+def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, tuple[str, Any]]:
+    """impl name -> (backend label, factory) for what was asked and can run on ``device``."""
+    out: dict[str, tuple[str, Any]] = {}
+    for b in backends:
+        if (b == "cupy") == (device == "gpu"):
+            out[f"gpunn-{b}"] = (b, gpunn_run(b))
+    if device == "gpu" and "cupy" in backends:
+        out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
+        out["gpunn-cupy-one-kernel"] = ("cupy", gpunn_run("cupy", one_kernel=True))
+    if device == "cpu" and "numpy-book" in peers:
+        out["numpy-book"] = ("numpy", numpy_book_run)
+    if "pytorch" in peers:
+        out["pytorch"] = ("torch", torch_run(graph=False))
+        if device == "gpu":  # PyTorch's best: the whole step in a CUDA graph
+            out["pytorch-graph"] = ("torch", torch_run(graph=True))
+    if "jax" in peers:
+        out["jax"] = ("jax", jax_run)
+    return out

@@ -1,0 +1,241 @@
+"""Measuring: every contender on every workload, interleaved repeat by repeat in one process, with
+the GEMM ceiling measured between them; and the ``gpunn bench`` command."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..backends import available, cupy_problem, get_backend
+from .book import book_run
+from .contenders import Run, Skip, contenders
+from .report import add_speedups, markdown, peer_backend, plot, row_text, speedup_text
+from .workloads import BOOK_EPOCHS, WORKLOADS, Workload, initial_params, workload_data
+
+
+def time_steps(run: Run, seconds: float, min_steps: int = 3) -> float:
+    """Mean ms per step over as many steps as fit in ``seconds`` (at least ``min_steps``)."""
+    run.step()
+    run.sync()
+    t0 = time.perf_counter()
+    k = 0
+    while True:
+        run.step()
+        k += 1
+        if k >= min_steps and k % 4 == 0:
+            run.sync()
+            elapsed = time.perf_counter() - t0
+            if elapsed > seconds:
+                return elapsed / k * 1e3
+
+
+def gemm_ceiling(device: str, precision: str, seconds: float) -> float:
+    """TFLOP/s of a large float32 GEMM on this device (2048^3 on the CPU, 8192^3 on a GPU)."""
+    if device == "cpu":
+        a = np.random.default_rng(1).standard_normal((2048, 2048)).astype(np.float32)
+        out = np.empty_like(a)
+        run = Run(lambda: np.matmul(a, a, out=out), lambda: None, lambda: 0.0)
+        return 2 * 2048**3 / (time_steps(run, seconds) / 1e3) / 1e12
+    import cupy as cp
+
+    bk = get_backend("cupy").configured(precision=precision)
+    a = cp.random.standard_normal((8192, 8192), dtype=cp.float32)
+    out = cp.empty_like(a)
+    ms = time_steps(Run(lambda: bk.gemm(a, a, out), bk.synchronize, lambda: 0.0), seconds)
+    return 2 * 8192**3 / (ms / 1e3) / 1e12
+
+
+def machine_info(device_names: dict[str, str], ceilings: dict[str, float]) -> dict[str, Any]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # a bare GPU image; gpunn's own install always has it
+        def threadpool_info() -> list[dict[str, Any]]:
+            return [{"internal_api": "unknown (threadpoolctl not installed)"}]
+
+    versions = {"gpunn": __import__("gpunn").__version__, "numpy": np.__version__}
+    for name in ("cupy", "torch", "jax"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:
+            pass
+    blas = [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer")}
+            for info in threadpool_info()]
+    return {"cpu": get_backend("numpy").device_name(), "cpu_cores": os.cpu_count() or 1,
+            "gpu": device_names.get("gpu"), "python": platform.python_version(),
+            "versions": versions, "blas": blas, "gemm_ceiling": ceilings}
+
+
+def run_suite(workloads: list[str], backends: list[str], peers: list[str], precisions: list[str],
+              repeats: int, seconds: float, check_steps: int = 3,
+              log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Measure every contender on every workload, interleaved; returns the JSON document."""
+    unknown = set(backends) - {"numpy", "cupy"}
+    if unknown:
+        raise ValueError(f"--backends: unknown backend {sorted(unknown)[0]!r}; choose from numpy, cupy")
+    devices = (["cpu"] if "numpy" in backends else []) \
+        + (["gpu"] if "cupy" in backends and "cupy" in available() else [])
+    suite = Suite(backends, peers, repeats, seconds, check_steps, log)
+    if "cupy" in backends and "gpu" not in devices:
+        suite.skip("gpunn-cupy", "*", str(cupy_problem()))
+    device_names = {"cpu": get_backend("numpy").device_name()}
+    if "gpu" in devices:
+        device_names["gpu"] = get_backend("cupy").device_name()
+    for name in workloads:
+        for device in devices:
+            if name == "book":
+                suite.book(device)
+            elif WORKLOADS[name].gpu_only and device == "cpu":
+                suite.skip("*", name, "large runs only on a GPU")
+            else:
+                for precision in precisions:
+                    if precision == "fp32" or device == "gpu":  # tf32 is a GPU precision
+                        suite.workload(name, device, precision)
+    return {"machine": machine_info(device_names, suite.ceilings), "results": suite.results,
+            "skipped": suite.skipped}
+
+
+class Suite:
+    """What ``run_suite`` gathers: result rows, skipped contenders, GEMM ceilings."""
+
+    def __init__(self, backends: list[str], peers: list[str], repeats: int, seconds: float,
+                 check_steps: int, log: Callable[[str], Any]) -> None:
+        self.backends, self.peers, self.repeats, self.seconds = backends, peers, repeats, seconds
+        self.check_steps, self.log = check_steps, log
+        self.results: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.ceilings: dict[str, float] = {}
+
+    def skip(self, impl: str, workload: str, reason: str) -> None:
+        entry = {"impl": impl, "workload": workload, "reason": reason}
+        if entry not in self.skipped:  # fp32 and tf32 skip for the same reason
+            self.skipped.append(entry)
+
+    def book(self, device: str) -> None:
+        """The book's whole run for every contender that has a version of it."""
+        rows = []
+        for impl in contenders(self.backends, self.peers, device):
+            if impl in ("numpy-book", "gpunn-cupy-separate"):  # per step only
+                continue
+            try:
+                seconds_taken = book_run(impl, device)
+            except Skip as why:
+                self.skip(impl, "book", str(why))
+                continue
+            except ImportError as exc:
+                self.skip(impl, "book", f"not importable: {exc}")
+                continue
+            rows.append({
+                "workload": "book", "impl": impl,
+                "backend": impl.split("-")[1] if impl.startswith("gpunn-") else peer_backend(impl),
+                "precision": "fp32", "device": device, "step_ms": seconds_taken * 1e3,
+                "step_ms_spread": 0.0, "samples_per_s": BOOK_EPOCHS * 300 / seconds_taken,
+                "tflops": None, "ceiling_fraction": None, "final_loss": None})
+        add_speedups(rows)
+        for row in rows:
+            self.log(f"book    {device} {row['impl']:19s} {row['step_ms'] / 1e3:8.3f} s for "
+                     f"{BOOK_EPOCHS} epochs" + speedup_text(row))
+        self.results += rows
+
+    def workload(self, name: str, device: str, precision: str) -> None:
+        """Every contender's step time on one workload, interleaved repeat by repeat."""
+        w = WORKLOADS[name]
+        runs = self._runs(name, w, device, precision)
+        key = f"{device}-{precision}"
+        times: dict[str, list[float]] = {impl: [] for impl in runs}
+        ceiling_samples = []
+        for _ in range(self.repeats):
+            ceiling_samples.append(gemm_ceiling(device, precision, self.seconds / 2))
+            for impl, (_, run, _) in runs.items():
+                times[impl].append(time_steps(run, self.seconds))
+        self.ceilings[key] = ceiling = statistics.median(ceiling_samples) if ceiling_samples else 0.0
+        rows = []
+        for impl, (backend, _, final_loss) in runs.items():
+            ms = statistics.median(times[impl])
+            tflops = w.flops / (ms / 1e3) / 1e12
+            rows.append({"workload": name, "impl": impl, "backend": backend,
+                         "precision": precision, "device": device, "step_ms": ms,
+                         "step_ms_spread": max(times[impl]) - min(times[impl]),
+                         "samples_per_s": w.batch / (ms / 1e3), "tflops": tflops,
+                         "ceiling_fraction": tflops / ceiling if ceiling else None,
+                         "final_loss": final_loss})
+        add_speedups(rows)
+        for row in rows:
+            self.log(row_text(row))
+        self.results += rows
+
+    def _runs(self, name: str, w: Workload, device: str,
+              precision: str) -> dict[str, tuple[str, Run, float]]:
+        """impl -> (backend, run, loss after the same few steps) for those that can run."""
+        X, y = workload_data(w)
+        params = initial_params(w.sizes)
+        runs = {}
+        for impl, (backend, make) in contenders(self.backends, self.peers, device).items():
+            try:
+                run = make(w, params, X, y, precision, device)
+                for _ in range(self.check_steps):  # the same steps for everyone, then the loss
+                    run.step()
+                run.sync()
+                runs[impl] = (backend, run, run.loss())
+            except Skip as why:
+                self.skip(impl, name, str(why))
+            except ImportError as exc:
+                self.skip(impl, name, f"not importable: {exc}")
+        return runs
+
+
+def _importable(name: str) -> bool:
+    try:
+        return sys.modules.get(name, True) is not None and importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def main(args: Any) -> int:
+    """The ``gpunn bench`` command (arguments parsed by gpunn.cli)."""
+    backends = args.backends.split(",") if args.backends else available()
+    peers = args.peers.split(",") if args.peers else ["pytorch", "jax", "numpy-book"]
+    workloads = args.workloads.split(",")
+    for w in workloads:
+        if w not in WORKLOADS and w != "book":
+            raise ValueError(f"--workloads: unknown workload {w!r}; choose from "
+                             f"{', '.join(list(WORKLOADS) + ['book'])}")
+    repeats = args.repeats or (3 if args.quick else 7)
+    seconds = 0.25 if args.quick else 0.6
+    limits = None
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(args.threads)
+    torch_threads = None
+    if args.threads and "torch" in sys.modules or (args.threads and _importable("torch")):
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+    try:
+        doc = run_suite(workloads, backends, peers, args.precision.split(","), repeats, seconds)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+        if torch_threads is not None:
+            sys.modules["torch"].set_num_threads(torch_threads)
+    for s in doc["skipped"]:
+        print(f"skipped: {s['impl']} ({s.get('workload', '')}): {s['reason']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(doc))
+    if args.plot:
+        plot(doc, args.plot)
+    return 0

@@ -1,0 +1,60 @@
+"""Warm up, capture, replay: any callable's device work recorded once as a CUDA graph and replayed
+after, the way tinygrad's TinyJit wraps a function. It knows nothing of models.
+
+The first call runs the body as it is (kernels compile, buffers are allocated); then the body is
+captured, and each later call replays the record, one launch instead of dozens. Where the backend
+has no graphs, or the capture fails (said once per process), the body keeps running as it is,
+with the same kernels, so the numbers are the same either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+_log = logging.getLogger("gpunn")
+
+
+class Graph:
+    """``body`` on ``backend``: run once, then recorded and replayed. ``keep`` gives what the
+    record must hold on to when it is made: the buffers it writes, whatever their owners do
+    later, so that their memory is never handed to anything else."""
+
+    #: Whether a failed capture was reported yet (once per process is enough).
+    said_capture_failed = False
+
+    def __init__(self, body: Callable[[], Any], backend: Any,
+                 keep: Callable[[], Any] = lambda: None) -> None:
+        self.body, self.backend, self.keep = body, backend, keep
+        self.warmed_up = False
+        self.replay: Callable[[], Any] | None = None
+        self.held: Any = None
+
+    @property
+    def replaying(self) -> bool:
+        """Whether calls replay a record (False before the first call, or without graphs)."""
+        return self.replay is not None
+
+    def __call__(self) -> None:
+        if self.replay is not None:
+            self.replay()
+            return
+        self.body()
+        if not self.warmed_up:
+            self.warmed_up = True
+            self.replay = self._capture()
+            if self.replay is not None:
+                self.held = self.keep()
+
+    def _capture(self) -> Callable[[], Any] | None:
+        if self.backend.why_not("graphs") is not None:
+            return None
+        try:
+            return self.backend.capture(self.body)
+        except Exception as exc:  # a capture that fails leaves the body as it is, which is right
+            if not Graph.said_capture_failed:
+                Graph.said_capture_failed = True
+                _log.warning("gpunn: could not capture the training step as a CUDA graph "
+                             "(%s: %s); running it eagerly", type(exc).__name__, exc)
+            return None

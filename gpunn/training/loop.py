@@ -1,0 +1,148 @@
+"""fit's loop: epochs over the data through the network's steps, the rollback of a diverged
+epoch, Ctrl-C, and the callbacks that record and tell (callbacks.py).
+
+A launch is one epoch, or for full-batch training many (EPOCHS_PER_LAUNCH recorded in one graph
+when planned); the host reads the epoch metrics once per launch. Before each launch the network's
+state and the random generators are kept, so a diverged epoch or Ctrl-C puts the model back as it
+was after the last finished epoch, never halfway.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..layers import Dropout
+from ..network import Network
+from .batches import epoch_batches
+from .callbacks import Callback, History
+from .steps import EPOCHS_PER_LAUNCH, Steps
+
+#: About how long an eager launch of full-batch epochs may take (they grow to it, up to
+#: EPOCHS_PER_LAUNCH, and shrink past it).
+LAUNCH_SECONDS = 0.05
+
+
+class Loop:
+    """One call of fit: ``epochs`` epochs in all (``done`` of them already) over prepared data."""
+
+    def __init__(self, network: Network, steps: Steps, X: Any, y: Any, epochs: int,
+                 batch_size: int, shuffle: bool, rng: np.random.Generator, history: History,
+                 callbacks: Sequence[Callback] = (), validation: tuple[Any, Any] | None = None,
+                 done: int = 0) -> None:
+        self.network, self.steps, self.X, self.y = network, steps, X, y
+        self.epochs, self.batch_size, self.shuffle, self.rng = epochs, batch_size, shuffle, rng
+        self.history, self.validation, self.done = history, validation, done
+        self.callbacks = [history, *callbacks]
+        self.dropouts = [layer for layer in network.layers if isinstance(layer, Dropout)]
+
+    # ---- where training stands ---------------------------------------------------------------
+
+    def generators(self) -> dict[str, Any]:
+        """The states of the shuffling generator and of each Dropout layer's."""
+        return {"rng": self.rng.bit_generator.state,
+                "dropout_rngs": [layer.rng.bit_generator.state for layer in self.dropouts]}
+
+    def training_state(self) -> dict[str, Any]:
+        """Where training stands, for a checkpoint: taken at an epoch boundary."""
+        return {"epoch": self.done, **self.generators(), "history": self.history.history,
+                "history_epochs": self.history.epoch}
+
+    def set_generators(self, state: dict[str, Any]) -> None:
+        """The shuffling and dropout generators back as ``state`` recorded them."""
+        self.rng.bit_generator.state = state["rng"]
+        for layer, saved in zip(self.dropouts, state["dropout_rngs"]):
+            layer.rng.bit_generator.state = saved
+
+    def resume(self, state: dict[str, Any], training: dict[str, Any]) -> None:
+        """Continue from a checkpoint's network state and training state (both checked)."""
+        self.network.load_state_dict(state)
+        self.done = int(training["epoch"])
+        self.set_generators(training)
+        self.history.history.update({k: list(v) for k, v in training["history"].items()
+                                     if k in self.history.history})
+        self.history.epoch = list(training["history_epochs"])
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def run(self) -> History:
+        """Train until ``epochs`` epochs are done; the History of their metrics."""
+        # Full-batch epochs run many per launch, their metrics read at once: EPOCHS_PER_LAUNCH
+        # recorded in one graph when planned; eagerly, as many as take about LAUNCH_SECONDS (so
+        # the bar moves and Ctrl-C loses little). One at a time with validation data (the model
+        # is evaluated after every epoch) or L1/L2 penalties (added from each epoch's parameters).
+        many = self.batch_size >= self.X.shape[0] and self.validation is None \
+            and not self.network.regularized
+        fixed = self.steps.planned
+        per_launch = EPOCHS_PER_LAUNCH if many and fixed else 1
+        limit = min([EPOCHS_PER_LAUNCH if many else 1]
+                    + [cb.epochs_per_launch for cb in self.callbacks if cb.epochs_per_launch])
+        self.network.loss.fit_begin(self.y)
+        try:
+            while self.done < self.epochs:
+                count = min(per_launch, limit, self.epochs - self.done)
+                started = time.perf_counter()
+                self._launch(count)
+                if many and not fixed:
+                    quick = time.perf_counter() - started < LAUNCH_SECONDS
+                    per_launch = min(2 * count, limit) if quick else max(1, count // 2)
+        finally:
+            self.network.loss.fit_end()
+            for cb in self.callbacks:
+                cb.on_train_end(self)
+        return self.history
+
+    def _launch(self, count: int) -> None:
+        state, generators = self.network.state_dict(host=False), self.generators()
+        try:
+            results = self.run_epochs(count, on_batch=True)
+        except KeyboardInterrupt:  # back to the last finished epoch, then say so and stop
+            self._rewind(state, generators)
+            for cb in self.callbacks:
+                cb.on_interrupt(self)
+            raise
+        n, reg = self.X.shape[0], self.network.regularization_loss()
+        for i, (loss_sum, correct) in enumerate(results):
+            epoch = self.done + i + 1
+            loss = loss_sum / n + reg
+            if not math.isfinite(loss):
+                self._rewind(state, generators, epochs=i)
+                raise FloatingPointError(
+                    f"training diverged: the loss became {loss} at epoch {epoch}; the "
+                    f"parameters are back as they were before that epoch (try a lower lr)")
+            logs = {"loss": loss, "accuracy": correct / n}
+            if self.validation is not None:
+                val = self.network.evaluate(*self.validation)
+                logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, logs)
+        self.done += count
+        for cb in self.callbacks:
+            cb.on_launch_end(self)
+
+    def _rewind(self, state: dict[str, Any], generators: dict[str, Any], epochs: int = 0) -> None:
+        """The network and generators as they were before the launch, then ``epochs`` epochs
+        run again (the good ones of a multi-epoch launch)."""
+        self.network.load_state_dict(state)
+        self.set_generators(generators)
+        for _ in range(epochs):
+            self.run_epochs(1)
+
+    def run_epochs(self, count: int, on_batch: bool = False) -> list[tuple[float, float]]:
+        """``count`` epochs (several only for a full batch) through the steps; each epoch's
+        (loss sum, correct count), read from the device at once."""
+        steps, bk = self.steps, self.network.backend
+        steps.totals.fill(0)
+        for batch in epoch_batches(self.X.shape[0], self.batch_size, self.shuffle, self.rng, bk):
+            step = steps.get(batch.rows, count)
+            step.load(self.X, self.y, batch.start, batch.stop, batch.order)
+            step.run()
+            if on_batch:
+                for cb in self.callbacks:
+                    cb.on_batch_end(self)
+        totals = bk.to_numpy(steps.totals[:count])  # the one wait for the device
+        return [(float(loss), float(correct)) for loss, correct in totals]

@@ -1,0 +1,100 @@
+"""cuda/epilogues.py: how the CuPy backend picks, per problem, between a cuBLASLt epilogue and
+the separate kernels (policy, "no algorithm", timing, capture), with the GPU calls replaced by
+stand-ins. (How the layers use masks: tests/test_network.py; the epilogues themselves:
+test_cublaslt.py on the CPU, test_kernels.py on a GPU.)"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+import gpunn as nn
+from gpunn.backends.cuda.epilogues import EpilogueChoice
+
+
+def choice(capturing=False, available=True):
+    stream = types.SimpleNamespace(is_capturing=lambda: capturing)
+    cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(get_current_stream=lambda: stream))
+    return EpilogueChoice(cupy, available)
+
+
+class Calls:
+    def __init__(self, fused_ok=True):
+        self.log, self.fused_ok = [], fused_ok
+
+    def fused(self):
+        self.log.append("fused")
+        return self.fused_ok
+
+    def separate(self):
+        self.log.append("separate")
+
+
+@pytest.mark.parametrize("policy, available", [("never", True), ("auto", False)])
+def test_separate_when_told_or_without_cublaslt(policy, available):
+    c, calls = choice(available=available), Calls()
+    assert not c.run(("p",), calls.fused, calls.separate, policy, False)
+    assert calls.log == ["separate"]
+
+
+def test_no_algorithm_is_remembered():
+    c, calls = choice(), Calls(fused_ok=False)
+    for _ in range(3):
+        assert not c.run(("p",), calls.fused, calls.separate, "auto", False)
+    assert calls.log == ["fused", "separate", "separate", "separate"]
+
+
+@pytest.mark.parametrize("fused_ms, expect", [(1.0, True), (3.0, False)])
+def test_auto_keeps_whichever_measured_faster(fused_ms, expect):
+    c, calls = choice(), Calls()
+    c.time = lambda fn: fused_ms if fn == calls.fused else 2.0
+    for _ in range(2):
+        assert c.run(("p",), calls.fused, calls.separate, "auto", False) is expect
+    assert calls.log[0] == "fused"  # tried once for support, then the chosen one each time
+    assert calls.log[1:] == ["fused" if expect else "separate"] * 2
+    assert c.decisions == {("p", False, "auto"): expect}
+
+
+def test_always_skips_timing():
+    c, calls = choice(), Calls()
+    c.time = lambda fn: pytest.fail("timed under 'always'")
+    assert c.run(("p",), calls.fused, calls.separate, "always", False)
+
+
+def test_nothing_is_timed_inside_a_capture():
+    c, calls = choice(capturing=True), Calls()
+    c.time = lambda fn: pytest.fail("timed during a capture")
+    assert not c.run(("p",), calls.fused, calls.separate, "auto", False)
+    assert calls.log == ["separate"] and c.decisions == {}
+
+
+def test_a_failing_epilogue_falls_back_and_says_so_once(caplog):
+    c, calls = choice(), Calls()
+
+    def broken():
+        calls.log.append("fused")
+        raise RuntimeError("CUBLAS_STATUS_INVALID_VALUE")
+
+    with caplog.at_level("WARNING", logger="gpunn"):
+        for problem in ("p", "q"):
+            assert not c.run((problem,), broken, calls.separate, "auto", False)
+    assert calls.log == ["fused", "separate"] * 2
+    assert [r.getMessage() for r in caplog.records if "cuBLASLt" in r.getMessage()] == [
+        "gpunn: a cuBLASLt epilogue failed (RuntimeError: CUBLAS_STATUS_INVALID_VALUE); using "
+        "separate kernels where it did"]
+
+
+def test_policy_is_a_models_own_option_and_is_checked():
+    models = []
+    for _ in range(2):
+        model = nn.Sequential([nn.Dense(2, 3)])
+        models.append(model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="numpy"))
+    with pytest.raises(ValueError, match="epilogue_policy must be one of 'auto', 'always', "
+                                         "'never'; got 'Never'"):
+        models[0].backend.epilogue_policy = "Never"
+    models[0].backend.epilogue_policy = "never"
+    assert (models[0].backend.epilogue_policy, models[1].backend.epilogue_policy) == ("never", "auto")
+    assert nn.backends.get_backend("numpy").epilogue_policy == "auto"
+    assert np.array_equal(models[0].get_params()[0], models[0].dense_layers[0].weights)

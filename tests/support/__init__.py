@@ -1,0 +1,13 @@
+"""Documented helpers for the tests (``from support.backends import ...``):
+
+- ``support.backends``: NumPy backends that take the paths the plain NumPy backend does not, so the
+  planning, graph and one-kernel logic runs on the CPU and is tied to the plain path there:
+  ``PlanningNumpy`` (planned steps), ``RecordingNumpy`` (planned steps with stand-in graphs that
+  count captures and replays), ``OneKernelNumpy`` (a NumPy port of the one-kernel trainer),
+  ``MaskingNumpy`` (ReLU masks kept as packed bits, as cuBLASLt keeps them).
+- ``support.cuda``: ``DeviceLike`` (a NumPy array dressed as a CuPy one) and ``column_major``, for
+  the cuBLAS and cuBLASLt wrappers' stand-in tests.
+- ``support.gradients``: ``numerical_grad`` (central differences) and ``assert_close``.
+- ``support.training``: ``OPTIMIZERS``, the optimizer settings the training tests run through,
+  ``made_steps(model)``, what the model's steps did, and ``interrupt_at``, a Ctrl-C mid-training.
+"""

@@ -1,0 +1,28 @@
+"""Optimizer settings the training tests share, and a public view of a model's steps."""
+
+from __future__ import annotations
+
+import gpunn as nn
+
+#: Every rule with decay (and momentum), at learning rates that train the spiral in a few epochs.
+OPTIMIZERS = [lambda: nn.SGD(lr=0.5, decay=1e-3, momentum=0.9), lambda: nn.Adagrad(lr=0.3, decay=1e-3),
+              lambda: nn.RMSprop(lr=0.01, decay=1e-3), lambda: nn.Adam(lr=0.02, decay=5e-7)]
+
+
+def made_steps(model) -> dict[tuple[int, int], str]:
+    """(rows, steps) -> path ("eager", "planned", "one-kernel") of each step the model made."""
+    return {(step.rows, step.steps): step.path for step in model.steps}
+
+
+def interrupt_at(monkeypatch, model, step: int) -> None:
+    """Ctrl-C in the middle of training: the model's ``step``-th optimizer step (counting from 1)
+    raises KeyboardInterrupt instead of running."""
+    real_step, calls = model.network.step, []
+
+    def stepping(xb, yb):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return real_step(xb, yb)
+
+    monkeypatch.setattr(model.network, "step", stepping)

@@ -1,0 +1,67 @@
+"""Layers' analytic gradients against central differences, in float64, on every available
+backend; dropout's mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support.gradients import assert_close, numerical_grad, to_host
+
+import gpunn as nn
+
+
+def check_layer(layer, bk, x: np.ndarray, rng):
+    """d/dx of sum(layer(x) * R) for a fixed random R, and of the layer's parameters."""
+    layer.set_backend(bk)
+    if isinstance(layer, nn.Dense):
+        layer.weights = bk.asarray(layer.weights)
+        layer.biases = bk.asarray(layer.biases)
+    out = layer.forward(bk.asarray(x), training=True)
+    R = rng.standard_normal(out.shape)
+    Rd = bk.asarray(R)
+
+    def f():
+        value = float(to_host(layer.forward(bk.asarray(x), training=True)).ravel() @ R.ravel())
+        if isinstance(layer, nn.Dense):  # backward adds the L1/L2 penalty's gradient
+            value += float(layer.regularization_loss())
+        return value
+
+    layer.forward(bk.asarray(x), training=True)
+    dinputs = to_host(layer.backward(Rd)).copy()
+    assert_close(dinputs, numerical_grad(f, x), f"{layer!r} dinputs")
+    if isinstance(layer, nn.Dense):
+        dweights, dbiases = to_host(layer.dweights).copy(), to_host(layer.dbiases).copy()
+        for name, analytic in (("weights", dweights), ("biases", dbiases)):
+            host = to_host(getattr(layer, name)).copy()
+
+            def g(name=name, host=host):
+                setattr(layer, name, bk.asarray(host))
+                return f()
+
+            assert_close(analytic, numerical_grad(g, host), f"{layer!r} d{name}")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Dense(5, 4, init="he", seed=0),
+    lambda: nn.Dense(5, 4, init="glorot", seed=0, weight_regularizer_l1=0.01,
+                     weight_regularizer_l2=0.02, bias_regularizer_l1=0.03, bias_regularizer_l2=0.04),
+    nn.ReLU, nn.Softmax, nn.Sigmoid, nn.Linear,
+], ids=["dense", "dense-regularized", "relu", "softmax", "sigmoid", "linear"])
+def test_layer_gradients(make, bk, rng):
+    layer = make()
+    check_layer(layer, bk, rng.standard_normal((6, 5)), rng)
+
+
+def test_dropout_gradient_with_fixed_mask(bk, rng):
+    layer = nn.Dropout(0.3)
+    layer.set_backend(bk)
+    x = rng.standard_normal((6, 5))
+    out = layer.forward(bk.asarray(x), training=True)
+    mask = to_host(layer.mask)
+    assert np.allclose(to_host(out), x * mask)
+    kept = mask != 0
+    assert np.allclose(mask[kept], 1 / 0.7) and 0 < kept.mean() < 1
+    R = rng.standard_normal(x.shape)
+    assert np.allclose(to_host(layer.backward(bk.asarray(R))), R * mask)
+    # Not training: the identity
+    assert np.array_equal(to_host(layer.forward(bk.asarray(x), training=False)), x)

@@ -1,0 +1,94 @@
+"""training/graph.py: warm-up, capture, replay over any callable; and the planned steps on it."""
+
+from __future__ import annotations
+
+import numpy as np
+from support.backends import PlanningNumpy, RecordingNumpy
+from support.training import OPTIMIZERS
+
+import gpunn as nn
+from gpunn.training.graph import Graph
+
+
+class Device:
+    """A backend stand-in: graphs when ``reason`` is None, and a capture that may fail."""
+
+    def __init__(self, reason=None, fail=False):
+        self.reason, self.fail, self.captures = reason, fail, 0
+
+    def why_not(self, feature):
+        assert feature == "graphs"
+        return self.reason
+
+    def capture(self, body):
+        self.captures += 1
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return lambda: calls.append("replay")
+
+
+calls: list[str] = []
+
+
+def test_first_call_warms_up_then_replays():
+    calls.clear()
+    device = Device()
+    graph = Graph(lambda: calls.append("body"), device, keep=lambda: "held")
+    assert not graph.replaying
+    for _ in range(3):
+        graph()
+    assert calls == ["body", "replay", "replay"] and device.captures == 1
+    assert graph.replaying and graph.held == "held"
+
+
+def test_without_graphs_the_body_runs_each_time_silently(caplog):
+    calls.clear()
+    device = Device(reason="no device graphs here")
+    graph = Graph(lambda: calls.append("body"), device)
+    for _ in range(3):
+        graph()
+    assert calls == ["body"] * 3 and device.captures == 0 and not graph.replaying
+    assert not caplog.records
+
+
+def test_a_failed_capture_runs_eagerly_and_says_so_once(monkeypatch, caplog):
+    monkeypatch.setattr(Graph, "said_capture_failed", False)
+    calls.clear()
+    graphs = [Graph(lambda: calls.append("body"), Device(fail=True)) for _ in range(2)]
+    with caplog.at_level("WARNING", logger="gpunn"):
+        for graph in graphs * 2:
+            graph()
+    assert calls == ["body"] * 4 and not any(g.replaying for g in graphs)
+    warnings = [r.getMessage() for r in caplog.records if "could not capture" in r.getMessage()]
+    assert warnings == ["gpunn: could not capture the training step as a CUDA graph "
+                        "(RuntimeError: operation not permitted when stream is capturing); "
+                        "running it eagerly"]
+
+
+def spiral_model(backend):
+    model = nn.Sequential([nn.Dense(2, 16, init="he", seed=1), nn.ReLU(), nn.Dense(16, 3, seed=3)])
+    return model.compile(nn.SoftmaxCrossEntropy(), OPTIMIZERS[0](), backend=backend)
+
+
+def test_planned_steps_record_once_then_replay_as_eager_would():
+    """First fit: one 10-step launch, warm-up then recorded; the second fit replays the record."""
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    recording = RecordingNumpy()
+    model, reference = spiral_model(recording), spiral_model("numpy")
+    for _ in range(2):
+        model.fit(X, y, epochs=10, batch_size=None, verbose=0)
+        reference.fit(X, y, epochs=10, batch_size=None, verbose=0)
+    assert len(recording.recorded) == 1 and len(recording.replays) == 1
+    for a, b in zip(reference.get_params(), model.get_params()):
+        assert np.array_equal(a, b)
+    # the record holds the buffers it writes to, whatever the layers' caches do later
+    [step] = model.steps
+    held = {id(buf) for part in step.graph.held for buf in part}
+    assert id(model.layers[0].output) in held and id(model.loss.dinputs) in held
+
+
+def test_planned_steps_without_graphs_are_not_recorded():
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    model = spiral_model(PlanningNumpy())
+    model.fit(X, y, epochs=3, batch_size=16, verbose=0, seed=0)
+    assert len(model.steps) == 2 and not any(step.graph.replaying for step in model.steps)
