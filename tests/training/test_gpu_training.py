@@ -18,10 +18,13 @@ def assert_trained_alike(got, want, dtype):
     """got, want: (parameters, per-epoch losses, predictions) of two runs from the same start
     that sum in different orders (cuBLAS vs OpenBLAS, kernels vs NumPy). float64: parameter by
     parameter. float32: Adagrad and Adam turn rounding-level differences in a near-zero gradient
-    into whole learning-rate steps, so single parameters may part while the training does not;
-    float32 runs are compared by losses, predictions and each parameter array's norm. (Measured on
-    the CPU with GEMMs rounded differently by one ulp, after 50 epochs of Adam lr 0.05 on the
-    spiral: parameter arrays 1.4% apart in norm, probabilities 0.004, losses within 1e-3.)"""
+    into whole learning-rate steps, so single parameters part while the training does not, and
+    the runs drift apart slowly: measured (H100 and H200, 2026-11-27), the one-kernel trainer
+    against the planned steps on the spiral agreed to 5e-6 in loss for 30 full-batch epochs, then
+    drifted to 3.2e-3 by epoch 45 with Adagrad lr 0.3 (probabilities 0.022 apart by epoch 50) and
+    1.7e-3 with Adam lr 0.05 (its 3-value output bias 4% apart in norm). float32 runs are
+    therefore kept short (CHAOS_FREE_EPOCHS) and compared by losses (the first 10 epochs tightly:
+    a wrong rule shows there), predictions and the norm of all parameters together."""
     (p_got, l_got, q_got), (p_want, l_want, q_want) = got, want
     if dtype == "float64":
         for a, b in zip(p_got, p_want):
@@ -29,10 +32,15 @@ def assert_trained_alike(got, want, dtype):
         np.testing.assert_allclose(l_got, l_want, rtol=1e-9)
         np.testing.assert_allclose(q_got, q_want, rtol=1e-7, atol=1e-9)
         return
-    np.testing.assert_allclose(l_got, l_want, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(l_got[:10], l_want[:10], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(l_got, l_want, rtol=1e-2, atol=1e-5)
     np.testing.assert_allclose(q_got, q_want, atol=2e-2)
-    for a, b in zip(p_got, p_want):
-        assert np.linalg.norm(a - b) <= 3e-2 * np.linalg.norm(b)
+    flat_got, flat_want = (np.concatenate([p.ravel() for p in ps]) for ps in (p_got, p_want))
+    assert np.linalg.norm(flat_got - flat_want) <= 3e-2 * np.linalg.norm(flat_want)
+
+
+#: Full-batch float32 epochs over which two summation orders still train alike (see above).
+CHAOS_FREE_EPOCHS = 25
 
 
 @pytest.mark.parametrize("make_opt", [lambda: nn.SGD(lr=0.1, momentum=0.9, decay=1e-3),
@@ -186,7 +194,7 @@ def test_one_kernel_trainer_matches_the_planned_steps(make_opt, dtype, batch_siz
         model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 3)])
         model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend="cupy", dtype=dtype)
         model.backend.one_kernel_trainer = one_kernel
-        epochs = 5 if batch_size else 50
+        epochs = 5 if batch_size else CHAOS_FREE_EPOCHS if dtype == "float32" else 50
         history = model.fit(X, y, epochs=epochs, batch_size=batch_size, seed=0, verbose=0)
         assert set(made_steps(model).values()) == {"one-kernel" if one_kernel else "planned"}
         assert model.optimizer.iterations == (25 if batch_size else epochs)
