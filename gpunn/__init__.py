@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import logging
 
-from . import backends, datasets, io, plot
+from . import backends, datasets, io, metrics, plot
+from .backends import use
 from .layers import Dense, Dropout, Layer, Linear, ReLU, Sigmoid, Softmax, set_seed
-from .losses import BinaryCrossEntropy, CategoricalCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
+from .losses import (
+    BinaryCrossEntropy,
+    CategoricalCrossEntropy,
+    Loss,
+    MeanAbsoluteError,
+    MeanSquaredError,
+    SoftmaxCrossEntropy,
+)
+from .metrics import Accuracy, CategoricalAccuracy, RegressionAccuracy
 from .model import Sequential, load
 from .optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
 from .training.callbacks import History
@@ -14,10 +23,11 @@ from .training.callbacks import History
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adagrad", "Adam", "BinaryCrossEntropy", "CategoricalCrossEntropy", "Dense", "Dropout",
-    "History", "Layer", "Linear", "Loss", "MeanSquaredError", "Optimizer", "ReLU", "RMSprop",
-    "SGD", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "backends", "datasets",
-    "io", "load", "plot", "set_seed",
+    "Accuracy", "Adagrad", "Adam", "BinaryCrossEntropy", "CategoricalAccuracy",
+    "CategoricalCrossEntropy", "Dense", "Dropout", "History", "Layer", "Linear", "Loss",
+    "MeanAbsoluteError", "MeanSquaredError", "Optimizer", "ReLU", "RMSprop", "RegressionAccuracy",
+    "SGD", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "backends", "datasets", "io",
+    "load", "metrics", "plot", "set_seed", "use",
 ]
 
 # One line says which backend "auto" chose. It goes to stderr unless the application has set up

@@ -2,7 +2,8 @@
 readers for real data (scikit-learn's digits, MNIST-format IDX files, your own .npz).
 
 With ``seed=0`` the numbers equal nnfs's after ``nnfs.init()`` (which seeds NumPy's global
-generator with 0), because the same legacy generator draws them in the same order.
+generator with 0), because the same legacy generator draws them in the same order; ``rng=np.random``
+draws from NumPy's global generator itself, as nnfs does (gpunn.book's data functions).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 from .checks import whole_number
 
 
-def _rng(seed: int | None) -> np.random.RandomState:
+def _rng(seed: int | None, rng: Any = None) -> Any:
+    if rng is not None:
+        return rng
     if seed is not None:
         whole_number(seed, "seed", 0)
     return np.random.RandomState(seed)
@@ -31,11 +34,13 @@ def _blank(samples: int, classes: int) -> tuple[int, int, np.ndarray, np.ndarray
     return samples, classes, np.zeros((samples * classes, 2)), np.zeros(samples * classes, dtype="uint8")
 
 
-def spiral_data(samples: int = 100, classes: int = 3, seed: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """``classes`` interleaved spiral arms of ``samples`` points each: X (n, 2), y (n,)."""
+def spiral_data(samples: int = 100, classes: int = 3, seed: int | None = None,
+                rng: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``classes`` interleaved spiral arms of ``samples`` points each: X (n, 2), y (n,). The
+    noise comes from ``rng`` (anything with ``randn``, e.g. ``np.random``) or a generator
+    seeded with ``seed``."""
     samples, classes, X, y = _blank(samples, classes)
-    rng = _rng(seed)
+    rng = _rng(seed, rng)
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
         r = np.linspace(0.0, 1, samples)  # radius
@@ -46,11 +51,12 @@ def spiral_data(samples: int = 100, classes: int = 3, seed: int | None = None
     return X, y
 
 
-def vertical_data(samples: int = 100, classes: int = 3, seed: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``classes`` vertical Gaussian blobs side by side: X (n, 2), y (n,)."""
+def vertical_data(samples: int = 100, classes: int = 3, seed: int | None = None,
+                  rng: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``classes`` vertical Gaussian blobs side by side: X (n, 2), y (n,) (``rng`` and ``seed``
+    as for ``spiral_data``)."""
     samples, classes, X, y = _blank(samples, classes)
-    rng = _rng(seed)
+    rng = _rng(seed, rng)
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
         X[ix] = np.c_[rng.randn(samples) * 0.1 + class_number / 3,

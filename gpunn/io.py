@@ -25,7 +25,8 @@ VERSION = 1
 LAYERS = {cls.__name__: cls for cls in (_layers.Dense, _layers.ReLU, _layers.Softmax,
                                         _layers.Sigmoid, _layers.Linear, _layers.Dropout)}
 LOSSES = {cls.__name__: cls for cls in (_losses.SoftmaxCrossEntropy, _losses.CategoricalCrossEntropy,
-                                        _losses.BinaryCrossEntropy, _losses.MeanSquaredError)}
+                                        _losses.BinaryCrossEntropy, _losses.MeanSquaredError,
+                                        _losses.MeanAbsoluteError)}
 OPTIMIZERS = {cls.__name__: cls for cls in (_optimizers.SGD, _optimizers.Adagrad,
                                             _optimizers.RMSprop, _optimizers.Adam)}
 
@@ -43,8 +44,14 @@ def layer_config(layer: _layers.Layer) -> dict[str, Any]:
     return {}
 
 
+def kind(obj: Any, known: dict[str, type]) -> str:
+    """The name a file records for ``obj``: its class, or the gpunn class it derives from (the
+    book's Layer_Dense is saved as Dense)."""
+    return next(cls.__name__ for cls in type(obj).__mro__ if known.get(cls.__name__) is cls)
+
+
 def architecture(layers: list[_layers.Layer]) -> list[dict[str, Any]]:
-    return [{"type": type(layer).__name__, "config": layer_config(layer)} for layer in layers]
+    return [{"type": kind(layer, LAYERS), "config": layer_config(layer)} for layer in layers]
 
 
 def save(network: Network, path: str | os.PathLike, training: dict[str, Any] | None = None) -> None:
@@ -59,8 +66,8 @@ def save(network: Network, path: str | os.PathLike, training: dict[str, Any] | N
     meta = {
         "format": FORMAT, "version": VERSION,
         "layers": architecture(network.layers),
-        "loss": type(network.loss).__name__,
-        "optimizer": {"type": type(opt).__name__, "config": opt.config(),
+        "loss": kind(network.loss, LOSSES),
+        "optimizer": {"type": kind(opt, OPTIMIZERS), "config": opt.config(),
                       "iterations": opt_state["iterations"],
                       "current_learning_rate": opt_state["current_learning_rate"]},
         "dtype": str(network.dtype), "precision": network.backend.precision,
@@ -99,35 +106,59 @@ def write_atomic(path: Path, data: bytes) -> None:
         pass
 
 
-def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The tensors and metadata of a gpunn file, checked; ValueError for anything else."""
+def read(path: str | os.PathLike, kind: str = FORMAT) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The tensors and metadata of a gpunn file of ``kind`` (a model, or PARAMETERS), checked;
+    ValueError for anything else."""
     from safetensors import safe_open
 
+    what = "model" if kind == FORMAT else "parameters"
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such model file: {path}")
+        raise FileNotFoundError(f"no such {what} file: {path}")
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not a model file")
+        raise IsADirectoryError(f"{path} is a folder, not a {what} file")
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta_text = (f.metadata() or {}).get("gpunn")
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as exc:  # SafetensorError and friends: truncated or foreign bytes
-        raise ValueError(f"{path} is not a valid gpunn model file (it does not read as "
+        raise ValueError(f"{path} is not a valid gpunn {what} file (it does not read as "
                          f"safetensors: {exc})") from None
     try:
         meta = json.loads(meta_text) if meta_text else None
     except json.JSONDecodeError:
         meta = None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a valid gpunn model file (a safetensors file without "
-                         f"gpunn's metadata)")
+    if not isinstance(meta, dict) or meta.get("format") != kind:
+        raise ValueError(f"{path} is not a valid gpunn {what} file (a safetensors file without "
+                         f"gpunn's metadata for {what})")
     if meta.get("version") != VERSION:
-        raise ValueError(f"{path} is a gpunn model file of version {meta.get('version')}; this "
+        raise ValueError(f"{path} is a gpunn {what} file of version {meta.get('version')}; this "
                          f"gpunn reads version {VERSION}")
-    if "params" not in tensors:
+    if kind == FORMAT and "params" not in tensors:
         raise ValueError(f"{path} is not a valid gpunn model file (no params tensor)")
     return tensors, meta
+
+
+#: The format of ``save_parameters``: weights and biases alone, as the book's save_parameters.
+PARAMETERS = "gpunn.parameters"
+
+
+def save_parameters(path: str | os.PathLike, params: list[np.ndarray]) -> None:
+    """W1, b1, W2, b2, ... to one .safetensors file, atomically (no architecture, no optimizer)."""
+    from safetensors.numpy import save as to_bytes
+
+    tensors = {f"{i:04d}": np.ascontiguousarray(p) for i, p in enumerate(params)}
+    meta = {"format": PARAMETERS, "version": VERSION, "count": len(params)}
+    write_atomic(Path(path), to_bytes(tensors, metadata={"gpunn": json.dumps(meta)}))
+
+
+def read_parameters(path: str | os.PathLike) -> list[np.ndarray]:
+    """What ``save_parameters`` wrote, in order."""
+    tensors, meta = read(path, PARAMETERS)
+    if sorted(tensors) != [f"{i:04d}" for i in range(meta.get("count", -1))]:
+        raise ValueError(f"{path} is not a valid gpunn parameters file (its arrays are not "
+                         f"W1, b1, W2, b2, ...)")
+    return [tensors[key] for key in sorted(tensors)]
 
 
 def build(meta: dict[str, Any], path: Any = "") -> tuple[list[_layers.Layer], Any, Any]:
@@ -156,9 +187,9 @@ def state_for(network: Network, tensors: dict[str, np.ndarray], meta: dict[str, 
             raise ValueError(f"{path} does not match this model at layer {i}: the file has "
                              f"{a['type']}({a['config']}), the model {b['type']}({b['config']})")
     opt_spec = meta["optimizer"]
-    if opt_spec["type"] != type(network.optimizer).__name__:
+    if opt_spec["type"] != kind(network.optimizer, OPTIMIZERS):
         raise ValueError(f"{path} was saved with {opt_spec['type']}; this model uses "
-                         f"{type(network.optimizer).__name__}")
+                         f"{kind(network.optimizer, OPTIMIZERS)}")
     buffers = {key[len("optimizer."):]: values for key, values in tensors.items()
                if key.startswith("optimizer.")}
     state = {"params": tensors["params"],

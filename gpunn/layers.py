@@ -1,7 +1,12 @@
 """Layers with the book's names: ``forward``/``backward``, ``.output``, ``.dinputs``, ``.weights``,
 ``.biases``, ``.dweights``, ``.dbiases``. Each layer calls backend ops, so the same code runs on
-NumPy and CuPy. Outputs and gradients are written into buffers the layer keeps per batch shape
-(planned once, then reused), so a training step allocates nothing.
+NumPy and CuPy.
+
+A layer called on its own behaves as the book's: each call's results are new arrays nobody else
+writes, and it runs where its data lives (CuPy arrays on the GPU, its parameters moving there with
+it; ``gpunn.backends.use`` pins a backend instead). A layer compiled into a model is *bound* to the
+model's network: it writes into buffers kept per batch shape (planned once, then reused), so a
+training step allocates nothing and can be replayed as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, get_backend
+from .backends import Backend, backend_of, get_backend
 
 INITS = ("he", "glorot", "nnfs")
 
@@ -37,34 +42,82 @@ def _check_regularizer(name: str, value: float) -> float:
 
 
 class Buffered:
-    """What layers and losses share: the backend they run on, and the buffers they write their
-    outputs and gradients into (one per name and shape, kept and reused)."""
+    """What layers and losses share: the backend they run on, and the arrays they write their
+    outputs and gradients into: new ones each call on their own, kept and reused (one per name
+    and shape) once ``bind`` made them part of a compiled network."""
 
     def __init__(self) -> None:
         self.backend: Backend = get_backend("numpy")
-        #: (name, shape, dtype) -> the array ``buffer`` gave for it
+        self.bound = False  # part of a compiled network: buffers reused, backend fixed
+        #: (name, shape, dtype) -> the array ``buffer`` gave for it (bound only)
         self.buffers: dict[tuple, Any] = {}
         self.output: Any = None
         self.dinputs: Any = None
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-        """A reusable array for ``name`` at this shape: allocated on first use, then kept."""
+        """An array for ``name`` at this shape: a new one each call on its own; bound, the same
+        one every step (allocated on first use, then kept)."""
+        if not self.bound:
+            return self.backend.empty(shape, dtype)
         key = (name, shape, dtype)
         buf = self.buffers.get(key)
         if buf is None:
-            if len(self.buffers) > 32:  # many shapes in turn (ad-hoc book use): start over
+            if len(self.buffers) > 32:  # many shapes in turn: start over
                 self.buffers.clear()
             buf = self.buffers[key] = self.backend.empty(shape, dtype)
         return buf
 
-    def set_backend(self, backend: Backend) -> None:
-        """Run on ``backend`` from now on (a compiled model's); its buffers start afresh."""
-        self.backend = backend
+    def bind(self, backend: Backend) -> None:
+        """Become part of a compiled network on ``backend``: buffers kept from now on."""
+        self.backend, self.bound = backend, True
         self.buffers.clear()
         self.output = self.dinputs = None
 
+    def move_to(self, backend: Backend) -> None:
+        """Run on ``backend`` from now on, on one's own (subclasses move their parameters)."""
+        self.backend, self.bound = backend, False
+        self.buffers.clear()
+        self.output = self.dinputs = None
+
+    def follow(self, *arrays: Any, names: tuple[str, ...] = ("inputs",)) -> Backend:
+        """The backend to compute on for ``arrays``: a bound object's network's (its data was
+        prepared there); on its own, the data's (``backend_of``), moving there first."""
+        if self.bound:
+            return self.backend
+        bk = backend_of(*arrays, names=names)
+        if bk is not self.backend:
+            self.move_to(bk)
+        return bk
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For pickle and copy.deepcopy: arrays as NumPy copies, the backend by name, no buffers,
+        nothing of the last pass (outputs, gradients), standalone again."""
+        state = {key: (self.backend.to_numpy(value) if _is_array(value) else value)
+                 for key, value in self.__dict__.items() if key not in TRANSIENT}
+        state["backend"], state["bound"], state["buffers"] = self.backend.name, False, {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from .backends import available
+
+        name = state["backend"] if state["backend"] in available() else "numpy"
+        backend = get_backend(name)
+        self.__dict__.update({key: backend.asarray(value) if _is_array(value) else value
+                              for key, value in state.items()})
+        self.backend = backend
+        for key in TRANSIENT:
+            setattr(self, key, None)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+#: What a pickled layer or loss leaves out: the last pass's arrays, remade by the next one.
+TRANSIENT = ("output", "dinputs", "inputs", "relu_mask", "mask", "dweights", "dbiases")
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__")
 
 
 class Layer(Buffered):
@@ -75,6 +128,10 @@ class Layer(Buffered):
 
     def _dtype(self, inputs: Any) -> Any:
         return inputs.dtype
+
+    def predictions(self, outputs: Any) -> Any:
+        """What the outputs predict, when this is the last layer (the book's ``predictions``)."""
+        return outputs
 
 
 class Dense(Layer):
@@ -101,15 +158,8 @@ class Dense(Layer):
         self.weight_regularizer_l2 = _check_regularizer("weight_regularizer_l2", weight_regularizer_l2)
         self.bias_regularizer_l1 = _check_regularizer("bias_regularizer_l1", bias_regularizer_l1)
         self.bias_regularizer_l2 = _check_regularizer("bias_regularizer_l2", bias_regularizer_l2)
-        rng = np.random.default_rng(seed) if seed is not None else _init_rng
-        shape = (self.n_inputs, self.n_neurons)
-        if init == "nnfs":  # the book: small random weights, zero biases
-            self.weights = 0.01 * rng.standard_normal(shape)
-        elif init == "he":  # keeps ReLU activations' variance steady through depth
-            self.weights = rng.standard_normal(shape) * math.sqrt(2.0 / self.n_inputs)
-        else:  # glorot (uniform): keeps variance steady for tanh/sigmoid/linear
-            limit = math.sqrt(6.0 / (self.n_inputs + self.n_neurons))
-            self.weights = rng.uniform(-limit, limit, shape)
+        self.weights = self._initial_weights(np.random.default_rng(seed) if seed is not None
+                                             else _init_rng)
         self.biases = np.zeros((1, self.n_neurons))
         self.dweights: Any = None
         self.dbiases: Any = None
@@ -125,8 +175,28 @@ class Dense(Layer):
         self.grads_from_above = False
         self.relu_mask: Any = None
 
+    def _initial_weights(self, rng: np.random.Generator) -> np.ndarray:
+        shape = (self.n_inputs, self.n_neurons)
+        if self.init == "nnfs":  # the book: small random weights (biases start at zero)
+            return 0.01 * rng.standard_normal(shape)
+        if self.init == "he":  # keeps ReLU activations' variance steady through depth
+            return rng.standard_normal(shape) * math.sqrt(2.0 / self.n_inputs)
+        limit = math.sqrt(6.0 / (self.n_inputs + self.n_neurons))  # glorot (uniform): for
+        return rng.uniform(-limit, limit, shape)  # tanh/sigmoid/linear
+
     def __repr__(self) -> str:
         return f"Dense({self.n_inputs}, {self.n_neurons})"
+
+    def move_to(self, backend: Backend) -> None:
+        """Run on ``backend``, with the weights, biases and any optimizer state the book's
+        per-layer calls keep here (weight_momentums, bias_cache, ...) moved along."""
+        old = self.backend
+        super().move_to(backend)
+        for name in ("weights", "biases", *OPTIMIZER_STATE):
+            value = getattr(self, name, None)
+            if value is not None:
+                setattr(self, name, backend.asarray(old.to_numpy(value)))
+        self.dweights = self.dbiases = None
 
     @property
     def regularized(self) -> bool:
@@ -138,9 +208,9 @@ class Dense(Layer):
             return inputs.dtype
         return np.result_type(inputs.dtype, self.weights.dtype)
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
+    def forward(self, inputs: Any, training: bool = True) -> Any:
         """output = inputs @ weights + biases (then ReLU, when the model folded one in)."""
-        bk = self.backend
+        bk = self.follow(inputs)
         inputs = bk.asarray(inputs)
         self.inputs = inputs
         out = self.buffer("output", (inputs.shape[0], self.n_neurons), self._dtype(inputs))
@@ -155,11 +225,13 @@ class Dense(Layer):
 
     def backward(self, dvalues: Any) -> Any:
         """dweights = inputs.T @ dvalues; dbiases = column sums; dinputs = dvalues @ weights.T."""
-        bk = self.backend
+        bk = self.follow(dvalues, names=("dvalues",))
         if self.activation == "relu" and not self.grads_from_above:
             # The folded ReLU's backward, in place: dvalues is a planned buffer of the model's.
             bk.relu_backward(dvalues, self.output, out=dvalues)
-        if self.dweights is None or self.dweights.dtype != self.weights.dtype:
+        # Bound, dweights and dbiases are views into the network's flat gradient buffer; on its
+        # own the layer hands out new arrays each pass, as the book's does.
+        if not self.bound or self.dweights is None or self.dweights.dtype != self.weights.dtype:
             self.dweights = bk.empty(self.weights.shape, self.weights.dtype)
             self.dbiases = bk.empty(self.biases.shape, self.biases.dtype)
         bk.gemm(self.inputs, dvalues, out=self.dweights, trans_a=True)
@@ -190,8 +262,12 @@ class Dense(Layer):
         return self.weights, self.biases
 
     def set_parameters(self, weights: Any, biases: Any) -> None:
-        self.weights[...] = weights
-        self.biases[...] = biases
+        self.weights[...] = self.backend.asarray(weights)
+        self.biases[...] = self.backend.asarray(biases)
+
+
+#: What the optimizers' per-layer calls keep on a Dense layer (the book's attribute names).
+OPTIMIZER_STATE = ("weight_momentums", "bias_momentums", "weight_cache", "bias_cache")
 
 
 class Activation(Layer):
@@ -201,16 +277,18 @@ class Activation(Layer):
     forward_op = ""
     backward_op = ""
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        inputs = self.backend.asarray(inputs)
+    def forward(self, inputs: Any, training: bool = True) -> Any:
+        bk = self.follow(inputs)
+        inputs = bk.asarray(inputs)
         self.inputs = inputs
         out = self.buffer("output", inputs.shape, inputs.dtype)
-        self.output = getattr(self.backend, self.forward_op)(inputs, out=out)
+        self.output = getattr(bk, self.forward_op)(inputs, out=out)
         return self.output
 
     def backward(self, dvalues: Any) -> Any:
+        bk = self.follow(dvalues, names=("dvalues",))
         out = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
-        self.dinputs = getattr(self.backend, self.backward_op)(dvalues, self.output, out=out)
+        self.dinputs = getattr(bk, self.backward_op)(dvalues, self.output, out=out)
         return self.dinputs
 
 
@@ -230,6 +308,10 @@ class Softmax(Activation):
 
     forward_op, backward_op = "softmax", "softmax_backward"
 
+    def predictions(self, outputs: Any) -> Any:
+        """The class with the largest probability, per row."""
+        return self.backend.xp.argmax(outputs, axis=1)
+
 
 class Sigmoid(Activation):
     """1 / (1 + exp(-x)): independent probabilities, for binary cross-entropy. Backward:
@@ -237,12 +319,16 @@ class Sigmoid(Activation):
 
     forward_op, backward_op = "sigmoid", "sigmoid_backward"
 
+    def predictions(self, outputs: Any) -> Any:
+        """1 where the probability is over 0.5, else 0."""
+        return (outputs > 0.5) * 1
+
 
 class Linear(Layer):
     """The identity, for regression outputs: output = inputs, dinputs = dvalues."""
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        self.inputs = self.output = self.backend.asarray(inputs)
+    def forward(self, inputs: Any, training: bool = True) -> Any:
+        self.inputs = self.output = self.follow(inputs).asarray(inputs)
         return self.output
 
     def backward(self, dvalues: Any) -> Any:
@@ -252,7 +338,8 @@ class Linear(Layer):
 
 class Dropout(Layer):
     """Zeroes each input with probability ``rate`` while training, scaling the rest by
-    1 / (1 - rate) so the expected activation is unchanged; the identity otherwise."""
+    1 / (1 - rate) so the expected activation is unchanged; the identity otherwise. Called on
+    its own it is training unless told ``training=False``, as the book's layer always is."""
 
     def __init__(self, rate: float) -> None:
         super().__init__()
@@ -265,23 +352,27 @@ class Dropout(Layer):
     def __repr__(self) -> str:
         return f"Dropout({self.rate})"
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        bk = self.backend
+    def forward(self, inputs: Any, training: bool = True) -> Any:
+        bk = self.follow(inputs)
         inputs = bk.asarray(inputs)
         self.inputs = inputs
         if not training or self.rate == 0:
             self.mask = None
             self.output = inputs
             return inputs
-        self.mask = bk.dropout_mask(inputs.shape, self.rate, self.rng, inputs.dtype)
+        self.mask = self._draw_mask(bk, inputs.shape, inputs.dtype)
         out = self.buffer("output", inputs.shape, inputs.dtype)
         self.output = bk.xp.multiply(inputs, self.mask, out=out)
         return self.output
+
+    def _draw_mask(self, bk: Backend, shape: tuple[int, ...], dtype: Any) -> Any:
+        return bk.dropout_mask(shape, self.rate, self.rng, dtype)
 
     def backward(self, dvalues: Any) -> Any:
         if self.mask is None:
             self.dinputs = dvalues
             return dvalues
+        bk = self.follow(dvalues, names=("dvalues",))
         out = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
-        self.dinputs = self.backend.xp.multiply(dvalues, self.mask, out=out)
+        self.dinputs = bk.xp.multiply(dvalues, self.mask, out=out)
         return self.dinputs

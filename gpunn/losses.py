@@ -1,5 +1,10 @@
 """Losses with the book's definitions. Log inputs are clipped to [1e-7, 1 - 1e-7]; gradients are
-averaged over the samples, so the learning rate does not depend on the batch size."""
+averaged over the samples, so the learning rate does not depend on the batch size.
+
+Each loss also keeps the book's running totals (``calculate`` adds to them, ``new_pass`` clears
+them, ``calculate_accumulated`` gives their mean) and reaches the penalties of the layers it was
+told of (``remember_trainable_layers``), so the book's training loops port unchanged.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,11 @@ class Loss(Buffered):
     expects_last: type[Layer] | None = None
     classification = False
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.trainable_layers: list[Layer] = []
+        self.new_pass()
+
     def prepare_targets(self, y: Any, n_samples: int, n_outputs: int) -> np.ndarray:
         """Check ``y`` against the data and model, returning host targets in working form."""
         return checks.targets(y, n_samples, n_outputs)
@@ -28,18 +38,51 @@ class Loss(Buffered):
         return dtype
 
     def fit_begin(self, y: Any) -> None:
-        """``fit`` starts on targets ``y`` (MeanSquaredError takes its accuracy precision)."""
+        """``fit`` starts on targets ``y`` (the regression losses take their accuracy precision)."""
 
     def fit_end(self) -> None:
         """``fit`` is over, however it ended."""
 
-    def calculate(self, output: Any, y: Any) -> float:
-        """The mean loss over the samples (the book's ``Loss.calculate``)."""
-        return float(self.forward(output, self.backend.asarray(y)).mean())
+    # ---- the book's bookkeeping ---------------------------------------------------------------
+
+    def remember_trainable_layers(self, layers: list[Layer]) -> None:
+        """The layers whose penalties ``regularization_loss()`` sums when given none."""
+        self.trainable_layers = list(layers)
 
     def regularization_loss(self, *layers: Layer) -> float:
-        """The L1/L2 penalties of the given layers, summed."""
-        return float(sum(layer.regularization_loss() for layer in layers if layer.trainable))
+        """The L1/L2 penalties of the given layers (else of the remembered ones), summed."""
+        return float(sum(layer.regularization_loss() for layer in layers or self.trainable_layers
+                         if layer.trainable))
+
+    def calculate(self, output: Any, y: Any, *,
+                  include_regularization: bool = False) -> float | tuple[float, float]:
+        """The mean loss over the samples, added to the running totals too (the book's
+        ``Loss.calculate``); with ``include_regularization``, (data loss, penalties)."""
+        losses = self.sample_losses(output, y)
+        self.accumulate(losses)
+        data_loss = float(losses.mean())
+        if not include_regularization:
+            return data_loss
+        return data_loss, self.regularization_loss()
+
+    def accumulate(self, losses: Any) -> None:
+        self.accumulated_sum += float(losses.sum())
+        self.accumulated_count += len(losses)
+
+    def new_pass(self) -> None:
+        """Clear the running totals (at the start of an epoch)."""
+        self.accumulated_sum, self.accumulated_count = 0.0, 0
+
+    def calculate_accumulated(self, *, include_regularization: bool = False
+                              ) -> float | tuple[float, float]:
+        """The mean loss over every sample since ``new_pass``; with ``include_regularization``,
+        (that, the penalties now)."""
+        data_loss = self.accumulated_sum / self.accumulated_count
+        if not include_regularization:
+            return data_loss
+        return data_loss, self.regularization_loss()
+
+    # ---- what models use ---------------------------------------------------------------------
 
     def sample_losses(self, outputs: Any, y: Any) -> Any:
         """Per-sample losses, without the gradient."""
@@ -63,6 +106,11 @@ class Loss(Buffered):
         """Where per-sample losses of ``n`` samples go."""
         return self.buffer("losses", (n,), dtype)
 
+    def _on(self, outputs: Any, y: Any, name: str = "y_pred") -> tuple[Any, Any]:
+        """The backend for (outputs, y), and y on it: one device for both, never mixed."""
+        bk = self.follow(outputs, y, names=(name, "y_true"))
+        return bk, bk.asarray(y)
+
 
 class CategoricalCrossEntropy(Loss):
     """-log(p[true class]), for probabilities from an explicit ``Softmax`` layer."""
@@ -77,7 +125,8 @@ class CategoricalCrossEntropy(Loss):
         return np.int64
 
     def forward(self, y_pred: Any, y_true: Any) -> Any:
-        xp = self.backend.xp
+        bk, y_true = self._on(y_pred, y_true)
+        xp = bk.xp
         y_true = self._labels(y_true)
         rows = xp.arange(y_pred.shape[0])
         losses = self.losses_buffer(y_pred.shape[0], y_pred.dtype)
@@ -86,12 +135,12 @@ class CategoricalCrossEntropy(Loss):
 
     def _labels(self, y_true: Any) -> Any:
         """Class indices; one-hot rows are accepted too, as the book's classes do."""
-        y_true = self.backend.asarray(y_true)
         return y_true.argmax(axis=1) if y_true.ndim == 2 else y_true
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         """d(-log p_true)/dp = -1/p at the true class, 0 elsewhere; averaged over samples."""
-        xp = self.backend.xp
+        bk, y_true = self._on(dvalues, y_true, "dvalues")
+        xp = bk.xp
         y_true = self._labels(y_true)
         n = dvalues.shape[0]
         rows = xp.arange(n)
@@ -107,19 +156,31 @@ class CategoricalCrossEntropy(Loss):
 class SoftmaxCrossEntropy(CategoricalCrossEntropy):
     """Softmax and categorical cross-entropy in one: takes the last Dense layer's outputs
     (logits) and gives the fused gradient (p - onehot) / n, which is cheaper and steadier than
-    the two backward passes chained. ``predict`` returns the softmax probabilities."""
+    the two backward passes chained. ``predict`` returns the softmax probabilities.
+
+    As the book's ``Activation_Softmax_Loss_CategoricalCrossentropy``, it holds the two it fuses:
+    ``.activation`` (whose ``.output`` are the probabilities) and ``.loss``, whose running totals
+    and ``regularization_loss`` the book's loops use."""
 
     expects_last = None
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.activation = Softmax()
+        self.loss = CategoricalCrossEntropy()
+
     def forward(self, inputs: Any, y_true: Any) -> float:
         """The book's combined class: sets ``.output`` (probabilities), returns the mean loss."""
-        y_true = self._labels(y_true)
-        losses = self._run(inputs, y_true, need_grad=False)
+        bk, y_true = self._on(inputs, y_true, "inputs")
+        losses = self._run(inputs, self._labels(y_true), need_grad=False)
+        self.activation.output = self.output
+        self.loss.accumulate(losses)
         return float(losses.mean())
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         """From the softmax output: dinputs = (p - onehot) / n."""
-        xp = self.backend.xp
+        bk, y_true = self._on(dvalues, y_true, "dvalues")
+        xp = bk.xp
         y_true = self._labels(y_true)
         n = dvalues.shape[0]
         self.dinputs = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
@@ -128,8 +189,17 @@ class SoftmaxCrossEntropy(CategoricalCrossEntropy):
         xp.multiply(self.dinputs, 1.0 / n, out=self.dinputs)
         return self.dinputs
 
-    def calculate(self, output: Any, y: Any) -> float:
-        return self.forward(output, y)
+    def calculate(self, output: Any, y: Any, *,
+                  include_regularization: bool = False) -> float | tuple[float, float]:
+        """The mean loss from logits (running totals on ``.loss``, as the book keeps them)."""
+        data_loss = self.forward(output, y)
+        if not include_regularization:
+            return data_loss
+        return data_loss, self.loss.regularization_loss()
+
+    def remember_trainable_layers(self, layers: list[Layer]) -> None:
+        super().remember_trainable_layers(layers)
+        self.loss.remember_trainable_layers(layers)
 
     def sample_losses(self, outputs: Any, y: Any) -> Any:
         return self._run(outputs, y, need_grad=False)
@@ -173,14 +243,16 @@ class BinaryCrossEntropy(Loss):
         return checks.targets(y, n_samples, n_outputs, low=0.0, high=1.0)
 
     def forward(self, y_pred: Any, y_true: Any) -> Any:
-        xp = self.backend.xp
+        bk, y_true = self._on(y_pred, y_true)
+        xp = bk.xp
         p = xp.clip(y_pred, CLIP, 1 - CLIP)
         sample = -(y_true * xp.log(p) + (1 - y_true) * xp.log(1 - p))
         losses = self.losses_buffer(y_pred.shape[0], y_pred.dtype)
         return xp.mean(sample, axis=1, out=losses)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
-        xp = self.backend.xp
+        bk, y_true = self._on(dvalues, y_true, "dvalues")
+        xp = bk.xp
         n, outputs = dvalues.shape
         p = xp.clip(dvalues, CLIP, 1 - CLIP)
         self.dinputs = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
@@ -191,10 +263,10 @@ class BinaryCrossEntropy(Loss):
         return ((outputs > 0.5) == (y > 0.5)).mean(axis=1).sum()
 
 
-class MeanSquaredError(Loss):
-    """mean((y - prediction)^2) over outputs, for regression (usually after ``Linear``).
-    Accuracy counts predictions within std(y) / 250 of the target, as the book does; ``fit``
-    sets ``precision`` from all its targets, elsewhere it comes from the targets at hand."""
+class RegressionLoss(Loss):
+    """What the regression losses share: accuracy counts predictions within std(y) / 250 of the
+    target, as the book does; ``fit`` sets ``precision`` from all its targets, elsewhere it comes
+    from the targets at hand."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -206,19 +278,46 @@ class MeanSquaredError(Loss):
     def fit_end(self) -> None:
         self.precision = None
 
-    def forward(self, y_pred: Any, y_true: Any) -> Any:
-        xp = self.backend.xp
-        losses = self.losses_buffer(y_pred.shape[0], y_pred.dtype)
-        return xp.mean((y_true - y_pred) ** 2, axis=1, out=losses)
-
-    def backward(self, dvalues: Any, y_true: Any) -> Any:
-        xp = self.backend.xp
-        n, outputs = dvalues.shape
-        self.dinputs = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
-        xp.subtract(dvalues, y_true, out=self.dinputs)
-        xp.multiply(self.dinputs, 2.0 / (outputs * n), out=self.dinputs)
-        return self.dinputs
-
     def count_correct(self, outputs: Any, y: Any) -> Any:
         precision = self.precision if self.precision is not None else self.backend.xp.std(y) / 250
         return (self.backend.xp.abs(outputs - y) < precision).mean(axis=1).sum()
+
+    def _error_gradient(self, dvalues: Any, y_true: Any, scale: float, sign: bool) -> Any:
+        """dinputs = scale * (prediction - y) (its sign, with ``sign``), averaged over outputs
+        and samples."""
+        bk, y_true = self._on(dvalues, y_true, "dvalues")
+        xp = bk.xp
+        n, outputs = dvalues.shape
+        self.dinputs = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
+        xp.subtract(dvalues, y_true, out=self.dinputs)
+        if sign:
+            xp.sign(self.dinputs, out=self.dinputs)
+        xp.multiply(self.dinputs, scale / (outputs * n), out=self.dinputs)
+        return self.dinputs
+
+
+class MeanSquaredError(RegressionLoss):
+    """mean((y - prediction)^2) over outputs, for regression (usually after ``Linear``)."""
+
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        bk, y_true = self._on(y_pred, y_true)
+        losses = self.losses_buffer(y_pred.shape[0], y_pred.dtype)
+        return bk.xp.mean((y_true - y_pred) ** 2, axis=1, out=losses)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        """d(y - p)^2/dp = 2 (p - y), averaged over outputs and samples."""
+        return self._error_gradient(dvalues, y_true, 2.0, sign=False)
+
+
+class MeanAbsoluteError(RegressionLoss):
+    """mean(|y - prediction|) over outputs, for regression; its gradient is the sign of the
+    error, so outliers pull no harder than any other sample."""
+
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        bk, y_true = self._on(y_pred, y_true)
+        losses = self.losses_buffer(y_pred.shape[0], y_pred.dtype)
+        return bk.xp.mean(bk.xp.abs(y_true - y_pred), axis=1, out=losses)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        """d|y - p|/dp = sign(p - y), averaged over outputs and samples."""
+        return self._error_gradient(dvalues, y_true, 1.0, sign=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from .layers import Dense, Dropout, Layer
 from .losses import Loss
 from .network import INFERENCE_ROWS, LayerStack, Network, check_chain, check_params
 from .optimizers import Optimizer
-from .training.callbacks import Checkpoint, EpochLines, History, ProgressBar
+from .training.callbacks import Callback, Checkpoint, EpochLines, History, ProgressBar
 from .training.loop import Loop
 from .training.steps import Steps
 
@@ -52,6 +52,34 @@ class Sequential(LayerStack):
         inner = ", ".join(map(repr, self.layers))
         where = f", backend={self.backend.name!r}" if self.backend else ""
         return f"Sequential([{inner}]{where})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For pickle and copy.deepcopy: the layers, and once compiled, what compile was given
+        and the network's state dict (host copies); the steps and their graphs are remade."""
+        state: dict[str, Any] = {"layers": self.layers, "compiled": None}
+        net = self.network
+        if net is not None:
+            state["compiled"] = {"loss": net.loss, "optimizer": net.optimizer,
+                                 "dtype": str(net.dtype), "backend": net.backend.name,
+                                 "options": dataclasses.asdict(net.backend.options),
+                                 "weights": net.get_params(), "state": net.state_dict(host=True)}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from .backends import available
+
+        self.layers, self.network, self.steps = state["layers"], None, None
+        compiled = state["compiled"]
+        if compiled is None:
+            return
+        options = dict(compiled["options"])
+        name = compiled["backend"] if compiled["backend"] in available() else "numpy"
+        if name == "numpy":  # a model trained with TF32 GEMMs computes in fp32 on the CPU
+            options["precision"] = "fp32"
+        bk = get_backend(name).configured(**options)
+        self._build(compiled["loss"], compiled["optimizer"], bk, np.dtype(compiled["dtype"]),
+                    compiled["weights"])
+        self.network.load_state_dict(compiled["state"])
 
     # ---- what the network holds, once compiled ---------------------------------------------
 
@@ -133,7 +161,7 @@ class Sequential(LayerStack):
         """NumPy copies of the parameters, in the order W1, b1, W2, b2, ..."""
         if self.network is not None:
             return self.network.get_params()
-        return [np.array(p, copy=True) for layer in self.dense_layers
+        return [layer.backend.to_numpy(p) for layer in self.dense_layers
                 for p in (layer.weights, layer.biases)]
 
     def set_params(self, params: list[Any]) -> None:
@@ -143,7 +171,9 @@ class Sequential(LayerStack):
             return
         checked = check_params(self.dense_layers, params)
         for layer, weights, biases in zip(self.dense_layers, checked[::2], checked[1::2]):
-            layer.weights, layer.biases = weights.astype(np.float64), biases.astype(np.float64)
+            bk = layer.backend
+            layer.weights = bk.asarray(weights, dtype=np.float64)
+            layer.biases = bk.asarray(biases, dtype=np.float64)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write parameters, optimizer state and step count, architecture and compile settings
@@ -197,14 +227,16 @@ class Sequential(LayerStack):
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
             seed: int | None = None, verbose: int = 1, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int | None = None,
-            resume_from: str | os.PathLike | None = None) -> History:
+            resume_from: str | os.PathLike | None = None,
+            callbacks: Sequence[Callback] = ()) -> History:
         """Train until ``epochs`` passes over the data are done (``batch_size=None``: full batch).
 
         ``checkpoint``: a file saved every ``checkpoint_every`` epochs, at the end, and on Ctrl-C
         (as of the last finished epoch; Ctrl-C always puts the model back there). ``resume_from``:
         a checkpoint to continue from, with the optimizer state and the shuffling and dropout
         generators as they were, so the run ends as an uninterrupted one would; ``epochs`` counts
-        all epochs, not extra ones.
+        all epochs, not extra ones. ``callbacks``: more ``training.callbacks.Callback`` objects,
+        told of each epoch (with its loss, accuracy, data_loss, reg_loss) and each batch.
         """
         net = self._require_compiled("fit()")
         X, y = net.prepare(X, y)
@@ -212,6 +244,11 @@ class Sequential(LayerStack):
         batch = X.shape[0] if batch_size is None else checks.whole_number(batch_size, "batch_size", 1)
         validation = _validation(net, validation_data)
         _check_fit_options(shuffle, seed, verbose, checkpoint, checkpoint_every)
+        callbacks = list(callbacks)
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}] must be a gpunn.training.callbacks.Callback; "
+                                f"got {type(cb).__name__}")
         resumed = io.read_checkpoint(net, resume_from) if resume_from is not None else None
 
         # Everything is checked; from here on the model trains.
@@ -225,6 +262,7 @@ class Sequential(LayerStack):
                     History(validation is not None), validation=validation)
         if resumed is not None:
             loop.resume(*resumed)
+        loop.callbacks += callbacks
         if checkpoint is not None:
             loop.callbacks.append(Checkpoint(checkpoint, epochs, checkpoint_every))
         if verbose == 1:

@@ -134,7 +134,7 @@ class Network(LayerStack):
             layer.weights, layer.biases = views["weight"], views["bias"]
             layer.dweights, layer.dbiases = views["dweight"], views["dbias"]
         for part in [*layers, loss]:
-            part.set_backend(backend)
+            part.bind(backend)
 
     def __repr__(self) -> str:
         return f"Network([{', '.join(map(repr, self.layers))}], backend={self.backend.name!r})"

@@ -34,12 +34,20 @@ def _check(name: str, value: Any, low: float, high: float | None = None,
 
 class Optimizer:
     """Shared machinery: decay, the step counter, flat state buffers and the device schedule,
-    the state dict, the book's calls."""
+    the state dict, the book's calls. The learning rate is ``lr`` or, in the book's words,
+    ``learning_rate`` (one of them; each rule has its default)."""
 
     #: Names of the per-parameter state buffers this rule keeps (each shaped like the params).
     state_names: tuple[str, ...] = ()
+    #: The learning rate when none is given.
+    default_lr = 1.0
 
-    def __init__(self, lr: float, decay: float = 0.0) -> None:
+    def __init__(self, lr: float | None = None, decay: float = 0.0,
+                 learning_rate: float | None = None) -> None:
+        if lr is not None and learning_rate is not None:
+            raise ValueError(f"give the learning rate once, as lr or as learning_rate; got "
+                             f"lr={lr!r} and learning_rate={learning_rate!r}")
+        lr = learning_rate if learning_rate is not None else self.default_lr if lr is None else lr
         self.learning_rate = _check("lr", lr, 0.0, low_open=True)
         self.decay = _check("decay", decay, 0.0)
         self.current_learning_rate = self.learning_rate
@@ -60,6 +68,11 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For pickle and copy.deepcopy: the rule and where it stands, not its buffers (a model
+        pickles its optimizer's state through its state dict)."""
+        return {**self.__dict__, "backend": None, "state": {}, "schedule": None, "_scratch": None}
 
     # ---- flat buffers (a compiled model) ---------------------------------------------------
 
@@ -174,8 +187,9 @@ class Optimizer:
 class SGD(Optimizer):
     """w -= lr * g; with momentum, u = momentum * u - lr * g, then w += u."""
 
-    def __init__(self, lr: float = 1.0, decay: float = 0.0, momentum: float = 0.0) -> None:
-        super().__init__(lr, decay)
+    def __init__(self, lr: float | None = None, decay: float = 0.0, momentum: float = 0.0, *,
+                 learning_rate: float | None = None) -> None:
+        super().__init__(lr, decay, learning_rate)
         self.momentum = _check("momentum", momentum, 0.0, 1.0)
         self.state_names = ("momentums",) if self.momentum else ()
 
@@ -194,8 +208,9 @@ class Adagrad(Optimizer):
 
     state_names = ("cache",)
 
-    def __init__(self, lr: float = 1.0, decay: float = 0.0, epsilon: float = 1e-7) -> None:
-        super().__init__(lr, decay)
+    def __init__(self, lr: float | None = None, decay: float = 0.0, epsilon: float = 1e-7, *,
+                 learning_rate: float | None = None) -> None:
+        super().__init__(lr, decay, learning_rate)
         self.epsilon = _check("epsilon", epsilon, 0.0, low_open=True)
 
     def config(self) -> dict[str, Any]:
@@ -212,10 +227,11 @@ class RMSprop(Optimizer):
     """cache = rho * cache + (1 - rho) * g^2; w -= lr * g / (sqrt(cache) + epsilon)."""
 
     state_names = ("cache",)
+    default_lr = 0.001
 
-    def __init__(self, lr: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
-                 rho: float = 0.9) -> None:
-        super().__init__(lr, decay)
+    def __init__(self, lr: float | None = None, decay: float = 0.0, epsilon: float = 1e-7,
+                 rho: float = 0.9, *, learning_rate: float | None = None) -> None:
+        super().__init__(lr, decay, learning_rate)
         self.epsilon = _check("epsilon", epsilon, 0.0, low_open=True)
         self.rho = _check("rho", rho, 0.0, 1.0)
 
@@ -235,10 +251,12 @@ class Adam(Optimizer):
     """Momentum and RMSprop's cache, both bias-corrected for the early steps."""
 
     state_names = ("momentums", "cache")
+    default_lr = 0.001
 
-    def __init__(self, lr: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
-                 beta_1: float = 0.9, beta_2: float = 0.999) -> None:
-        super().__init__(lr, decay)
+    def __init__(self, lr: float | None = None, decay: float = 0.0, epsilon: float = 1e-7,
+                 beta_1: float = 0.9, beta_2: float = 0.999, *,
+                 learning_rate: float | None = None) -> None:
+        super().__init__(lr, decay, learning_rate)
         self.epsilon = _check("epsilon", epsilon, 0.0, low_open=True)
         self.beta_1 = _check("beta_1", beta_1, 0.0, 1.0)
         self.beta_2 = _check("beta_2", beta_2, 0.0, 1.0)

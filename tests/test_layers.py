@@ -12,7 +12,7 @@ import gpunn as nn
 
 def check_layer(layer, bk, x: np.ndarray, rng):
     """d/dx of sum(layer(x) * R) for a fixed random R, and of the layer's parameters."""
-    layer.set_backend(bk)
+    layer.move_to(bk)
     if isinstance(layer, nn.Dense):
         layer.weights = bk.asarray(layer.weights)
         layer.biases = bk.asarray(layer.biases)
@@ -54,7 +54,7 @@ def test_layer_gradients(make, bk, rng):
 
 def test_dropout_gradient_with_fixed_mask(bk, rng):
     layer = nn.Dropout(0.3)
-    layer.set_backend(bk)
+    layer.move_to(bk)
     x = rng.standard_normal((6, 5))
     out = layer.forward(bk.asarray(x), training=True)
     mask = to_host(layer.mask)

@@ -21,7 +21,7 @@ LOSS_CASES = {
 def test_loss_gradients(case, bk, rng):
     make, squash, kind = LOSS_CASES[case]
     loss = make()
-    loss.set_backend(bk)
+    loss.move_to(bk)
     n, k = 7, 4
     z = rng.standard_normal((n, k))
     if squash == "softmax":

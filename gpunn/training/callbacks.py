@@ -1,7 +1,8 @@
 """What ``fit`` tells as it trains, each concern a small callback: the History of metrics, a
 progress bar, a line per epoch, and checkpoints (on Ctrl-C too).
 
-The loop (loop.py) calls, in order: ``on_epoch_end(loop, epoch, logs)`` for every finished epoch,
+The loop (loop.py) calls, in order: ``on_epoch_end(loop, epoch, logs)`` for every finished epoch
+(``logs``: loss, accuracy, data_loss, reg_loss, and val_loss, val_accuracy with validation data),
 ``on_batch_end(loop)`` after each mini-batch, ``on_launch_end(loop)`` when the model's state is as
 of ``loop.done`` epochs (after every launch, which may hold many full-batch epochs),
 ``on_interrupt(loop)`` on Ctrl-C (the model put back as of ``loop.done``) and ``on_train_end(loop)``
@@ -56,8 +57,8 @@ class History(Callback):
         return f"History(epochs={len(self.epoch)}, last={last})"
 
     def on_epoch_end(self, loop: Any, epoch: int, logs: dict[str, float]) -> None:
-        for key, value in logs.items():
-            self.history[key].append(value)
+        for key, values in self.history.items():
+            values.append(logs[key])
         self.epoch.append(epoch)
 
     def plot(self, path: str | os.PathLike) -> None:
@@ -87,7 +88,7 @@ class ProgressBar(Callback):
                         leave=True, dynamic_ncols=True)
 
     def on_epoch_end(self, loop: Any, epoch: int, logs: dict[str, float]) -> None:
-        self.logs = logs
+        self.logs = {k: v for k, v in logs.items() if k in loop.history.history}
         if not self.per_batch:
             self.pending += 1
 
@@ -118,7 +119,7 @@ class EpochLines(Callback):
         self.epochs = epochs
 
     def on_epoch_end(self, loop: Any, epoch: int, logs: dict[str, float]) -> None:
-        metrics = " ".join(f"{k} {v:.4f}" for k, v in logs.items())
+        metrics = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in loop.history.history)
         print(f"epoch {epoch}/{self.epochs} {metrics}", file=sys.stderr)
 
 

@@ -98,6 +98,11 @@ class Loop:
 
     def _launch(self, count: int) -> None:
         state, generators = self.network.state_dict(host=False), self.generators()
+        # The epoch's penalty as the book reports it: for a full batch, of the parameters the
+        # step started from (with its data loss); for mini-batches, of those at the epoch's end
+        # (with the mean data loss of its batches). Penalised networks run an epoch a launch.
+        full_batch = self.batch_size >= self.X.shape[0]
+        reg = self.network.regularization_loss() if full_batch else 0.0
         try:
             results = self.run_epochs(count, on_batch=True)
         except KeyboardInterrupt:  # back to the last finished epoch, then say so and stop
@@ -105,16 +110,19 @@ class Loop:
             for cb in self.callbacks:
                 cb.on_interrupt(self)
             raise
-        n, reg = self.X.shape[0], self.network.regularization_loss()
+        n = self.X.shape[0]
+        if not full_batch:
+            reg = self.network.regularization_loss()
         for i, (loss_sum, correct) in enumerate(results):
             epoch = self.done + i + 1
-            loss = loss_sum / n + reg
+            data_loss = loss_sum / n
+            loss = data_loss + reg
             if not math.isfinite(loss):
                 self._rewind(state, generators, epochs=i)
                 raise FloatingPointError(
                     f"training diverged: the loss became {loss} at epoch {epoch}; the "
                     f"parameters are back as they were before that epoch (try a lower lr)")
-            logs = {"loss": loss, "accuracy": correct / n}
+            logs = {"loss": loss, "accuracy": correct / n, "data_loss": data_loss, "reg_loss": reg}
             if self.validation is not None:
                 val = self.network.evaluate(*self.validation)
                 logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])

@@ -9,6 +9,7 @@ from support.training import interrupt_at, made_steps
 
 import gpunn as nn
 from gpunn.training import loop as loop_module
+from gpunn.training.callbacks import Callback
 
 
 def spiral_model(backend="numpy", dropout=False, seed=0):
@@ -62,15 +63,23 @@ def test_eager_full_batch_launches_grow_while_quick_and_shrink_when_slow(monkeyp
 
 
 def test_a_real_divergence_stops_fit_with_the_parameters_of_the_epoch_before():
+    """SGD(lr=1e30): the first epoch's loss is still finite (measured before its update, as
+    the book does), the second's is not; fit stops there, with the first epoch's parameters."""
     X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
-    model = spiral_model(dropout=True)
-    model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=1e30), backend="numpy")
-    before = model.get_params()
-    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="at epoch 1"):
-        model.fit(X, y, epochs=3, batch_size=None, verbose=0)
-    for a, b in zip(before, model.get_params()):
+    runs = []
+    for epochs in (1, 3):
+        model = spiral_model(dropout=True)
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=1e30), backend="numpy")
+        with np.errstate(all="ignore"):
+            if epochs == 1:
+                model.fit(X, y, epochs=1, batch_size=None, seed=0, verbose=0)
+            else:
+                with pytest.raises(FloatingPointError, match="at epoch 2"):
+                    model.fit(X, y, epochs=3, batch_size=None, seed=0, verbose=0)
+        runs.append(model)
+    for a, b in zip(runs[0].get_params(), runs[1].get_params()):
         assert np.array_equal(a, b)
-    assert model.optimizer.iterations == 0
+    assert runs[1].optimizer.iterations == 1
 
 
 def test_full_batches_launch_many_epochs_when_planned_and_one_otherwise():
@@ -103,3 +112,25 @@ def test_ctrl_c_puts_the_model_back_at_the_last_finished_epoch(monkeypatch):
     assert model.optimizer.iterations == 4 * 8
     for a, b in zip(whole.get_params(), model.get_params()):
         assert np.array_equal(a, b)
+
+
+def test_history_reports_the_loss_the_book_reports():
+    """A full-batch epoch's loss is its data loss plus the penalty of the parameters it started
+    from (measured together, before the update, as the book prints them); a mini-batch epoch's
+    is the mean data loss of its batches plus the penalty at the epoch's end (the book's
+    calculate_accumulated)."""
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    nn.set_seed(0)
+    model = nn.Sequential([nn.Dense(2, 16, weight_regularizer_l2=0.1), nn.ReLU(), nn.Dense(16, 3)])
+    model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05), backend="numpy", dtype="float64")
+    logs = []
+    record = type("Record", (Callback,), {"on_epoch_end": lambda self, loop, e, lg: logs.append(lg)})
+    penalty = model.network.regularization_loss()
+    expected = model.evaluate(X, y)["loss"] + penalty
+    history = model.fit(X, y, epochs=1, batch_size=None, verbose=0, callbacks=[record()])
+    assert history["loss"] == [expected] and logs[0]["reg_loss"] == penalty
+    assert model.network.regularization_loss() != penalty  # the update moved it
+    history = model.fit(X, y, epochs=1, batch_size=16, shuffle=False, verbose=0,
+                        callbacks=[record()])
+    assert logs[1]["reg_loss"] == model.network.regularization_loss()
+    assert history["loss"] == [logs[1]["data_loss"] + logs[1]["reg_loss"]]

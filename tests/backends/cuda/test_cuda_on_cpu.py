@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_book
 from cuda_on_cpu.emulator import build, emulated_backend
 from support.backends import OneKernelNumpy
 from support.training import OPTIMIZERS, made_steps
@@ -146,3 +147,21 @@ def test_the_one_kernel_trainer_says_when_a_batch_does_not_fit(emulated):
     reason = steps.why_not(model.network, "one-kernel", 3000)
     assert reason.startswith("3000 rows of this network need ") and "a block of this GPU may have" in reason
     assert steps.choose(model.network, 3000) == "planned"
+
+
+@pytest.mark.parametrize("chapter", list(test_book.CHAPTERS))
+def test_the_books_chapters_on_the_cupy_backend(emulated, chapter):
+    """The chapter ports of tests/test_book.py with gpunn.use() on the CuPy backend (kernels run
+    on the CPU): every layer, loss and optimizer there, and the same numbers as the book's
+    formulas (float64 data: to 1e-9 of each array's largest value, over a few epochs)."""
+    script = test_book.CHAPTERS[chapter]
+    want, want_arrays = test_book.run(script, test_book.reference_names(), samples=10, epochs=5,
+                                      every=2)
+    nn.use(emulated)
+    try:
+        got, got_arrays = test_book.run(script, test_book.gpunn_names(), samples=10, epochs=5,
+                                        every=2, dtype="float64")
+    finally:
+        nn.use(None)
+    test_book.assert_same_printout(got, want)
+    test_book.assert_same_arrays(got_arrays, want_arrays, rtol=1e-9)
