@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9]*' | grep -o '[0-9]*$$')
 CUDA_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 13 14 15,$(CUDA_MAJOR)),cuda13,cuda12),)
 
-.PHONY: demo test lint bench gpu-check clean
+.PHONY: demo test lint bench gpu-check mutate clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,5 +54,17 @@ gpu-check:
 	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \
 	exit $${status:-0}
 
+# Mutation testing, on demand and not in CI (hours over every core module listed under
+# [tool.mutmut] in pyproject.toml): mutmut plants one-line bugs and runs the suite against each; a
+# survivor is a bug the tests would not notice. `make mutate ONLY='gpunn.losses*'` narrows the
+# run; `$(VENV)/bin/mutmut show <name>` shows a survivor's diff.
+$(VENV)/.mutate-deps: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[test,mutate]"
+	touch $@
+
+mutate: $(VENV)/.mutate-deps
+	$(VENV)/bin/mutmut run $(ONLY)
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis mutants *.egg-info

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import datasets, io
+from . import checks, datasets, io
 from .backends import Backend, pinned
 from .layers import Dense, Dropout, Linear, ReLU, Sigmoid, Softmax
 from .losses import (
@@ -88,10 +88,7 @@ class Layer_Dense(Dense):
     def __init__(self, n_inputs: int, n_neurons: int, weight_regularizer_l1: float = 0,
                  weight_regularizer_l2: float = 0, bias_regularizer_l1: float = 0,
                  bias_regularizer_l2: float = 0, *, weight_scale: float = 0.01) -> None:
-        if isinstance(weight_scale, bool) or not isinstance(weight_scale, (int, float)) \
-                or not math.isfinite(weight_scale) or weight_scale <= 0:
-            raise ValueError(f"weight_scale must be a finite number > 0; got {weight_scale!r}")
-        self.weight_scale = float(weight_scale)
+        self.weight_scale = checks.real_number(weight_scale, "weight_scale", 0, low_open=True)
         super().__init__(n_inputs, n_neurons, "nnfs", weight_regularizer_l1, weight_regularizer_l2,
                          bias_regularizer_l1, bias_regularizer_l2)
 

@@ -3,6 +3,8 @@ before a model is touched, so bad input leaves it as it was."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -18,8 +20,10 @@ def host_array(value: Any) -> np.ndarray:
         raise TypeError(f"could not read the data as an array: {exc}") from None
 
 
-def features(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
-    """X as a 2-D array of finite real numbers with ``n_features`` columns."""
+def features(X: Any, name: str = "X", n_features: int | None = None,
+             dtype: Any = None) -> np.ndarray:
+    """X as a 2-D array of finite real numbers with ``n_features`` columns (in ``dtype``, and
+    finite there too, when one is given)."""
     arr = host_array(X)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
             or np.issubdtype(arr.dtype, np.complexfloating):
@@ -31,13 +35,29 @@ def features(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarr
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(f"{name} must have {n_features} features (columns) for this model; "
                          f"got {arr.shape[1]}")
-    if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(arr)
+    return finite_in(arr, dtype, name)
+
+
+def finite_in(arr: np.ndarray, dtype: Any, name: str) -> np.ndarray:
+    """``arr`` in ``dtype`` (as it is when None), every value finite there: a value finite in
+    float64 can overflow float32 (1e39), and is named as data, not as a training problem."""
+    cast = arr if dtype is None else _cast(arr, dtype)
+    if np.issubdtype(cast.dtype, np.floating):
+        bad = ~np.isfinite(cast)
         if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise ValueError(f"{name} must be finite; got {arr[row, col]} at row {row}, "
-                             f"column {col}")
-    return arr
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            value = arr[where]
+            at = f"row {where[0]}" + (f", column {where[1]}" if len(where) > 1 else "")
+            if np.isfinite(value):
+                raise ValueError(f"{name} holds {value!s} at {at}, beyond the range of "
+                                 f"{np.dtype(dtype).name} (the model's dtype): scale the data")
+            raise ValueError(f"{name} must be finite; got {value} at {at}")
+    return cast
+
+
+def _cast(arr: np.ndarray, dtype: Any) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return arr.astype(dtype, copy=False)
 
 
 def class_labels(y: Any, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
@@ -72,6 +92,15 @@ def class_labels(y: Any, n_samples: int, n_classes: int, name: str = "y") -> np.
     return arr.astype(np.int64)
 
 
+def class_count(y: Any, name: str = "y") -> int:
+    """How many classes whole-number labels ``y`` (1-D, >= 0) name: the largest + 1."""
+    arr = host_array(y)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of class labels; got shape {arr.shape}")
+    labels = class_labels(arr, arr.size, np.iinfo(np.int64).max, name)
+    return int(labels.max()) + 1
+
+
 def targets(y: Any, n_samples: int, n_outputs: int, name: str = "y",
             low: float | None = None, high: float | None = None) -> np.ndarray:
     """Real-valued targets of shape (n_samples, n_outputs) ((n_samples,) when one output)."""
@@ -97,9 +126,40 @@ def targets(y: Any, n_samples: int, n_outputs: int, name: str = "y",
     return arr
 
 
-def whole_number(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a whole number >= {minimum}; got {value!r}")
+def shown(value: Any) -> str:
+    """``value`` as a message quotes it: numbers plainly (NumPy ones too), the rest by repr."""
+    if isinstance(value, (numbers.Number, np.generic)) and not isinstance(value, (bool, np.bool_)):
+        return str(value)
+    return repr(value)
+
+
+def whole_number(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
+    """A whole number (Python or NumPy, not bool) in [minimum, maximum]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a whole number >= {minimum}; got {shown(value)}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}; got {value}")
     return int(value)
+
+
+def real_number(value: Any, name: str, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = True) -> float:
+    """A finite real number (Python or NumPy, not bool) within the bounds, as a float."""
+    if low is not None and high is not None:
+        span = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        span = f"{'>' if low_open else '>='} {low}"
+    else:
+        span = "" if high is None else f"{'<' if high_open else '<='} {high}"
+    wanted = f"{name} must be a finite number {span}".rstrip()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{wanted}; got {shown(value)}")
+    number = float(value)
+    inside = math.isfinite(number) \
+        and (low is None or (number > low if low_open else number >= low)) \
+        and (high is None or (number < high if high_open else number <= high))
+    if not inside:
+        raise ValueError(f"{wanted}; got {shown(value)}")
+    return number

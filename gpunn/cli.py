@@ -1,30 +1,91 @@
 """The command line: ``gpunn train`` (the book's spiral classifier by default), ``gpunn predict``,
-``gpunn bench`` and ``gpunn info``."""
+``gpunn bench`` and ``gpunn info``.
+
+A bad option, bad data or a failure ends with one line on stderr naming it and exit status 2
+(Ctrl-C: one line and 130); ``--debug`` or ``GPUNN_DEBUG=1`` shows the traceback instead. Every
+output path is checked before any work is done for it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
 import time
+from io import BytesIO
+from typing import NoReturn
 
 import numpy as np
 
 OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+class Parser(argparse.ArgumentParser):
+    """argparse, its errors on one line: ``gpunn train: error: argument --epochs: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _whole(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
     return value
 
 
+def _positive_int(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _count(text: str) -> int:
+    return _whole(text, 0)
+
+
+def _number(text: str, low_open: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (low_open and value == 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'>' if low_open else '>='} 0; "
+                                         f"got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, low_open=True)
+
+
+def _non_negative_float(text: str) -> float:
+    return _number(text, low_open=False)
+
+
+#: The widest hidden layer ``--hidden`` takes (a wider one is most likely a typo).
+MAX_WIDTH = 1 << 20
+
+
+def _widths(text: str) -> list[int]:
+    """Hidden layer sizes: ``64`` or ``256,128``."""
+    widths = [_whole(part.strip(), 1) for part in text.split(",")]
+    too_wide = [w for w in widths if w > MAX_WIDTH]
+    if too_wide:
+        raise argparse.ArgumentTypeError(f"layers wider than {MAX_WIDTH} units are refused; "
+                                         f"got {too_wide[0]}")
+    return widths
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="gpunn", description="Train the dense networks of 'Neural "
-                                 "Networks from Scratch' on NumPy (CPU) or CuPy (GPU).")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = Parser(prog="gpunn", description="Train the dense networks of 'Neural Networks from "
+                "Scratch' on NumPy (CPU) or CuPy (GPU).")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the traceback of an error (also GPUNN_DEBUG=1)")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = sub.add_parser("train", help="train a classifier (the book's spiral run by default)")
     train.add_argument("--backend", default=None, choices=("auto", "numpy", "cupy"),
                        help="default: $GPUNN_BACKEND or auto")
@@ -32,17 +93,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="spiral, vertical, digits (needs gpunn[data]) or a .npz file with X and y")
     train.add_argument("--samples", type=_positive_int, default=100, help="samples per class (toy sets)")
     train.add_argument("--classes", type=_positive_int, default=3, help="classes (toy sets)")
-    train.add_argument("--hidden", default=None,
+    train.add_argument("--hidden", type=_widths, default=None,
                        help="hidden layer sizes, e.g. 64 or 256,128 "
                             "(default: 64 for toy sets, 256,128 otherwise)")
-    train.add_argument("--epochs", type=int, default=None, help="default: 10001 for toy sets, 50 otherwise")
+    train.add_argument("--epochs", type=_count, default=None,
+                       help="default: 10001 for toy sets, 50 otherwise")
     train.add_argument("--batch-size", type=_positive_int, default=None,
                        help="default: full batch for toy sets, 32 otherwise")
     train.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    train.add_argument("--lr", type=float, default=None,
+    train.add_argument("--lr", type=_positive_float, default=None,
                        help="learning rate (default: the book's 0.05 for adam on toy sets, ...)")
-    train.add_argument("--decay", type=float, default=None, help="default: 5e-7 toy sets, 1e-4 otherwise")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--decay", type=_non_negative_float, default=None,
+                       help="default: 5e-7 toy sets, 1e-4 otherwise")
+    train.add_argument("--seed", type=_count, default=0)
     train.add_argument("--save", default=None, help="save the trained model to this .safetensors file")
     train.add_argument("--plot", default=None, help="draw loss and accuracy curves to this PNG")
     train.add_argument("--checkpoint", default=None, help="checkpoint file (saved at the end and on Ctrl-C)")
@@ -108,15 +171,34 @@ def _dataset(args: argparse.Namespace):
     return X_train, y_train, X_test, y_test
 
 
+def _outputs(args: argparse.Namespace) -> None:
+    """Every file ``gpunn train`` will write, checked before training starts."""
+    from . import files
+
+    for option, path in (("--save", args.save), ("--plot", args.plot),
+                         ("--checkpoint", args.checkpoint)):
+        if path is not None:
+            files.check_writable(path, option)
+    if args.plot is not None:
+        from .plot import pyplot
+
+        pyplot()  # matplotlib is there, or say so now, not after training
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint <file> to resume from")
+
+
 def train(args: argparse.Namespace) -> int:
     import gpunn as nn
 
+    from . import checks
+
+    _outputs(args)
     toy = args.dataset in TOY
     X, y, X_test, y_test = _dataset(args)
     if X.ndim != 2:
         raise ValueError(f"the data's X must be 2-D (samples, features); got shape {X.shape}")
-    classes = int(y.shape[1]) if y.ndim == 2 else int(np.max(y)) + 1
-    hidden = [int(h) for h in (args.hidden or ("64" if toy else "256,128")).split(",")]
+    classes = int(y.shape[1]) if y.ndim == 2 else checks.class_count(y, "the data's y")
+    hidden = args.hidden or ([64] if toy else [256, 128])
     sizes = [X.shape[1], *hidden, classes]
     nn.set_seed(args.seed)
     layers = []
@@ -130,14 +212,16 @@ def train(args: argparse.Namespace) -> int:
                   optimizer=_optimizer(args.optimizer, args.lr, decay, toy), backend=args.backend)
     epochs = args.epochs if args.epochs is not None else (10_001 if toy else 50)
     batch_size = args.batch_size if args.batch_size is not None or toy else 32
-    resume = args.checkpoint if args.resume and args.checkpoint and os.path.exists(args.checkpoint) \
-        else None
-    if args.resume and not args.checkpoint:
-        raise ValueError("--resume needs --checkpoint <file> to resume from")
+    resume = args.checkpoint if args.resume and os.path.exists(args.checkpoint) else None
     start = time.perf_counter()
-    history = model.fit(X, y, epochs=epochs, batch_size=batch_size, seed=args.seed,
-                        verbose=0 if args.quiet else 1, checkpoint=args.checkpoint,
-                        checkpoint_every=args.checkpoint_every, resume_from=resume)
+    try:
+        history = model.fit(X, y, epochs=epochs, batch_size=batch_size, seed=args.seed,
+                            verbose=0 if args.quiet else 1, checkpoint=args.checkpoint,
+                            checkpoint_every=args.checkpoint_every, resume_from=resume)
+    except KeyboardInterrupt:
+        raise Interrupted("" if args.checkpoint is None else
+                          f"; {args.checkpoint} holds the last finished epoch: run the same "
+                          f"command with --resume to go on from there") from None
     model.backend.synchronize()
     seconds = time.perf_counter() - start
     if args.save:
@@ -151,9 +235,20 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+class Interrupted(Exception):
+    """Ctrl-C, with what was kept (the message's end)."""
+
+
 def predict(args: argparse.Namespace) -> int:
     import gpunn as nn
 
+    from . import files
+
+    if args.output is not None:
+        if not args.output.endswith((".npz", ".csv")):
+            raise ValueError(f"--output must end in .npz or .csv (the two formats written); got "
+                             f"{args.output!r}")
+        files.check_writable(args.output, "--output")
     model = nn.load(args.model, backend=args.backend)
     arrays = nn.datasets.read_npz(args.data)
     if "X" not in arrays:
@@ -163,15 +258,23 @@ def predict(args: argparse.Namespace) -> int:
     classes = outputs.argmax(axis=1) if outputs.shape[1] > 1 else (outputs[:, 0] > 0.5).astype(int)
     if args.output is None:
         print("\n".join(map(str, classes.tolist())))
-    elif args.output.endswith(".csv"):
-        header = "prediction," + ",".join(f"output_{j}" for j in range(outputs.shape[1]))
-        np.savetxt(args.output, np.column_stack([classes, outputs]), delimiter=",", header=header,
-                   comments="", fmt=["%d"] + ["%.6g"] * outputs.shape[1])
     else:
-        np.savez(args.output, predictions=classes, outputs=outputs)
+        files.write_atomic(args.output, _predictions_file(args.output, classes, outputs))
     if y is not None:
         print(f"accuracy {model.evaluate(X, y)['accuracy']:.3f} on {len(X)} samples", file=sys.stderr)
     return 0
+
+
+def _predictions_file(path: str, classes: np.ndarray, outputs: np.ndarray) -> bytes:
+    """What ``predict --output`` writes: .csv, one row per sample, or .npz with both arrays."""
+    buffer = BytesIO()
+    if path.endswith(".csv"):
+        header = "prediction," + ",".join(f"output_{j}" for j in range(outputs.shape[1]))
+        np.savetxt(buffer, np.column_stack([classes, outputs]), delimiter=",", header=header,
+                   comments="", fmt=["%d"] + ["%.6g"] * outputs.shape[1])
+    else:
+        np.savez(buffer, predictions=classes, outputs=outputs)
+    return buffer.getvalue()
 
 
 def info() -> int:
@@ -228,7 +331,11 @@ def _blas_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version or a bad option (its one line already printed)
+        return stop.code if isinstance(stop.code, int) else 2
+    debug = args.debug or os.environ.get("GPUNN_DEBUG", "") not in ("", "0")
     try:
         if args.command == "train":
             return train(args)
@@ -239,8 +346,18 @@ def main(argv: list[str] | None = None) -> int:
 
             return bench.main(args)
         return info()
-    except (ValueError, TypeError, RuntimeError, FloatingPointError, ImportError, OSError) as exc:
-        print(f"gpunn: error: {exc}", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if debug:
+            raise
+        print(f"gpunn: interrupted{exc if isinstance(exc, Interrupted) else ''}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            message = f"not enough memory ({message}): try smaller layers or batches"
+        print(f"gpunn: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -9,14 +9,16 @@ draws from NumPy's global generator itself, as nnfs does (gpunn.book's data func
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .checks import whole_number
+from .checks import real_number, whole_number
 
 
 def _rng(seed: int | None, rng: Any = None) -> Any:
@@ -28,10 +30,12 @@ def _rng(seed: int | None, rng: Any = None) -> Any:
 
 
 def _blank(samples: int, classes: int) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """Checked sizes, and zeroed X (n, 2) and y (n,) as nnfs allocates them."""
+    """Checked sizes, and zeroed X (n, 2) and y (n,) as nnfs allocates them (uint8 labels, wider
+    ones past 256 classes)."""
     samples = whole_number(samples, "samples", 1)
     classes = whole_number(classes, "classes", 1)
-    return samples, classes, np.zeros((samples * classes, 2)), np.zeros(samples * classes, dtype="uint8")
+    labels = "uint8" if classes <= 256 else "int64"
+    return samples, classes, np.zeros((samples * classes, 2)), np.zeros(samples * classes, dtype=labels)
 
 
 def spiral_data(samples: int = 100, classes: int = 3, seed: int | None = None,
@@ -98,7 +102,7 @@ def _read_idx(path: str | os.PathLike) -> np.ndarray:
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise ValueError(f"{path} is not a valid IDX file: broken gzip data ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or data[3] == 0:
         raise ValueError(f"{path} is not a valid IDX file: bad magic number {data[:4].hex() or '(empty)'}")
@@ -108,7 +112,7 @@ def _read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path} is not a valid IDX file: the header is cut short")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
     dtype = np.dtype(_IDX_TYPES[data[2]])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if len(data) != expected:
         raise ValueError(f"{path} is not a valid IDX file: the header announces shape {shape} "
                          f"({expected} bytes) but the file has {len(data)} bytes")
@@ -148,9 +152,10 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError("it holds a single array, not named arrays")
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            raise ValueError("it holds a single array (.npy), not named arrays")
+        with data as f:
             return {name: f[name] for name in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{path} is not a valid .npz file ({exc})") from None
@@ -161,10 +166,11 @@ def train_test_split(X: Any, y: Any, test_size: float = 0.2, seed: int | None = 
     """Shuffle and split into X_train, X_test, y_train, y_test. ``stratify=True`` keeps each
     class's share the same in both parts (y must then be class labels)."""
     X, y = np.asarray(X), np.asarray(y)
-    if len(X) != len(y):
-        raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
-    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
-        raise ValueError(f"test_size must be a fraction in (0, 1); got {test_size!r}")
+    if X.ndim == 0 or y.ndim == 0 or len(X) != len(y):
+        raise ValueError(f"X and y must hold as many samples; got shapes {X.shape} and {y.shape}")
+    if len(X) < 2:
+        raise ValueError(f"X and y must hold at least 2 samples to split; got {len(X)}")
+    test_size = real_number(test_size, "test_size", 0, 1, low_open=True)
     rng = np.random.default_rng(seed)
     if stratify:
         labels = y.argmax(axis=1) if y.ndim == 2 else y

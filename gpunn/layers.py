@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import checks
 from .backends import Backend, backend_of, get_backend
 
 INITS = ("he", "glorot", "nnfs")
@@ -35,10 +36,7 @@ def _child_rng() -> np.random.Generator:
 
 
 def _check_regularizer(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
-    return float(value)
+    return checks.real_number(value, name, 0)
 
 
 class Buffered:
@@ -49,6 +47,7 @@ class Buffered:
     def __init__(self) -> None:
         self.backend: Backend = get_backend("numpy")
         self.bound = False  # part of a compiled network: buffers reused, backend fixed
+        self.owner: Any = None  # a weak reference to the model compiled with it
         #: (name, shape, dtype) -> the array ``buffer`` gave for it (bound only)
         self.buffers: dict[tuple, Any] = {}
         self.output: Any = None
@@ -112,8 +111,9 @@ class Buffered:
         return f"{type(self).__name__}()"
 
 
-#: What a pickled layer or loss leaves out: the last pass's arrays, remade by the next one.
-TRANSIENT = ("output", "dinputs", "inputs", "relu_mask", "mask", "dweights", "dbiases")
+#: What a pickled layer or loss leaves out: the last pass's arrays, remade by the next one, and
+#: the model it belonged to.
+TRANSIENT = ("output", "dinputs", "inputs", "relu_mask", "mask", "dweights", "dbiases", "owner")
 
 
 def _is_array(value: Any) -> bool:
@@ -149,8 +149,7 @@ class Dense(Layer):
                  seed: int | None = None) -> None:
         super().__init__()
         for name, value in (("n_inputs", n_inputs), ("n_neurons", n_neurons)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1; got {value!r}")
+            checks.whole_number(value, name, 1)
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
         self.n_inputs, self.n_neurons, self.init = int(n_inputs), int(n_neurons), init
@@ -343,9 +342,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float) -> None:
         super().__init__()
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-            raise ValueError(f"rate must be a number in [0, 1); got {rate!r}")
-        self.rate = float(rate)
+        self.rate = checks.real_number(rate, "rate", 0, 1)
         self.rng = _child_rng()
         self.mask: Any = None
 

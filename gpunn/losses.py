@@ -107,9 +107,17 @@ class Loss(Buffered):
         return self.buffer("losses", (n,), dtype)
 
     def _on(self, outputs: Any, y: Any, name: str = "y_pred") -> tuple[Any, Any]:
-        """The backend for (outputs, y), and y on it: one device for both, never mixed."""
+        """The backend for (outputs, y), and y on it: one device for both, never mixed. A model
+        checked its targets once, when ``fit`` began; called on its own (the book's way), the
+        loss checks them here, as the model would, against ``outputs``."""
         bk = self.follow(outputs, y, names=(name, "y_true"))
-        return bk, bk.asarray(y)
+        if self.bound:
+            return bk, bk.asarray(y)
+        if getattr(outputs, "ndim", None) != 2:
+            raise ValueError(f"{name} must be 2-D (samples, outputs); "
+                             f"got shape {getattr(outputs, 'shape', type(outputs).__name__)}")
+        targets = self.prepare_targets(y, *outputs.shape)
+        return bk, bk.asarray(targets.astype(self.targets_dtype(outputs.dtype), copy=False))
 
 
 class CategoricalCrossEntropy(Loss):

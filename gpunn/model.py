@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import checks, io
+from . import checks, files, io
 from .backends import Backend, get_backend
 from .layers import Dense, Dropout, Layer
 from .losses import Loss
@@ -43,6 +44,12 @@ class Sequential(LayerStack):
                                 f"got {type(layer).__name__}")
         if not any(isinstance(layer, Dense) for layer in layers):
             raise ValueError("layers must include at least one Dense layer")
+        first: dict[int, int] = {}
+        for i, layer in enumerate(layers):
+            j = first.setdefault(id(layer), i)
+            if j != i:
+                raise ValueError(f"layers[{i}] is the same {layer!r} object as layers[{j}]; each "
+                                 f"place needs a layer of its own (its weights and gradients)")
         self.layers = layers
         #: The compiled network (None before ``compile``) and the steps it trains with.
         self.network: Network | None = None
@@ -133,24 +140,34 @@ class Sequential(LayerStack):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a gpunn optimizer (SGD(), Adam(), ...); "
                             f"got {type(optimizer).__name__}")
-        if str(dtype) not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}; got {dtype!r}")
+        dtype = _dtype_name(dtype)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; "
                              f"got {precision!r}")
-        if precision == "tf32" and str(dtype) != "float32":
-            raise ValueError("precision 'tf32' applies to float32 models; got dtype "
-                             f"{str(dtype)!r}")
+        if precision == "tf32" and dtype != "float32":
+            raise ValueError(f"precision 'tf32' applies to float32 models; got dtype {dtype!r}")
         check_chain(self.layers, loss)
+        self._check_not_shared(loss, optimizer)
         bk = get_backend(backend).configured(precision=precision)  # refuses tf32 where it cannot run
         # Nothing was changed above; from here on the model is rebuilt.
-        self._build(loss, optimizer, bk, np.dtype(str(dtype)), self.get_params())
+        self._build(loss, optimizer, bk, np.dtype(dtype), self.get_params())
         return self
+
+    def _check_not_shared(self, loss: Loss, optimizer: Optimizer) -> None:
+        """A layer, loss or optimizer holds one model's state: refuse one another model has."""
+        named = [(f"layers[{i}]", layer) for i, layer in enumerate(self.layers)]
+        for what, part in [*named, ("loss", loss), ("optimizer", optimizer)]:
+            owner = getattr(part, "owner", None)
+            if owner is not None and owner() not in (None, self):
+                raise ValueError(f"{what} ({part!r}) is already part of another compiled model; "
+                                 f"give each model its own")
 
     def _build(self, loss: Loss, optimizer: Optimizer, bk: Backend, dtype: np.dtype,
                weights: list[np.ndarray]) -> None:
         self.network = Network(self.layers, loss, optimizer, bk, dtype, weights)
         self.steps = Steps(self.network)  # recorded graphs hold the old buffers' addresses
+        for part in [*self.layers, loss, optimizer]:
+            part.owner = weakref.ref(self)
 
     def _require_compiled(self, what: str) -> Network:
         if self.network is None:
@@ -244,6 +261,8 @@ class Sequential(LayerStack):
         batch = X.shape[0] if batch_size is None else checks.whole_number(batch_size, "batch_size", 1)
         validation = _validation(net, validation_data)
         _check_fit_options(shuffle, seed, verbose, checkpoint, checkpoint_every)
+        if checkpoint is not None:  # before any work, not when the first save comes
+            files.check_writable(checkpoint, "checkpoint")
         callbacks = list(callbacks)
         for i, cb in enumerate(callbacks):
             if not isinstance(cb, Callback):
@@ -284,8 +303,19 @@ class Sequential(LayerStack):
         """The model's outputs for X as a NumPy array (class probabilities with
         SoftmaxCrossEntropy)."""
         net = self._require_compiled("predict()")
-        X = net.backend.asarray(checks.features(X, "X", net.n_inputs), dtype=net.dtype)
+        X = net.backend.asarray(checks.features(X, "X", net.n_inputs, net.dtype))
         return net.predict(X, _inference_rows(batch_size))
+
+
+def _dtype_name(dtype: Any) -> str:
+    """"float32" or "float64", from a name or a NumPy type ("float32", np.float32, ...)."""
+    try:
+        name = np.dtype(dtype).name if dtype is not None else None
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}; got {dtype!r}")
+    return name
 
 
 def _inference_rows(batch_size: int | None) -> int:

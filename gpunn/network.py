@@ -84,8 +84,11 @@ def check_params(dense: list[Dense], params: list[Any]) -> list[np.ndarray]:
             arr = arr.reshape(want)
         if arr.shape != want:
             raise ValueError(f"{what} must have shape {want}; got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-            raise ValueError(f"{what} must hold finite real numbers")
+        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise TypeError(f"{what} must hold finite real numbers; got dtype {arr.dtype}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what} must hold finite real numbers; it holds "
+                             f"{arr[~np.isfinite(arr)][0]}")
         checked.append(arr)
     return checked
 
@@ -169,8 +172,9 @@ class Network(LayerStack):
         """Raise ValueError unless ``state`` fits this network (nothing is written)."""
         params = state.get("params")
         if params is None or tuple(params.shape) != tuple(self.params.shape):
-            have = "none" if params is None else f"{params.size}"
-            raise ValueError(f"{where}: params has {have} values; the model needs {self.params.size}")
+            have = "no array" if params is None else f"shape {tuple(params.shape)}"
+            raise ValueError(f"{where}: params has {have}; the model needs shape "
+                             f"{tuple(self.params.shape)} (one flat array)")
         self.optimizer.check_state_dict(state.get("optimizer", {}), where)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -214,11 +218,11 @@ class Network(LayerStack):
 
     def prepare(self, X: Any, y: Any, name: str = "") -> tuple[Any, Any]:
         """Check X and y against the network, and put them on the device in working dtypes."""
-        X = checks.features(X, f"{name}X", self.n_inputs)
+        X = checks.features(X, f"{name}X", self.n_inputs, self.dtype)
         y = self.loss.prepare_targets(y, X.shape[0], self.n_outputs)
+        y = checks.finite_in(y, self.loss.targets_dtype(self.dtype), f"{name}y")
         bk = self.backend
-        return (bk.asarray(X, dtype=self.dtype),
-                bk.asarray(y, dtype=self.loss.targets_dtype(self.dtype)))
+        return bk.asarray(X), bk.asarray(y)
 
     def evaluate(self, X: Any, y: Any, rows: int = INFERENCE_ROWS) -> dict[str, float]:
         """Mean data loss and accuracy of prepared (X, y), without dropout."""

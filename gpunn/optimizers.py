@@ -13,23 +13,16 @@ the device. The book's per-layer calls (``pre_update_params``, ``update_params(l
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from . import checks
 from .backends import Backend
 from .backends import schedule as slots
 
 
 def _check(name: str, value: Any, low: float, high: float | None = None,
            low_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (high is None or value < high)
-    if not ok:
-        lo = "(" if low_open else "["
-        span = f"{lo}{low}, {high})" if high is not None else ("> " if low_open else ">= ") + str(low)
-        raise ValueError(f"{name} must be a finite number {'in ' if high is not None else ''}"
-                         f"{span}; got {value!r}")
-    return float(value)
+    return checks.real_number(value, name, low, high, low_open=low_open)
 
 
 class Optimizer:
@@ -55,6 +48,7 @@ class Optimizer:
         self.backend: Backend | None = None
         self.state: dict[str, Any] = {}  # flat state buffers, allocated by ``build``
         self.schedule: Any = None  # the device schedule (backends/schedule.py's slots)
+        self.owner: Any = None  # a weak reference to the model compiled with it
         self._scratch: Any = None
 
     @property
@@ -72,7 +66,8 @@ class Optimizer:
     def __getstate__(self) -> dict[str, Any]:
         """For pickle and copy.deepcopy: the rule and where it stands, not its buffers (a model
         pickles its optimizer's state through its state dict)."""
-        return {**self.__dict__, "backend": None, "state": {}, "schedule": None, "_scratch": None}
+        return {**self.__dict__, "backend": None, "state": {}, "schedule": None, "_scratch": None,
+                "owner": None}
 
     # ---- flat buffers (a compiled model) ---------------------------------------------------
 
@@ -132,13 +127,17 @@ class Optimizer:
     def check_state_dict(self, state: dict[str, Any], where: str = "the state") -> None:
         """Raise ValueError unless ``state`` fits this optimizer's buffers (nothing is written)."""
         buffers = state.get("state", {})
-        missing = [name for name in self.state
-                   if name not in buffers or tuple(buffers[name].shape) != tuple(self.state[name].shape)]
+        missing = [name for name in self.state if name not in buffers]
         if missing:
             raise ValueError(f"{where} lacks the optimizer state {missing}")
+        for name, mine in self.state.items():
+            if tuple(buffers[name].shape) != tuple(mine.shape):
+                raise ValueError(f"{where}: the optimizer state {name!r} has shape "
+                                 f"{tuple(buffers[name].shape)}; the model needs {tuple(mine.shape)}")
         for key in ("iterations", "current_learning_rate"):
             if key not in state:
                 raise ValueError(f"{where} lacks the optimizer's {key}")
+        checks.whole_number(state["iterations"], f"{where}: the optimizer's iterations", 0)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Put ``state`` (from ``state_dict``, on any backend) into the buffers in place, after
@@ -148,15 +147,17 @@ class Optimizer:
             if name in self.state:
                 self.state[name][...] = self.backend.asarray(values, dtype=self.state[name].dtype)
         self.iterations = int(state["iterations"])
-        self.current_learning_rate = float(state["current_learning_rate"])
+        # This optimizer's hyper-parameters hold, not the ones the state was made with: the
+        # learning rate of the last step, as pre_update_params gave it.
+        self.current_learning_rate = self.learning_rate / (
+            1.0 + self.decay * max(self.iterations - 1, 0))
         self.sync_schedule()
 
     # ---- the book's calls ------------------------------------------------------------------
 
     def pre_update_params(self) -> None:
-        """Decay the learning rate: lr / (1 + decay * iterations)."""
-        if self.decay:
-            self.current_learning_rate = self.learning_rate / (1.0 + self.decay * self.iterations)
+        """Decay the learning rate: lr / (1 + decay * iterations) (lr itself without decay)."""
+        self.current_learning_rate = self.learning_rate / (1.0 + self.decay * self.iterations)
 
     def update_params(self, layer: Any) -> None:
         """Update one layer's weights and biases, keeping state on the layer as the book does."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
 import numpy as np
 
+from .files import write_atomic
 
-def _pyplot() -> Any:
+
+def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
@@ -19,9 +22,19 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:
+    """``fig`` as a PNG at ``path``, written atomically; the figure is closed."""
+    png = io.BytesIO()
+    try:
+        fig.savefig(png, dpi=dpi, format="png")
+    finally:
+        pyplot().close(fig)
+    write_atomic(path, png.getvalue())
+
+
 def history_curves(history: Any, path: str | os.PathLike) -> None:
     """Loss and accuracy per epoch, train and (when present) validation, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = history.epoch
     for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
@@ -35,8 +48,7 @@ def history_curves(history: Any, path: str | os.PathLike) -> None:
     ax_loss.set_title("loss")
     ax_acc.set_title("accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def decision_boundary(model: Any, X: Any, y: Any, path: str | os.PathLike,
@@ -47,7 +59,7 @@ def decision_boundary(model: Any, X: Any, y: Any, path: str | os.PathLike,
         raise ValueError(f"decision_boundary needs 2-D points (n, 2); got X of shape {X.shape}")
     if y.ndim == 2:
         y = y.argmax(axis=1)
-    plt = _pyplot()
+    plt = pyplot()
     pad = 0.1 * (X.max(axis=0) - X.min(axis=0) + 1e-9)
     lo, hi = X.min(axis=0) - pad, X.max(axis=0) + pad
     xs, ys = np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution)
@@ -64,5 +76,4 @@ def decision_boundary(model: Any, X: Any, y: Any, path: str | os.PathLike,
     ax.scatter(X[:, 0], X[:, 1], c=colors[y.astype(int)], s=12, edgecolors="k", linewidths=0.3)
     ax.set_title("decision boundary")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

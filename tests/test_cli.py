@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
+import pytest
 
 import gpunn as nn
 from gpunn import cli
@@ -27,7 +34,8 @@ def test_cli_train_options(capsys):
 
 def test_cli_errors_are_one_line(capsys):
     assert cli.main(["train", "--epochs", "-3", "--quiet"]) == 2
-    assert "epochs must be >= 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == "gpunn train: error: argument --epochs: must be >= 0; got -3\n"
 
 
 def test_cli_info(capsys):
@@ -60,3 +68,108 @@ def test_cli_train_npz_with_save_plot_checkpoint_resume_then_predict(tmp_path, c
     assert len(capsys.readouterr().out.split()) == 180
     assert cli.main(["predict", str(tmp_path / "nope.safetensors"), str(tmp_path / "data.npz")]) == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+BAD_COMMANDS = [
+    (["train", "--epochs", "-3"], "argument --epochs: must be >= 0; got -3"),
+    (["train", "--hidden", "abc"], "argument --hidden: must be a whole number; got 'abc'"),
+    (["train", "--hidden", "10000000000"], "argument --hidden: layers wider than 1048576 units"),
+    (["train", "--lr", "nan"], "argument --lr: must be a finite number > 0; got nan"),
+    (["train", "--decay", "-1"], "argument --decay: must be a finite number >= 0; got -1"),
+    (["train", "--classes", "0"], "argument --classes: must be >= 1; got 0"),
+    (["train", "--optimizer", "adamw"], "argument --optimizer: invalid choice: 'adamw'"),
+    (["train", "--backend", "tpu"], "argument --backend: invalid choice: 'tpu'"),
+    (["train", "--dataset", "mnist.csv"], "--dataset must be spiral, vertical, digits or a .npz file"),
+    (["train", "--save", "{tmp}/no/m.safetensors"], "--save {tmp}/no/m.safetensors: folder"),
+    (["train", "--checkpoint", "{tmp}"], "--checkpoint {tmp} is a folder"),
+    (["train", "--resume"], "--resume needs --checkpoint"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["predict", "{tmp}/none.safetensors", "{tmp}/d.npz"], "no such model file"),
+    (["predict", "{tmp}/d.npz", "{tmp}/d.npz"], "is not a valid gpunn model file"),
+    (["predict", "{tmp}/m.safetensors", "{tmp}/d.npz", "--output", "{tmp}/p.txt"],
+     "--output must end in .npz or .csv"),
+    (["predict", "{tmp}/m.safetensors", "{tmp}/wide.npz"], "X must have 2 features"),
+    (["predict", "{tmp}/m.safetensors", "{tmp}/m.safetensors"], "is not a valid .npz file"),
+    (["predict"], "the following arguments are required: model, data"),
+    (["bench", "--workloads", "huge"], "--workloads: unknown workload 'huge'"),
+    (["bench", "--repeats", "0"], "argument --repeats: must be >= 1; got 0"),
+    (["bench", "--json", "{tmp}/no/b.json"], "--json {tmp}/no/b.json: folder"),
+    (["info", "--verbose"], "unrecognized arguments: --verbose"),
+    (["fly"], "argument command: invalid choice: 'fly'"),
+    ([], "the following arguments are required: command"),
+]
+
+
+@pytest.fixture
+def files(tmp_path):
+    X, y = nn.datasets.vertical_data(samples=20, classes=3, seed=0)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    np.savez(tmp_path / "wide.npz", X=np.ones((4, 5)))
+    nn.set_seed(0)
+    model = nn.Sequential([nn.Dense(2, 4), nn.ReLU(), nn.Dense(4, 3)])
+    model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend="numpy").save(tmp_path / "m.safetensors")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, says", BAD_COMMANDS, ids=[" ".join(a) or "none" for a, _ in BAD_COMMANDS])
+def test_every_bad_command_line_is_one_line_and_status_2(argv, says, files, capsys):
+    argv = [a.replace("{tmp}", str(files)) for a in argv]
+    assert cli.main([*argv, "--quiet"] if argv[:1] == ["train"] else argv) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err
+    assert err.startswith(("gpunn: error: ", f"gpunn {argv[0]}: error: " if argv else "gpunn: "))
+    assert says.replace("{tmp}", str(files)) in err
+
+
+def test_output_checks_come_before_the_work(tmp_path, monkeypatch, capsys):
+    """A plot without matplotlib, or a save into a missing folder, fails at once, not after
+    training (or after the whole benchmark suite)."""
+    from gpunn.bench import suite
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setattr(suite, "run_suite", lambda *a: pytest.fail("the suite ran"))
+    monkeypatch.setattr(nn.Sequential, "fit", lambda *a, **k: pytest.fail("training ran"))
+    assert cli.main(["bench", "--plot", str(tmp_path / "b.png")]) == 2
+    assert 'needs matplotlib: pip install "gpunn[plot]"' in capsys.readouterr().err
+    assert cli.main(["train", "--plot", str(tmp_path / "c.png"), "--quiet"]) == 2
+    assert 'needs matplotlib' in capsys.readouterr().err
+    assert cli.main(["train", "--save", str(tmp_path / "no" / "m.st"), "--quiet"]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def run_gpunn(*argv, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "gpunn", *argv], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})}, **kwargs)
+
+
+def test_a_traceback_only_when_asked_for():
+    quiet = run_gpunn("train", "--dataset", "nope.npz", "--quiet")
+    assert quiet.returncode == 2 and quiet.stderr == "gpunn: error: no such data file: nope.npz\n"
+    for loud in (run_gpunn("--debug", "train", "--dataset", "nope.npz", "--quiet"),
+                 run_gpunn("train", "--dataset", "nope.npz", "--quiet", env={"GPUNN_DEBUG": "1"})):
+        assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
+        assert "FileNotFoundError: no such data file: nope.npz" in loud.stderr
+
+
+def test_ctrl_c_is_one_line_status_130_and_names_the_checkpoint(tmp_path):
+    ck = tmp_path / "ck.safetensors"
+    child = subprocess.Popen([sys.executable, "-m", "gpunn", "train", "--epochs", "100000000",
+                              "--backend", "numpy", "--checkpoint", str(ck), "--checkpoint-every",
+                              "500", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ck.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # training is under way once the first checkpoint is written
+        os.killpg(child.pid, signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"gpunn: interrupted; {ck} holds the last finished epoch: run the same command with "
+        f"--resume to go on from there")
+    assert "Traceback" not in err
+    assert nn.load(ck).optimizer.iterations >= 500

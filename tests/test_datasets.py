@@ -115,7 +115,7 @@ def test_train_test_split_is_seeded_and_stratified():
     assert np.bincount(y_test).tolist() == [10, 10, 10]
     rows = np.sort(np.concatenate([X_train[:, 2], X_test[:, 2]]))
     np.testing.assert_array_equal(rows, np.arange(150))  # nothing lost, nothing twice
-    with pytest.raises(ValueError, match="test_size must be a fraction"):
+    with pytest.raises(ValueError, match=r"test_size must be a finite number in \(0, 1\)"):
         nn.datasets.train_test_split(X, y, test_size=1.5)
 
 
@@ -136,3 +136,42 @@ def test_digits_figure_in_the_readme(tmp_path, monkeypatch):
     accuracy = scope["result"]["accuracy"]
     assert accuracy >= 0.97
     assert round(accuracy, 3) == stated
+
+
+def test_corrupt_and_lying_idx_files_are_refused(tmp_path, rng):
+    images = rng.integers(0, 256, (5, 2, 2), dtype=np.uint8)
+    good = write_idx(tmp_path / "img.idx", images)
+    labels = write_idx(tmp_path / "lab.idx", np.arange(5, dtype=np.uint8))
+    packed = bytearray(gzip.compress(good.read_bytes() * 50))
+    packed[12:20] = b"\xff" * 8  # damaged deflate data: a zlib.error, not a cut-short file
+    corrupt = tmp_path / "corrupt.gz"
+    corrupt.write_bytes(bytes(packed))
+    with pytest.raises(ValueError, match="broken gzip data"):
+        nn.datasets.load_idx(corrupt, labels)
+    # Dimensions whose product wraps around 2**64 to the true size (20 bytes) do not pass:
+    # 2147418113 * 2147549185 = 2**62 + 1, so 5 * 4 * that = 20 + 5 * 2**64.
+    lying = tmp_path / "lying.idx"
+    lying.write_bytes(bytes([0, 0, 0x08, 4]) + struct.pack(">IIII", 5, 4, 2147418113, 2147549185)
+                      + images.tobytes())
+    assert np.prod([5, 4, 2147418113, 2147549185], dtype=np.int64) == 20
+    with pytest.raises(ValueError, match=r"announces shape \(5, 4, 2147418113, 2147549185\)"):
+        nn.datasets.load_idx(lying, labels)
+
+
+def test_npz_that_is_not_named_arrays(tmp_path):
+    np.save(tmp_path / "single.npy", np.ones(3))
+    with pytest.raises(ValueError, match=r"not a valid .npz file \(it holds a single array \(.npy\)"):
+        nn.datasets.load_npz(tmp_path / "single.npy")
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(ValueError, match="must hold arrays named X and y; it lacks X, y"):
+        nn.datasets.load_npz(tmp_path / "empty.npz")
+
+
+def test_many_classes_and_numpy_numbers():
+    X, y = nn.datasets.spiral_data(1, 300, seed=0)  # labels past 255 do not wrap in uint8
+    assert y.tolist() == list(range(300)) and X.shape == (300, 2)
+    X, y = nn.datasets.spiral_data(20, 3, seed=0)
+    X_train, X_test, _, _ = nn.datasets.train_test_split(X, y, test_size=np.float32(0.25), seed=0)
+    assert (len(X_train), len(X_test)) == (45, 15)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        nn.datasets.train_test_split(X[:1], y[:1])

@@ -65,3 +65,14 @@ def test_dropout_gradient_with_fixed_mask(bk, rng):
     assert np.allclose(to_host(layer.backward(bk.asarray(R))), R * mask)
     # Not training: the identity
     assert np.array_equal(to_host(layer.forward(bk.asarray(x), training=False)), x)
+
+
+def test_dropout_keeps_each_unit_with_probability_one_minus_rate(bk):
+    """Rate 0.2 drops a fifth: of 200 000 units about 160 000 are kept (5 standard deviations
+    are 0.0045 of the fraction), each scaled by 1 / 0.8."""
+    layer = nn.Dropout(0.2)
+    layer.move_to(bk)
+    out = to_host(layer.forward(bk.asarray(np.ones((400, 500))), training=True))
+    kept = out != 0
+    assert abs(kept.mean() - 0.8) < 0.0045
+    np.testing.assert_allclose(out[kept], 1 / 0.8)

@@ -125,7 +125,7 @@ def test_a_state_dict_that_does_not_fit_is_refused_before_anything_is_written():
     before = model.get_params()
     state = model.network.state_dict(host=True)
     short = dict(state, params=state["params"][:-1])
-    with pytest.raises(ValueError, match=r"params has \d+ values; the model needs"):
+    with pytest.raises(ValueError, match=r"params has shape \(\d+,\); the model needs shape"):
         model.network.load_state_dict(short)
     no_cache = dict(state, optimizer=dict(state["optimizer"], state={"momentums": state["params"]}))
     with pytest.raises(ValueError, match=r"lacks the optimizer state \['cache'\]"):

@@ -110,11 +110,35 @@ def test_train_step_is_exactly_one_sgd_step(backend, rng):
     lambda: nn.SGD(lr=0), lambda: nn.SGD(lr=-1), lambda: nn.SGD(lr=float("nan")),
     lambda: nn.SGD(lr=0.1, momentum=1.0), lambda: nn.SGD(lr=0.1, decay=-1),
     lambda: nn.Adam(beta_1=1.0), lambda: nn.Adam(beta_2=-0.1), lambda: nn.Adam(epsilon=0),
-    lambda: nn.RMSprop(rho=1.5), lambda: nn.Adagrad(epsilon=-1), lambda: nn.SGD(lr="0.1"),
+    lambda: nn.RMSprop(rho=1.5), lambda: nn.Adagrad(epsilon=-1),
 ])
 def test_invalid_hyper_parameters_are_refused(bad):
     with pytest.raises(ValueError, match=r"(lr|momentum|decay|beta_1|beta_2|epsilon|rho) must be"):
         bad()
+
+
+def test_hyper_parameters_are_real_numbers_numpy_ones_too():
+    with pytest.raises(TypeError, match=r"lr must be a finite number > 0.0; got '0.1'"):
+        nn.SGD(lr="0.1")
+    with pytest.raises(TypeError, match="momentum must be a finite number"):
+        nn.SGD(momentum=True)
+    opt = nn.Adam(lr=np.float32(0.01), beta_1=np.float64(0.8))
+    assert type(opt.learning_rate) is float and opt.learning_rate == pytest.approx(0.01)
+    assert nn.Dropout(np.float32(0.25)).rate == 0.25
+
+
+def test_a_resumed_optimizer_keeps_its_own_learning_rate():
+    """The state brings the step count and buffers; the learning rate is this optimizer's."""
+    bk = get_backend("numpy")
+    saved, resumed = nn.SGD(lr=1.0), nn.SGD(lr=1e-4, decay=0.5)
+    for opt in (saved, resumed):
+        opt.build(bk, 3, np.float64)
+    saved.step(np.zeros(3), np.ones(3))
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed.iterations == 1 and resumed.current_learning_rate == 1e-4
+    params = np.zeros(3)
+    resumed.step(params, np.ones(3))
+    np.testing.assert_allclose(params, -1e-4 / (1 + 0.5 * 1))
 
 
 def test_lr_property_and_decay_sequence():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..plot import pyplot, save_figure
 from .workloads import WORKLOADS
 
 SCHEMA: dict[str, Any] = {
@@ -113,13 +114,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def plot(doc: dict[str, Any], path: str) -> None:
     """A bar chart of samples/s per workload and contender, log scale."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError('--plot needs matplotlib: pip install "gpunn[plot]"') from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = sorted({(r["workload"], r["device"], r["precision"]) for r in doc["results"]},
                     key=lambda g: (list(WORKLOADS) + ["book"]).index(g[0]))
     impls = sorted({r["impl"] for r in doc["results"]})
@@ -141,5 +136,4 @@ def plot(doc: dict[str, Any], path: str) -> None:
     ax.set_title("gpunn bench: training throughput")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -3,6 +3,7 @@ the GEMM ceiling measured between them; and the ``gpunn bench`` command."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -10,12 +11,14 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ..backends import available, cupy_problem, get_backend
+from ..files import check_writable, write_atomic
+from ..plot import pyplot
 from .book import book_run
 from .contenders import Run, Skip, contenders
 from .report import add_speedups, markdown, peer_backend, plot, row_text, speedup_text
@@ -199,43 +202,59 @@ def _importable(name: str) -> bool:
         return False
 
 
-def main(args: Any) -> int:
-    """The ``gpunn bench`` command (arguments parsed by gpunn.cli)."""
-    backends = args.backends.split(",") if args.backends else available()
-    peers = args.peers.split(",") if args.peers else ["pytorch", "jax", "numpy-book"]
+def _check_request(args: Any) -> list[str]:
+    """Every workload name and output path, checked before the suite runs rather than after."""
     workloads = args.workloads.split(",")
     for w in workloads:
         if w not in WORKLOADS and w != "book":
             raise ValueError(f"--workloads: unknown workload {w!r}; choose from "
                              f"{', '.join(list(WORKLOADS) + ['book'])}")
-    repeats = args.repeats or (3 if args.quick else 7)
-    seconds = 0.25 if args.quick else 0.6
-    limits = None
-    if args.threads:
-        from threadpoolctl import threadpool_limits
+    for option, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+        if path is not None:
+            check_writable(path, option)
+    if args.plot is not None:
+        pyplot()
+    return workloads
 
-        limits = threadpool_limits(args.threads)
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    """Limit BLAS (and PyTorch's own pool, when present) to ``threads`` for the suite only."""
+    if not threads:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    limits = threadpool_limits(threads)
     torch_threads = None
-    if args.threads and "torch" in sys.modules or (args.threads and _importable("torch")):
+    if "torch" in sys.modules or _importable("torch"):
         import torch
 
         torch_threads = torch.get_num_threads()
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     try:
-        doc = run_suite(workloads, backends, peers, args.precision.split(","), repeats, seconds)
+        yield
     finally:
-        if limits is not None:
-            limits.restore_original_limits()
+        limits.restore_original_limits()
         if torch_threads is not None:
             sys.modules["torch"].set_num_threads(torch_threads)
+
+
+def main(args: Any) -> int:
+    """The ``gpunn bench`` command (arguments parsed by gpunn.cli)."""
+    workloads = _check_request(args)
+    backends = args.backends.split(",") if args.backends else available()
+    peers = args.peers.split(",") if args.peers else ["pytorch", "jax", "numpy-book"]
+    repeats = args.repeats or (3 if args.quick else 7)
+    seconds = 0.25 if args.quick else 0.6
+    with _threads(args.threads):
+        doc = run_suite(workloads, backends, peers, args.precision.split(","), repeats, seconds)
     for s in doc["skipped"]:
         print(f"skipped: {s['impl']} ({s.get('workload', '')}): {s['reason']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
+        write_atomic(args.json, json.dumps(doc, indent=2).encode())
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(doc))
+        write_atomic(args.markdown, markdown(doc).encode())
     if args.plot:
         plot(doc, args.plot)
     return 0

@@ -22,7 +22,8 @@ from .. import io
 class Callback:
     """Does nothing; subclasses take the hooks they need."""
 
-    #: The most epochs one launch may run between two ``on_launch_end`` calls (None: any).
+    #: k: launches end on every k-th epoch, so ``on_launch_end`` sees epochs k, 2k, ... (None:
+    #: any launches).
     epochs_per_launch: int | None = None
 
     def on_epoch_end(self, loop: Any, epoch: int, logs: dict[str, float]) -> None:
@@ -60,6 +61,13 @@ class History(Callback):
         for key, values in self.history.items():
             values.append(logs[key])
         self.epoch.append(epoch)
+
+    def truncate(self, epochs: int) -> None:
+        """Forget the epochs after ``epochs`` (training was put back to there)."""
+        keep = sum(1 for epoch in self.epoch if epoch <= epochs)
+        for values in self.history.values():
+            del values[keep:]
+        del self.epoch[keep:]
 
     def plot(self, path: str | os.PathLike) -> None:
         """Draw loss and accuracy per epoch (train, and validation when there is some) to a PNG."""

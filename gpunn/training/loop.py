@@ -38,6 +38,7 @@ class Loop:
         self.epochs, self.batch_size, self.shuffle, self.rng = epochs, batch_size, shuffle, rng
         self.history, self.validation, self.done = history, validation, done
         self.callbacks = [history, *callbacks]
+        self.previous: Mark | None = None  # where the last launch started
         self.dropouts = [layer for layer in network.layers if isinstance(layer, Dropout)]
 
     # ---- where training stands ---------------------------------------------------------------
@@ -79,12 +80,15 @@ class Loop:
             and not self.network.regularized
         fixed = self.steps.planned
         per_launch = EPOCHS_PER_LAUNCH if many and fixed else 1
-        limit = min([EPOCHS_PER_LAUNCH if many else 1]
-                    + [cb.epochs_per_launch for cb in self.callbacks if cb.epochs_per_launch])
+        limit = EPOCHS_PER_LAUNCH if many else 1
+        # A callback that needs the model at every k-th epoch (a checkpoint every k) gets
+        # launches that end on those epochs, however launches grow or a resume began.
+        every = [cb.epochs_per_launch for cb in self.callbacks if cb.epochs_per_launch]
         self.network.loss.fit_begin(self.y)
         try:
             while self.done < self.epochs:
-                count = min(per_launch, limit, self.epochs - self.done)
+                count = min([per_launch, limit, self.epochs - self.done]
+                            + [k - self.done % k for k in every])
                 started = time.perf_counter()
                 self._launch(count)
                 if many and not fixed:
@@ -97,48 +101,88 @@ class Loop:
         return self.history
 
     def _launch(self, count: int) -> None:
-        state, generators = self.network.state_dict(host=False), self.generators()
+        """``count`` epochs and what follows them: metrics, validation, callbacks. Ctrl-C or a
+        divergence anywhere in it puts everything back as it was before it (or further)."""
+        start = Mark(self, count)
+        try:
+            self._epochs(count, start)
+        except KeyboardInterrupt:  # back to the last finished launch, then say so and stop
+            start.restore(self)
+            for cb in self.callbacks:
+                cb.on_interrupt(self)
+            raise
+        self.previous = start
+        self.done += count
+        if self.done == self.epochs:  # before the final checkpoint is written
+            self._check_last_update(start)
+        for cb in self.callbacks:
+            cb.on_launch_end(self)
+
+    def _epochs(self, count: int, start: Mark) -> None:
         # The epoch's penalty as the book reports it: for a full batch, of the parameters the
         # step started from (with its data loss); for mini-batches, of those at the epoch's end
         # (with the mean data loss of its batches). Penalised networks run an epoch a launch.
         full_batch = self.batch_size >= self.X.shape[0]
         reg = self.network.regularization_loss() if full_batch else 0.0
-        try:
-            results = self.run_epochs(count, on_batch=True)
-        except KeyboardInterrupt:  # back to the last finished epoch, then say so and stop
-            self._rewind(state, generators)
-            for cb in self.callbacks:
-                cb.on_interrupt(self)
-            raise
+        results = self.run_epochs(count, on_batch=True)
         n = self.X.shape[0]
         if not full_batch:
             reg = self.network.regularization_loss()
         for i, (loss_sum, correct) in enumerate(results):
-            epoch = self.done + i + 1
             data_loss = loss_sum / n
-            loss = data_loss + reg
-            if not math.isfinite(loss):
-                self._rewind(state, generators, epochs=i)
-                raise FloatingPointError(
-                    f"training diverged: the loss became {loss} at epoch {epoch}; the "
-                    f"parameters are back as they were before that epoch (try a lower lr)")
-            logs = {"loss": loss, "accuracy": correct / n, "data_loss": data_loss, "reg_loss": reg}
+            if not math.isfinite(data_loss + reg):
+                self._diverged(start, i, data_loss + reg)
+            logs = {"loss": data_loss + reg, "accuracy": correct / n, "data_loss": data_loss,
+                    "reg_loss": reg}
             if self.validation is not None:
                 val = self.network.evaluate(*self.validation)
                 logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             for cb in self.callbacks:
-                cb.on_epoch_end(self, epoch, logs)
-        self.done += count
-        for cb in self.callbacks:
-            cb.on_launch_end(self)
+                cb.on_epoch_end(self, self.done + i + 1, logs)
+        if not self.network.backend.all_finite(self.network.params):
+            epoch = self.done + count  # its loss was finite: its update broke the parameters
+            self._back_to(start, count - 1)
+            raise FloatingPointError(
+                f"training diverged: the update of epoch {epoch} made parameters non-finite; "
+                f"they are back as they were before that epoch (try a lower lr)")
 
-    def _rewind(self, state: dict[str, Any], generators: dict[str, Any], epochs: int = 0) -> None:
-        """The network and generators as they were before the launch, then ``epochs`` epochs
-        run again (the good ones of a multi-epoch launch)."""
-        self.network.load_state_dict(state)
-        self.set_generators(generators)
+    def _check_last_update(self, start: Mark) -> None:
+        """No epoch measured the parameters the last update left: a forward pass over one batch
+        does, so that fit never returns (or checkpoints) a model that predicts NaN."""
+        rows = min(self.batch_size, self.X.shape[0])
+        loss = self.network.evaluate(self.X[:rows], self.y[:rows])["loss"]
+        if not math.isfinite(loss):
+            epoch = self.done
+            self._back_to(start, start.count - 1)
+            raise FloatingPointError(
+                f"training diverged: after the update of epoch {epoch} the loss is {loss}; the "
+                f"parameters are back as they were before that epoch (try a lower lr)")
+
+    def _diverged(self, start: Mark, i: int, loss: float) -> None:
+        """The loss of the launch's epoch ``i`` is not finite: the parameters it started from
+        are bad. Back to those of the epoch before, whose loss was finite, and stop."""
+        epoch = self.done + i + 1
+        if i > 0:
+            self._back_to(start, i - 1)
+        elif self.previous is not None:
+            self._back_to(self.previous, self.previous.count - 1)
+        else:  # the first epoch of this fit: the parameters it was given, or the data, are bad
+            start.restore(self)
+            raise FloatingPointError(
+                f"the loss is {loss} at epoch {epoch}, the first of this fit: the parameters it "
+                f"started from or the data give a non-finite loss; nothing was changed")
+        raise FloatingPointError(
+            f"training diverged: the loss became {loss} at epoch {epoch}; the parameters are "
+            f"back as they were before epoch {epoch - 1}, the last whose loss was finite (try a "
+            f"lower lr)")
+
+    def _back_to(self, mark: Mark, epochs: int) -> None:
+        """As at ``mark``, then ``epochs`` epochs run again (the good ones of a launch)."""
+        mark.restore(self)
         for _ in range(epochs):
             self.run_epochs(1)
+        self.done = mark.done + epochs
+        self.history.truncate(self.done)
 
     def run_epochs(self, count: int, on_batch: bool = False) -> list[tuple[float, float]]:
         """``count`` epochs (several only for a full batch) through the steps; each epoch's
@@ -154,3 +198,17 @@ class Loop:
                     cb.on_batch_end(self)
         totals = bk.to_numpy(steps.totals[:count])  # the one wait for the device
         return [(float(loss), float(correct)) for loss, correct in totals]
+
+
+class Mark:
+    """Where training stood before a launch: the network's state (a copy on the device), the
+    generators, the epochs done and recorded, the launch's size."""
+
+    def __init__(self, loop: Loop, count: int = 0) -> None:
+        self.state, self.generators = loop.network.state_dict(host=False), loop.generators()
+        self.done, self.count = loop.done, count
+
+    def restore(self, loop: Loop) -> None:
+        loop.network.load_state_dict(self.state)
+        loop.set_generators(self.generators)
+        loop.history.truncate(self.done)

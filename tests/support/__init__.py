@@ -7,6 +7,8 @@
   ``MaskingNumpy`` (ReLU masks kept as packed bits, as cuBLASLt keeps them).
 - ``support.cuda``: ``DeviceLike`` (a NumPy array dressed as a CuPy one) and ``column_major``, for
   the cuBLAS and cuBLASLt wrappers' stand-in tests.
+- ``support.files``: ``rewrite`` (a model file with its metadata or tensors changed) and
+  ``with_header`` (with its raw safetensors header changed), for crafted-file tests.
 - ``support.gradients``: ``numerical_grad`` (central differences) and ``assert_close``.
 - ``support.training``: ``OPTIMIZERS``, the optimizer settings the training tests run through,
   ``made_steps(model)``, what the model's steps did, and ``interrupt_at``, a Ctrl-C mid-training.

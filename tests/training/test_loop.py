@@ -12,6 +12,16 @@ from gpunn.training import loop as loop_module
 from gpunn.training.callbacks import Callback
 
 
+class Record(Callback):
+    """Hands each epoch to a History of the test's own."""
+
+    def __init__(self, history):
+        self.history = history
+
+    def on_epoch_end(self, loop, epoch, logs):
+        self.history.on_epoch_end(loop, epoch, logs)
+
+
 def spiral_model(backend="numpy", dropout=False, seed=0):
     nn.set_seed(seed)
     layers = [nn.Dense(2, 32, init="he"), nn.ReLU()] + ([nn.Dropout(0.1)] if dropout else [])
@@ -20,12 +30,13 @@ def spiral_model(backend="numpy", dropout=False, seed=0):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_divergence_inside_a_multi_epoch_launch_restores_the_epoch_before(monkeypatch):
+def test_divergence_inside_a_multi_epoch_launch_goes_back_to_the_last_finite_loss(monkeypatch):
+    """A non-finite loss at epoch 6 means the parameters epoch 6 started from are bad: back to
+    those of epoch 5's start (epoch 5's loss was finite), the history to epoch 4."""
     X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
     reference = spiral_model()
-    reference.fit(X, y, epochs=5, batch_size=None, verbose=0)
+    reference.fit(X, y, epochs=4, batch_size=None, verbose=0)
     model = spiral_model(PlanningNumpy())
-    # Emulate a loss that turns NaN at epoch 6 of the first launch.
     real, calls = loop_module.Loop.run_epochs, []
 
     def run_epochs(self, count, on_batch=False):
@@ -36,12 +47,46 @@ def test_divergence_inside_a_multi_epoch_launch_restores_the_epoch_before(monkey
         return result
 
     monkeypatch.setattr(loop_module.Loop, "run_epochs", run_epochs)
-    with pytest.raises(FloatingPointError, match="loss became nan at epoch 6"):
-        model.fit(X, y, epochs=20, batch_size=None, verbose=0)
-    assert calls[0] == 20 and calls[1:] == [1] * 5  # the first five epochs run again
+    history = nn.History(validation=False)
+    with pytest.raises(FloatingPointError, match="loss became nan at epoch 6; the parameters are "
+                                                 "back as they were before epoch 5"):
+        model.fit(X, y, epochs=20, batch_size=None, verbose=0, callbacks=[Record(history)])
+    assert calls[0] == 20 and calls[1:] == [1] * 4  # the first four epochs run again
     for a, b in zip(reference.get_params(), model.get_params()):
         assert np.array_equal(a, b)
-    assert model.optimizer.iterations == 5
+    assert model.optimizer.iterations == 4
+
+
+def test_a_nan_at_the_first_epoch_of_a_launch_goes_back_into_the_launch_before(monkeypatch):
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    reference = spiral_model()
+    reference.fit(X, y, epochs=1, batch_size=16, seed=0, verbose=0)
+    model = spiral_model()
+    real = loop_module.Loop.run_epochs
+    epochs = []
+
+    def run_epochs(self, count, on_batch=False):
+        epochs.append(self.done + 1)
+        result = real(self, count, on_batch)
+        return [(float("inf"), 0.0)] if self.done == 2 else result
+
+    monkeypatch.setattr(loop_module.Loop, "run_epochs", run_epochs)
+    with pytest.raises(FloatingPointError, match="loss became inf at epoch 3; .* before epoch 2"):
+        model.fit(X, y, epochs=5, batch_size=16, seed=0, verbose=0)
+    for a, b in zip(reference.get_params(), model.get_params()):
+        assert np.array_equal(a, b)  # as after epoch 1
+    assert model.optimizer.iterations == reference.optimizer.iterations
+
+
+def test_a_first_epoch_that_is_already_non_finite_changes_nothing():
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    model = spiral_model()
+    model.set_params([np.full_like(p, 1e30) for p in model.get_params()])  # the loss overflows
+    before = model.get_params()
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="the first of this fit"):
+        model.fit(X * 1e10, y, epochs=3, batch_size=None, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_params()))
+    assert model.optimizer.iterations == 0
 
 
 def test_eager_full_batch_launches_grow_while_quick_and_shrink_when_slow(monkeypatch):
@@ -62,24 +107,32 @@ def test_eager_full_batch_launches_grow_while_quick_and_shrink_when_slow(monkeyp
         assert np.array_equal(a, b)
 
 
-def test_a_real_divergence_stops_fit_with_the_parameters_of_the_epoch_before():
-    """SGD(lr=1e30): the first epoch's loss is still finite (measured before its update, as
-    the book does), the second's is not; fit stops there, with the first epoch's parameters."""
+def test_a_real_divergence_stops_fit_with_parameters_whose_loss_was_finite():
+    """SGD(lr=1e30): epoch 1's loss is finite (measured before its update, as the book does);
+    its update blows the weights up so far that epoch 2's penalty overflows float32. Fit stops
+    at epoch 2 and goes back to the parameters epoch 1 started from, the last with a finite
+    loss, and they predict finite numbers."""
     X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
-    runs = []
-    for epochs in (1, 3):
-        model = spiral_model(dropout=True)
-        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=1e30), backend="numpy")
-        with np.errstate(all="ignore"):
-            if epochs == 1:
-                model.fit(X, y, epochs=1, batch_size=None, seed=0, verbose=0)
-            else:
-                with pytest.raises(FloatingPointError, match="at epoch 2"):
-                    model.fit(X, y, epochs=3, batch_size=None, seed=0, verbose=0)
-        runs.append(model)
-    for a, b in zip(runs[0].get_params(), runs[1].get_params()):
-        assert np.array_equal(a, b)
-    assert runs[1].optimizer.iterations == 1
+    model = spiral_model(dropout=True)
+    model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=1e30), backend="numpy")
+    before = model.get_params()
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="at epoch 2; .* before epoch 1"):
+        model.fit(X, y, epochs=3, batch_size=None, seed=0, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_params()))
+    assert model.optimizer.iterations == 0 and np.isfinite(model.predict(X)).all()
+
+
+def test_the_last_update_of_a_fit_is_checked_too():
+    """SGD(lr=1e37) for one epoch: the loss of the epoch is finite, its update is not."""
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    model = spiral_model()
+    model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=1e37), backend="numpy")
+    before = model.get_params()
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError,
+                                                  match="after the update of epoch 1 the loss is nan"):
+        model.fit(X, y, epochs=1, batch_size=None, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_params()))
+    assert np.isfinite(model.predict(X)).all()
 
 
 def test_full_batches_launch_many_epochs_when_planned_and_one_otherwise():
@@ -99,6 +152,32 @@ def test_a_checkpoint_every_k_epochs_limits_launches_to_k(tmp_path):
     model.fit(X, y, epochs=12, batch_size=None, verbose=0, checkpoint=tmp_path / "c.safetensors",
               checkpoint_every=5)
     assert made_steps(model) == {(60, 5): "planned", (60, 2): "planned"}
+
+
+class LaunchEnds(Callback):
+    epochs_per_launch = 5
+
+    def __init__(self):
+        self.ends = []
+
+    def on_launch_end(self, loop):
+        self.ends.append(loop.done)
+
+
+@pytest.mark.parametrize("start", [0, 7])
+def test_launches_that_grow_still_end_on_every_kth_epoch(start, monkeypatch):
+    """Eager full-batch launches double while quick (1, 2, 4, ...); a checkpoint every 5 epochs
+    must still see epochs 5, 10, 15, ..., also when training began at epoch 7."""
+    monkeypatch.setattr(loop_module, "LAUNCH_SECONDS", 1e9)  # always quick: always growing
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    model = spiral_model()
+    model.fit(X, y, epochs=start, batch_size=None, verbose=0)
+    ends = LaunchEnds()
+    loop = loop_module.Loop(model.network, model.steps, *model.network.prepare(X, y), 63, 60, False,
+                            np.random.default_rng(0), nn.History(False), [ends], done=start)
+    loop.run()
+    assert {5 * k for k in range(start // 5 + 1, 13)} <= set(ends.ends) and ends.ends[-1] == 63
+    assert any(b - a > 1 for a, b in zip(ends.ends, ends.ends[1:]))  # and they did grow
 
 
 def test_ctrl_c_puts_the_model_back_at_the_last_finished_epoch(monkeypatch):

@@ -35,6 +35,13 @@ def fake_cublas(calls: list) -> types.SimpleNamespace:
         set_math_mode=lambda h, mode: calls.append(("math", mode)))
 
 
+def strided(values: np.ndarray, extra: int) -> np.ndarray:
+    """``values`` as the first columns of an array ``extra`` columns wider."""
+    wide = np.full((values.shape[0], values.shape[1] + extra), np.nan, values.dtype)
+    wide[:, :values.shape[1]] = values
+    return wide[:, :values.shape[1]]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
 def test_gemm_mapping_matches_numpy(dtype, trans_a, trans_b, rng):
@@ -46,9 +53,10 @@ def test_gemm_mapping_matches_numpy(dtype, trans_a, trans_b, rng):
     Gemm.__init__(g, cupy)  # nvmath may be absent here: install the stand-in either way
     g.cublas = fake_cublas(calls)
     m, k, n = 5, 7, 3  # out is (m, n); odd sizes so a swapped dimension cannot pass
-    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
-    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
-    # A row slice of a wider array: the leading dimension differs from the width.
+    # Inputs and output are column slices of wider arrays: each leading dimension (the row
+    # stride) differs from the width, so taking one for the other cannot pass.
+    a = strided(rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype), 3)
+    b = strided(rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype), 2)
     wide = np.full((m, n + 4), np.nan, dtype)
     out = wide[:, :n]
     g.gemm(DeviceLike(a), DeviceLike(b), DeviceLike(out), trans_a, trans_b)
