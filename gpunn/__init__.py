@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from . import backends, datasets, io, metrics, plot
+from . import backends, callbacks, datasets, io, metrics, plot
 from .backends import use
+from .callbacks import Callback, EarlyStopping, History, LambdaCallback, ModelCheckpoint
 from .layers import Dense, Dropout, Layer, Linear, ReLU, Sigmoid, Softmax, set_seed
 from .losses import (
     BinaryCrossEntropy,
@@ -18,24 +19,19 @@ from .losses import (
 from .metrics import Accuracy, CategoricalAccuracy, RegressionAccuracy
 from .model import Sequential, load
 from .optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
-from .training.callbacks import History
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Accuracy", "Adagrad", "Adam", "BinaryCrossEntropy", "CategoricalAccuracy",
-    "CategoricalCrossEntropy", "Dense", "Dropout", "History", "Layer", "Linear", "Loss",
-    "MeanAbsoluteError", "MeanSquaredError", "Optimizer", "ReLU", "RMSprop", "RegressionAccuracy",
-    "SGD", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "backends", "datasets", "io",
-    "load", "metrics", "plot", "set_seed", "use",
+    "Accuracy", "Adagrad", "Adam", "BinaryCrossEntropy", "Callback", "CategoricalAccuracy",
+    "CategoricalCrossEntropy", "Dense", "Dropout", "EarlyStopping", "History", "LambdaCallback",
+    "Layer", "Linear", "Loss", "MeanAbsoluteError", "MeanSquaredError", "ModelCheckpoint",
+    "Optimizer", "ReLU", "RMSprop", "RegressionAccuracy", "SGD", "Sequential", "Sigmoid",
+    "Softmax", "SoftmaxCrossEntropy", "backends", "callbacks", "datasets", "io", "load", "metrics",
+    "plot", "set_seed", "use",
 ]
 
-# One line says which backend "auto" chose. It goes to stderr unless the application has set up
-# logging for "gpunn" itself (then its handlers decide).
-_log = logging.getLogger("gpunn")
-if not _log.handlers:
-    _handler = logging.StreamHandler()
-    _handler.setFormatter(logging.Formatter("%(message)s"))
-    _log.addHandler(_handler)
-    _log.setLevel(logging.INFO)
-    _log.propagate = False
+# A library only adds a NullHandler: what gpunn logs (which backend "auto" chose, a fast path that
+# fell back) shows where the application's logging config sends it. `gpunn` on the command line
+# prints it to stderr unless --quiet.
+logging.getLogger("gpunn").addHandler(logging.NullHandler())

@@ -61,8 +61,11 @@ def _cast(arr: np.ndarray, dtype: Any) -> np.ndarray:
 
 
 def class_labels(y: Any, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
-    """Integer class indices in [0, n_classes), from indices or one-hot rows."""
+    """Integer class indices in [0, n_classes), from indices (shape (n,) or (n, 1)) or one-hot
+    rows."""
     arr = host_array(y)
+    if arr.ndim == 2 and arr.shape == (n_samples, 1) and n_classes > 1:  # a column of labels
+        arr = arr[:, 0]
     if arr.ndim == 2:
         if arr.shape != (n_samples, n_classes):
             raise ValueError(f"{name} as one-hot rows must have shape ({n_samples}, {n_classes}); "

@@ -9,6 +9,7 @@ output path is checked before any work is done for it.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import platform
@@ -18,6 +19,8 @@ from io import BytesIO
 from typing import NoReturn
 
 import numpy as np
+
+from . import __version__
 
 OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop")
 
@@ -80,11 +83,24 @@ def _widths(text: str) -> list[int]:
     return widths
 
 
+def _log_to_stderr() -> None:
+    """What gpunn logs (the backend "auto" chose, a fast path that fell back), one line each on
+    stderr; the library itself only adds a NullHandler."""
+    log = logging.getLogger("gpunn")
+    if not any(getattr(h, "gpunn_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.gpunn_cli = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = Parser(prog="gpunn", description="Train the dense networks of 'Neural Networks from "
                 "Scratch' on NumPy (CPU) or CuPy (GPU).")
     ap.add_argument("--debug", action="store_true",
                     help="show the traceback of an error (also GPUNN_DEBUG=1)")
+    ap.add_argument("--version", action="version", version=f"gpunn {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = sub.add_parser("train", help="train a classifier (the book's spiral run by default)")
     train.add_argument("--backend", default=None, choices=("auto", "numpy", "cupy"),
@@ -180,9 +196,9 @@ def _outputs(args: argparse.Namespace) -> None:
         if path is not None:
             files.check_writable(path, option)
     if args.plot is not None:
-        from .plot import pyplot
+        from .plot import require_matplotlib
 
-        pyplot()  # matplotlib is there, or say so now, not after training
+        require_matplotlib()  # matplotlib is there, or say so now, not after training
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint <file> to resume from")
 
@@ -215,9 +231,11 @@ def train(args: argparse.Namespace) -> int:
     resume = args.checkpoint if args.resume and os.path.exists(args.checkpoint) else None
     start = time.perf_counter()
     try:
+        # Held-out data is evaluated every epoch: the bar and --plot show validation too.
         history = model.fit(X, y, epochs=epochs, batch_size=batch_size, seed=args.seed,
                             verbose=0 if args.quiet else 1, checkpoint=args.checkpoint,
-                            checkpoint_every=args.checkpoint_every, resume_from=resume)
+                            checkpoint_every=args.checkpoint_every, resume_from=resume,
+                            validation_data=None if toy else (X_test, y_test))
     except KeyboardInterrupt:
         raise Interrupted("" if args.checkpoint is None else
                           f"; {args.checkpoint} holds the last finished epoch: run the same "
@@ -336,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help, --version or a bad option (its one line already printed)
         return stop.code if isinstance(stop.code, int) else 2
     debug = args.debug or os.environ.get("GPUNN_DEBUG", "") not in ("", "0")
+    if not getattr(args, "quiet", False):
+        _log_to_stderr()
     try:
         if args.command == "train":
             return train(args)

@@ -37,6 +37,7 @@ OPTIMIZERS = {cls.__name__: cls for cls in (_optimizers.SGD, _optimizers.Adagrad
                                             _optimizers.RMSprop, _optimizers.Adam)}
 DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "tf32")
+METRICS = ("accuracy",)
 
 
 def layer_config(layer: _layers.Layer) -> dict[str, Any]:
@@ -81,6 +82,7 @@ def save(network: Network, path: str | os.PathLike, training: dict[str, Any] | N
                       "iterations": opt_state["iterations"],
                       "current_learning_rate": opt_state["current_learning_rate"]},
         "dtype": str(network.dtype), "precision": network.backend.precision,
+        "metrics": list(network.metrics),
     }
     if training is not None:
         training = dict(training)
@@ -192,6 +194,9 @@ def check_model_meta(tensors: dict[str, np.ndarray], meta: dict[str, Any], path:
             or not _one_of(meta.get("precision", "fp32"), PRECISIONS):
         raise _invalid(path, f"dtype {meta.get('dtype')!r:.50} / precision "
                              f"{meta.get('precision')!r:.50}")
+    metrics = meta.get("metrics", [])
+    if not isinstance(metrics, list) or any(not _one_of(m, METRICS) for m in metrics):
+        raise _invalid(path, f"metrics {metrics!r:.100}")
     for name in sorted(tensors, key=lambda name: name != "params"):  # params first
         values = tensors[name]
         if name.startswith("optimizer.") and values.shape != params.shape:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import checks, files, io
 from .backends import Backend, get_backend
+from .io import METRICS
 from .layers import Dense, Dropout, Layer
 from .losses import Loss
 from .network import INFERENCE_ROWS, LayerStack, Network, check_chain, check_params
@@ -69,6 +70,7 @@ class Sequential(LayerStack):
             state["compiled"] = {"loss": net.loss, "optimizer": net.optimizer,
                                  "dtype": str(net.dtype), "backend": net.backend.name,
                                  "options": dataclasses.asdict(net.backend.options),
+                                 "metrics": net.metrics,
                                  "weights": net.get_params(), "state": net.state_dict(host=True)}
         return state
 
@@ -85,8 +87,29 @@ class Sequential(LayerStack):
             options["precision"] = "fp32"
         bk = get_backend(name).configured(**options)
         self._build(compiled["loss"], compiled["optimizer"], bk, np.dtype(compiled["dtype"]),
-                    compiled["weights"])
+                    compiled["weights"], tuple(compiled.get("metrics", _metrics(None, compiled["loss"]))))
         self.network.load_state_dict(compiled["state"])
+
+    def summary(self, print_fn: Callable[[str], Any] = print) -> None:
+        """Print the layers (output shapes, parameter counts), the total, and once compiled the
+        backend, dtype, precision, loss, optimizer and metrics."""
+        rows = self.summary_rows()
+        head = ("#", "layer", "output shape", "parameters")
+        table = [head] + [(str(i), name, shape, f"{count:,}") for i, (name, shape, count)
+                          in enumerate(rows)]
+        widths = [max(len(row[j]) for row in table) for j in range(4)]
+        lines = ["  ".join(cell.ljust(w) if j < 3 else cell.rjust(w)
+                           for j, (cell, w) in enumerate(zip(row, widths))) for row in table]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"parameters: {sum(r[2] for r in rows):,}, all trainable")
+        net = self.network
+        if net is None:
+            lines.append("not compiled")
+        else:
+            lines.append(f"backend {net.backend.name}, {net.dtype}, GEMMs in {net.backend.precision}; "
+                         f"loss {type(net.loss).__name__}; optimizer {net.optimizer!r}; "
+                         f"metrics {', '.join(net.metrics) or 'none'}")
+        print_fn("\n".join(lines))
 
     # ---- what the network holds, once compiled ---------------------------------------------
 
@@ -130,10 +153,14 @@ class Sequential(LayerStack):
     # ---- compile, parameters, backends -----------------------------------------------------
 
     def compile(self, loss: Loss, optimizer: Optimizer, backend: str | Backend | None = None,
-                dtype: str = "float32", precision: str = "fp32") -> Sequential:
+                dtype: str = "float32", precision: str = "fp32",
+                metrics: Sequence[str] | None = None) -> Sequential:
         """Choose loss, optimizer, backend ("auto", "numpy", "cupy"; default GPUNN_BACKEND or
         "auto"), dtype and GEMM precision ("fp32", or "tf32" on GPUs of compute capability 8.0+);
-        lay the parameters out in one flat buffer on that backend."""
+        lay the parameters out in one flat buffer on that backend. ``metrics``: what fit,
+        evaluate and the progress bar report besides the loss: ``["accuracy"]`` or ``[]``
+        (default: accuracy for the classification losses, nothing for the regression ones; their
+        accuracy is the book's, predictions within std(y) / 250 of the target)."""
         if not isinstance(loss, Loss):
             raise TypeError(f"loss must be a gpunn loss (SoftmaxCrossEntropy(), ...); "
                             f"got {type(loss).__name__}")
@@ -141,6 +168,7 @@ class Sequential(LayerStack):
             raise TypeError(f"optimizer must be a gpunn optimizer (SGD(), Adam(), ...); "
                             f"got {type(optimizer).__name__}")
         dtype = _dtype_name(dtype)
+        metrics = _metrics(metrics, loss)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; "
                              f"got {precision!r}")
@@ -150,7 +178,7 @@ class Sequential(LayerStack):
         self._check_not_shared(loss, optimizer)
         bk = get_backend(backend).configured(precision=precision)  # refuses tf32 where it cannot run
         # Nothing was changed above; from here on the model is rebuilt.
-        self._build(loss, optimizer, bk, np.dtype(dtype), self.get_params())
+        self._build(loss, optimizer, bk, np.dtype(dtype), self.get_params(), metrics)
         return self
 
     def _check_not_shared(self, loss: Loss, optimizer: Optimizer) -> None:
@@ -163,8 +191,9 @@ class Sequential(LayerStack):
                                  f"give each model its own")
 
     def _build(self, loss: Loss, optimizer: Optimizer, bk: Backend, dtype: np.dtype,
-               weights: list[np.ndarray]) -> None:
+               weights: list[np.ndarray], metrics: tuple[str, ...]) -> None:
         self.network = Network(self.layers, loss, optimizer, bk, dtype, weights)
+        self.network.metrics = metrics
         self.steps = Steps(self.network)  # recorded graphs hold the old buffers' addresses
         for part in [*self.layers, loss, optimizer]:
             part.owner = weakref.ref(self)
@@ -209,7 +238,7 @@ class Sequential(LayerStack):
         # The model's options go along; tf32 is refused on the CPU before anything moves.
         bk = target.configured(**dataclasses.asdict(net.backend.options))
         state = net.state_dict(host=True)
-        self._build(net.loss, net.optimizer, bk, net.dtype, net.get_params())
+        self._build(net.loss, net.optimizer, bk, net.dtype, net.get_params(), net.metrics)
         self.network.load_state_dict(state)
         return self
 
@@ -245,29 +274,28 @@ class Sequential(LayerStack):
             seed: int | None = None, verbose: int = 1, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int | None = None,
             resume_from: str | os.PathLike | None = None,
-            callbacks: Sequence[Callback] = ()) -> History:
+            callbacks: Sequence[Callback] = (), validation_split: float = 0.0) -> History:
         """Train until ``epochs`` passes over the data are done (``batch_size=None``: full batch).
 
+        ``validation_data=(X_val, y_val)``, or ``validation_split``: the fraction of (X, y) held
+        out for validation (its last rows, before any shuffling, as Keras does).
         ``checkpoint``: a file saved every ``checkpoint_every`` epochs, at the end, and on Ctrl-C
         (as of the last finished epoch; Ctrl-C always puts the model back there). ``resume_from``:
         a checkpoint to continue from, with the optimizer state and the shuffling and dropout
         generators as they were, so the run ends as an uninterrupted one would; ``epochs`` counts
-        all epochs, not extra ones. ``callbacks``: more ``training.callbacks.Callback`` objects,
-        told of each epoch (with its loss, accuracy, data_loss, reg_loss) and each batch.
+        all epochs, not extra ones. ``callbacks``: ``gpunn.callbacks`` objects (EarlyStopping,
+        ModelCheckpoint, LambdaCallback, your own Callback), told of each epoch (with its
+        metrics, data_loss and reg_loss) and each batch.
         """
         net = self._require_compiled("fit()")
-        X, y = net.prepare(X, y)
+        X, y, validation = _fit_data(net, X, y, validation_data, validation_split)
         epochs = checks.whole_number(epochs, "epochs", 0)
         batch = X.shape[0] if batch_size is None else checks.whole_number(batch_size, "batch_size", 1)
-        validation = _validation(net, validation_data)
         _check_fit_options(shuffle, seed, verbose, checkpoint, checkpoint_every)
         if checkpoint is not None:  # before any work, not when the first save comes
             files.check_writable(checkpoint, "checkpoint")
-        callbacks = list(callbacks)
-        for i, cb in enumerate(callbacks):
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks[{i}] must be a gpunn.training.callbacks.Callback; "
-                                f"got {type(cb).__name__}")
+        history = History(validation is not None, accuracy="accuracy" in net.metrics)
+        callbacks = _checked_callbacks(callbacks, list(history.history))
         resumed = io.read_checkpoint(net, resume_from) if resume_from is not None else None
 
         # Everything is checked; from here on the model trains.
@@ -278,7 +306,7 @@ class Sequential(LayerStack):
                     layer.rng = np.random.default_rng(rng.integers(2**63))
         net.optimizer.sync_schedule()
         loop = Loop(net, self.steps, X, y, epochs, min(batch, X.shape[0]), bool(shuffle), rng,
-                    History(validation is not None), validation=validation)
+                    history, validation=validation)
         if resumed is not None:
             loop.resume(*resumed)
         loop.callbacks += callbacks
@@ -294,10 +322,12 @@ class Sequential(LayerStack):
     # ---- inference -----------------------------------------------------------------------
 
     def evaluate(self, X: Any, y: Any, batch_size: int | None = None) -> dict[str, float]:
-        """Mean data loss and accuracy on (X, y), without dropout: {"loss", "accuracy"}."""
+        """Mean data loss on (X, y), without dropout, and the compiled metrics: {"loss",
+        "accuracy"} (accuracy when tracked)."""
         net = self._require_compiled("evaluate()")
         X, y = net.prepare(X, y)
-        return net.evaluate(X, y, _inference_rows(batch_size))
+        result = net.evaluate(X, y, _inference_rows(batch_size))
+        return {k: v for k, v in result.items() if k == "loss" or k in net.metrics}
 
     def predict(self, X: Any, batch_size: int | None = None) -> np.ndarray:
         """The model's outputs for X as a NumPy array (class probabilities with
@@ -318,16 +348,51 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
+def _metrics(metrics: Sequence[str] | None, loss: Loss) -> tuple[str, ...]:
+    """The metrics to report: those given (checked), else accuracy for classification."""
+    if metrics is None:
+        return ("accuracy",) if loss.classification else ()
+    if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)) \
+            or any(m not in METRICS for m in metrics):
+        raise ValueError(f"metrics must be a list of {', '.join(map(repr, METRICS))} (or empty); "
+                         f"got {metrics!r}")
+    return tuple(dict.fromkeys(metrics))
+
+
 def _inference_rows(batch_size: int | None) -> int:
     return INFERENCE_ROWS if batch_size is None else checks.whole_number(batch_size, "batch_size", 1)
 
 
-def _validation(net: Network, validation_data: Any) -> tuple[Any, Any] | None:
-    if validation_data is None:
-        return None
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise TypeError("validation_data must be a pair (X_val, y_val)")
-    return net.prepare(*validation_data, name="validation_data ")
+def _fit_data(net: Network, X: Any, y: Any, validation_data: Any,
+              validation_split: Any) -> tuple[Any, Any, tuple[Any, Any] | None]:
+    """(X, y) prepared on the device, and the validation pair: ``validation_data`` prepared,
+    or the last ``validation_split`` of (X, y)."""
+    X, y = net.prepare(X, y)
+    split = checks.real_number(validation_split, "validation_split", 0, 1)
+    if validation_data is not None:
+        if split:
+            raise ValueError("give validation_data or validation_split, not both")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data must be a pair (X_val, y_val)")
+        return X, y, net.prepare(*validation_data, name="validation_data ")
+    if not split:
+        return X, y, None
+    held = int(X.shape[0] * split)
+    if held < 1 or held >= X.shape[0]:
+        raise ValueError(f"validation_split={split} of {X.shape[0]} samples leaves "
+                         f"{'no validation' if held < 1 else 'no training'} samples")
+    keep = X.shape[0] - held
+    return X[:keep], y[:keep], (X[keep:], y[keep:])
+
+
+def _checked_callbacks(callbacks: Any, metrics: list[str]) -> list[Callback]:
+    callbacks = list(callbacks)
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks[{i}] must be a gpunn.callbacks.Callback; "
+                            f"got {type(cb).__name__}")
+        cb.expects(metrics)
+    return callbacks
 
 
 def _check_fit_options(shuffle: Any, seed: Any, verbose: Any, checkpoint: Any,
@@ -353,6 +418,7 @@ def load(path: str | os.PathLike, backend: Any = None) -> Sequential:
     # A model trained with TF32 GEMMs loads on the CPU too; it then computes in fp32.
     precision = meta.get("precision", "fp32") if bk.name == "cupy" else "fp32"
     model = Sequential(layers)
-    model.compile(loss, optimizer, backend=bk, dtype=meta.get("dtype", "float32"), precision=precision)
+    model.compile(loss, optimizer, backend=bk, dtype=meta.get("dtype", "float32"), precision=precision,
+                  metrics=meta.get("metrics"))
     model.network.load_state_dict(io.state_for(model.network, tensors, meta, path))
     return model

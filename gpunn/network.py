@@ -110,6 +110,17 @@ class LayerStack:
     def n_outputs(self) -> int:
         return self.dense_layers[-1].n_neurons
 
+    def summary_rows(self) -> list[tuple[str, str, int]]:
+        """Per layer: what it is, its output shape (None: any number of samples), its
+        parameter count."""
+        rows, width = [], self.n_inputs
+        for layer in self.layers:
+            count = 0
+            if isinstance(layer, Dense):
+                width, count = layer.n_neurons, layer.n_inputs * layer.n_neurons + layer.n_neurons
+            rows.append((repr(layer), f"(None, {width})", count))
+        return rows
+
 
 class Network(LayerStack):
     """``layers`` and ``loss`` on ``backend``, every parameter a view into one flat buffer, the
@@ -119,6 +130,8 @@ class Network(LayerStack):
                  dtype: Any, weights: list[np.ndarray]) -> None:
         self.layers, self.loss, self.optimizer = layers, loss, optimizer
         self.backend, self.dtype = backend, np.dtype(dtype)
+        #: What is reported besides the loss (Sequential.compile's ``metrics``).
+        self.metrics: tuple[str, ...] = ("accuracy",) if loss.classification else ()
         self.first_trainable = fold(layers)
         total = sum(a.size for a in weights)
         self.params = backend.asarray(np.concatenate([a.ravel() for a in weights]), dtype=self.dtype)

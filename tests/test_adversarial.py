@@ -199,8 +199,8 @@ def saved(tmp_path_factory):
 
 
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-                 st.text(st.characters(codec="ascii"), max_size=5), st.just([]), st.just({}), st.just([1, "a"]),
-                 st.just({"type": "Dense"}))
+                 st.text(st.characters(codec="ascii"), max_size=5), st.just([]), st.just({}),
+                 st.just([1, "a"]), st.just({"type": "Dense"}))
 
 
 def paths_in(value, prefix=()) -> list[tuple]:

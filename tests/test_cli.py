@@ -126,7 +126,8 @@ def test_output_checks_come_before_the_work(tmp_path, monkeypatch, capsys):
     training (or after the whole benchmark suite)."""
     from gpunn.bench import suite
 
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    for name in ("matplotlib", "matplotlib.figure"):  # as if not installed
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setattr(suite, "run_suite", lambda *a: pytest.fail("the suite ran"))
     monkeypatch.setattr(nn.Sequential, "fit", lambda *a, **k: pytest.fail("training ran"))
     assert cli.main(["bench", "--plot", str(tmp_path / "b.png")]) == 2
@@ -173,3 +174,39 @@ def test_ctrl_c_is_one_line_status_130_and_names_the_checkpoint(tmp_path):
         f"--resume to go on from there")
     assert "Traceback" not in err
     assert nn.load(ck).optimizer.iterations >= 500
+
+
+def test_version_and_the_backend_line(tmp_path):
+    version = run_gpunn("--version")
+    assert version.returncode == 0 and version.stdout == f"gpunn {nn.__version__}\n"
+    env = {"GPUNN_BACKEND": ""}
+    loud = run_gpunn("train", "--epochs", "1", "--samples", "5", env=env)
+    quiet = run_gpunn("train", "--epochs", "1", "--samples", "5", "--quiet", env=env)
+    assert "gpunn: backend 'auto' chose" in loud.stderr
+    assert quiet.stderr == "" and quiet.stdout.startswith("accuracy ")
+
+
+def test_held_out_data_is_validated_every_epoch(tmp_path, monkeypatch, capsys):
+    X, y = nn.datasets.vertical_data(samples=20, classes=3, seed=0)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    seen = {}
+    real = nn.Sequential.fit
+
+    def fit(self, *args, **kwargs):
+        history = real(self, *args, **kwargs)
+        seen["keys"] = history.keys()
+        return history
+
+    monkeypatch.setattr(nn.Sequential, "fit", fit)
+    assert cli.main(["train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "2", "--quiet",
+                     "--backend", "numpy"]) == 0
+    assert seen["keys"] == ["loss", "accuracy", "val_loss", "val_accuracy"]
+
+
+def test_cupy_without_a_device_says_so_not_install_more(monkeypatch):
+    from gpunn import backends
+
+    monkeypatch.setattr(backends, "cupy_problem",
+                        lambda: "CuPy imports but no CUDA device answers (CUDARuntimeError: no device)")
+    with pytest.raises(backends.BackendUnavailableError, match="check that nvidia-smi lists a GPU"):
+        backends.get_backend("cupy")

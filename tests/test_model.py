@@ -196,3 +196,82 @@ def test_to_keeps_the_models_options():
     model = spiral_model()
     model.backend.epilogue_policy = "never"
     assert model.to("numpy") is model and model.backend.epilogue_policy == "never"
+
+
+def test_validation_split_holds_out_the_last_rows():
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    order = np.random.default_rng(0).permutation(60)
+    X, y = X[order], y[order]
+    def spiral():
+        return nn.Sequential([nn.Dense(2, 8), nn.ReLU(), nn.Dense(8, 3)])
+
+    nn.set_seed(0)
+    split = spiral().compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend="numpy")
+    nn.set_seed(0)
+    given = spiral().compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend="numpy")
+    a = split.fit(X, y, epochs=3, batch_size=16, seed=1, verbose=0, validation_split=0.25)
+    b = given.fit(X[:45], y[:45], epochs=3, batch_size=16, seed=1, verbose=0,
+                  validation_data=(X[45:], y[45:]))
+    assert a.history == b.history and "val_loss" in a and a.keys() == b.keys()
+    with pytest.raises(ValueError, match="give validation_data or validation_split, not both"):
+        split.fit(X, y, verbose=0, validation_split=0.2, validation_data=(X, y))
+    with pytest.raises(ValueError, match=r"validation_split=0.01 of 60 samples leaves no validation"):
+        split.fit(X, y, verbose=0, validation_split=0.01)
+    with pytest.raises(ValueError, match=r"validation_split must be a finite number in \[0, 1\)"):
+        split.fit(X, y, verbose=0, validation_split=1.0)
+
+
+def test_regression_reports_accuracy_only_when_asked():
+    X, y = nn.datasets.sine_data(samples=40)
+    plain = nn.Sequential([nn.Dense(1, 8), nn.ReLU(), nn.Dense(8, 1)])
+    plain.compile(nn.MeanSquaredError(), nn.Adam(), backend="numpy")
+    assert plain.fit(X, y, epochs=2, verbose=0).keys() == ["loss"]
+    assert list(plain.evaluate(X, y)) == ["loss"]
+    asked = nn.Sequential([nn.Dense(1, 8), nn.ReLU(), nn.Dense(8, 1)])
+    asked.compile(nn.MeanSquaredError(), nn.Adam(), backend="numpy", metrics=["accuracy"])
+    assert asked.fit(X, y, epochs=2, verbose=0).keys() == ["loss", "accuracy"]
+    assert list(asked.evaluate(X, y)) == ["loss", "accuracy"]
+    classifier = nn.Sequential([nn.Dense(2, 3)]).compile(nn.SoftmaxCrossEntropy(), nn.SGD(),
+                                                          backend="numpy", metrics=[])
+    assert list(classifier.evaluate(*nn.datasets.spiral_data(5, 3))) == ["loss"]
+    with pytest.raises(ValueError, match=r"metrics must be a list of 'accuracy' \(or empty\)"):
+        nn.Sequential([nn.Dense(2, 3)]).compile(nn.SoftmaxCrossEntropy(), nn.SGD(), metrics="mae")
+
+
+def test_metrics_survive_save_load_pickle_and_to(tmp_path):
+    import pickle
+
+    X, y = nn.datasets.sine_data(samples=20)
+    model = nn.Sequential([nn.Dense(1, 4), nn.ReLU(), nn.Dense(4, 1)])
+    model.compile(nn.MeanSquaredError(), nn.Adam(), backend="numpy", metrics=["accuracy"])
+    model.save(tmp_path / "m.safetensors")
+    for again in (nn.load(tmp_path / "m.safetensors"), pickle.loads(pickle.dumps(model)),
+                  model.to("numpy")):
+        assert list(again.evaluate(X, y)) == ["loss", "accuracy"]
+
+
+def test_labels_as_a_column_are_labels():
+    X, y = nn.datasets.spiral_data(samples=10, classes=3, seed=0)
+    nn.set_seed(0)
+    a = nn.Sequential([nn.Dense(2, 8), nn.ReLU(), nn.Dense(8, 3)])
+    a.compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend="numpy")
+    nn.set_seed(0)
+    b = nn.Sequential([nn.Dense(2, 8), nn.ReLU(), nn.Dense(8, 3)])
+    b.compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend="numpy")
+    assert a.fit(X, y, epochs=2, verbose=0).history == b.fit(X, y[:, None], epochs=2, verbose=0).history
+
+
+def test_summary_lists_layers_shapes_and_counts(capsys):
+    model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dropout(0.1), nn.Dense(64, 3)])
+    model.summary()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["#", "layer", "output", "shape", "parameters"]
+    assert lines[2].split() == ["0", "Dense(2,", "64)", "(None,", "64)", "192"]
+    assert lines[5].split() == ["3", "Dense(64,", "3)", "(None,", "3)", "195"]
+    assert lines[6] == "parameters: 387, all trainable" and lines[7] == "not compiled"
+    model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=0.5), backend="numpy", dtype="float64")
+    seen = []
+    model.summary(print_fn=seen.append)
+    assert seen[0].splitlines()[-1] == ("backend numpy, float64, GEMMs in fp32; loss "
+                                        "SoftmaxCrossEntropy; optimizer SGD(lr=0.5, decay=0.0, "
+                                        "momentum=0.0); metrics accuracy")

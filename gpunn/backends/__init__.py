@@ -21,6 +21,8 @@ __all__ = ["Backend", "BackendUnavailableError", "CHOICES", "available", "backen
            "get_backend", "on_device", "pinned", "use"]
 
 CHOICES = ("auto", "numpy", "cupy")
+DEVICE_HINT = ("check that nvidia-smi lists a GPU and that CUDA_VISIBLE_DEVICES does not hide it; "
+               "the CUDA extra's major version must match the driver's (gpunn[cuda12] or [cuda13])")
 INSTALL_HINT = 'install the CUDA extra: pip install "gpunn[cuda12]" (CUDA 12) or "gpunn[cuda13]" (CUDA 13)'
 
 _log = logging.getLogger("gpunn")
@@ -73,7 +75,9 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     elif name == "cupy":
         problem = cupy_problem()
         if problem:
-            raise BackendUnavailableError(f"backend 'cupy' cannot run: {problem}; {INSTALL_HINT}")
+            # CuPy there but no device: installing more would not help.
+            hint = INSTALL_HINT if "not importable" in problem else DEVICE_HINT
+            raise BackendUnavailableError(f"backend 'cupy' cannot run: {problem}; {hint}")
     if name not in _instances:
         if name == "cupy":
             from .cupy_backend import CupyBackend

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..plot import pyplot, save_figure
-from .workloads import WORKLOADS
+from ..plot import figure, save_figure
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -113,27 +112,24 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def plot(doc: dict[str, Any], path: str) -> None:
-    """A bar chart of samples/s per workload and contender, log scale."""
-    plt = pyplot()
-    groups = sorted({(r["workload"], r["device"], r["precision"]) for r in doc["results"]},
-                    key=lambda g: (list(WORKLOADS) + ["book"]).index(g[0]))
-    impls = sorted({r["impl"] for r in doc["results"]})
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.5))
-    width = 0.8 / max(1, len(impls))
-    for j, impl in enumerate(impls):
-        xs, ys = [], []
-        for i, g in enumerate(groups):
-            row = next((r for r in doc["results"] if (r["workload"], r["device"], r["precision"]) == g
-                        and r["impl"] == impl), None)
-            if row:
-                xs.append(i + j * width)
-                ys.append(row["samples_per_s"])
-        ax.bar(xs, ys, width, label=impl)
-    ax.set_yscale("log")
-    ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(groups))])
-    ax.set_xticklabels([f"{w}\n{d} {p}" for w, d, p in groups])
-    ax.set_ylabel("samples / s (log scale)")
-    ax.set_title("gpunn bench: training throughput")
-    ax.legend(fontsize=8)
+    """gpunn's speed-up over each peer, per workload, on a linear scale with each bar labelled
+    (a log scale of samples/s made a 2x gap look like 15x)."""
+    rows = [r for r in doc["results"]
+            if r["impl"] in ("gpunn-numpy", "gpunn-cupy") and r.get("speedup_vs")]
+    peers = sorted({peer for r in rows for peer in r["speedup_vs"]})
+    fig = figure(figsize=(max(6.0, 1.8 * len(rows)), 4.5))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(peers))
+    for j, peer in enumerate(peers):
+        xs = [i + j * width for i, r in enumerate(rows) if peer in r["speedup_vs"]]
+        ys = [r["speedup_vs"][peer] for r in rows if peer in r["speedup_vs"]]
+        ax.bar_label(ax.bar(xs, ys, width, label=f"vs {peer}"), fmt="%.2fx", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([i + width * (len(peers) - 1) / 2 for i in range(len(rows))])
+    ax.set_xticklabels([f"{r['workload']}\n{r['device']} {r['precision']}" for r in rows])
+    ax.set_ylabel("speed-up: peer's step time / gpunn's")
+    ax.set_title("gpunn bench: above 1, gpunn is faster")
+    if peers:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backends import available, cupy_problem, get_backend
 from ..files import check_writable, write_atomic
-from ..plot import pyplot
+from ..plot import require_matplotlib
 from .book import book_run
 from .contenders import Run, Skip, contenders
 from .report import add_speedups, markdown, peer_backend, plot, row_text, speedup_text
@@ -213,7 +213,7 @@ def _check_request(args: Any) -> list[str]:
         if path is not None:
             check_writable(path, option)
     if args.plot is not None:
-        pyplot()
+        require_matplotlib()
     return workloads
 
 

@@ -39,6 +39,8 @@ class Loop:
         self.history, self.validation, self.done = history, validation, done
         self.callbacks = [history, *callbacks]
         self.previous: Mark | None = None  # where the last launch started
+        self.stop_training = False  # a callback may end training after a launch
+        self.completed = False  # run() ended without an exception
         self.dropouts = [layer for layer in network.layers if isinstance(layer, Dropout)]
 
     # ---- where training stands ---------------------------------------------------------------
@@ -86,7 +88,7 @@ class Loop:
         every = [cb.epochs_per_launch for cb in self.callbacks if cb.epochs_per_launch]
         self.network.loss.fit_begin(self.y)
         try:
-            while self.done < self.epochs:
+            while self.done < self.epochs and not self.stop_training:
                 count = min([per_launch, limit, self.epochs - self.done]
                             + [k - self.done % k for k in every])
                 started = time.perf_counter()
@@ -94,6 +96,7 @@ class Loop:
                 if many and not fixed:
                     quick = time.perf_counter() - started < LAUNCH_SECONDS
                     per_launch = min(2 * count, limit) if quick else max(1, count // 2)
+            self.completed = True
         finally:
             self.network.loss.fit_end()
             for cb in self.callbacks:

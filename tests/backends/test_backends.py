@@ -47,15 +47,26 @@ def test_env_variable_is_read_when_needed(monkeypatch):
         nn.Sequential([nn.Dense(2, 3)]).compile(nn.SoftmaxCrossEntropy(), nn.SGD())
 
 
-def test_auto_picks_and_says_which_once():
-    """In a fresh process, as a user meets it: one line, the first time "auto" decides."""
+def run_python(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "GPUNN_BACKEND": ""})
+
+
+def test_auto_picks_and_logs_which_once_where_the_application_says():
+    """In a fresh process, as a user meets it: "auto" decides once and logs it at INFO on the
+    "gpunn" logger. A library adds only a NullHandler: nothing shows unless the application's
+    logging config asks (here basicConfig), and then exactly once."""
     code = ("import gpunn; a = gpunn.backends.get_backend('auto'); "
             "b = gpunn.backends.get_backend('auto'); print(a.name, a is b)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "GPUNN_BACKEND": ""})
     name = "numpy" if CUPY_PROBLEM else "cupy"
-    assert result.stdout.split() == [name, "True"], result.stderr
-    assert result.stderr.count(f"gpunn: backend 'auto' chose {name}") == 1
+    silent = run_python(code)
+    assert silent.stdout.split() == [name, "True"] and silent.stderr == ""
+    shown = run_python("import logging; logging.basicConfig(level=logging.INFO, "
+                       "format='%(name)s %(message)s'); " + code)
+    assert shown.stderr.count(f"gpunn gpunn: backend 'auto' chose {name}") == 1, shown.stderr
+    handlers = run_python("import logging, gpunn; log = logging.getLogger('gpunn'); "
+                          "print(log.propagate, [type(h).__name__ for h in log.handlers])")
+    assert handlers.stdout.split() == ["True", "['NullHandler']"]
 
 
 def test_why_not_answers_each_feature_with_a_reason_or_none():

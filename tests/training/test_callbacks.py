@@ -35,12 +35,40 @@ def test_progress_bar_and_lines(capsys):
     assert "epoch 1/2 loss" in err and "epoch 2/2 loss" in err
 
 
+def test_the_bar_shows_the_metrics_of_the_epoch_it_shows_in_the_terminals_width(capsys, monkeypatch):
+    """Each time the bar is drawn, the loss beside "n/3000" is epoch n's (it once showed the
+    first epoch's at epoch 1332), and the line fits an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    history = spiral_model().fit(X, y, epochs=3000, batch_size=None, verbose=1)
+    drawn = [line for line in capsys.readouterr().err.replace("\n", "\r").split("\r") if "loss" in line]
+    assert len(drawn) >= 2
+    for line in drawn:
+        n = int(line.split("|")[2].split("/")[0])
+        loss, accuracy = (float(line.split(f"{key} ")[1].split(",")[0].rstrip("]"))
+                          for key in ("loss", "accuracy"))
+        assert (loss, accuracy) == (round(history["loss"][n - 1], 4),
+                                    round(history["accuracy"][n - 1], 4)), line
+        assert len(line) <= 80
+
+
+def test_metrics_shorten_before_they_are_dropped():
+    from gpunn.training.callbacks import metrics_text
+
+    logs = {"loss": 0.12345, "accuracy": 0.95, "val_loss": 0.2, "val_accuracy": 0.9}
+    assert metrics_text(logs, 100) == "loss 0.1235, accuracy 0.9500, val_loss 0.2000, val_accuracy 0.9000"
+    assert metrics_text(logs, 45) == "loss 0.1235 acc 0.950 vloss 0.2000 vacc 0.900"
+    assert metrics_text(logs, 30) == "loss 0.1235 acc 0.950"
+    assert metrics_text({"epoch": 3.0, "loss": 0.5}, 40) == "epoch 3, loss 0.5000"
+    assert metrics_text(logs, 5) == ""
+
+
 def test_long_epochs_get_a_per_batch_bar(capsys):
     X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
     model = spiral_model()
     model.fit(X, y, epochs=2, batch_size=4, verbose=1)  # 75 batches an epoch
     err = capsys.readouterr().err
-    assert "150/150" in err and "batch" in err
+    assert "150/150 batches" in err and "epoch 2" in err
 
 
 def test_checkpoint_every_k_epochs(tmp_path, monkeypatch):
