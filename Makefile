@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9]*' | grep -o '[0-9]*$$')
 CUDA_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 13 14 15,$(CUDA_MAJOR)),cuda13,cuda12),)
 
-.PHONY: demo test lint bench gpu-check mutate clean
+.PHONY: demo test lint docs bench gpu-check mutate clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(VENV)/.demo-deps: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,docs]"
 	touch $@
 
 demo: $(VENV)/.demo-deps
@@ -28,16 +28,23 @@ demo: $(VENV)/.demo-deps
 # ruff (private names stay private, no tangled functions) and import-linter (imports point down:
 # the contracts in pyproject.toml).
 lint: $(VENV)/.test-deps
-	$(VENV)/bin/ruff check gpunn tests benchmarks
+	$(VENV)/bin/ruff check gpunn tests benchmarks examples
 	$(VENV)/bin/lint-imports --no-logo --no-cache
 
-test: lint
+# The API reference (mkdocs + mkdocstrings, from the docstrings) into site/; warnings are errors.
+docs: $(VENV)/.test-deps
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+test: lint docs
 	$(PY) -m pytest
 	$(PY) -m pytest -q benchmarks --benchmark-disable
 
-# gpunn against PyTorch (installed into .venv when missing) on every backend here.
+# gpunn against PyTorch on every backend here. PyTorch is installed into .venv when missing: the
+# CPU build (a few hundred MB) where nvidia-smi finds no GPU, the CUDA build (several GB) where it
+# does. JAX is measured when importable, never installed.
+TORCH_INDEX := $(if $(CUDA_MAJOR),,--index-url https://download.pytorch.org/whl/cpu)
 bench: $(VENV)/.test-deps
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 $(TORCH_INDEX)
 	$(VENV)/bin/gpunn bench --json bench.json --markdown bench.md --plot bench.png
 
 # On a lent GPU machine (system Python with CuPy, PyTorch, JAX; wheels it lacks in .whl/, fetched
@@ -67,4 +74,4 @@ mutate: $(VENV)/.mutate-deps
 	$(VENV)/bin/mutmut results
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis mutants *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis mutants site *.egg-info

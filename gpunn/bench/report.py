@@ -17,6 +17,7 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["cpu", "cpu_cores", "gpu", "python", "versions", "blas", "gemm_ceiling"],
             "properties": {
+                "date": {"type": "string", "description": "the day of the run, YYYY-MM-DD"},
                 "cpu": {"type": "string"},
                 "cpu_cores": {"type": "integer"},
                 "gpu": {"type": ["string", "null"]},
@@ -35,8 +36,8 @@ SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["workload", "impl", "backend", "precision", "device", "step_ms",
-                             "step_ms_spread", "samples_per_s", "tflops", "ceiling_fraction",
-                             "final_loss"],
+                             "step_ms_q1", "step_ms_q3", "repeats", "samples_per_s", "tflops",
+                             "ceiling_fraction", "final_loss"],
                 "properties": {
                     "workload": {"type": "string"},
                     "impl": {"type": "string",
@@ -49,7 +50,9 @@ SCHEMA: dict[str, Any] = {
                     "device": {"enum": ["cpu", "gpu"]},
                     "step_ms": {"type": "number",
                                 "description": "median over repeats; for the book workload, the whole run"},
-                    "step_ms_spread": {"type": "number", "description": "max - min over repeats"},
+                    "step_ms_q1": {"type": "number", "description": "first quartile over repeats"},
+                    "step_ms_q3": {"type": "number", "description": "third quartile over repeats"},
+                    "repeats": {"type": "integer", "description": "timed repeats (1 for book)"},
                     "samples_per_s": {"type": "number"},
                     "tflops": {"type": ["number", "null"]},
                     "ceiling_fraction": {"type": ["number", "null"]},
@@ -57,6 +60,10 @@ SCHEMA: dict[str, Any] = {
                                    "description": "loss after the same few steps, before timing"},
                     "speedup_vs": {"type": "object", "additionalProperties": {"type": "number"},
                                    "description": "gpunn rows: the peer's step time over this one"},
+                    "within_noise": {"type": "array", "items": {"type": "string"},
+                                     "description": "gpunn rows: the peers whose interquartile "
+                                                    "range overlaps this one's: that ratio does "
+                                                    "not rank the two"},
                 },
             },
         },
@@ -70,22 +77,48 @@ def peer_backend(impl: str) -> str:
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """On gpunn rows: each peer's time over gpunn's (above 1: gpunn is faster)."""
+    """On gpunn rows: each peer's time over gpunn's (above 1: gpunn is faster), and the peers
+    whose middle half of repeats overlaps gpunn's (a ratio that does not rank the two)."""
     for row in rows:
         if row["impl"].startswith("gpunn-"):
-            row["speedup_vs"] = {o["impl"]: o["step_ms"] / row["step_ms"] for o in rows
-                                 if not o["impl"].startswith("gpunn-")}
+            peers = [o for o in rows if not o["impl"].startswith("gpunn-")]
+            row["speedup_vs"] = {o["impl"]: o["step_ms"] / row["step_ms"] for o in peers}
+            row["within_noise"] = [o["impl"] for o in peers if overlap(row, o)]
+
+
+def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether the interquartile ranges of two measured rows overlap (single runs never do)."""
+    if a.get("repeats", 1) < 2 or b.get("repeats", 1) < 2:
+        return False
+    return a["step_ms_q1"] <= b["step_ms_q3"] and b["step_ms_q1"] <= a["step_ms_q3"]
+
+
+def ratio_text(row: dict[str, Any], peer: str, between: str = " ") -> str:
+    """``1.23x pytorch``; ``~1.02x jax`` when the two are within each other's noise."""
+    mark = "~" if peer in row.get("within_noise", []) else ""
+    return f"{mark}{row['speedup_vs'][peer]:.2f}x{between}{peer}"
 
 
 def speedup_text(row: dict[str, Any]) -> str:
     if not row.get("speedup_vs"):
         return ""
-    return "  " + ", ".join(f"{v:.2f}x {k}" for k, v in row["speedup_vs"].items())
+    return "  " + ", ".join(ratio_text(row, k) for k in row["speedup_vs"])
+
+
+def noise_note(doc: dict[str, Any]) -> str:
+    """One line on how many speed-ups the repeats rank, and what to do about the others."""
+    pairs = [(r, k) for r in doc["results"] for k in r.get("speedup_vs", {})]
+    noisy = sum(1 for r, k in pairs if k in r.get("within_noise", []))
+    if not noisy:
+        return f"all {len(pairs)} speed-ups are outside run-to-run noise"
+    return (f"{noisy} of {len(pairs)} speed-ups (marked ~) are within run-to-run noise: the middle "
+            f"halves of the two contenders' repeats overlap, so those ratios do not rank them; "
+            f"rerun with more --repeats (and without --quick) on a quiet machine")
 
 
 def row_text(row: dict[str, Any]) -> str:
     text = (f"{row['workload']:7s} {row['device']} {row['precision']} {row['impl']:19s} "
-            f"{row['step_ms']:10.4f} ms ±{row['step_ms_spread']:.4f}  "
+            f"{row['step_ms']:10.4f} ms (IQR {row['step_ms_q1']:.4f}-{row['step_ms_q3']:.4f})  "
             f"{row['samples_per_s']:12.0f} samples/s")
     if row.get("ceiling_fraction"):
         text += f"  {100 * row['ceiling_fraction']:5.1f}% of GEMM ceiling"
@@ -98,14 +131,16 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"Machine: {m['cpu']} ({m['cpu_cores']} cores){gpu}"
              + f"; versions {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.", "",
              "GEMM ceiling (TFLOP/s): " + ", ".join(f"{k} {v:.3f}" for k, v in m["gemm_ceiling"].items()),
-             "", "| workload | device | precision | impl | step (ms) | samples/s | % of GEMM ceiling "
-                 "| gpunn speed-up |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| workload | device | precision | impl | step (ms) | IQR (ms) | samples/s "
+                 "| % of GEMM ceiling | gpunn speed-up |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
         frac = f"{100 * r['ceiling_fraction']:.1f}" if r.get("ceiling_fraction") else ""
-        speed = ", ".join(f"{v:.2f}x vs {k}" for k, v in r.get("speedup_vs", {}).items())
+        iqr = f"{r['step_ms_q1']:.4f}-{r['step_ms_q3']:.4f}" if r.get("repeats", 1) > 1 else ""
+        speed = ", ".join(ratio_text(r, k, " vs ") for k in r.get("speedup_vs", {}))
         lines.append(f"| {r['workload']} | {r['device']} | {r['precision']} | {r['impl']} | "
-                     f"{r['step_ms']:.4f} | {r['samples_per_s']:.0f} | {frac} | {speed} |")
+                     f"{r['step_ms']:.4f} | {iqr} | {r['samples_per_s']:.0f} | {frac} | {speed} |")
+    lines += ["", noise_note(doc) + "."]
     for s in doc["skipped"]:
         lines.append(f"\nSkipped: {s['impl']} ({s.get('workload', '')}): {s['reason']}")
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from ..files import check_writable, write_atomic
 from ..plot import require_matplotlib
 from .book import book_run
 from .contenders import Run, Skip, contenders
-from .report import add_speedups, markdown, peer_backend, plot, row_text, speedup_text
+from .report import add_speedups, markdown, noise_note, peer_backend, plot, row_text, speedup_text
 from .workloads import BOOK_EPOCHS, WORKLOADS, Workload, initial_params, workload_data
 
 
@@ -39,6 +39,15 @@ def time_steps(run: Run, seconds: float, min_steps: int = 3) -> float:
             elapsed = time.perf_counter() - t0
             if elapsed > seconds:
                 return elapsed / k * 1e3
+
+
+def quartiles(times: list[float]) -> tuple[float, float]:
+    """The first and third quartiles of the repeats (both the one value when there is one):
+    the middle half of the runs, which one slow outlier does not stretch as max - min does."""
+    if len(times) < 2:
+        return times[0], times[0]
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return q1, q3
 
 
 def gemm_ceiling(device: str, precision: str, seconds: float) -> float:
@@ -70,9 +79,13 @@ def machine_info(device_names: dict[str, str], ceilings: dict[str, float]) -> di
             versions[name] = __import__(name).__version__
         except Exception:
             pass
-    blas = [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer")}
+    # "architecture": the BLAS kernel OpenBLAS chose (SkylakeX, Haswell, ...), which sets its
+    # GEMM rate as much as the CPU does.
+    blas = [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
+                                      "architecture")}
             for info in threadpool_info()]
-    return {"cpu": get_backend("numpy").device_name(), "cpu_cores": os.cpu_count() or 1,
+    return {"date": time.strftime("%Y-%m-%d"),
+            "cpu": get_backend("numpy").device_name(), "cpu_cores": os.cpu_count() or 1,
             "gpu": device_names.get("gpu"), "python": platform.python_version(),
             "versions": versions, "blas": blas, "gemm_ceiling": ceilings}
 
@@ -140,7 +153,8 @@ class Suite:
                 "workload": "book", "impl": impl,
                 "backend": impl.split("-")[1] if impl.startswith("gpunn-") else peer_backend(impl),
                 "precision": "fp32", "device": device, "step_ms": seconds_taken * 1e3,
-                "step_ms_spread": 0.0, "samples_per_s": BOOK_EPOCHS * 300 / seconds_taken,
+                "step_ms_q1": seconds_taken * 1e3, "step_ms_q3": seconds_taken * 1e3, "repeats": 1,
+                "samples_per_s": BOOK_EPOCHS * 300 / seconds_taken,
                 "tflops": None, "ceiling_fraction": None, "final_loss": None})
         add_speedups(rows)
         for row in rows:
@@ -163,10 +177,11 @@ class Suite:
         rows = []
         for impl, (backend, _, final_loss) in runs.items():
             ms = statistics.median(times[impl])
+            q1, q3 = quartiles(times[impl])
             tflops = w.flops / (ms / 1e3) / 1e12
             rows.append({"workload": name, "impl": impl, "backend": backend,
                          "precision": precision, "device": device, "step_ms": ms,
-                         "step_ms_spread": max(times[impl]) - min(times[impl]),
+                         "step_ms_q1": q1, "step_ms_q3": q3, "repeats": len(times[impl]),
                          "samples_per_s": w.batch / (ms / 1e3), "tflops": tflops,
                          "ceiling_fraction": tflops / ceiling if ceiling else None,
                          "final_loss": final_loss})
@@ -251,6 +266,7 @@ def main(args: Any) -> int:
         doc = run_suite(workloads, backends, peers, args.precision.split(","), repeats, seconds)
     for s in doc["skipped"]:
         print(f"skipped: {s['impl']} ({s.get('workload', '')}): {s['reason']}")
+    print(noise_note(doc))
     if args.json:
         write_atomic(args.json, json.dumps(doc, indent=2).encode())
     if args.markdown:

@@ -76,3 +76,26 @@ def test_cli_writes_json_markdown_and_a_png(tmp_path, capsys):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "gpunn-numpy" in capsys.readouterr().out
     assert np.isfinite([r["step_ms"] for r in doc["results"]]).all()
+
+
+def test_spread_is_the_interquartile_range_and_overlaps_are_flagged():
+    from gpunn.bench.report import add_speedups, markdown, noise_note
+    from gpunn.bench.suite import quartiles
+
+    assert quartiles([1.0, 2.0, 3.0, 100.0, 4.0]) == (2.0, 4.0)  # one slow outlier does not count
+    assert quartiles([5.0]) == (5.0, 5.0)
+
+    def row(impl, ms, q1, q3):
+        return {"workload": "small", "impl": impl, "backend": "numpy", "precision": "fp32",
+                "device": "cpu", "step_ms": ms, "step_ms_q1": q1, "step_ms_q3": q3, "repeats": 5,
+                "samples_per_s": 1.0, "tflops": None, "ceiling_fraction": None, "final_loss": None}
+
+    rows = [row("gpunn-numpy", 1.0, 0.9, 1.1), row("pytorch", 2.0, 1.9, 2.2),
+            row("jax", 1.05, 1.0, 1.2)]
+    add_speedups(rows)
+    assert rows[0]["speedup_vs"] == {"pytorch": 2.0, "jax": 1.05} and rows[0]["within_noise"] == ["jax"]
+    doc = {"machine": {"cpu": "x", "cpu_cores": 2, "gpu": None, "versions": {}, "gemm_ceiling": {}},
+           "results": rows, "skipped": []}
+    assert "2.00x vs pytorch, ~1.05x vs jax" in markdown(doc)
+    assert noise_note(doc).startswith("1 of 2 speed-ups (marked ~) are within run-to-run noise")
+    jsonschema.validate({**doc, "machine": {**doc["machine"], "python": "3", "blas": []}}, bench.SCHEMA)

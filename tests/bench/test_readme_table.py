@@ -1,0 +1,36 @@
+"""The README's benchmark table is one run's: benchmarks/readme_table.py rewrites it from
+benchmarks/cpu-bench.json, and the two agree."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("readme_table", ROOT / "benchmarks" / "readme_table.py")
+readme_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(readme_table)
+
+
+def test_the_readme_table_is_the_committed_runs():
+    doc = json.loads((ROOT / "benchmarks" / "cpu-bench.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert readme_table.rewrite(readme, doc) == readme, \
+        "run: python benchmarks/readme_table.py benchmarks/cpu-bench.json"
+    jsonschema = pytest.importorskip("jsonschema")
+    from gpunn.bench import SCHEMA
+
+    jsonschema.validate(doc, SCHEMA)
+
+
+def test_rewrite_replaces_only_the_block():
+    doc = json.loads((ROOT / "benchmarks" / "cpu-bench.json").read_text())
+    text = f"before\n{readme_table.BEGIN}\nold table\n{readme_table.END}\nafter\n"
+    new = readme_table.rewrite(text, doc)
+    assert new.startswith(f"before\n{readme_table.BEGIN}\nOne `gpunn bench` run, 2026-11-27, on ")
+    assert new.endswith(f"{readme_table.END}\nafter\n") and "| small, per step | " in new
+    with pytest.raises(ValueError, match="no .* block to rewrite"):
+        readme_table.rewrite("no markers here", doc)
