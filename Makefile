@@ -55,7 +55,8 @@ gpu-check:
 	if ls .whl/*.whl >/dev/null 2>&1; then \
 	  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$$site" .whl/*.whl; fi; \
 	export PYTHONPATH="$$site:$$PWD"; \
-	python3 -c "import gpunn, sys; print('gpunn', gpunn.__version__, 'backends:', gpunn.backends.available())"; \
+	python3 -m gpunn info; \
+	python3 -c "import cuda.core" 2>/dev/null || echo "cuda.core does not import here (nvmath-python 1.0 wants it): carry its wheel, ../shared/gpu/fetch-wheels.sh cuda-core"; \
 	python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/backends/cuda/test_cuda_sources.py tests || status=$$?; \
 	python3 -m gpunn bench --backends cupy --repeats 5 --json "$${OUT:-.}/bench.json" \
 	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \

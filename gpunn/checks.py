@@ -39,9 +39,11 @@ def features(X: Any, name: str = "X", n_features: int | None = None,
 
 
 def finite_in(arr: np.ndarray, dtype: Any, name: str) -> np.ndarray:
-    """``arr`` in ``dtype`` (as it is when None), every value finite there: a value finite in
-    float64 can overflow float32 (1e39), and is named as data, not as a training problem."""
-    cast = arr if dtype is None else _cast(arr, dtype)
+    """``arr`` in ``dtype`` (as it is when None), C-contiguous, every value finite there: a value
+    finite in float64 can overflow float32 (1e39), and is named as data, not as a training
+    problem. C order because the device kernels read whole rows (``DataFrame.to_numpy()`` gives
+    Fortran order), and this is where data enters."""
+    cast = np.ascontiguousarray(arr if dtype is None else _cast(arr, dtype))
     if np.issubdtype(cast.dtype, np.floating):
         bad = ~np.isfinite(cast)
         if bad.any():

@@ -279,11 +279,14 @@ def resumes_or_is_refused(path) -> None:
     model = fresh_model(seed=5, dropout=True)
     before = Unchanged(model)
     try:
-        model.fit(X, y, epochs=5, batch_size=4, verbose=0, resume_from=path)
+        with np.errstate(all="ignore"):  # a valid file may hold values that overflow in training
+            model.fit(X, y, epochs=5, batch_size=4, verbose=0, resume_from=path)
     except ValueError as exc:
         assert str(path) in str(exc)
         before.check()
         return
+    except FloatingPointError:  # it resumed, then diverged: the model holds finite parameters
+        pass
     assert model.optimizer.iterations >= before.iterations and np.isfinite(model.params).all()
 
 

@@ -86,11 +86,17 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
+    #: The device generator shuffles are drawn from, made once and reseeded for each (making
+    #: and destroying a cuRAND generator every epoch cost more than the shuffle).
+    _shuffler: Any = None
+
     def permutation(self, n: int, rng: np.random.Generator) -> Any:
         """A shuffle order made on the device (sorting random keys), seeded from the host
         generator: the same seed gives the same order, and no index array crosses the bus."""
-        keys = self.xp.random.RandomState(int(rng.integers(2**32))).random_sample(n)
-        return self.xp.argsort(keys)
+        if self._shuffler is None:
+            self._shuffler = self.xp.random.RandomState()
+        self._shuffler.seed(int(rng.integers(2**32)))  # as a new RandomState(seed) would start
+        return self.xp.argsort(self._shuffler.random_sample(n))
 
     def device_name(self) -> str:
         props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)

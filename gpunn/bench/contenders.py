@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import SGD, Dense, ReLU, Sequential, SoftmaxCrossEntropy
+from ..backends import get_backend
 from ..training import steps
 from .workloads import LR, Workload
 
@@ -33,6 +34,8 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
     separate kernels only, to show what the cuBLASLt epilogues add) and ``one_kernel`` its
     one_kernel_trainer (Dense -> ReLU -> Dense only), both set before the step is planned."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
+        if precision != "fp32" and get_backend(backend).why_not(precision):
+            raise Skip(get_backend(backend).why_not(precision))  # the row, not the whole suite
         layers: list = []
         for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
             layers += [Dense(a, b)] + ([ReLU()] if i < len(w.sizes) - 2 else [])

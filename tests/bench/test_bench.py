@@ -99,3 +99,12 @@ def test_spread_is_the_interquartile_range_and_overlaps_are_flagged():
     assert "2.00x vs pytorch, ~1.05x vs jax" in markdown(doc)
     assert noise_note(doc).startswith("1 of 2 speed-ups (marked ~) are within run-to-run noise")
     jsonschema.validate({**doc, "machine": {**doc["machine"], "python": "3", "blas": []}}, bench.SCHEMA)
+
+
+def test_a_precision_gpunn_cannot_run_here_skips_its_row_not_the_suite():
+    from gpunn.bench.contenders import Skip, gpunn_run
+
+    w = bench.WORKLOADS["small"]
+    X, y = bench.workload_data(w)
+    with pytest.raises(Skip, match="precision 'tf32' needs the cupy backend"):
+        gpunn_run("numpy")(w, bench.initial_params(w.sizes), X, y, "tf32", "cpu")

@@ -27,7 +27,11 @@ import numpy as np
 from .cublas import ONE, ZERO, blas_ready
 
 WORKSPACE_BYTES = 32 << 20
-PLACEHOLDER_POINTER = 256  # non-null and aligned: stands for the bias and mask while planning
+#: What the heuristics may plan to use of the workspace: some epilogues need room beyond the
+#: algorithm's own (nvmath leaves the same 256 bytes).
+WORKSPACE_SLACK = 256
+#: Planned problems kept (least recently used first out); a model uses a handful.
+MAX_PROBLEMS = 256
 
 # cudaDataType and cublasComputeType_t values (library_types.h, cublas_api.h).
 CUDA_R_32F, CUDA_R_64F = 0, 1
@@ -50,9 +54,9 @@ def _alignment(ptr: int) -> int:
 class _Problem:
     """One cuBLASLt matmul set up: descriptor, layouts and the algorithm its heuristics chose."""
 
-    def __init__(self, lt: Any, handle: int, key: tuple) -> None:
+    def __init__(self, lt: Any, handle: int, key: tuple, bias_ptr: int, aux_ptr: int) -> None:
         (epilogue, m, n, k, lda, ldb, ldd, trans_a, aux_ld, dtype, tf32,
-         align_a, align_b, align_d) = key
+         align_a, align_b, align_d, _, _) = key
         self.lt = lt
         data_type = CUDA_R_32F if dtype == np.float32 else CUDA_R_64F
         compute = COMPUTE_64F if dtype == np.float64 else COMPUTE_32F_FAST_TF32 if tf32 \
@@ -61,18 +65,21 @@ class _Problem:
         self.set(lt.MatmulDescAttribute.TRANSA, int(trans_a))  # CUBLAS_OP_N = 0, _T = 1
         self.set(lt.MatmulDescAttribute.TRANSB, 0)
         self.set(lt.MatmulDescAttribute.EPILOGUE, int(epilogue))
-        # cuBLASLt wants the epilogue's pointers set before it picks an algorithm (nvmath sets a
-        # placeholder too); the real ones are set before each call.
-        self.set(lt.MatmulDescAttribute.BIAS_POINTER, PLACEHOLDER_POINTER)
+        # cuBLASLt wants the epilogue's pointers before it picks an algorithm, and may pick one
+        # that relies on their alignment: plan with the first call's real pointers, and key the
+        # plan on their alignment (a placeholder claiming more alignment than a bias view into
+        # the flat buffer has can pick a kernel whose misaligned loads kill the CUDA context).
+        self.set(lt.MatmulDescAttribute.BIAS_POINTER, bias_ptr)
         if aux_ld:
             self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_LD, aux_ld)
-            self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, PLACEHOLDER_POINTER)
+            self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, aux_ptr)
         rows_a, cols_a = (k, m) if trans_a else (m, k)
         self.a = lt.matrix_layout_create(data_type, rows_a, cols_a, lda)
         self.b = lt.matrix_layout_create(data_type, k, n, ldb)
         self.d = lt.matrix_layout_create(data_type, m, n, ldd)
         pref = lt.matmul_preference_create()
-        for attr, value in ((lt.MatmulPreferenceAttribute.MAX_WORKSPACE_BYTES, WORKSPACE_BYTES),
+        for attr, value in ((lt.MatmulPreferenceAttribute.MAX_WORKSPACE_BYTES,
+                             WORKSPACE_BYTES - WORKSPACE_SLACK),
                             (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_A_BYTES, align_a),
                             (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_B_BYTES, align_b),
                             (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_C_BYTES, align_d),
@@ -93,6 +100,12 @@ class _Problem:
     def set(self, attr: Any, value: int) -> None:
         buf = np.array([value], dtype=self.lt.get_matmul_desc_attribute_dtype(attr))
         self.lt.matmul_desc_set_attribute(self.desc, int(attr), buf.ctypes.data, buf.itemsize)
+
+    def destroy(self) -> None:
+        """Give the descriptor and layouts back to cuBLASLt."""
+        for layout in (self.a, self.b, self.d):
+            self.lt.matrix_layout_destroy(layout)
+        self.lt.matmul_desc_destroy(self.desc)
 
 
 class Epilogues:
@@ -136,6 +149,8 @@ class Epilogues:
         dbiases = the column sums of out. False, with nothing written, where cuBLASLt cannot."""
         # Column-major: out^T (n_in, rows) = op_T(weights^T) (n_in, n_out) @ dvalues^T.
         rows, n_in = out.shape
+        if weights.shape[1] == 1:  # K = 1 (a Dense(n, 1) above): nvmath calls it unsupported
+            return False
         return self._matmul(self.lt.Epilogue.DRELU_BGRAD, a=weights, b=dvalues, d=out, m=n_in,
                             n=rows, k=weights.shape[1], trans_a=True, bias=dbiases, mask=mask,
                             tf32=tf32)
@@ -157,10 +172,15 @@ class Epilogues:
         aux_ld = 8 * mask.shape[1] if mask is not None else 0  # in elements: bits
         key = (int(epilogue), m, n, k, a.strides[0] // item, b.strides[0] // item,
                d.strides[0] // item, trans_a, aux_ld, dtype, tf32 and dtype == np.float32,
-               _alignment(a.data.ptr), _alignment(b.data.ptr), _alignment(d.data.ptr))
-        problem = self.problems.get(key)
+               _alignment(a.data.ptr), _alignment(b.data.ptr), _alignment(d.data.ptr),
+               _alignment(bias.data.ptr), _alignment(mask.data.ptr) if mask is not None else 0)
+        problem = self.problems.pop(key, None)
         if problem is None:
-            problem = self.problems[key] = _Problem(self.lt, self.handle, key)
+            problem = _Problem(self.lt, self.handle, key, bias.data.ptr,
+                               mask.data.ptr if mask is not None else 0)
+        self.problems[key] = problem  # the most recently used last
+        if len(self.problems) > MAX_PROBLEMS:  # many shapes over a long session: keep the recent
+            self.problems.pop(next(iter(self.problems))).destroy()
         if not problem.supported:
             return False
         problem.set(self.lt.MatmulDescAttribute.BIAS_POINTER, bias.data.ptr)

@@ -29,16 +29,23 @@ def row_threads(k: int) -> int:
 
 
 def compiled(cupy: Any) -> Any:
-    """A lookup over kernels.cu compiled by NVRTC through one cupy.RawModule (on first use)."""
+    """A lookup over kernels.cu compiled by NVRTC through one cupy.RawModule (on first use).
+    Each kernel's function is looked up once and kept: get_function makes a new object and asks
+    the driver (cuModuleGetFunction) every time, which launches paid for."""
     module: list[Any] = []
+    functions: dict[tuple[str, Any], Any] = {}
 
     def lookup(name: str, dtype: Any = None) -> Any:
-        if not module:
-            module.append(cupy.RawModule(code=source(), options=NVRTC_OPTIONS,
-                                         name_expressions=name_expressions()))
-        if dtype is not None:
-            name = f"{name}<{'float' if np.dtype(dtype) == np.float32 else 'double'}>"
-        return module[0].get_function(name)
+        key = (name, None if dtype is None else np.dtype(dtype))
+        function = functions.get(key)
+        if function is None:
+            if not module:
+                module.append(cupy.RawModule(code=source(), options=NVRTC_OPTIONS,
+                                             name_expressions=name_expressions()))
+            full = name if dtype is None else \
+                f"{name}<{'float' if np.dtype(dtype) == np.float32 else 'double'}>"
+            function = functions[key] = module[0].get_function(full)
+        return function
 
     return lookup
 
@@ -80,6 +87,9 @@ class Kernels:
         return out
 
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
+        if not (x.flags.c_contiguous and out.flags.c_contiguous):  # the kernel reads whole rows
+            raise ValueError(f"take_rows needs C-contiguous rows; got x of strides {x.strides} and "
+                             f"out of strides {out.strides} (np.ascontiguousarray makes them)")
         rows, cols = out.shape
         self.lookup("take_rows", x.dtype)((blocks(out.size),), (THREADS,),
                                           (x, indices, out, np.int64(rows), np.int32(cols)))

@@ -45,6 +45,8 @@ class FakeLt:
         self.unsupported = set(unsupported)
         self.objects: dict[int, dict] = {}
         self.calls: list[tuple] = []
+        self.planned: list[dict] = []  # the epilogue pointers and workspace each plan saw
+        self.destroyed: list[int] = []
 
     def _new(self, **fields) -> int:
         self.objects[len(self.objects) + 1] = fields
@@ -82,8 +84,18 @@ class FakeLt:
     def matmul_preference_destroy(self, pref):
         pass
 
+    def matrix_layout_destroy(self, layout):
+        self.destroyed.append(layout)
+
+    def matmul_desc_destroy(self, desc):
+        self.destroyed.append(desc)
+
     def matmul_algo_get_heuristic(self, handle, desc, a, b, c, d, pref, count, results, found):
         assert count == 1 and self.objects[pref][PREF.MAX_WORKSPACE_BYTES] > 0
+        attrs = self.objects[desc]
+        self.planned.append({"bias": attrs.get(DESC.BIAS_POINTER),
+                             "aux": attrs.get(DESC.EPILOGUE_AUX_POINTER),
+                             "workspace": self.objects[pref][PREF.MAX_WORKSPACE_BYTES]})
         supported = self.objects[desc][DESC.EPILOGUE] not in self.unsupported
         ctypes.c_int32.from_address(found).value = int(supported)
 
@@ -250,6 +262,59 @@ def test_problems_are_planned_once_per_shape(rng):
     assert len(e.problems) == 2 and len(lt.calls) == 6
 
 
+def aligned_at(arr: np.ndarray, alignment: int) -> np.ndarray:
+    """A copy of ``arr`` whose address is a multiple of ``alignment`` and of no larger power of
+    two (as a bias view into the flat parameter buffer may be)."""
+    raw = np.empty(arr.nbytes + 4 * alignment, np.uint8)
+    start = -raw.ctypes.data % (2 * alignment) + alignment
+    out = raw[start:start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out[...] = arr
+    return out
+
+
+def test_plans_see_the_real_alignment_of_bias_and_mask(rng):
+    """The heuristic is asked with pointers as aligned as the ones the call will use, and a
+    bias of another alignment gets its own plan; the workspace it may plan leaves 256 bytes."""
+    from gpunn.backends.cuda.cublaslt import WORKSPACE_BYTES, _alignment
+
+    lt = FakeLt()
+    e = epilogues(lt)
+    x, w = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
+    for alignment in (16, 256, 16):
+        b = aligned_at(rng.standard_normal((1, 5)), alignment)
+        out = aligned(np.empty((4, 5)))
+        mask = aligned_at(np.zeros(relu_mask_shape(4, 5), np.uint8), alignment)
+        assert e.forward(Dev(x), Dev(w), Dev(b), Dev(out), True, Dev(mask))
+        np.testing.assert_allclose(out, np.maximum(x @ w + b, 0))
+    assert [(_alignment(p["bias"]), _alignment(p["aux"])) for p in lt.planned] == [(16, 16), (256, 256)]
+    assert all(p["workspace"] == WORKSPACE_BYTES - 256 for p in lt.planned)
+
+
+def test_drelu_bgrad_declines_a_single_output_above(rng):
+    lt = FakeLt()
+    e = epilogues(lt)
+    w = aligned(rng.standard_normal((21, 1)))  # Dense(21, 1): K = 1
+    out, db = aligned(np.full((9, 21), np.nan)), aligned(np.full((1, 21), np.nan))
+    mask = aligned(np.zeros(relu_mask_shape(9, 21), np.uint8))
+    assert not e.dinputs_relu_bgrad(Dev(aligned(np.ones((9, 1)))), Dev(w), Dev(out), Dev(mask), Dev(db))
+    assert np.isnan(out).all() and lt.planned == [] and lt.calls == []
+
+
+def test_plans_beyond_the_limit_are_destroyed_oldest_first(rng, monkeypatch):
+    from gpunn.backends.cuda import cublaslt
+
+    monkeypatch.setattr(cublaslt, "MAX_PROBLEMS", 2)
+    lt = FakeLt()
+    e = epilogues(lt)
+    w, b = aligned(rng.standard_normal((3, 5))), aligned(rng.standard_normal((1, 5)))
+    for rows in (4, 5, 4, 6):  # 4 is used again before 6 comes: 5 is the oldest then
+        x, out = aligned(rng.standard_normal((rows, 3))), aligned(np.empty((rows, 5)))
+        assert e.forward(Dev(x), Dev(w), Dev(b), Dev(out), False)
+        np.testing.assert_allclose(out, x @ w + b)
+    assert [key[2] for key in e.problems] == [4, 6]  # n = rows
+    assert len(lt.destroyed) == 4  # the rows-5 plan: three layouts and its descriptor
+
+
 def test_stand_in_matches_the_real_bindings():
     """Names, values and call signatures of the stand-in are those of nvmath's cublasLt, so the
     wrapper tested against it calls the real module the same way (where nvmath is installed)."""
@@ -266,7 +331,8 @@ def test_stand_in_matches_the_real_bindings():
     assert real.fields["algo"][1] == 0
     for name in ("matmul_desc_create", "matmul_desc_set_attribute", "matrix_layout_create",
                  "matmul_preference_create", "matmul_preference_set_attribute",
-                 "matmul_preference_destroy", "matmul_algo_get_heuristic", "matmul", "create"):
+                 "matmul_preference_destroy", "matmul_algo_get_heuristic", "matmul", "create",
+                 "matrix_layout_destroy", "matmul_desc_destroy"):
         doc_args = re.match(rf"{name}\((.*?)\)", getattr(lt, name).__doc__).group(1)
         real_count = len([a for a in doc_args.split(",") if a.strip()])
         fake_count = len(inspect.signature(getattr(FakeLt(), name)).parameters)

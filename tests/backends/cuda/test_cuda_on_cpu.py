@@ -165,3 +165,49 @@ def test_the_books_chapters_on_the_cupy_backend(emulated, chapter):
         nn.use(None)
     test_book.assert_same_printout(got, want)
     test_book.assert_same_arrays(got_arrays, want_arrays, rtol=1e-9)
+
+
+def test_fortran_ordered_data_trains_as_c_ordered_data(emulated):
+    """DataFrame.to_numpy() of an all-float frame is Fortran-ordered; the row-gather kernel reads
+    C-ordered rows. Data is made C-contiguous where it enters, and the gather refuses the rest."""
+    X, y = nn.datasets.spiral_data(samples=30, classes=3, seed=1)
+    histories = []
+    for data in (X, np.asfortranarray(X)):
+        model = nn.Sequential([nn.Dense(2, 8, init="he", seed=1), nn.ReLU(), nn.Dense(8, 3, seed=3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend=emulated, dtype="float64")
+        histories.append(model.fit(data, y, epochs=3, batch_size=16, seed=4, verbose=0).history)
+    assert histories[0] == histories[1]
+    fortran = np.asfortranarray(X)
+    with pytest.raises(ValueError, match="take_rows needs C-contiguous rows"):
+        emulated.kernels.take_rows(fortran, np.arange(4), np.empty((4, 2)))
+
+
+def test_shuffles_from_the_reseeded_generator_equal_fresh_ones(emulated):
+    """The backend's one device generator, reseeded for each epoch, gives the orders a new
+    generator per epoch gave."""
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    for _ in range(3):
+        got = emulated.permutation(50, rng_a)
+        fresh = np.argsort(np.random.RandomState(int(rng_b.integers(2**32))).random_sample(50))
+        np.testing.assert_array_equal(got, fresh)
+
+
+def test_kernels_are_looked_up_once():
+    import types
+
+    from gpunn.backends.cuda import launch
+
+    asked = []
+
+    class Module:
+        def __init__(self, **kwargs):
+            asked.append("module")
+
+        def get_function(self, name):
+            asked.append(name)
+            return object()
+
+    lookup = launch.compiled(types.SimpleNamespace(RawModule=Module))
+    first = lookup("bias_act", np.float32)
+    assert lookup("bias_act", np.float32) is first and lookup("bias_act", np.float64) is not first
+    assert asked == ["module", "bias_act<float>", "bias_act<double>"]
