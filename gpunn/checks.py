@@ -24,6 +24,13 @@ def features(X: Any, name: str = "X", n_features: int | None = None,
              dtype: Any = None) -> np.ndarray:
     """X as a 2-D array of finite real numbers with ``n_features`` columns (in ``dtype``, and
     finite there too, when one is given)."""
+    arr = features_shape(X, name, n_features)
+    return finite_in(arr, dtype, name)
+
+
+def features_shape(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
+    """X as a host array (no copy of a NumPy array or memmap) whose dtype, shape and width are
+    right; its values are not read (``finite_in`` does that, a part at a time if need be)."""
     arr = host_array(X)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
             or np.issubdtype(arr.dtype, np.complexfloating):
@@ -35,21 +42,22 @@ def features(X: Any, name: str = "X", n_features: int | None = None,
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(f"{name} must have {n_features} features (columns) for this model; "
                          f"got {arr.shape[1]}")
-    return finite_in(arr, dtype, name)
+    return arr
 
 
-def finite_in(arr: np.ndarray, dtype: Any, name: str) -> np.ndarray:
+def finite_in(arr: np.ndarray, dtype: Any, name: str, first_row: int = 0) -> np.ndarray:
     """``arr`` in ``dtype`` (as it is when None), C-contiguous, every value finite there: a value
     finite in float64 can overflow float32 (1e39), and is named as data, not as a training
     problem. C order because the device kernels read whole rows (``DataFrame.to_numpy()`` gives
-    Fortran order), and this is where data enters."""
+    Fortran order), and this is where data enters. ``first_row``: where ``arr`` starts in the
+    data, for the messages (data checked a part at a time)."""
     cast = np.ascontiguousarray(arr if dtype is None else _cast(arr, dtype))
     if np.issubdtype(cast.dtype, np.floating):
         bad = ~np.isfinite(cast)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             value = arr[where]
-            at = f"row {where[0]}" + (f", column {where[1]}" if len(where) > 1 else "")
+            at = f"row {where[0] + first_row}" + (f", column {where[1]}" if len(where) > 1 else "")
             if np.isfinite(value):
                 raise ValueError(f"{name} holds {value!s} at {at}, beyond the range of "
                                  f"{np.dtype(dtype).name} (the model's dtype): scale the data")

@@ -25,6 +25,7 @@ from .losses import Loss
 from .network import INFERENCE_ROWS, LayerStack, Network, check_chain, check_params
 from .optimizers import Optimizer
 from .training.callbacks import Callback, Checkpoint, EpochLines, History, ProgressBar
+from .training.data import Resident, Streamed, data_for
 from .training.loop import Loop
 from .training.steps import Steps
 
@@ -274,11 +275,15 @@ class Sequential(LayerStack):
             seed: int | None = None, verbose: int = 1, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int | None = None,
             resume_from: str | os.PathLike | None = None,
-            callbacks: Sequence[Callback] = (), validation_split: float = 0.0) -> History:
+            callbacks: Sequence[Callback] = (), validation_split: float = 0.0,
+            stream: bool | None = None) -> History:
         """Train until ``epochs`` passes over the data are done (``batch_size=None``: full batch).
 
         ``validation_data=(X_val, y_val)``, or ``validation_split``: the fraction of (X, y) held
-        out for validation (its last rows, before any shuffling, as Keras does).
+        out for validation (its last rows, before any shuffling, as Keras does). ``stream``:
+        None keeps data whose working copy fits the backend's ``data_budget()`` on the device and
+        streams larger host data (NumPy arrays, memmaps, ``np.load(..., mmap_mode="r")``) a batch
+        at a time; True or False decides (streaming needs mini-batches).
         ``checkpoint``: a file saved every ``checkpoint_every`` epochs, at the end, and on Ctrl-C
         (as of the last finished epoch; Ctrl-C always puts the model back there). ``resume_from``:
         a checkpoint to continue from, with the optimizer state and the shuffling and dropout
@@ -288,9 +293,12 @@ class Sequential(LayerStack):
         metrics, data_loss and reg_loss) and each batch.
         """
         net = self._require_compiled("fit()")
-        X, y, validation = _fit_data(net, X, y, validation_data, validation_split)
+        data, validation = _fit_data(net, X, y, validation_data, validation_split, stream)
         epochs = checks.whole_number(epochs, "epochs", 0)
-        batch = X.shape[0] if batch_size is None else checks.whole_number(batch_size, "batch_size", 1)
+        batch = data.n if batch_size is None else checks.whole_number(batch_size, "batch_size", 1)
+        if data.streamed and batch >= data.n:
+            raise ValueError("full-batch training needs all of X on the device at once, and this X "
+                             "is streamed from host memory: give a batch_size, or stream=False")
         _check_fit_options(shuffle, seed, verbose, checkpoint, checkpoint_every)
         if checkpoint is not None:  # before any work, not when the first save comes
             files.check_writable(checkpoint, "checkpoint")
@@ -305,7 +313,7 @@ class Sequential(LayerStack):
                 if isinstance(layer, Dropout):
                     layer.rng = np.random.default_rng(rng.integers(2**63))
         net.optimizer.sync_schedule()
-        loop = Loop(net, self.steps, X, y, epochs, min(batch, X.shape[0]), bool(shuffle), rng,
+        loop = Loop(net, self.steps, data, epochs, min(batch, data.n), bool(shuffle), rng,
                     history, validation=validation)
         if resumed is not None:
             loop.resume(*resumed)
@@ -313,7 +321,7 @@ class Sequential(LayerStack):
         if checkpoint is not None:
             loop.callbacks.append(Checkpoint(checkpoint, epochs, checkpoint_every))
         if verbose == 1:
-            batches = -(-X.shape[0] // loop.batch_size)
+            batches = -(-data.n // loop.batch_size)
             loop.callbacks.append(ProgressBar(epochs, loop.done, batches))
         elif verbose == 2:
             loop.callbacks.append(EpochLines(epochs))
@@ -321,20 +329,22 @@ class Sequential(LayerStack):
 
     # ---- inference -----------------------------------------------------------------------
 
-    def evaluate(self, X: Any, y: Any, batch_size: int | None = None) -> dict[str, float]:
+    def evaluate(self, X: Any, y: Any, batch_size: int | None = None,
+                 stream: bool | None = None) -> dict[str, float]:
         """Mean data loss on (X, y), without dropout, and the compiled metrics: {"loss",
-        "accuracy"} (accuracy when tracked)."""
+        "accuracy"} (accuracy when tracked). ``stream`` as for ``fit``."""
         net = self._require_compiled("evaluate()")
-        X, y = net.prepare(X, y)
-        result = net.evaluate(X, y, _inference_rows(batch_size))
+        rows = _inference_rows(batch_size)
+        result = net.evaluate_chunks(data_for(net, X, y, stream).chunks(rows))
         return {k: v for k, v in result.items() if k == "loss" or k in net.metrics}
 
-    def predict(self, X: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, X: Any, batch_size: int | None = None,
+                stream: bool | None = None) -> np.ndarray:
         """The model's outputs for X as a NumPy array (class probabilities with
-        SoftmaxCrossEntropy)."""
+        SoftmaxCrossEntropy). ``stream`` as for ``fit``."""
         net = self._require_compiled("predict()")
-        X = net.backend.asarray(checks.features(X, "X", net.n_inputs, net.dtype))
-        return net.predict(X, _inference_rows(batch_size))
+        rows = _inference_rows(batch_size)
+        return net.predict_chunks(x for x, _ in data_for(net, X, None, stream).chunks(rows))
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -363,26 +373,25 @@ def _inference_rows(batch_size: int | None) -> int:
     return INFERENCE_ROWS if batch_size is None else checks.whole_number(batch_size, "batch_size", 1)
 
 
-def _fit_data(net: Network, X: Any, y: Any, validation_data: Any,
-              validation_split: Any) -> tuple[Any, Any, tuple[Any, Any] | None]:
-    """(X, y) prepared on the device, and the validation pair: ``validation_data`` prepared,
-    or the last ``validation_split`` of (X, y)."""
-    X, y = net.prepare(X, y)
+def _fit_data(net: Network, X: Any, y: Any, validation_data: Any, validation_split: Any,
+              stream: bool | None) -> tuple[Resident | Streamed, Resident | Streamed | None]:
+    """(X, y) checked, on the device or streamed, and the validation data: ``validation_data``
+    likewise, or the last ``validation_split`` of (X, y)."""
+    data = data_for(net, X, y, stream)
     split = checks.real_number(validation_split, "validation_split", 0, 1)
     if validation_data is not None:
         if split:
             raise ValueError("give validation_data or validation_split, not both")
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError("validation_data must be a pair (X_val, y_val)")
-        return X, y, net.prepare(*validation_data, name="validation_data ")
+        return data, data_for(net, *validation_data, stream, name="validation_data ")
     if not split:
-        return X, y, None
-    held = int(X.shape[0] * split)
-    if held < 1 or held >= X.shape[0]:
-        raise ValueError(f"validation_split={split} of {X.shape[0]} samples leaves "
+        return data, None
+    held = int(data.n * split)
+    if held < 1 or held >= data.n:
+        raise ValueError(f"validation_split={split} of {data.n} samples leaves "
                          f"{'no validation' if held < 1 else 'no training'} samples")
-    keep = X.shape[0] - held
-    return X[:keep], y[:keep], (X[keep:], y[keep:])
+    return data.split(data.n - held)
 
 
 def _checked_callbacks(callbacks: Any, metrics: list[str]) -> list[Callback]:

@@ -10,6 +10,7 @@ checkpoints, ``to()`` and the rollback after a diverged epoch all go through the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -239,19 +240,26 @@ class Network(LayerStack):
 
     def evaluate(self, X: Any, y: Any, rows: int = INFERENCE_ROWS) -> dict[str, float]:
         """Mean data loss and accuracy of prepared (X, y), without dropout."""
+        return self.evaluate_chunks((X[start:start + rows], y[start:start + rows])
+                                    for start in range(0, X.shape[0], rows))
+
+    def evaluate_chunks(self, chunks: Iterable[tuple[Any, Any]]) -> dict[str, float]:
+        """Mean data loss and accuracy over prepared (X, y) chunks, without dropout."""
         loss_sum = correct = 0
-        for start in range(0, X.shape[0], rows):
-            xb, yb = X[start:start + rows], y[start:start + rows]
+        n = 0
+        for xb, yb in chunks:
             outputs = self.forward(xb, training=False)
             loss_sum = loss_sum + self.loss.sample_losses(outputs, yb).sum(dtype=np.float64)
             correct = correct + self.loss.count_correct(outputs, yb)
-        n = X.shape[0]
+            n += xb.shape[0]
         return {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
 
     def predict(self, X: Any, rows: int = INFERENCE_ROWS) -> np.ndarray:
         """The outputs for prepared X as a NumPy array (probabilities with SoftmaxCrossEntropy)."""
-        parts = []
-        for start in range(0, X.shape[0], rows):
-            outputs = self.forward(X[start:start + rows], training=False)
-            parts.append(self.backend.to_numpy(self.loss.predictions(outputs)))
+        return self.predict_chunks(X[start:start + rows] for start in range(0, X.shape[0], rows))
+
+    def predict_chunks(self, chunks: Iterable[Any]) -> np.ndarray:
+        """The outputs for prepared X chunks, joined, as a NumPy array."""
+        parts = [self.backend.to_numpy(self.loss.predictions(self.forward(xb, training=False)))
+                 for xb in chunks]
         return np.concatenate(parts)

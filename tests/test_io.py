@@ -425,7 +425,7 @@ def test_ctrl_c_during_validation_still_writes_the_checkpoint(tmp_path, data, mo
     X, y = data
     model = model_with_dropout()
     ck = tmp_path / "ck.safetensors"
-    evaluate, calls = model.network.evaluate, []
+    evaluate, calls = model.network.evaluate_chunks, []
 
     def interrupted_on_the_third(*args, **kwargs):
         calls.append(1)
@@ -433,7 +433,7 @@ def test_ctrl_c_during_validation_still_writes_the_checkpoint(tmp_path, data, mo
             raise KeyboardInterrupt
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(model.network, "evaluate", interrupted_on_the_third)
+    monkeypatch.setattr(model.network, "evaluate_chunks", interrupted_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         model.fit(X, y, epochs=5, batch_size=None, verbose=0, validation_data=(X, y), checkpoint=ck)
     saved = nn.load(ck)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import os
 from typing import Any
 
 import numpy as np
@@ -130,6 +132,43 @@ class Backend:
 
     def zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self.xp.zeros(shape, dtype=dtype)
+
+    # ---- data too big for the device: streamed from host memory -------------------------
+
+    def free_memory(self) -> float:
+        """Bytes free on this backend's device: for the CPU, the physical memory available
+        (inf where the system does not say)."""
+        try:
+            return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):  # not POSIX, or the name is unknown
+            return math.inf
+
+    def data_budget(self) -> float:
+        """Bytes of data ``fit``, ``evaluate`` and ``predict`` keep whole on the device before
+        they stream it from host memory a batch at a time instead: GPUNN_DATA_BUDGET when set
+        (bytes, or with a K, M or G suffix), else half of ``free_memory()``."""
+        text = os.environ.get("GPUNN_DATA_BUDGET", "").strip()
+        if not text:
+            return self.free_memory() / 2
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1].upper(), 1)
+        number = text[:-1] if scale > 1 else text
+        try:
+            value = float(number) * scale
+        except ValueError:
+            value = -1.0
+        if not value >= 0:
+            raise ValueError(f"GPUNN_DATA_BUDGET must be a number of bytes (K, M or G may follow); "
+                             f"got {text!r}")
+        return value
+
+    def uploader(self, rows: int, x_tail: tuple[int, ...], x_dtype: Any,
+                 y_tail: tuple[int, ...] | None, y_dtype: Any) -> Any:
+        """What moves batches of at most ``rows`` rows (each ``x_tail`` of ``x_dtype``; labels
+        ``y_tail`` of ``y_dtype``, None for none) from host memory to this backend's device:
+        ``start(x, y)`` begins a batch's copy, ``finish(ticket)`` gives its device arrays,
+        ``release(ticket)`` says the step that used them is queued. Here a plain copy; the CuPy
+        backend's overlaps the copies with compute."""
+        return HostUploader(self)
 
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
         """Gather the rows ``x[indices]`` into ``out`` (batching with shuffled indices)."""
@@ -384,3 +423,19 @@ class Backend:
         xp.divide(grads, scratch, out=scratch)
         xp.multiply(scratch, -lr, out=scratch)
         xp.add(params, scratch, out=params)
+
+
+class HostUploader:
+    """Batches to the device as plain copies (on the CPU, no copy: the batch is already there)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def start(self, x: Any, y: Any) -> tuple[Any, Any]:
+        return self.backend.asarray(x), None if y is None else self.backend.asarray(y)
+
+    def finish(self, ticket: tuple[Any, Any]) -> tuple[Any, Any]:
+        return ticket
+
+    def release(self, ticket: tuple[Any, Any]) -> None:
+        pass

@@ -86,6 +86,15 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
+    def free_memory(self) -> float:
+        return float(self.xp.cuda.runtime.memGetInfo()[0])
+
+    def uploader(self, rows: int, x_tail: tuple[int, ...], x_dtype: Any,
+                 y_tail: tuple[int, ...] | None, y_dtype: Any) -> Any:
+        from .cuda.transfer import CupyRuntime, PinnedUploader
+
+        return PinnedUploader(CupyRuntime(self.xp), rows, x_tail, x_dtype, y_tail, y_dtype)
+
     #: The device generator shuffles are drawn from, made once and reseeded for each (making
     #: and destroying a cuRAND generator every epoch cost more than the shuffle).
     _shuffler: Any = None

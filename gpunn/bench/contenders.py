@@ -4,6 +4,7 @@ network from the same initial weights on the same data, with SGD at the same lea
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ import numpy as np
 from .. import SGD, Dense, ReLU, Sequential, SoftmaxCrossEntropy
 from ..backends import get_backend
 from ..training import steps
+from ..training.batches import Batch
+from ..training.data import data_for
 from .workloads import LR, Workload
 
 
@@ -34,14 +37,7 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
     separate kernels only, to show what the cuBLASLt epilogues add) and ``one_kernel`` its
     one_kernel_trainer (Dense -> ReLU -> Dense only), both set before the step is planned."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
-        if precision != "fp32" and get_backend(backend).why_not(precision):
-            raise Skip(get_backend(backend).why_not(precision))  # the row, not the whole suite
-        layers: list = []
-        for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
-            layers += [Dense(a, b)] + ([ReLU()] if i < len(w.sizes) - 2 else [])
-        model = Sequential(layers)
-        model.set_params(params)
-        model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=backend, precision=precision)
+        model = _gpunn_model(w, params, backend, precision)
         bk = model.backend
         if backend == "cupy":
             bk.epilogue_policy, bk.one_kernel_trainer = epilogues, one_kernel
@@ -49,6 +45,42 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
             raise Skip(steps.why_not(model.network, "one-kernel", len(y)))
         step = model.prepare_step(X, y)
         return Run(step, bk.synchronize, lambda: model.evaluate(X, y)["loss"])
+    return make
+
+
+def _gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequential:
+    if precision != "fp32" and get_backend(backend).why_not(precision):
+        raise Skip(get_backend(backend).why_not(precision))  # the row, not the whole suite
+    layers: list = []
+    for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
+        layers += [Dense(a, b)] + ([ReLU()] if i < len(w.sizes) - 2 else [])
+    model = Sequential(layers)
+    model.set_params(params)
+    return model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=backend, precision=precision)
+
+
+#: Batches of host data a streamed row cycles through (each a copy of the workload's batch).
+STREAMED_BATCHES = 4
+
+
+def gpunn_streamed_run(backend: str):
+    """gpunn on ``backend`` with its data in host memory, streamed a batch at a time (fit's path
+    for data bigger than the device): what the copies cost on top of the step."""
+    def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
+        model = _gpunn_model(w, params, backend, precision)
+        Xh = np.ascontiguousarray(np.tile(X, (STREAMED_BATCHES, 1)))
+        yh = np.tile(y, STREAMED_BATCHES)
+        data = data_for(model.network, Xh, yh, stream=True)
+        step = model.steps.get(w.batch)
+        feed = data.feed(itertools.cycle([Batch(i * w.batch, (i + 1) * w.batch)
+                                          for i in range(STREAMED_BATCHES)]))
+
+        def one_step() -> None:
+            _, loadable = next(feed)
+            step.load(*loadable)
+            step.run()
+
+        return Run(one_step, model.backend.synchronize, lambda: model.evaluate(X, y)["loss"])
     return make
 
 
@@ -170,6 +202,7 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
     for b in backends:
         if (b == "cupy") == (device == "gpu"):
             out[f"gpunn-{b}"] = (b, gpunn_run(b))
+            out[f"gpunn-{b}-streamed"] = (b, gpunn_streamed_run(b))
     if device == "gpu" and "cupy" in backends:
         out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
         out["gpunn-cupy-one-kernel"] = ("cupy", gpunn_run("cupy", one_kernel=True))

@@ -41,7 +41,9 @@ SCHEMA: dict[str, Any] = {
                 "properties": {
                     "workload": {"type": "string"},
                     "impl": {"type": "string",
-                             "description": "gpunn-numpy, gpunn-cupy, gpunn-cupy-separate "
+                             "description": "gpunn-numpy, gpunn-cupy, gpunn-*-streamed (data "
+                                            "in host memory, sent a batch at a time), "
+                                            "gpunn-cupy-separate "
                                             "(no cuBLASLt epilogues), gpunn-cupy-one-kernel "
                                             "(the one-block trainer), pytorch, "
                                             "pytorch-graph, jax, numpy-book"},
@@ -109,6 +111,8 @@ def noise_note(doc: dict[str, Any]) -> str:
     """One line on how many speed-ups the repeats rank, and what to do about the others."""
     pairs = [(r, k) for r in doc["results"] for k in r.get("speedup_vs", {})]
     noisy = sum(1 for r, k in pairs if k in r.get("within_noise", []))
+    if not pairs:
+        return "no peer ran, so there are no speed-ups"
     if not noisy:
         return f"all {len(pairs)} speed-ups are outside run-to-run noise"
     return (f"{noisy} of {len(pairs)} speed-ups (marked ~) are within run-to-run noise: the middle "

@@ -141,7 +141,8 @@ class Suite:
         """The book's whole run for every contender that has a version of it."""
         rows = []
         for impl in contenders(self.backends, self.peers, device):
-            if impl in ("numpy-book", "gpunn-cupy-separate"):  # per step only
+            if impl in ("numpy-book", "gpunn-cupy-separate") or impl.endswith("-streamed"):
+                # per step only (a full batch is never streamed)
                 continue
             try:
                 seconds_taken = book_run(impl, device)

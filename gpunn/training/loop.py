@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..layers import Dropout
-from ..network import Network
+from ..network import INFERENCE_ROWS, Network
 from .batches import epoch_batches
 from .callbacks import Callback, History
+from .data import Resident, Streamed
 from .steps import EPOCHS_PER_LAUNCH, Steps
 
 #: About how long an eager launch of full-batch epochs may take (they grow to it, up to
@@ -30,11 +31,11 @@ LAUNCH_SECONDS = 0.05
 class Loop:
     """One call of fit: ``epochs`` epochs in all (``done`` of them already) over prepared data."""
 
-    def __init__(self, network: Network, steps: Steps, X: Any, y: Any, epochs: int,
+    def __init__(self, network: Network, steps: Steps, data: Resident | Streamed, epochs: int,
                  batch_size: int, shuffle: bool, rng: np.random.Generator, history: History,
-                 callbacks: Sequence[Callback] = (), validation: tuple[Any, Any] | None = None,
+                 callbacks: Sequence[Callback] = (), validation: Resident | Streamed | None = None,
                  done: int = 0) -> None:
-        self.network, self.steps, self.X, self.y = network, steps, X, y
+        self.network, self.steps, self.data = network, steps, data
         self.epochs, self.batch_size, self.shuffle, self.rng = epochs, batch_size, shuffle, rng
         self.history, self.validation, self.done = history, validation, done
         self.callbacks = [history, *callbacks]
@@ -78,7 +79,7 @@ class Loop:
         # recorded in one graph when planned; eagerly, as many as take about LAUNCH_SECONDS (so
         # the bar moves and Ctrl-C loses little). One at a time with validation data (the model
         # is evaluated after every epoch) or L1/L2 penalties (added from each epoch's parameters).
-        many = self.batch_size >= self.X.shape[0] and self.validation is None \
+        many = self.batch_size >= self.data.n and self.validation is None \
             and not self.network.regularized
         fixed = self.steps.planned
         per_launch = EPOCHS_PER_LAUNCH if many and fixed else 1
@@ -86,7 +87,7 @@ class Loop:
         # A callback that needs the model at every k-th epoch (a checkpoint every k) gets
         # launches that end on those epochs, however launches grow or a resume began.
         every = [cb.epochs_per_launch for cb in self.callbacks if cb.epochs_per_launch]
-        self.network.loss.fit_begin(self.y)
+        self.network.loss.fit_begin(self.data.y)
         try:
             while self.done < self.epochs and not self.stop_training:
                 count = min([per_launch, limit, self.epochs - self.done]
@@ -125,10 +126,10 @@ class Loop:
         # The epoch's penalty as the book reports it: for a full batch, of the parameters the
         # step started from (with its data loss); for mini-batches, of those at the epoch's end
         # (with the mean data loss of its batches). Penalised networks run an epoch a launch.
-        full_batch = self.batch_size >= self.X.shape[0]
+        full_batch = self.batch_size >= self.data.n
         reg = self.network.regularization_loss() if full_batch else 0.0
         results = self.run_epochs(count, on_batch=True)
-        n = self.X.shape[0]
+        n = self.data.n
         if not full_batch:
             reg = self.network.regularization_loss()
         for i, (loss_sum, correct) in enumerate(results):
@@ -138,7 +139,7 @@ class Loop:
             logs = {"loss": data_loss + reg, "accuracy": correct / n, "data_loss": data_loss,
                     "reg_loss": reg}
             if self.validation is not None:
-                val = self.network.evaluate(*self.validation)
+                val = self.network.evaluate_chunks(self.validation.chunks(INFERENCE_ROWS))
                 logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             for cb in self.callbacks:
                 cb.on_epoch_end(self, self.done + i + 1, logs)
@@ -152,8 +153,8 @@ class Loop:
     def _check_last_update(self, start: Mark) -> None:
         """No epoch measured the parameters the last update left: a forward pass over one batch
         does, so that fit never returns (or checkpoints) a model that predicts NaN."""
-        rows = min(self.batch_size, self.X.shape[0])
-        loss = self.network.evaluate(self.X[:rows], self.y[:rows])["loss"]
+        rows = min(self.batch_size, self.data.n)
+        loss = self.network.evaluate_chunks(self.data.chunks(rows, limit=rows))["loss"]
         if not math.isfinite(loss):
             epoch = self.done
             self._back_to(start, start.count - 1)
@@ -192,9 +193,10 @@ class Loop:
         (loss sum, correct count), read from the device at once."""
         steps, bk = self.steps, self.network.backend
         steps.totals.fill(0)
-        for batch in epoch_batches(self.X.shape[0], self.batch_size, self.shuffle, self.rng, bk):
+        batches = epoch_batches(self.data.n, self.batch_size, self.shuffle, self.rng, bk)
+        for batch, loadable in self.data.feed(batches):
             step = steps.get(batch.rows, count)
-            step.load(self.X, self.y, batch.start, batch.stop, batch.order)
+            step.load(*loadable)
             step.run()
             if on_batch:
                 for cb in self.callbacks:

@@ -24,9 +24,9 @@ def test_results_follow_the_schema():
     doc = tiny_suite(["numpy-book", "pytorch", "jax"])
     jsonschema.validate(doc, bench.SCHEMA)
     impls = {r["impl"] for r in doc["results"]}
-    assert {"gpunn-numpy", "numpy-book"} <= impls
+    assert {"gpunn-numpy", "gpunn-numpy-streamed", "numpy-book"} <= impls
     gpunn_row = next(r for r in doc["results"] if r["impl"] == "gpunn-numpy")
-    assert set(gpunn_row["speedup_vs"]) == impls - {"gpunn-numpy"}
+    assert set(gpunn_row["speedup_vs"]) == {i for i in impls if not i.startswith("gpunn-")}
     assert doc["machine"]["gemm_ceiling"]["cpu-fp32"] > 0
     assert any(b.get("num_threads") for b in doc["machine"]["blas"])
 
@@ -53,7 +53,7 @@ def test_a_missing_peer_is_reported_as_skipped(monkeypatch):
     doc = tiny_suite(["pytorch", "jax"])
     reasons = {s["impl"]: s["reason"] for s in doc["skipped"]}
     assert reasons["pytorch"].startswith("not importable") and reasons["jax"].startswith("not importable")
-    assert [r["impl"] for r in doc["results"]] == ["gpunn-numpy"]
+    assert [r["impl"] for r in doc["results"]] == ["gpunn-numpy", "gpunn-numpy-streamed"]
     jsonschema.validate(doc, bench.SCHEMA)
 
 

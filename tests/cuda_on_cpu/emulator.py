@@ -121,4 +121,6 @@ def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:
     bk.to_numpy = lambda x: np.array(x, copy=True)
     bk.synchronize = lambda: None
     bk.max_shared_bytes = lambda: 227 << 10  # an H100's or H200's opt-in limit
+    bk.free_memory = lambda: float(80 << 30)
+    bk.uploader = lambda *shapes: Backend.uploader(bk, *shapes)  # plain copies: no streams here
     return bk

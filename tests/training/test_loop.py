@@ -10,6 +10,7 @@ from support.training import interrupt_at, made_steps
 import gpunn as nn
 from gpunn.training import loop as loop_module
 from gpunn.training.callbacks import Callback
+from gpunn.training.data import Resident
 
 
 class Record(Callback):
@@ -173,7 +174,7 @@ def test_launches_that_grow_still_end_on_every_kth_epoch(start, monkeypatch):
     model = spiral_model()
     model.fit(X, y, epochs=start, batch_size=None, verbose=0)
     ends = LaunchEnds()
-    loop = loop_module.Loop(model.network, model.steps, *model.network.prepare(X, y), 63, 60, False,
+    loop = loop_module.Loop(model.network, model.steps, Resident(*model.network.prepare(X, y)), 63, 60, False,
                             np.random.default_rng(0), nn.History(False), [ends], done=start)
     loop.run()
     assert {5 * k for k in range(start // 5 + 1, 13)} <= set(ends.ends) and ends.ends[-1] == 63

@@ -211,3 +211,20 @@ def test_kernels_are_looked_up_once():
     first = lookup("bias_act", np.float32)
     assert lookup("bias_act", np.float32) is first and lookup("bias_act", np.float64) is not first
     assert asked == ["module", "bias_act<float>", "bias_act<double>"]
+
+
+def test_streamed_data_trains_as_resident_data_on_the_cupy_backend(emulated):
+    """Host batches through the CuPy backend's planned steps (shuffled by the device's order)
+    give what device-resident data gives."""
+    X, y = nn.datasets.spiral_data(samples=40, classes=3, seed=1)
+    runs = []
+    for stream in (False, True):
+        model = nn.Sequential([nn.Dense(2, 8, init="he", seed=1), nn.ReLU(), nn.Dense(8, 3, seed=3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend=emulated, dtype="float64")
+        history = model.fit(X, y, epochs=3, batch_size=32, seed=4, verbose=0, stream=stream)
+        runs.append((history.history, model.get_params(), model.predict(X, stream=stream)))
+    (ha, pa, qa), (hb, pb, qb) = runs
+    assert ha == hb
+    for a, b in zip(pa, pb):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(qa, qb)

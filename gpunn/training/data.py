@@ -1,0 +1,162 @@
+"""Where the data lives while ``fit``, ``evaluate`` and ``predict`` read it.
+
+- ``Resident``: all of it on the device, checked and cast once (the fast path).
+- ``Streamed``: in host memory (a NumPy array, an ``np.memmap``, a ``.npy`` file opened with
+  ``mmap_mode``), checked a part at a time, and sent to the device a batch at a time through the
+  backend's uploader (on a GPU: pinned buffers on a copy stream, batch i + 1 crossing while step
+  i runs). Shuffles index the host array with the order the backend drew, so a streamed run
+  takes the same batches as a resident one: the same numbers (bit for bit on NumPy).
+
+``data_for`` chooses: data already on the device stays there; host data whose working copy fits
+the backend's ``data_budget()`` (GPUNN_DATA_BUDGET, else half the free memory) is made resident,
+larger data is streamed; ``stream=True`` / ``False`` decides instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .. import checks
+from ..backends import on_device
+from ..network import Network
+from .batches import Batch
+
+_log = logging.getLogger("gpunn")
+_said: set[str] = set()
+
+#: Rows of streamed data checked (read and cast) at a time before training.
+CHECK_ROWS = 1 << 16
+
+
+class Resident:
+    """(X, y) prepared whole on the device (y None for predict)."""
+
+    streamed = False
+
+    def __init__(self, X: Any, y: Any) -> None:
+        self.X, self.y = X, y
+        self.n = X.shape[0]
+
+    def feed(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, tuple]]:
+        """Each batch with what a step's ``load`` takes for it."""
+        for batch in batches:
+            yield batch, (self.X, self.y, batch.start, batch.stop, batch.order)
+
+    def chunks(self, rows: int, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
+        """(X, y) rows ``rows`` at a time, as device arrays (the first ``limit`` rows only)."""
+        n = self.n if limit is None else min(limit, self.n)
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            yield self.X[start:stop], None if self.y is None else self.y[start:stop]
+
+    def split(self, keep: int) -> tuple[Resident, Resident]:
+        """The first ``keep`` rows and the rest."""
+        y = self.y
+        return (Resident(self.X[:keep], None if y is None else y[:keep]),
+                Resident(self.X[keep:], None if y is None else y[keep:]))
+
+
+class Streamed:
+    """Host (X, y), read and sent to the device a batch at a time."""
+
+    streamed = True
+
+    def __init__(self, network: Network, X: np.ndarray, y: Any, name: str = "") -> None:
+        self.network = network
+        self.X = X  # host rows in the data's own dtype; each batch is cast as it is read
+        self.y = y  # host targets, checked and in working form (they are small), or None
+        self.n = X.shape[0]
+
+    @classmethod
+    def checked(cls, network: Network, X: Any, y: Any, name: str = "") -> Streamed:
+        """Check all of host (X, y) against the network, X a part at a time (never all of it
+        in memory at once), before anything else happens."""
+        X = checks.features_shape(X, f"{name}X", network.n_inputs)
+        for start in range(0, X.shape[0], CHECK_ROWS):
+            checks.finite_in(X[start:start + CHECK_ROWS], network.dtype, f"{name}X", start)
+        if y is not None:
+            y = network.loss.prepare_targets(y, X.shape[0], network.n_outputs)
+            y = checks.finite_in(y, network.loss.targets_dtype(network.dtype), f"{name}y")
+        return cls(network, X, y, name)
+
+    def _rows(self, index: Any) -> tuple[np.ndarray, Any]:
+        """Host rows ``index`` (a slice, or part of a shuffle order) in working form."""
+        x = np.ascontiguousarray(self.X[index], dtype=self.network.dtype)
+        return x, None if self.y is None else np.ascontiguousarray(self.y[index])
+
+    def feed(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, tuple]]:
+        """Each batch with what a step's ``load`` takes for it, the next batch's copy started
+        before this one is handed over (so it crosses while this one's step runs)."""
+        bk, uploader, pending = self.network.backend, None, None
+        order: Any = None  # the epoch's shuffle, and its host copy (made once)
+        host_order: Any = None
+        for batch in batches:
+            if batch.order is None:
+                index: Any = slice(batch.start, batch.stop)
+            else:
+                if batch.order is not order:
+                    order, host_order = batch.order, bk.to_numpy(batch.order)
+                index = host_order[batch.start:batch.stop]
+            x, y = self._rows(index)
+            if uploader is None:
+                uploader = bk.uploader(max(batch.rows, 1), x.shape[1:], x.dtype,
+                                       None if y is None else y.shape[1:], None if y is None else y.dtype)
+            ticket = uploader.start(x, y)
+            if pending is not None:
+                yield from self._hand_over(uploader, *pending)
+            pending = (batch, ticket)
+        if pending is not None:
+            yield from self._hand_over(uploader, *pending)
+
+    @staticmethod
+    def _hand_over(uploader: Any, batch: Batch, ticket: Any) -> Iterator[tuple[Batch, tuple]]:
+        x, y = uploader.finish(ticket)
+        yield batch, (x, y, 0, batch.rows, None)
+        uploader.release(ticket)  # the step that read it is queued
+
+    def chunks(self, rows: int, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
+        n = self.n if limit is None else min(limit, self.n)
+        batches = (Batch(start, min(start + rows, n)) for start in range(0, n, rows))
+        for _, (x, y, _, _, _) in self.feed(batches):
+            yield x, y
+
+    def split(self, keep: int) -> tuple[Streamed, Streamed]:
+        y = self.y
+        return (Streamed(self.network, self.X[:keep], None if y is None else y[:keep]),
+                Streamed(self.network, self.X[keep:], None if y is None else y[keep:]))
+
+
+def data_for(network: Network, X: Any, y: Any, stream: bool | None = None,
+             name: str = "") -> Resident | Streamed:
+    """Checked (X, y) (y None for predict), resident on the device or streamed from the host."""
+    if stream not in (None, True, False):
+        raise TypeError(f"stream must be None (decide by size), True or False; got {stream!r}")
+    if on_device(X) or stream is False:
+        return _resident(network, X, y, name)
+    host = checks.features_shape(X, f"{name}X", network.n_inputs)
+    if stream is None:
+        size = host.shape[0] * host.shape[1] * network.dtype.itemsize
+        budget = network.backend.data_budget()
+        if size <= budget:
+            return _resident(network, host, y, name)
+        _say_once(f"gpunn: streaming {name}X from host memory a batch at a time: "
+                  f"{size / 2**30:.2f} GiB in {network.dtype} is over the "
+                  f"{budget / 2**30:.2f} GiB data budget (GPUNN_DATA_BUDGET; fit(stream=...))")
+    return Streamed.checked(network, host, y, name)
+
+
+def _resident(network: Network, X: Any, y: Any, name: str) -> Resident:
+    if y is None:
+        X = checks.features(X, f"{name}X", network.n_inputs, network.dtype)
+        return Resident(network.backend.asarray(X), None)
+    return Resident(*network.prepare(X, y, name=name))
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        _log.info(message)

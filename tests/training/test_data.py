@@ -1,0 +1,107 @@
+"""training/data.py: data streamed from host memory a batch at a time trains, evaluates and
+predicts exactly as data kept whole on the device (bit for bit on NumPy), is checked everywhere
+before training, and is never read whole."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+import gpunn as nn
+from gpunn.training import data as data_module
+
+
+def model(dtype="float32", dropout=True):
+    nn.set_seed(0)
+    layers = [nn.Dense(2, 16, init="he"), nn.ReLU()] + ([nn.Dropout(0.1)] if dropout else [])
+    m = nn.Sequential(layers + [nn.Dense(16, 3)])
+    return m.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend="numpy", dtype=dtype)
+
+
+@pytest.fixture
+def on_disk(tmp_path):
+    """Spiral data as a float64 .npy file opened as a memmap, labels in memory."""
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    np.save(tmp_path / "X.npy", X)
+    return np.load(tmp_path / "X.npy", mmap_mode="r"), y
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_streamed_training_equals_resident_training_bit_for_bit(on_disk, dtype):
+    X, y = on_disk
+    runs = []
+    for stream in (False, True):
+        m = model(dtype)
+        history = m.fit(X, y, epochs=3, batch_size=32, seed=1, verbose=0, stream=stream,
+                        validation_split=0.2)
+        runs.append((m, history.history, m.evaluate(X, y, stream=stream),
+                     m.predict(X, batch_size=50, stream=stream)))
+    (a, ha, ea, pa), (b, hb, eb, pb) = runs
+    assert ha == hb and ea == eb
+    np.testing.assert_array_equal(pa, pb)
+    for p, q in zip(a.get_params(), b.get_params()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_data_over_the_budget_is_streamed_never_read_whole_and_said_once(tmp_path, monkeypatch,
+                                                                          caplog):
+    """A 51 MB memmap, a 1 MB budget: fit reads it a part at a time (checks) and a batch at a
+    time (training); the memory it allocates stays far below the data's size."""
+    import tracemalloc
+
+    X = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float64,
+                                  shape=(200_000, 32))
+    rng = np.random.default_rng(0)
+    for start in range(0, 200_000, 20_000):
+        X[start:start + 20_000] = rng.standard_normal((20_000, 32))
+    y = (X[:, 0] > 0).astype(np.int64)
+    monkeypatch.setenv("GPUNN_DATA_BUDGET", "1M")
+    monkeypatch.setattr(data_module, "CHECK_ROWS", 4096)
+    nn.set_seed(0)
+    m = nn.Sequential([nn.Dense(32, 16, init="he"), nn.ReLU(), nn.Dense(16, 2)])
+    m.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.01), backend="numpy")
+    tracemalloc.start()
+    with caplog.at_level(logging.INFO, logger="gpunn"):
+        history = m.fit(X, y, epochs=1, batch_size=4096, seed=1, verbose=0)
+        m.evaluate(X, y)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 12e6, f"{peak / 1e6:.1f} MB allocated for 51 MB of data"
+    assert history["accuracy"][-1] > 0.8
+    said = [r.getMessage() for r in caplog.records if "streaming X" in r.getMessage()]
+    assert len(said) <= 1  # once a process (an earlier test may have said it already)
+
+
+def test_streamed_data_is_checked_whole_a_part_at_a_time_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "CHECK_ROWS", 100)
+    X = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float64, shape=(1000, 2))
+    X[:] = np.random.default_rng(0).standard_normal((1000, 2))
+    X[777, 1] = np.nan
+    y = np.zeros(1000, dtype=np.int64)
+    m = model()
+    before = m.get_params()
+    with pytest.raises(ValueError, match=r"X must be finite; got nan at row 777, column 1"):
+        m.fit(X, y, epochs=1, batch_size=100, verbose=0, stream=True)
+    X[777, 1] = 1e39  # finite in float64, not in the model's float32
+    with pytest.raises(ValueError, match=r"X holds 1e\+39 at row 777, column 1, beyond the range"):
+        m.fit(X, y, epochs=1, batch_size=100, verbose=0, stream=True)
+    X[777, 1] = 0.0
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\); got 7 at row 5"):
+        m.fit(X, np.where(np.arange(1000) == 5, 7, y), epochs=1, batch_size=100, verbose=0,
+              stream=True)
+    with pytest.raises(ValueError, match="full-batch training needs all of X on the device"):
+        m.fit(X, y, epochs=1, batch_size=None, verbose=0, stream=True)
+    with pytest.raises(TypeError, match="stream must be None"):
+        m.fit(X, y, verbose=0, stream="yes")
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.get_params()))
+    assert m.optimizer.iterations == 0
+
+
+def test_a_bad_budget_setting_is_named(on_disk, monkeypatch):
+    monkeypatch.setenv("GPUNN_DATA_BUDGET", "lots")
+    with pytest.raises(ValueError, match="GPUNN_DATA_BUDGET must be a number of bytes"):
+        model().fit(*on_disk, epochs=1, verbose=0)
+    monkeypatch.setenv("GPUNN_DATA_BUDGET", "1.5G")
+    assert nn.backends.get_backend("numpy").data_budget() == 1.5 * 2**30
