@@ -18,7 +18,7 @@ $(VENV)/.demo-deps: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[test,docs]"
+	$(PY) -m pip install -q -e ".[test,docs,mpi]"
 	touch $@
 
 demo: $(VENV)/.demo-deps

@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=_positive_int, default=None, help="also every k epochs")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--nproc", type=_positive_int, default=1,
+                       help="train on this many processes (MPI ranks, one GPU each where there "
+                            "are GPUs): gpunn re-launches itself under mpiexec (needs gpunn[mpi])")
     predict = sub.add_parser("predict", help="predict with a saved model")
     predict.add_argument("model", help="a .safetensors file saved by gpunn")
     predict.add_argument("data", help="a .npz file with X (y too, to report accuracy)")
@@ -145,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", default="fp32,tf32", help="fp32,tf32 (tf32 on GPUs only)")
     bench.add_argument("--repeats", type=_positive_int, default=None, help="default 7, 3 with --quick")
     bench.add_argument("--quick", action="store_true", help="fewer, shorter repeats")
+    bench.add_argument("--nproc", type=_positive_int, default=1,
+                       help="also time fit(distributed=True) on 1 and on this many MPI ranks "
+                            "(needs gpunn[mpi])")
     bench.add_argument("--threads", type=_positive_int, default=None,
                        help="BLAS (and PyTorch) threads; default: as found")
     bench.add_argument("--json", default=None, help="write the results here (schema: gpunn.bench.SCHEMA)")
@@ -203,11 +209,36 @@ def _outputs(args: argparse.Namespace) -> None:
         raise ValueError("--resume needs --checkpoint <file> to resume from")
 
 
+#: Set in the processes ``relaunch`` starts: each is a rank of a distributed run.
+RANKED = "GPUNN_RANKED"
+
+
+def relaunch(argv: list[str], nproc: int) -> int:
+    """``gpunn train ... --nproc N``: the same command on N MPI ranks (``python -m mpi4py``, so a
+    rank that fails ends them all), its exit status."""
+    import shutil
+    import subprocess
+
+    here = os.path.dirname(sys.executable)
+    mpiexec = shutil.which("mpiexec", path=here) or shutil.which("mpiexec")
+    if mpiexec is None:
+        raise FileNotFoundError('--nproc needs mpiexec: pip install "gpunn[mpi]" (MPICH from wheels)')
+    rest = [a for i, a in enumerate(argv) if a != "--nproc" and not a.startswith("--nproc=")
+            and (i == 0 or argv[i - 1] != "--nproc")]
+    cmd = [mpiexec, "-n", str(nproc), sys.executable, "-m", "mpi4py", "-m", "gpunn", *rest]
+    return subprocess.call(cmd, env={**os.environ, RANKED: "1"})
+
+
 def train(args: argparse.Namespace) -> int:
     import gpunn as nn
 
     from . import checks
 
+    ranked = RANKED in os.environ  # one of the ranks relaunch started
+    rank = nn.distributed.init().rank if ranked else 0
+    if rank != 0:  # one rank talks: rank 0
+        args.quiet, args.save, args.plot = True, None, None
+        logging.getLogger("gpunn").handlers.clear()
     _outputs(args)
     toy = args.dataset in TOY
     X, y, X_test, y_test = _dataset(args)
@@ -235,7 +266,7 @@ def train(args: argparse.Namespace) -> int:
         history = model.fit(X, y, epochs=epochs, batch_size=batch_size, seed=args.seed,
                             verbose=0 if args.quiet else 1, checkpoint=args.checkpoint,
                             checkpoint_every=args.checkpoint_every, resume_from=resume,
-                            validation_data=None if toy else (X_test, y_test))
+                            validation_data=None if toy else (X_test, y_test), distributed=ranked)
     except KeyboardInterrupt:
         raise Interrupted("" if args.checkpoint is None else
                           f"; {args.checkpoint} holds the last finished epoch: run the same "
@@ -247,9 +278,10 @@ def train(args: argparse.Namespace) -> int:
     if args.plot:
         history.plot(args.plot)
     result = model.evaluate(X_test, y_test)
-    where = "" if toy else "test "
-    print(f"{where}accuracy {result['accuracy']:.3f} loss {result['loss']:.3f} "
-          f"({model.backend.name}, {seconds:.1f} s)")
+    if rank == 0:
+        where = "" if toy else "test "
+        print(f"{where}accuracy {result['accuracy']:.3f} loss {result['loss']:.3f} "
+              f"({model.backend.name}, {seconds:.1f} s)")
     return 0
 
 
@@ -349,10 +381,13 @@ def _blas_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(argv)
     except SystemExit as stop:  # --help, --version or a bad option (its one line already printed)
         return stop.code if isinstance(stop.code, int) else 2
+    if args.command == "train" and args.nproc > 1 and RANKED not in os.environ:
+        return relaunch(argv, args.nproc)
     debug = args.debug or os.environ.get("GPUNN_DEBUG", "") not in ("", "0")
     if not getattr(args, "quiet", False):
         _log_to_stderr()

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from . import checks, files, io
+from . import checks, distributed, files, io
 from .backends import Backend, get_backend
 from .io import METRICS
 from .layers import Dense, Dropout, Layer
 from .losses import Loss
 from .network import INFERENCE_ROWS, LayerStack, Network, check_chain, check_params
 from .optimizers import Optimizer
+from .training import ranks
 from .training.callbacks import Callback, Checkpoint, EpochLines, History, ProgressBar
 from .training.data import Resident, Streamed, data_for
 from .training.loop import Loop
@@ -276,14 +277,17 @@ class Sequential(LayerStack):
             checkpoint_every: int | None = None,
             resume_from: str | os.PathLike | None = None,
             callbacks: Sequence[Callback] = (), validation_split: float = 0.0,
-            stream: bool | None = None) -> History:
+            stream: bool | None = None, distributed: bool = False) -> History:
         """Train until ``epochs`` passes over the data are done (``batch_size=None``: full batch).
 
         ``validation_data=(X_val, y_val)``, or ``validation_split``: the fraction of (X, y) held
         out for validation (its last rows, before any shuffling, as Keras does). ``stream``:
         None keeps data whose working copy fits the backend's ``data_budget()`` on the device and
         streams larger host data (NumPy arrays, memmaps, ``np.load(..., mmap_mode="r")``) a batch
-        at a time; True or False decides (streaming needs mini-batches).
+        at a time; True or False decides (streaming needs mini-batches). ``distributed``: train
+        over the ranks of an MPI run (``gpunn.distributed``): ``batch_size`` stays the whole batch,
+        each rank takes a part, and the run takes the steps one process would; rank 0 alone saves,
+        checkpoints and prints.
         ``checkpoint``: a file saved every ``checkpoint_every`` epochs, at the end, and on Ctrl-C
         (as of the last finished epoch; Ctrl-C always puts the model back there). ``resume_from``:
         a checkpoint to continue from, with the optimizer state and the shuffling and dropout
@@ -304,7 +308,12 @@ class Sequential(LayerStack):
             files.check_writable(checkpoint, "checkpoint")
         history = History(validation is not None, accuracy="accuracy" in net.metrics)
         callbacks = _checked_callbacks(callbacks, list(history.history))
-        resumed = io.read_checkpoint(net, resume_from) if resume_from is not None else None
+        group = None
+        if distributed:
+            group, seed, resumed = _join_ranks(net, data, validation, batch, epochs, seed,
+                                               shuffle, resume_from)
+        else:
+            resumed = io.read_checkpoint(net, resume_from) if resume_from is not None else None
 
         # Everything is checked; from here on the model trains.
         rng = np.random.default_rng(seed)
@@ -312,20 +321,21 @@ class Sequential(LayerStack):
             for layer in self.layers:
                 if isinstance(layer, Dropout):
                     layer.rng = np.random.default_rng(rng.integers(2**63))
+        if group is not None:
+            ranks.share_state(group, net)
         net.optimizer.sync_schedule()
         loop = Loop(net, self.steps, data, epochs, min(batch, data.n), bool(shuffle), rng,
                     history, validation=validation)
         if resumed is not None:
             loop.resume(*resumed)
         loop.callbacks += callbacks
-        if checkpoint is not None:
-            loop.callbacks.append(Checkpoint(checkpoint, epochs, checkpoint_every))
-        if verbose == 1:
-            batches = -(-data.n // loop.batch_size)
-            loop.callbacks.append(ProgressBar(epochs, loop.done, batches))
-        elif verbose == 2:
-            loop.callbacks.append(EpochLines(epochs))
-        return loop.run()
+        if group is None or group.rank == 0:  # the files and the output are rank 0's
+            loop.callbacks += _reporters(loop, checkpoint, checkpoint_every, verbose)
+        net.group = group
+        try:
+            return loop.run()
+        finally:
+            net.group = None
 
     # ---- inference -----------------------------------------------------------------------
 
@@ -392,6 +402,33 @@ def _fit_data(net: Network, X: Any, y: Any, validation_data: Any, validation_spl
         raise ValueError(f"validation_split={split} of {data.n} samples leaves "
                          f"{'no validation' if held < 1 else 'no training'} samples")
     return data.split(data.n - held)
+
+
+def _reporters(loop: Loop, checkpoint: Any, checkpoint_every: int | None,
+               verbose: int) -> list[Callback]:
+    """The callbacks fit's own arguments ask for: checkpoints, a bar or lines."""
+    out: list[Callback] = []
+    if checkpoint is not None:
+        out.append(Checkpoint(checkpoint, loop.epochs, checkpoint_every))
+    if verbose == 1:
+        out.append(ProgressBar(loop.epochs, loop.done, -(-loop.data.n // loop.batch_size)))
+    elif verbose == 2:
+        out.append(EpochLines(loop.epochs))
+    return out
+
+
+def _join_ranks(net: Network, data: Resident | Streamed, validation: Resident | Streamed | None,
+                batch: int, epochs: int, seed: int | None, shuffle: bool,
+                resume_from: Any) -> tuple[Any, int, Any]:
+    """Distributed fit, before training: the ranks' Group, once they agree on what they train;
+    rank 0's seed; the checkpoint rank 0 read, on every rank."""
+    group = distributed.init()
+    group.agree(ranks.settings(net, data.n, validation.n if validation else 0, batch, epochs,
+                               seed, shuffle))
+    resumed = None
+    if resume_from is not None:
+        resumed = ranks.read_on_rank0(group, lambda: io.read_checkpoint(net, resume_from))
+    return group, ranks.seed_for(group, seed), resumed
 
 
 def _checked_callbacks(callbacks: Any, metrics: list[str]) -> list[Callback]:

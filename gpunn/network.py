@@ -133,6 +133,10 @@ class Network(LayerStack):
         self.backend, self.dtype = backend, np.dtype(dtype)
         #: What is reported besides the loss (Sequential.compile's ``metrics``).
         self.metrics: tuple[str, ...] = ("accuracy",) if loss.classification else ()
+        #: Distributed training: the ranks' Group (None: one process) and the share of the
+        #: whole batch this rank's current step holds, which scales its gradient before the sum.
+        self.group: Any = None
+        self.share = 1.0
         self.first_trainable = fold(layers)
         total = sum(a.size for a in weights)
         self.params = backend.asarray(np.concatenate([a.ravel() for a in weights]), dtype=self.dtype)
@@ -221,8 +225,26 @@ class Network(LayerStack):
         outputs = self.forward(x, training=True)
         losses = self.loss.train(outputs, y)
         self.backward(self.loss.dinputs)
+        self.reduce_gradients()
         self.optimizer.step(self.params, self.grads)
         return losses, outputs
+
+    def reduce_gradients(self) -> None:
+        """Distributed training: this rank's gradient (the mean over its rows) scaled by its
+        share of the whole batch, then summed in place over the ranks: the gradient of the whole
+        batch's mean loss, on every rank. Nothing in one process."""
+        if self.group is None:
+            return
+        if self.share != 1.0:
+            self.backend.xp.multiply(self.grads, self.share, out=self.grads)
+        self.group.allreduce(self.grads)
+
+    def empty_step(self) -> None:
+        """A distributed step on a rank whose part of the batch is empty: it adds nothing to the
+        sum, but joins it and applies the same update as the others."""
+        self.grads[...] = 0
+        self.reduce_gradients()
+        self.optimizer.step(self.params, self.grads)
 
     def regularization_loss(self) -> float:
         return float(sum(layer.regularization_loss() for layer in self.dense_layers

@@ -210,3 +210,18 @@ def test_cupy_without_a_device_says_so_not_install_more(monkeypatch):
                         lambda: "CuPy imports but no CUDA device answers (CUDARuntimeError: no device)")
     with pytest.raises(backends.BackendUnavailableError, match="check that nvidia-smi lists a GPU"):
         backends.get_backend("cupy")
+
+
+def test_train_on_two_processes_relaunches_under_mpiexec(tmp_path):
+    from support.ranks import mpiexec
+
+    mpiexec()  # skips where the mpi extra has no MPI
+    common = ["train", "--epochs", "5", "--samples", "20", "--backend", "numpy", "--quiet"]
+    two = run_gpunn(*common, "--nproc", "2", "--save", str(tmp_path / "two.safetensors"))
+    one = run_gpunn(*common, "--save", str(tmp_path / "one.safetensors"))
+    assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
+    assert len(two.stdout.splitlines()) == 1 and two.stdout.startswith("accuracy ")  # rank 0's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.safetensors", "two.safetensors"]
+    for a, b in zip(nn.load(tmp_path / "two.safetensors").get_params(),
+                    nn.load(tmp_path / "one.safetensors").get_params()):
+        np.testing.assert_allclose(a, b, atol=1e-3)  # float32 Adam: rounding of the two halves

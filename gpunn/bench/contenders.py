@@ -37,7 +37,7 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
     separate kernels only, to show what the cuBLASLt epilogues add) and ``one_kernel`` its
     one_kernel_trainer (Dense -> ReLU -> Dense only), both set before the step is planned."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
-        model = _gpunn_model(w, params, backend, precision)
+        model = gpunn_model(w, params, backend, precision)
         bk = model.backend
         if backend == "cupy":
             bk.epilogue_policy, bk.one_kernel_trainer = epilogues, one_kernel
@@ -48,7 +48,8 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
     return make
 
 
-def _gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequential:
+def gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequential:
+    """The workload's network in gpunn, from ``params``, compiled with SGD."""
     if precision != "fp32" and get_backend(backend).why_not(precision):
         raise Skip(get_backend(backend).why_not(precision))  # the row, not the whole suite
     layers: list = []
@@ -67,7 +68,7 @@ def gpunn_streamed_run(backend: str):
     """gpunn on ``backend`` with its data in host memory, streamed a batch at a time (fit's path
     for data bigger than the device): what the copies cost on top of the step."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
-        model = _gpunn_model(w, params, backend, precision)
+        model = gpunn_model(w, params, backend, precision)
         Xh = np.ascontiguousarray(np.tile(X, (STREAMED_BATCHES, 1)))
         yh = np.tile(y, STREAMED_BATCHES)
         data = data_for(model.network, Xh, yh, stream=True)

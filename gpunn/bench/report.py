@@ -60,6 +60,11 @@ SCHEMA: dict[str, Any] = {
                     "ceiling_fraction": {"type": ["number", "null"]},
                     "final_loss": {"type": ["number", "null"],
                                    "description": "loss after the same few steps, before timing"},
+                    "ranks": {"type": "integer",
+                              "description": "data-parallel rows: MPI ranks sharing each batch"},
+                    "scaling_efficiency": {"type": "number",
+                                           "description": "data-parallel rows: one rank's step "
+                                                          "time over ranks x this one's"},
                     "speedup_vs": {"type": "object", "additionalProperties": {"type": "number"},
                                    "description": "gpunn rows: the peer's step time over this one"},
                     "within_noise": {"type": "array", "items": {"type": "string"},

@@ -213,6 +213,46 @@ class Suite:
         return runs
 
 
+def data_parallel(workloads: list[str], backends: list[str], nproc: int, repeats: int,
+                  seconds: float, log: Callable[[str], Any] = print,
+                  timeout: float = 600) -> list[dict[str, Any]]:
+    """Rows for ``fit(distributed=True)`` on 1 and on ``nproc`` MPI ranks (bench/ranks.py, run
+    under mpiexec), with the scaling efficiency: one rank's step time over ``nproc`` times the
+    ``nproc`` ranks' (1.0: perfect strong scaling of the same global batch)."""
+    import shutil
+    import subprocess
+
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        raise FileNotFoundError('--nproc needs mpiexec: pip install "gpunn[mpi]"')
+    rows = []
+    for name in workloads:
+        for backend in backends:
+            if name == "book" or (WORKLOADS[name].gpu_only and backend == "numpy") \
+                    or backend not in available():
+                continue
+            measured = {}
+            for n in (1, nproc):
+                cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "mpi4py", "-m",
+                       "gpunn.bench.ranks", name, backend, str(repeats), str(seconds)]
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                if done.returncode != 0:
+                    raise RuntimeError(f"the {n}-rank run of {name} failed: {done.stderr.strip()[-500:]}")
+                measured[n] = json.loads(done.stdout.strip().splitlines()[-1])
+            w = WORKLOADS[name]
+            for n, m in measured.items():
+                row = {"workload": name, "impl": f"gpunn-{backend}-{n}-rank{'s' if n > 1 else ''}",
+                       "backend": backend, "precision": "fp32",
+                       "device": "gpu" if backend == "cupy" else "cpu", **m,
+                       "samples_per_s": w.batch / (m["step_ms"] / 1e3), "tflops": None,
+                       "ceiling_fraction": None, "final_loss": None,
+                       "scaling_efficiency": measured[1]["step_ms"] / (n * m["step_ms"])}
+                rows.append(row)
+                log(row_text(row) + f"  {n} rank(s), scaling efficiency "
+                                   f"{row['scaling_efficiency']:.2f}")
+    return rows
+
+
 def _importable(name: str) -> bool:
     try:
         return sys.modules.get(name, True) is not None and importlib.util.find_spec(name) is not None
@@ -267,6 +307,8 @@ def main(args: Any) -> int:
     seconds = 0.25 if args.quick else 0.6
     with _threads(args.threads):
         doc = run_suite(workloads, backends, peers, args.precision.split(","), repeats, seconds)
+    if args.nproc > 1:
+        doc["results"] += data_parallel(workloads, backends, args.nproc, repeats, seconds)
     for s in doc["skipped"]:
         print(f"skipped: {s['impl']} ({s.get('workload', '')}): {s['reason']}")
     print(noise_note(doc))

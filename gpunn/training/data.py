@@ -41,10 +41,10 @@ class Resident:
         self.X, self.y = X, y
         self.n = X.shape[0]
 
-    def feed(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, tuple]]:
-        """Each batch with what a step's ``load`` takes for it."""
-        for batch in batches:
-            yield batch, (self.X, self.y, batch.start, batch.stop, batch.order)
+    def feed(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, tuple | None]]:
+        """Each batch with what a step's ``load`` takes for it (None for an empty one)."""
+        for batch in batches:  # an empty part (distributed training) has nothing to load
+            yield batch, (self.X, self.y, batch.start, batch.stop, batch.order) if batch.rows else None
 
     def chunks(self, rows: int, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
         """(X, y) rows ``rows`` at a time, as device arrays (the first ``limit`` rows only)."""
@@ -88,13 +88,20 @@ class Streamed:
         x = np.ascontiguousarray(self.X[index], dtype=self.network.dtype)
         return x, None if self.y is None else np.ascontiguousarray(self.y[index])
 
-    def feed(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, tuple]]:
-        """Each batch with what a step's ``load`` takes for it, the next batch's copy started
-        before this one is handed over (so it crosses while this one's step runs)."""
+    def feed(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, tuple | None]]:
+        """Each batch with what a step's ``load`` takes for it (None for an empty one), the next
+        batch's copy started before this one is handed over (so it crosses while this one's
+        step runs)."""
         bk, uploader, pending = self.network.backend, None, None
         order: Any = None  # the epoch's shuffle, and its host copy (made once)
         host_order: Any = None
         for batch in batches:
+            if not batch.rows:  # an empty part (distributed training): nothing to send
+                if pending is not None:
+                    yield from self._hand_over(uploader, *pending)
+                    pending = None
+                yield batch, None
+                continue
             if batch.order is None:
                 index: Any = slice(batch.start, batch.stop)
             else:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..layers import Dropout
 from ..network import INFERENCE_ROWS, Network
-from .batches import epoch_batches
+from .batches import epoch_batches, rank_parts
 from .callbacks import Callback, History
 from .data import Resident, Streamed
 from .steps import EPOCHS_PER_LAUNCH, Steps
@@ -191,16 +191,29 @@ class Loop:
     def run_epochs(self, count: int, on_batch: bool = False) -> list[tuple[float, float]]:
         """``count`` epochs (several only for a full batch) through the steps; each epoch's
         (loss sum, correct count), read from the device at once."""
-        steps, bk = self.steps, self.network.backend
+        net, steps, bk = self.network, self.steps, self.network.backend
         steps.totals.fill(0)
         batches = epoch_batches(self.data.n, self.batch_size, self.shuffle, self.rng, bk)
-        for batch, loadable in self.data.feed(batches):
-            step = steps.get(batch.rows, count)
-            step.load(*loadable)
-            step.run()
-            if on_batch:
-                for cb in self.callbacks:
-                    cb.on_batch_end(self)
+        group = net.group
+        if group is not None and group.size > 1:  # every rank takes its part of each batch
+            batches = rank_parts(batches, group.size, group.rank)
+        try:
+            for batch, loadable in self.data.feed(batches):
+                net.share = batch.share
+                if loadable is None:  # this rank's part is empty: it joins the sums all the same
+                    for _ in range(count):
+                        net.empty_step()
+                else:
+                    step = steps.get(batch.rows, count)
+                    step.load(*loadable)
+                    step.run()
+                if on_batch:
+                    for cb in self.callbacks:
+                        cb.on_batch_end(self)
+        finally:
+            net.share = 1.0
+        if group is not None:  # the epochs' loss and correct counts of every rank's rows
+            group.allreduce(steps.totals[:count])
         totals = bk.to_numpy(steps.totals[:count])  # the one wait for the device
         return [(float(loss), float(correct)) for loss, correct in totals]
 

@@ -109,7 +109,8 @@ class ModelCheckpoint(Monitor):
         if self.last is None:
             return
         if self.improved(self.last) or not self.save_best_only:
-            io.save(loop.network, self.path)
+            if getattr(loop.network.group, "rank", 0) == 0:  # distributed: rank 0 writes
+                io.save(loop.network, self.path)
             self.saved_epoch = loop.done
 
 

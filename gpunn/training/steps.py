@@ -48,6 +48,8 @@ def why_not(network: Network, path: str, rows: int | None = None) -> str | None:
         return reason
     if [type(layer) for layer in network.layers] != [Dense, ReLU, Dense]:
         return "the one-kernel trainer takes Dense -> ReLU -> Dense networks only"
+    if network.group is not None and network.group.size > 1:
+        return "the one-kernel trainer does not sum gradients over ranks (distributed training)"
     first, second = network.dense_layers
     return network.backend.why_not("one_kernel_trainer", rows=rows, dtype=network.dtype,
                                    sizes=(first.n_inputs, first.n_neurons, second.n_neurons))
@@ -75,7 +77,10 @@ class Steps:
 
     def get(self, rows: int, steps: int = 1) -> Any:
         """The step object taking ``steps`` optimizer steps on batches of ``rows`` samples."""
-        key = (rows, steps, self.network.backend.options)
+        # A recorded step bakes in whether gradients are summed over ranks, and this rank's
+        # share of the whole batch (distributed training).
+        net = self.network
+        key = (rows, steps, net.backend.options, net.share, net.group is not None)
         step = self._made.get(key)
         if step is None:
             step = self._made[key] = make_step(self.network, rows, steps, self.totals)
@@ -176,6 +181,7 @@ class PlannedSteps:
             outputs = net.forward(self.x, training=True)
             net.loss.train_totals(outputs, self.y, self.totals[i])
             net.backward(net.loss.dinputs)
+            net.reduce_gradients()  # distributed: part of the record (NCCL allows capture)
             net.optimizer.update(net.params, net.grads)
 
     def run(self, metrics: bool = True) -> None:

@@ -108,3 +108,19 @@ def test_a_precision_gpunn_cannot_run_here_skips_its_row_not_the_suite():
     X, y = bench.workload_data(w)
     with pytest.raises(Skip, match="precision 'tf32' needs the cupy backend"):
         gpunn_run("numpy")(w, bench.initial_params(w.sizes), X, y, "tf32", "cpu")
+
+
+def test_data_parallel_rows_time_one_and_n_ranks():
+    from support.ranks import mpiexec
+
+    from gpunn.bench.suite import data_parallel
+
+    mpiexec()  # skips where the mpi extra has no MPI
+    rows = data_parallel(["small"], ["numpy"], 2, repeats=1, seconds=0.02, log=lambda line: None,
+                         timeout=120)
+    assert [(r["impl"], r["ranks"]) for r in rows] == [("gpunn-numpy-1-rank", 1),
+                                                       ("gpunn-numpy-2-ranks", 2)]
+    assert rows[0]["scaling_efficiency"] == 1.0 and rows[1]["scaling_efficiency"] > 0
+    doc = tiny_suite([])
+    doc["results"] += rows
+    jsonschema.validate(doc, bench.SCHEMA)

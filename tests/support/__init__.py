@@ -9,6 +9,8 @@
   the cuBLAS and cuBLASLt wrappers' stand-in tests.
 - ``support.files``: ``rewrite`` (a model file with its metadata or tensors changed) and
   ``with_header`` (with its raw safetensors header changed), for crafted-file tests.
+- ``support.ranks``: ``run_ranks`` (code on N MPI ranks as a killable subprocess) and
+  ``emulate_ranks`` (what N ranks compute, in this process), for distributed training tests.
 - ``support.gradients``: ``numerical_grad`` (central differences) and ``assert_close``.
 - ``support.training``: ``OPTIMIZERS``, the optimizer settings the training tests run through,
   ``made_steps(model)``, what the model's steps did, and ``interrupt_at``, a Ctrl-C mid-training.
