@@ -64,6 +64,11 @@ class Group:
         """Rank ``root``'s ``value`` (any picklable object) on every rank."""
         return value if self.size == 1 else self.comm.bcast(value, root=root)
 
+    def all_agree(self, yes: bool) -> bool:
+        """Whether ``yes`` holds on every rank (each rank's answer in, the same answer out)."""
+        return bool(yes) if self.size == 1 else bool(self.comm.allreduce(int(bool(yes)),
+                                                                         op=_mpi().MIN))
+
     def barrier(self) -> None:
         if self.size > 1:
             self.comm.Barrier()

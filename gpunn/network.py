@@ -137,6 +137,7 @@ class Network(LayerStack):
         #: whole batch this rank's current step holds, which scales its gradient before the sum.
         self.group: Any = None
         self.share = 1.0
+        self.whole = 0  # the whole batch's rows (0: not distributed)
         self.first_trainable = fold(layers)
         total = sum(a.size for a in weights)
         self.params = backend.asarray(np.concatenate([a.ravel() for a in weights]), dtype=self.dtype)

@@ -3,8 +3,9 @@ after, the way tinygrad's TinyJit wraps a function. It knows nothing of models.
 
 The first call runs the body as it is (kernels compile, buffers are allocated); then the body is
 captured, and each later call replays the record, one launch instead of dozens. Where the backend
-has no graphs, or the capture fails (said once per process), the body keeps running as it is,
-with the same kernels, so the numbers are the same either way.
+has no graphs, or the capture fails (said once per process; in distributed training, on any
+rank), the body keeps running as it is, with the same kernels, so the numbers are the same either
+way.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ class Graph:
     said_capture_failed = False
 
     def __init__(self, body: Callable[[], Any], backend: Any,
-                 keep: Callable[[], Any] = lambda: None) -> None:
+                 keep: Callable[[], Any] = lambda: None,
+                 agree: Callable[[bool], bool] | None = None, capture: bool = True) -> None:
         self.body, self.backend, self.keep = body, backend, keep
+        #: Distributed training: whether every rank captured (each rank's outcome in, all out),
+        #: so that all replay or none does; ``capture=False``: never record.
+        self.agree, self.may_capture = agree, capture
         self.warmed_up = False
         self.replay: Callable[[], Any] | None = None
         self.held: Any = None
@@ -43,7 +48,9 @@ class Graph:
         self.body()
         if not self.warmed_up:
             self.warmed_up = True
-            self.replay = self._capture()
+            self.replay = self._capture() if self.may_capture else None
+            if self.agree is not None and not self.agree(self.replay is not None):
+                self.replay = None  # another rank could not: all run the body as it is
             if self.replay is not None:
                 self.held = self.keep()
 

@@ -199,7 +199,7 @@ class Loop:
             batches = rank_parts(batches, group.size, group.rank)
         try:
             for batch, loadable in self.data.feed(batches):
-                net.share = batch.share
+                net.share, net.whole = batch.share, batch.whole
                 if loadable is None:  # this rank's part is empty: it joins the sums all the same
                     for _ in range(count):
                         net.empty_step()
@@ -211,7 +211,7 @@ class Loop:
                     for cb in self.callbacks:
                         cb.on_batch_end(self)
         finally:
-            net.share = 1.0
+            net.share, net.whole = 1.0, 0
         if group is not None:  # the epochs' loss and correct counts of every rank's rows
             group.allreduce(steps.totals[:count])
         totals = bk.to_numpy(steps.totals[:count])  # the one wait for the device

@@ -154,7 +154,13 @@ class PlannedSteps:
             raise out_of_memory(network, rows, exc) from exc
         self.loaded: Any = None  # the data array last copied whole into x (full batch)
         parts = [*network.layers, network.loss]
-        self.graph = Graph(self.body, bk, keep=lambda: [list(p.buffers.values()) for p in parts])
+        # Distributed: all ranks replay or none. A batch smaller than the group leaves some
+        # ranks an empty part (they take no planned step, so cannot agree): not recorded.
+        group = network.group if network.group is not None and network.group.size > 1 else None
+        capture = group is None or network.whole >= group.size
+        self.graph = Graph(self.body, bk, keep=lambda: [list(p.buffers.values()) for p in parts],
+                           agree=group.all_agree if group is not None and capture else None,
+                           capture=capture)
 
     def load(self, X: Any, y: Any, start: int, stop: int, order: Any = None) -> None:
         """Copy rows ``start:stop`` (of ``order``, when given) into the static inputs; a whole

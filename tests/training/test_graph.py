@@ -92,3 +92,58 @@ def test_planned_steps_without_graphs_are_not_recorded():
     model = spiral_model(PlanningNumpy())
     model.fit(X, y, epochs=3, batch_size=16, verbose=0, seed=0)
     assert len(model.steps) == 2 and not any(step.graph.replaying for step in model.steps)
+
+
+def test_ranks_replay_only_when_every_rank_captured():
+    """Distributed training: a rank whose capture worked still runs the body as it is when
+    another rank's failed (``agree`` says so), so all ranks take the same path."""
+    calls.clear()
+    asked = []
+
+    def another_rank_failed(mine):
+        asked.append(mine)
+        return False
+
+    graph = Graph(lambda: calls.append("body"), Device(), agree=another_rank_failed)
+    for _ in range(3):
+        graph()
+    assert asked == [True] and not graph.replaying and calls == ["body"] * 3
+    calls.clear()
+    agreed = Graph(lambda: calls.append("body"), Device(), agree=lambda mine: mine)
+    for _ in range(3):
+        agreed()
+    assert agreed.replaying and calls == ["body", "replay", "replay"]
+
+
+class TwoRanks:
+    size, rank = 2, 0
+
+    def __init__(self):
+        self.asked = []
+
+    def all_agree(self, yes):
+        self.asked.append(yes)
+        return yes
+
+    def allreduce(self, array):
+        return array
+
+
+def test_planned_steps_agree_on_capture_unless_a_rank_may_hold_nothing():
+    from gpunn.training.steps import PlannedSteps
+
+    nn.set_seed(0)
+    model = nn.Sequential([nn.Dense(2, 4), nn.ReLU(), nn.Dense(4, 3)])
+    model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend=RecordingNumpy())
+    net, group = model.network, TwoRanks()
+    net.group = group
+    X, y = net.prepare(*nn.datasets.spiral_data(samples=2, classes=3, seed=0))
+    for whole, rows, agreed in ((6, 3, [True]), (1, 1, [])):  # a batch of 1 leaves rank 1 none
+        net.whole, net.share = whole, rows / whole
+        group.asked.clear()
+        step = PlannedSteps(net, rows, 1, model.steps.totals)
+        for _ in range(2):
+            step.load(X, y, 0, rows)
+            step.run()
+        assert group.asked == agreed and step.graph.replaying == bool(agreed)
+    net.group = None
