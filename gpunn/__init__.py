@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from . import backends, callbacks, datasets, io, metrics, plot
+from . import backends, callbacks, datasets, distributed, io, metrics, plot
 from .backends import use
 from .callbacks import Callback, EarlyStopping, History, LambdaCallback, ModelCheckpoint
 from .layers import Dense, Dropout, Layer, Linear, ReLU, Sigmoid, Softmax, set_seed
@@ -28,7 +28,7 @@ __all__ = [
     "Layer", "Linear", "Loss", "MeanAbsoluteError", "MeanSquaredError", "ModelCheckpoint",
     "Optimizer", "ReLU", "RMSprop", "RegressionAccuracy", "SGD", "Sequential", "Sigmoid",
     "Softmax", "SoftmaxCrossEntropy", "backends", "callbacks", "datasets", "io", "load", "metrics",
-    "plot", "set_seed", "use",
+    "plot", "set_seed", "use", "distributed",
 ]
 
 # A library only adds a NullHandler: what gpunn logs (which backend "auto" chose, a fast path that

@@ -22,7 +22,7 @@ def example(name):
 
 
 def test_every_example_has_a_test():
-    tested = {"regression", "binary_dropout_l2", "mnist_idx", "gpu"}
+    tested = {"regression", "binary_dropout_l2", "mnist_idx", "gpu", "distributed"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -66,3 +66,21 @@ def test_mnist_from_idx_files(tmp_path):
 def test_the_gpu_example_runs_where_there_is_none(tmp_path):
     pytest.importorskip("sklearn")
     assert example("gpu").main(epochs=3, path=str(tmp_path / "digits.safetensors"), verbose=0) > 0.8
+
+
+def test_the_several_process_example_on_two_ranks(tmp_path):
+    from support.ranks import run_ranks
+
+    out = tmp_path / "spiral.safetensors"
+    code = f"""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("d", {str(EXAMPLES / "distributed.py")!r})
+        d = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(d)
+        d.main(samples=60, epochs=60, batch_size=32, path={str(out)!r})
+    """
+    done = run_ranks(2, code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("2 rank(s): accuracy ") and float(line.split()[3].rstrip(";")) > 0.6
+    assert out.exists()
