@@ -333,9 +333,14 @@ def info() -> int:
 
     print(f"gpunn {nn.__version__} on Python {platform.python_version()} ({platform.machine()})")
     print(f"backends available: {', '.join(nn.backends.available())}")
+    from gpunn.backends import blas
+
     cores = os.cpu_count()
-    print(f"numpy {np.__version__}; BLAS: {_blas_name()} ({_blas_threads()} threads); CPU: "
+    print(f"numpy {np.__version__}; BLAS: {blas.describe()}; CPU: "
           f"{nn.backends.get_backend('numpy').device_name()} ({cores} cores)")
+    warning = blas.forced_kernel_warning()
+    if warning:
+        print(f"warning: {warning}")
     problem = cupy_problem()
     if problem:
         print(f"cupy: unavailable ({problem})")
@@ -361,23 +366,6 @@ def gpu_paths(bk) -> str:
     if bk.why_not("epilogues") is None:
         parts[1] += f", policy {bk.epilogue_policy!r}"
     return "; ".join(parts)
-
-
-def _blas_threads() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "?"
-    return ", ".join(str(i["num_threads"]) for i in threadpool_info()) or "?"
-
-
-def _blas_name() -> str:
-    try:
-        config = np.show_config(mode="dicts")
-        blas = config["Build Dependencies"]["blas"]
-        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception:  # older NumPy without mode="dicts"
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

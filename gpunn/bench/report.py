@@ -18,6 +18,9 @@ SCHEMA: dict[str, Any] = {
             "required": ["cpu", "cpu_cores", "gpu", "python", "versions", "blas", "gemm_ceiling"],
             "properties": {
                 "date": {"type": "string", "description": "the day of the run, YYYY-MM-DD"},
+                "blas_warning": {"type": ["string", "null"],
+                                 "description": "set when the environment forces OpenBLAS's "
+                                                "kernel (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE)"},
                 "cpu": {"type": "string"},
                 "cpu_cores": {"type": "integer"},
                 "gpu": {"type": ["string", "null"]},
@@ -150,6 +153,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {r['workload']} | {r['device']} | {r['precision']} | {r['impl']} | "
                      f"{r['step_ms']:.4f} | {iqr} | {r['samples_per_s']:.0f} | {frac} | {speed} |")
     lines += ["", noise_note(doc) + "."]
+    if m.get("blas_warning"):
+        lines += ["", f"Warning: {m['blas_warning']}."]
     for s in doc["skipped"]:
         lines.append(f"\nSkipped: {s['impl']} ({s.get('workload', '')}): {s['reason']}")
     return "\n".join(lines) + "\n"

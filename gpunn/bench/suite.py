@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import available, cupy_problem, get_backend
+from ..backends.blas import forced_kernel_warning
 from ..files import check_writable, write_atomic
 from ..plot import require_matplotlib
 from .book import book_run
@@ -86,7 +87,7 @@ def machine_info(device_names: dict[str, str], ceilings: dict[str, float]) -> di
     blas = [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
                                       "architecture")}
             for info in threadpool_info()]
-    return {"date": time.strftime("%Y-%m-%d"),
+    return {"date": time.strftime("%Y-%m-%d"), "blas_warning": forced_kernel_warning(),
             "cpu": get_backend("numpy").device_name(), "cpu_cores": os.cpu_count() or 1,
             "gpu": device_names.get("gpu"), "python": platform.python_version(),
             "versions": versions, "blas": blas, "gemm_ceiling": ceilings}
@@ -301,6 +302,9 @@ def _threads(threads: int | None) -> Iterator[None]:
 def main(args: Any) -> int:
     """The ``gpunn bench`` command (arguments parsed by gpunn.cli)."""
     workloads = _check_request(args)
+    warning = forced_kernel_warning()
+    if warning:
+        print(f"warning: {warning}")
     backends = args.backends.split(",") if args.backends else available()
     peers = args.peers.split(",") if args.peers else ["pytorch", "jax", "numpy-book"]
     repeats = args.repeats or (3 if args.quick else 7)

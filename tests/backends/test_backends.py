@@ -152,3 +152,29 @@ if given is not None:
         tol = 1e-5 if dtype == np.float32 else 1e-12
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+
+
+def test_a_blas_kernel_forced_by_the_environment_is_named():
+    from gpunn.backends import blas
+
+    haswell = [{"user_api": "blas", "internal_api": "openblas", "version": "0.3.31",
+                "num_threads": 2, "architecture": "Haswell"}]
+    avx512 = lambda: {"avx2", "avx512f"}  # noqa: E731
+    assert blas.forced_kernel_warning({}, haswell, avx512) is None
+    warning = blas.forced_kernel_warning({"OPENBLAS_CORETYPE": "Haswell"}, haswell, avx512)
+    assert warning.startswith("OPENBLAS_CORETYPE=Haswell in the environment makes OpenBLAS use its "
+                              "Haswell kernel on a CPU with AVX-512: NumPy's GEMMs")
+    assert blas.forced_kernel_warning({"OPENBLAS_L2_SIZE": "1M"}, haswell, lambda: {"avx2"}) == (
+        "OPENBLAS_L2_SIZE=1M in the environment overrides what OpenBLAS chose for this CPU (it "
+        "runs its Haswell kernel)")
+    assert blas.describe(haswell) == "openblas 0.3.31 (2 threads, Haswell kernel)"
+
+
+def test_info_names_the_blas_kernel(capsys):
+    from gpunn import cli
+    from gpunn.backends import blas
+
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"BLAS: {blas.describe()};" in out
+    assert ("warning: " in out) == (blas.forced_kernel_warning() is not None)
