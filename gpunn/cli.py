@@ -216,16 +216,13 @@ RANKED = "GPUNN_RANKED"
 def relaunch(argv: list[str], nproc: int) -> int:
     """``gpunn train ... --nproc N``: the same command on N MPI ranks (``python -m mpi4py``, so a
     rank that fails ends them all), its exit status."""
-    import shutil
     import subprocess
 
-    here = os.path.dirname(sys.executable)
-    mpiexec = shutil.which("mpiexec", path=here) or shutil.which("mpiexec")
-    if mpiexec is None:
-        raise FileNotFoundError('--nproc needs mpiexec: pip install "gpunn[mpi]" (MPICH from wheels)')
+    from .distributed import mpiexec
+
     rest = [a for i, a in enumerate(argv) if a != "--nproc" and not a.startswith("--nproc=")
             and (i == 0 or argv[i - 1] != "--nproc")]
-    cmd = [mpiexec, "-n", str(nproc), sys.executable, "-m", "mpi4py", "-m", "gpunn", *rest]
+    cmd = [mpiexec(), "-n", str(nproc), sys.executable, "-m", "mpi4py", "-m", "gpunn", *rest]
     return subprocess.call(cmd, env={**os.environ, RANKED: "1"})
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import sys
 import time
 from typing import Any
 
@@ -167,6 +169,15 @@ def _bind_gpu(group: Group) -> None:
         return
     if count > 0:
         cupy.cuda.Device(group.local_rank % count).use()
+
+
+def mpiexec() -> str:
+    """The mpiexec of the MPI beside this Python (gpunn[mpi]'s MPICH), else the one on PATH."""
+    found = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if found is None:
+        raise FileNotFoundError('running on several processes needs mpiexec: pip install '
+                                '"gpunn[mpi]" (MPICH from wheels)')
+    return found
 
 
 def part(rows: int, size: int, rank: int) -> tuple[int, int]:

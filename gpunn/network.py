@@ -261,11 +261,6 @@ class Network(LayerStack):
         bk = self.backend
         return bk.asarray(X), bk.asarray(y)
 
-    def evaluate(self, X: Any, y: Any, rows: int = INFERENCE_ROWS) -> dict[str, float]:
-        """Mean data loss and accuracy of prepared (X, y), without dropout."""
-        return self.evaluate_chunks((X[start:start + rows], y[start:start + rows])
-                                    for start in range(0, X.shape[0], rows))
-
     def evaluate_chunks(self, chunks: Iterable[tuple[Any, Any]]) -> dict[str, float]:
         """Mean data loss and accuracy over prepared (X, y) chunks, without dropout."""
         loss_sum = correct = 0
@@ -276,10 +271,6 @@ class Network(LayerStack):
             correct = correct + self.loss.count_correct(outputs, yb)
             n += xb.shape[0]
         return {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
-
-    def predict(self, X: Any, rows: int = INFERENCE_ROWS) -> np.ndarray:
-        """The outputs for prepared X as a NumPy array (probabilities with SoftmaxCrossEntropy)."""
-        return self.predict_chunks(X[start:start + rows] for start in range(0, X.shape[0], rows))
 
     def predict_chunks(self, chunks: Iterable[Any]) -> np.ndarray:
         """The outputs for prepared X chunks, joined, as a NumPy array."""

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from .. import distributed
+from .report import quartiles
 from .workloads import WORKLOADS, initial_params, workload_data
 
 BATCHES = 4
@@ -49,9 +50,8 @@ def measure(workload: str, backend: str, repeats: int, seconds: float) -> dict[s
 
     per_step = fit(1)  # warm-up, and a first guess of the epochs that fill ``seconds``
     epochs = group.bcast(max(1, int(seconds * 1e3 / (per_step * BATCHES))))
-    times = sorted(fit(epochs) for _ in range(repeats))
-    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 \
-        else (times[0], 0, times[0])
+    times = [fit(epochs) for _ in range(repeats)]
+    q1, q3 = quartiles(times)
     return {"step_ms": statistics.median(times), "step_ms_q1": q1, "step_ms_q3": q3,
             "repeats": len(times), "ranks": group.size}
 

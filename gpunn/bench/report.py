@@ -3,6 +3,7 @@ chart made of them."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from ..plot import figure, save_figure
@@ -84,6 +85,15 @@ SCHEMA: dict[str, Any] = {
 
 def peer_backend(impl: str) -> str:
     return {"pytorch": "torch", "pytorch-graph": "torch", "jax": "jax"}.get(impl, "numpy")
+
+
+def quartiles(times: list[float]) -> tuple[float, float]:
+    """The first and third quartiles of the repeats (both the one value when there is one):
+    the middle half of the runs, which one slow outlier does not stretch as max - min does."""
+    if len(times) < 2:
+        return times[0], times[0]
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return q1, q3
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:

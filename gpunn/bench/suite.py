@@ -18,11 +18,21 @@ import numpy as np
 
 from ..backends import available, cupy_problem, get_backend
 from ..backends.blas import forced_kernel_warning
+from ..distributed import mpiexec
 from ..files import check_writable, write_atomic
 from ..plot import require_matplotlib
 from .book import book_run
 from .contenders import Run, Skip, contenders
-from .report import add_speedups, markdown, noise_note, peer_backend, plot, row_text, speedup_text
+from .report import (
+    add_speedups,
+    markdown,
+    noise_note,
+    peer_backend,
+    plot,
+    quartiles,
+    row_text,
+    speedup_text,
+)
 from .workloads import BOOK_EPOCHS, WORKLOADS, Workload, initial_params, workload_data
 
 
@@ -40,15 +50,6 @@ def time_steps(run: Run, seconds: float, min_steps: int = 3) -> float:
             elapsed = time.perf_counter() - t0
             if elapsed > seconds:
                 return elapsed / k * 1e3
-
-
-def quartiles(times: list[float]) -> tuple[float, float]:
-    """The first and third quartiles of the repeats (both the one value when there is one):
-    the middle half of the runs, which one slow outlier does not stretch as max - min does."""
-    if len(times) < 2:
-        return times[0], times[0]
-    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    return q1, q3
 
 
 def gemm_ceiling(device: str, precision: str, seconds: float) -> float:
@@ -220,12 +221,9 @@ def data_parallel(workloads: list[str], backends: list[str], nproc: int, repeats
     """Rows for ``fit(distributed=True)`` on 1 and on ``nproc`` MPI ranks (bench/ranks.py, run
     under mpiexec), with the scaling efficiency: one rank's step time over ``nproc`` times the
     ``nproc`` ranks' (1.0: perfect strong scaling of the same global batch)."""
-    import shutil
     import subprocess
 
-    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
-    if mpiexec is None:
-        raise FileNotFoundError('--nproc needs mpiexec: pip install "gpunn[mpi]"')
+    launcher = mpiexec()
     rows = []
     for name in workloads:
         for backend in backends:
@@ -234,7 +232,7 @@ def data_parallel(workloads: list[str], backends: list[str], nproc: int, repeats
                 continue
             measured = {}
             for n in (1, nproc):
-                cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "mpi4py", "-m",
+                cmd = [launcher, "-n", str(n), sys.executable, "-m", "mpi4py", "-m",
                        "gpunn.bench.ranks", name, backend, str(repeats), str(seconds)]
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
                 if done.returncode != 0:

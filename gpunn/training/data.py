@@ -65,7 +65,7 @@ class Streamed:
 
     streamed = True
 
-    def __init__(self, network: Network, X: np.ndarray, y: Any, name: str = "") -> None:
+    def __init__(self, network: Network, X: np.ndarray, y: Any) -> None:
         self.network = network
         self.X = X  # host rows in the data's own dtype; each batch is cast as it is read
         self.y = y  # host targets, checked and in working form (they are small), or None
@@ -81,7 +81,7 @@ class Streamed:
         if y is not None:
             y = network.loss.prepare_targets(y, X.shape[0], network.n_outputs)
             y = checks.finite_in(y, network.loss.targets_dtype(network.dtype), f"{name}y")
-        return cls(network, X, y, name)
+        return cls(network, X, y)
 
     def _rows(self, index: Any) -> tuple[np.ndarray, Any]:
         """Host rows ``index`` (a slice, or part of a shuffle order) in working form."""

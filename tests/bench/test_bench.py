@@ -79,8 +79,7 @@ def test_cli_writes_json_markdown_and_a_png(tmp_path, capsys):
 
 
 def test_spread_is_the_interquartile_range_and_overlaps_are_flagged():
-    from gpunn.bench.report import add_speedups, markdown, noise_note
-    from gpunn.bench.suite import quartiles
+    from gpunn.bench.report import add_speedups, markdown, noise_note, quartiles
 
     assert quartiles([1.0, 2.0, 3.0, 100.0, 4.0]) == (2.0, 4.0)  # one slow outlier does not count
     assert quartiles([5.0]) == (5.0, 5.0)

@@ -5,7 +5,6 @@ in-process emulation of what N ranks compute, for exact comparisons."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpunn.distributed import mpiexec as gpunn_mpiexec
 from gpunn.distributed import part
 from gpunn.training.batches import epoch_batches
 
@@ -26,9 +26,7 @@ MPI_WHEELS = sys.platform == "linux" or (sys.platform == "darwin" and os.uname()
 def mpiexec() -> str:
     if not MPI_WHEELS:
         pytest.importorskip("mpi4py", reason="no MPI wheel for this platform")
-    found = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
-    assert found, 'mpiexec not found: pip install "gpunn[mpi]" (make test installs it)'
-    return found
+    return gpunn_mpiexec()  # FileNotFoundError, naming the extra, where it is missing
 
 
 def run_ranks(n: int, code: str, folder: Path, timeout: float = 120,
