@@ -145,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--backends", default=None, help="numpy,cupy (default: all available)")
     bench.add_argument("--peers", default=None, help="pytorch,jax,numpy-book (default: all; "
                        "those not importable are reported as skipped)")
-    bench.add_argument("--precision", default="fp32,tf32", help="fp32,tf32 (tf32 on GPUs only)")
+    bench.add_argument("--precision", default="fp32,tf32,bf16",
+                       help="fp32,tf32,bf16 (tf32 and bf16 on GPUs only)")
     bench.add_argument("--repeats", type=_positive_int, default=None, help="default 7, 3 with --quick")
     bench.add_argument("--quick", action="store_true", help="fewer, shorter repeats")
     bench.add_argument("--nproc", type=_positive_int, default=1,
@@ -357,7 +358,8 @@ def gpu_paths(bk) -> str:
     reasons ``bk.why_not`` gives, which the training steps read too."""
     parts = []
     for label, feature in (("CUDA graphs", "graphs"), ("cuBLASLt epilogues", "epilogues"),
-                           ("one-kernel trainer", "one_kernel_trainer")):
+                           ("one-kernel trainer", "one_kernel_trainer"),
+                           ("precision tf32", "tf32"), ("precision bf16", "bf16")):
         reason = bk.why_not(feature)
         parts.append(f"{label}: {'yes' if reason is None else f'no ({reason})'}")
     if bk.why_not("epilogues") is None:

@@ -21,6 +21,7 @@ import numpy as np
 from . import layers as _layers
 from . import losses as _losses
 from . import optimizers as _optimizers
+from .backends.base import PRECISIONS
 from .files import write_atomic
 from .network import Network
 
@@ -36,7 +37,6 @@ LOSSES = {cls.__name__: cls for cls in (_losses.SoftmaxCrossEntropy, _losses.Cat
 OPTIMIZERS = {cls.__name__: cls for cls in (_optimizers.SGD, _optimizers.Adagrad,
                                             _optimizers.RMSprop, _optimizers.Adam)}
 DTYPES = ("float32", "float64")
-PRECISIONS = ("fp32", "tf32")
 METRICS = ("accuracy",)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import checks
 from .backends import Backend, backend_of, get_backend
+from .backends.bf16 import BF16_BITS
 
 INITS = ("he", "glorot", "nnfs")
 
@@ -113,7 +114,8 @@ class Buffered:
 
 #: What a pickled layer or loss leaves out: the last pass's arrays, remade by the next one, and
 #: the model it belonged to.
-TRANSIENT = ("output", "dinputs", "inputs", "relu_mask", "mask", "dweights", "dbiases", "owner")
+TRANSIENT = ("output", "dinputs", "inputs", "relu_mask", "mask", "dweights", "dbiases", "owner",
+             "operands")
 
 
 def _is_array(value: Any) -> bool:
@@ -173,6 +175,9 @@ class Dense(Layer):
         self.relu_below: Dense | None = None
         self.grads_from_above = False
         self.relu_mask: Any = None
+        #: What the forward GEMM read, (inputs, weights): the layer's own, or under precision
+        #: "bf16" their bfloat16 copies, which the backward GEMMs read too.
+        self.operands: Any = None
 
     def _initial_weights(self, rng: np.random.Generator) -> np.ndarray:
         shape = (self.n_inputs, self.n_neurons)
@@ -217,7 +222,9 @@ class Dense(Layer):
         keep_mask = relu and training and self.grads_from_above  # for the backward pass
         mask_shape = bk.relu_mask_shape(*out.shape) if keep_mask else None
         mask = None if mask_shape is None else self.buffer("relu_mask", mask_shape, np.uint8)
-        wrote_mask = bk.dense_forward(inputs, self.weights, self.biases, out, relu, mask)
+        self.operands = (self._gemm_operand(bk, "inputs16", inputs),
+                         self._gemm_operand(bk, "weights16", self.weights))
+        wrote_mask = bk.dense_forward(*self.operands, self.biases, out, relu, mask)
         self.relu_mask = mask if wrote_mask else None
         self.output = out
         return out
@@ -233,7 +240,9 @@ class Dense(Layer):
         if not self.bound or self.dweights is None or self.dweights.dtype != self.weights.dtype:
             self.dweights = bk.empty(self.weights.shape, self.weights.dtype)
             self.dbiases = bk.empty(self.biases.shape, self.biases.dtype)
-        bk.gemm(self.inputs, dvalues, out=self.dweights, trans_a=True)
+        inputs, weights = self.operands if bk.precision == "bf16" else (self.inputs, self.weights)
+        gemm_dvalues = self._gemm_operand(bk, "dvalues16", dvalues)
+        bk.gemm(inputs, gemm_dvalues, out=self.dweights, trans_a=True)
         if not self.grads_from_above:  # else the layer above already wrote dbiases
             bk.bias_grad(dvalues, out=self.dbiases)
         if self.regularized:
@@ -245,11 +254,20 @@ class Dense(Layer):
             out = self.buffer("dinputs", self.inputs.shape, dvalues.dtype)
             below = self.relu_below
             if below is None:
-                self.dinputs = bk.gemm(dvalues, self.weights, out=out, trans_b=True)
+                self.dinputs = bk.gemm(gemm_dvalues, weights, out=out, trans_b=True)
             else:  # the lower layer's ReLU backward and bias gradient, on this GEMM
-                self.dinputs = bk.dinputs_relu_bgrad(dvalues, self.weights, out, below.output,
+                self.dinputs = bk.dinputs_relu_bgrad(gemm_dvalues, weights, out, below.output,
                                                      below.dbiases, below.relu_mask)
         return self.dinputs
+
+    def _gemm_operand(self, bk: Backend, name: str, x: Any) -> Any:
+        """``x`` as this layer's GEMMs read it: itself, or under precision "bf16" a bfloat16 copy
+        (rounded to nearest) in a buffer of its own. Only the GEMMs see the copies: the bias,
+        the ReLU, the loss and the update work on float32 values, and the weights the update
+        changes are float32 (master weights): a step too small for bf16's 8 bits still counts."""
+        if bk.precision != "bf16":
+            return x
+        return bk.to_bf16(x, out=self.buffer(name, x.shape, BF16_BITS))
 
     def regularization_loss(self) -> Any:
         """The L1/L2 penalty of this layer's weights and biases (a backend scalar)."""

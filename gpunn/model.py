@@ -19,7 +19,7 @@ import numpy as np
 
 from . import checks, distributed, files, io
 from .backends import Backend, get_backend
-from .io import METRICS
+from .io import METRICS, PRECISIONS
 from .layers import Dense, Dropout, Layer
 from .losses import Loss
 from .network import INFERENCE_ROWS, LayerStack, Network, check_chain, check_params
@@ -31,7 +31,6 @@ from .training.loop import Loop
 from .training.steps import Steps
 
 DTYPES = ("float32", "float64")
-PRECISIONS = ("fp32", "tf32")
 
 
 class Sequential(LayerStack):
@@ -85,7 +84,7 @@ class Sequential(LayerStack):
             return
         options = dict(compiled["options"])
         name = compiled["backend"] if compiled["backend"] in available() else "numpy"
-        if name == "numpy":  # a model trained with TF32 GEMMs computes in fp32 on the CPU
+        if name == "numpy":  # a model trained with TF32 or bf16 GEMMs computes in fp32 on the CPU
             options["precision"] = "fp32"
         bk = get_backend(name).configured(**options)
         self._build(compiled["loss"], compiled["optimizer"], bk, np.dtype(compiled["dtype"]),
@@ -158,7 +157,9 @@ class Sequential(LayerStack):
                 dtype: str = "float32", precision: str = "fp32",
                 metrics: Sequence[str] | None = None) -> Sequential:
         """Choose loss, optimizer, backend ("auto", "numpy", "cupy"; default GPUNN_BACKEND or
-        "auto"), dtype and GEMM precision ("fp32", or "tf32" on GPUs of compute capability 8.0+);
+        "auto"), dtype and GEMM precision ("fp32"; or, for float32 models on GPUs of compute
+        capability 8.0+, "tf32" or "bf16": GEMMs on bfloat16 copies of their operands, float32
+        for everything else);
         lay the parameters out in one flat buffer on that backend. ``metrics``: what fit,
         evaluate and the progress bar report besides the loss: ``["accuracy"]`` or ``[]``
         (default: accuracy for the classification losses, nothing for the regression ones; their
@@ -174,11 +175,11 @@ class Sequential(LayerStack):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; "
                              f"got {precision!r}")
-        if precision == "tf32" and dtype != "float32":
-            raise ValueError(f"precision 'tf32' applies to float32 models; got dtype {dtype!r}")
+        if precision != "fp32" and dtype != "float32":
+            raise ValueError(f"precision {precision!r} applies to float32 models; got dtype {dtype!r}")
         check_chain(self.layers, loss)
         self._check_not_shared(loss, optimizer)
-        bk = get_backend(backend).configured(precision=precision)  # refuses tf32 where it cannot run
+        bk = get_backend(backend).configured(precision=precision)  # refuses tf32/bf16 where they cannot run
         # Nothing was changed above; from here on the model is rebuilt.
         self._build(loss, optimizer, bk, np.dtype(dtype), self.get_params(), metrics)
         return self
@@ -237,7 +238,7 @@ class Sequential(LayerStack):
         target = get_backend(backend)
         if target.name == net.backend.name:
             return self
-        # The model's options go along; tf32 is refused on the CPU before anything moves.
+        # The model's options go along; tf32 and bf16 are refused on the CPU before anything moves.
         bk = target.configured(**dataclasses.asdict(net.backend.options))
         state = net.state_dict(host=True)
         self._build(net.loss, net.optimizer, bk, net.dtype, net.get_params(), net.metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cuda_on_cpu.emulator import build, emulated_backend
 
 from gpunn.backends import cupy_problem, get_backend
 
@@ -26,6 +27,21 @@ def backend(request):
 @pytest.fixture
 def bk(backend):
     return get_backend(backend)
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    """kernels.cu built for the CPU (tests/cuda_on_cpu), once per session."""
+    lib = build(tmp_path_factory.mktemp("cuda_on_cpu"))
+    if isinstance(lib, str):
+        pytest.skip(lib)
+    return lib
+
+
+@pytest.fixture(scope="module")
+def emulated(harness):
+    """The CuPy backend with its kernels run on the CPU (one per test module)."""
+    return emulated_backend(harness)
 
 
 @pytest.fixture

@@ -206,6 +206,6 @@ def test_tf32_is_refused_on_numpy_and_for_float64():
         model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="numpy", precision="tf32")
     with pytest.raises(ValueError, match="applies to float32"):
         model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), dtype="float64", precision="tf32")
-    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'tf32'; got 'bf16'"):
-        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'tf32', 'bf16'; got 'fp16'"):
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), precision="fp16")
     assert model.backend is None

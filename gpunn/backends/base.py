@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 
 from . import schedule as slots
+from .bf16 import BF16_BITS, round_to_bf16, widen
 
 # Log inputs are clipped to [CLIP, 1 - CLIP], as in the book, so log(0) never happens.
 CLIP = 1e-7
 
-PRECISIONS = ("fp32", "tf32")
+PRECISIONS = ("fp32", "tf32", "bf16")
 EPILOGUE_POLICIES = ("auto", "always", "never")
 #: What ``Backend.why_not`` answers for.
-FEATURES = ("planned_steps", "graphs", "epilogues", "tf32", "one_kernel_trainer")
+FEATURES = ("planned_steps", "graphs", "epilogues", "tf32", "bf16", "one_kernel_trainer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,9 @@ class Options:
     """How one model runs on its backend. Each compiled model holds a backend of its own with
     these (``Backend.configured``); the device state behind it is shared, the options are not."""
 
-    #: "fp32" (exact float32 GEMMs) or "tf32" (tensor cores; GPUs of compute capability 8.0+).
+    #: "fp32" (exact float32 GEMMs), "tf32" (tensor cores; GPUs of compute capability 8.0+) or
+    #: "bf16" (GEMMs read bfloat16 copies of their operands and accumulate in float32; the same
+    #: GPUs). Everything else stays float32: weights, optimizer state, activations, the loss.
     precision: str = "fp32"
     #: cuBLASLt epilogues: "auto" (per problem, whichever measured faster), "always", "never".
     epilogue_policy: str = "auto"
@@ -66,6 +69,8 @@ class Backend:
             "epilogues": f"cuBLASLt epilogues need the cupy backend; this is the {self.name} backend",
             "tf32": f"precision 'tf32' needs the cupy backend on a GPU of compute capability 8.0 or "
                     f"newer; the {self.name} backend computes in fp32",
+            "bf16": f"precision 'bf16' needs the cupy backend on a GPU of compute capability 8.0 or "
+                    f"newer; the {self.name} backend computes in fp32",
             "one_kernel_trainer": f"the {self.name} backend has no one-kernel trainer",
         }[feature]
 
@@ -80,8 +85,8 @@ class Backend:
         if options.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; "
                              f"got {options.precision!r}")
-        if options.precision == "tf32" and self.why_not("tf32"):
-            raise ValueError(self.why_not("tf32"))
+        if options.precision != "fp32" and self.why_not(options.precision):
+            raise ValueError(self.why_not(options.precision))
         if options.epilogue_policy not in EPILOGUE_POLICIES:
             raise ValueError(f"epilogue_policy must be one of "
                              f"{', '.join(map(repr, EPILOGUE_POLICIES))}; got {options.epilogue_policy!r}")
@@ -192,8 +197,15 @@ class Backend:
     # ---- dense layer ----------------------------------------------------------------------
 
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool = False, trans_b: bool = False) -> Any:
-        """out = op(a) @ op(b), op being a transpose where asked."""
+        """out = op(a) @ op(b), op being a transpose where asked. With bfloat16 operands (precision
+        "bf16"), a float32 ``out``: their products are exact in float32, the sums float32's."""
+        a, b = (widen(self.xp, m) if m.dtype == BF16_BITS else m for m in (a, b))
         return self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+    def to_bf16(self, x: Any, out: Any) -> Any:
+        """out (bfloat16 bits) = float32 ``x`` rounded to nearest, ties to even: what the GEMMs of
+        a "bf16" model read (bf16.py)."""
+        return round_to_bf16(self.xp, x, out)
 
     def add_bias(self, z: Any, biases: Any) -> Any:
         """z += biases, broadcast over the rows (the book's ``inputs @ weights + biases``)."""

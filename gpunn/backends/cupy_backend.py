@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .base import Backend
+from .bf16 import BF16_BITS
 from .cuda import launch
 from .cuda.cublaslt import relu_mask_shape
 
@@ -48,13 +49,14 @@ class CupyBackend(Backend):
             return self.blas.why_not  # None when cuBLAS runs through nvmath-python
         if feature == "epilogues":
             return self.epilogues.why_not
-        if feature == "tf32":
+        if feature in ("tf32", "bf16"):
             major, minor = self.compute_capability()
             if major < 8:
-                return (f"precision 'tf32' needs compute capability 8.0 or newer; this GPU "
+                return (f"precision {feature!r} needs compute capability 8.0 or newer; this GPU "
                         f"({self.device_name()}) is {major}.{minor}")
-            return None if self.blas.why_not is None else \
-                f"precision 'tf32' needs cuBLAS through nvmath-python: {self.blas.why_not}"
+            reason = self.blas.why_not if feature == "tf32" else self.blas.why_not_bf16
+            return None if reason is None else \
+                f"precision {feature!r} needs cuBLAS through nvmath-python: {reason}"
         if feature == "one_kernel_trainer":
             return self._one_kernel_problem(rows, sizes, dtype)
         return super().why_not(feature)
@@ -63,6 +65,8 @@ class CupyBackend(Backend):
                             dtype: Any) -> str | None:
         if not self.one_kernel_trainer:
             return "switched off; model.backend.one_kernel_trainer = True turns it on"
+        if self.precision == "bf16":
+            return "the one-kernel trainer computes in the model's dtype, not with bf16 GEMMs"
         if rows is None:
             return None
         limit, need = self.max_shared_bytes(), launch.one_kernel_bytes(rows, sizes, dtype)
@@ -145,6 +149,11 @@ class CupyBackend(Backend):
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool = False, trans_b: bool = False) -> Any:
         return self.blas.gemm(a, b, out, trans_a, trans_b, tf32=self._tf32)
 
+    def to_bf16(self, x: Any, out: Any) -> Any:
+        if x.dtype != np.float32 or not (x.flags.c_contiguous and out.flags.c_contiguous):
+            return super().to_bf16(x, out)
+        return self.kernels.float_to_bf16(x, out)
+
     def add_bias(self, z: Any, biases: Any) -> Any:
         return self.kernels.bias_act(z, biases, relu=False)
 
@@ -160,12 +169,15 @@ class CupyBackend(Backend):
         return self.kernels.column_sum(dvalues, out)
 
     def relu_mask_shape(self, rows: int, cols: int) -> tuple[int, int] | None:
-        if not self.epilogues.available or self.epilogue_policy == "never":
+        if not self.epilogues.available or self.epilogue_policy == "never" \
+                or self.precision == "bf16":  # bf16 GEMMs take the separate kernels (below)
             return None
         return relu_mask_shape(rows, cols)
 
     def dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
                       mask: Any = None) -> bool:
+        if inputs.dtype == BF16_BITS:  # cuBLASLt epilogues are planned for float32/64 only
+            return super().dense_forward(inputs, weights, biases, out, relu)
         kind = "relu_mask" if mask is not None else "relu" if relu else "bias"
         return self.epilogue_choice.run(
             ("forward", kind, inputs.shape, weights.shape, out.dtype),

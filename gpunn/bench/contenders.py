@@ -141,10 +141,16 @@ def torch_run(graph: bool):
         Xt, yt = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
         loss_fn = torch.nn.CrossEntropyLoss()
         sync = torch.cuda.synchronize if cuda else (lambda: None)
+        # bf16: PyTorch's own mixed precision (autocast: bf16 GEMMs, float32 weights); no
+        # weight cache, which a CUDA graph would freeze.
+        autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16",
+                                  cache_enabled=False)
 
         def step():
             opt.zero_grad(set_to_none=not graph)
-            loss_fn(model(Xt), yt).backward()
+            with autocast:
+                loss = loss_fn(model(Xt), yt)
+            loss.backward()
             opt.step()
 
         def loss():
@@ -175,10 +181,17 @@ def jax_run(w: Workload, params, X, y, precision: str, device: str) -> Run:
     state = {"params": [jnp.asarray(p) for p in params]}
     Xj, yj = jnp.asarray(X), jnp.asarray(y)
 
+    def matmul(a, b):
+        if precision != "bf16":
+            return a @ b
+        # bf16 operands, float32 sums and result: what gpunn's bf16 GEMMs do
+        return jnp.dot(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                       preferred_element_type=jnp.float32)
+
     def loss_of(ps):
         h = Xj
         for i in range(0, len(ps), 2):
-            h = h @ ps[i] + ps[i + 1]
+            h = matmul(h, ps[i]) + ps[i + 1]
             if i < len(ps) - 2:
                 h = jax.nn.relu(h)
         return -jnp.take_along_axis(jax.nn.log_softmax(h), yj[:, None], axis=1).mean()

@@ -52,7 +52,7 @@ SCHEMA: dict[str, Any] = {
                                             "(the one-block trainer), pytorch, "
                                             "pytorch-graph, jax, numpy-book"},
                     "backend": {"type": "string", "description": "numpy, cupy, torch, jax"},
-                    "precision": {"enum": ["fp32", "tf32"]},
+                    "precision": {"enum": ["fp32", "tf32", "bf16"]},
                     "device": {"enum": ["cpu", "gpu"]},
                     "step_ms": {"type": "number",
                                 "description": "median over repeats; for the book workload, the whole run"},

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import available, cupy_problem, get_backend
+from ..backends.bf16 import BF16_BITS
 from ..backends.blas import forced_kernel_warning
 from ..distributed import mpiexec
 from ..files import check_writable, write_atomic
@@ -53,7 +54,8 @@ def time_steps(run: Run, seconds: float, min_steps: int = 3) -> float:
 
 
 def gemm_ceiling(device: str, precision: str, seconds: float) -> float:
-    """TFLOP/s of a large float32 GEMM on this device (2048^3 on the CPU, 8192^3 on a GPU)."""
+    """TFLOP/s of a large GEMM with float32 results on this device (2048^3 on the CPU, 8192^3 on a
+    GPU, its operands float32, or bfloat16 for "bf16")."""
     if device == "cpu":
         a = np.random.default_rng(1).standard_normal((2048, 2048)).astype(np.float32)
         out = np.empty_like(a)
@@ -66,6 +68,8 @@ def gemm_ceiling(device: str, precision: str, seconds: float) -> float:
     bk = get_backend("cupy").configured(precision=precision)
     a = cp.random.standard_normal((8192, 8192), dtype=cp.float32)
     out = cp.empty_like(a)
+    if precision == "bf16":  # bfloat16 operands, float32 result, as a bf16 model's GEMMs
+        a = bk.to_bf16(a, out=cp.empty(a.shape, BF16_BITS))
     ms = time_steps(Run(lambda: bk.gemm(a, a, out), bk.synchronize, lambda: 0.0), seconds)
     return 2 * 8192**3 / (ms / 1e3) / 1e12
 
@@ -117,7 +121,7 @@ def run_suite(workloads: list[str], backends: list[str], peers: list[str], preci
                 suite.skip("*", name, "large runs only on a GPU")
             else:
                 for precision in precisions:
-                    if precision == "fp32" or device == "gpu":  # tf32 is a GPU precision
+                    if precision == "fp32" or device == "gpu":  # tf32 and bf16 are GPU precisions
                         suite.workload(name, device, precision)
     return {"machine": machine_info(device_names, suite.ceilings), "results": suite.results,
             "skipped": suite.skipped}
@@ -136,7 +140,7 @@ class Suite:
 
     def skip(self, impl: str, workload: str, reason: str) -> None:
         entry = {"impl": impl, "workload": workload, "reason": reason}
-        if entry not in self.skipped:  # fp32 and tf32 skip for the same reason
+        if entry not in self.skipped:  # every precision skips for the same reason
             self.skipped.append(entry)
 
     def book(self, device: str) -> None:

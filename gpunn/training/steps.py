@@ -233,14 +233,19 @@ class OneKernelSteps(PlannedSteps):
 
 def plan_bytes(network: Network, rows: int) -> int:
     """Device bytes planned steps for ``rows`` samples need: inputs, each layer's output and
-    input gradient (and ReLU mask, where the backend keeps one), and the loss's probabilities,
-    gradient and per-sample losses."""
+    input gradient (and ReLU mask, where the backend keeps one; and bf16 copies of its GEMM
+    operands under precision "bf16"), and the loss's probabilities, gradient and per-sample
+    losses."""
     itemsize = network.dtype.itemsize
     widths = [layer.n_neurons for layer in network.dense_layers]
     floats = rows * (network.n_inputs + 2 * sum(widths) + 2 * network.n_outputs + 1)
     masks = [network.backend.relu_mask_shape(rows, layer.n_neurons)
              for layer in network.dense_layers if layer.grads_from_above]
-    return floats * itemsize + rows * 8 + sum(r * c for r, c in filter(None, masks))
+    halves = 0  # precision "bf16": each Dense's GEMM operands in bfloat16 (2 bytes)
+    if network.backend.precision == "bf16":
+        halves = sum((rows + layer.n_neurons) * layer.n_inputs + rows * layer.n_neurons
+                     for layer in network.dense_layers)
+    return floats * itemsize + rows * 8 + sum(r * c for r, c in filter(None, masks)) + 2 * halves
 
 
 def out_of_memory(network: Network, rows: int, exc: Exception) -> MemoryError:

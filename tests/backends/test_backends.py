@@ -74,7 +74,7 @@ def test_why_not_answers_each_feature_with_a_reason_or_none():
     for feature in FEATURES:
         assert isinstance(bk.why_not(feature), str) and "numpy" in bk.why_not(feature)
     with pytest.raises(ValueError, match="feature must be one of 'planned_steps', 'graphs'"):
-        bk.why_not("bf16")
+        bk.why_not("fp16")
 
 
 def test_configured_copies_share_the_device_but_not_the_options():
@@ -86,8 +86,10 @@ def test_configured_copies_share_the_device_but_not_the_options():
     assert view.small_net_kernel  # the name the option had before
     with pytest.raises(ValueError, match="precision 'tf32' needs the cupy backend"):
         bk.configured(precision="tf32")
-    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'tf32'; got 'bf16'"):
+    with pytest.raises(ValueError, match="precision 'bf16' needs the cupy backend"):
         bk.configured(precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'tf32', 'bf16'; got 'fp16'"):
+        bk.configured(precision="fp16")
     with pytest.raises(TypeError, match="unexpected keyword argument 'policy'"):
         bk.configured(policy="never")
 

@@ -6,7 +6,7 @@ kernel: it checks every argument against the kernel's parameter list, read from 
 NumPy array of the right element type for a pointer, a NumPy scalar of the right width for a
 value: what CuPy would pass), then launches. ``emulated_backend`` is a CupyBackend whose arrays
 are NumPy arrays, whose kernels (cuda/launch.py's Kernels) are Launchers, whose GEMMs are NumPy's,
-and which has no CUDA graphs or cuBLASLt.
+and which has no CUDA graphs or cuBLASLt (a compute capability 9.0 device for precision "bf16").
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from gpunn.backends.cupy_backend import CupyBackend
 
 HARNESS = Path(__file__).with_name("harness.cpp")
 DYNAMIC_SHARED_BYTES = 256 * 1024  # harness.cpp's buffer
-SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64}
+SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64, "float": np.float32,
+           "unsigned short": np.uint16}
 C_TYPES = {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float64: ctypes.c_double,
            np.float32: ctypes.c_float}
 
@@ -112,10 +113,12 @@ def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:
         return launchers[key]
 
     def gemm(a, b, out, trans_a, trans_b, tf32=False):
-        return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+        return Backend.gemm(bk, a, b, out, trans_a, trans_b)  # bf16 operands widened exactly
 
     bk.kernels = launch.Kernels(lookup, np)
-    bk.blas = types.SimpleNamespace(why_not="CUDA on the CPU", gemm=gemm)
+    # GEMMs as NumPy's: no TF32, no graphs; bf16 operands, as the reference reads them.
+    bk.blas = types.SimpleNamespace(why_not="CUDA on the CPU", why_not_bf16=None, gemm=gemm)
+    bk.compute_capability = lambda: (9, 0)
     bk.epilogues = types.SimpleNamespace(available=False, why_not="CUDA on the CPU")
     bk.epilogue_choice = EpilogueChoice(None, available=False)
     bk.to_numpy = lambda x: np.array(x, copy=True)

@@ -38,6 +38,12 @@ static T __shfl_xor_sync(unsigned, T value, int offset) {
     return other;
 }
 
+static unsigned int __float_as_uint(float x) {
+    unsigned int bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return bits;
+}
+
 template <typename T>
 static T atomicAdd(T* address, T value) { return std::atomic_ref<T>(*address).fetch_add(value); }
 
@@ -101,6 +107,8 @@ TEMPLATED(cache_update)
 TEMPLATED(adam_update)
 TEMPLATED(train_in_one_kernel)
 
-extern "C" void advance_schedule_plain(unsigned g, unsigned bx, unsigned by, void** a) {
-    run(&advance_schedule, g, bx, by, a);
-}
+#define PLAIN(NAME) \
+    extern "C" void NAME##_plain(unsigned g, unsigned bx, unsigned by, void** a) { run(&NAME, g, bx, by, a); }
+
+PLAIN(advance_schedule)
+PLAIN(float_to_bf16)

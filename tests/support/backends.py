@@ -136,3 +136,14 @@ class MaskingNumpy(NumpyBackend):
         self.bias_grad(out, out=below_dbiases)
         self.counts["read"] += 1
         return out
+
+
+class Bf16Numpy(NumpyBackend):
+    """Takes precision "bf16" (which the NumPy backend refuses) with base.py's reference ops:
+    GEMM operands rounded to bfloat16 and widened back exactly, float32 sums. The bf16 training
+    path of the layers and the network, at NumPy's speed."""
+
+    def why_not(self, feature, rows=None, sizes=None, dtype=None):
+        if feature == "bf16":
+            return None
+        return super().why_not(feature, rows, sizes, dtype)

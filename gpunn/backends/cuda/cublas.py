@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..bf16 import BF16_BITS
+
 _log = logging.getLogger("gpunn")
 
 WORKSPACE_BYTES = 32 << 20  # cuBLAS asks for up to 32 MiB on Hopper
@@ -24,6 +26,12 @@ WORKSPACE_BYTES = 32 << 20  # cuBLAS asks for up to 32 MiB on Hopper
 # cuBLASLt's calls in cublaslt.py take the same.
 ONE = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
 ZERO = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1)}
+
+# cudaDataType, cublasComputeType_t and cublasGemmAlgo_t values (library_types.h, cublas_api.h)
+# for bf16 GEMMs: bfloat16 A and B, float32 C, float32 accumulation, cuBLAS's own choice of kernel.
+CUDA_R_32F, CUDA_R_16BF = 0, 14
+COMPUTE_32F = 68
+GEMM_DEFAULT = -1
 
 
 class Gemm:
@@ -43,6 +51,11 @@ class Gemm:
             return
         self.cublas = cublas
         self.why_not = None
+
+    @property
+    def why_not_bf16(self) -> str | None:
+        """Why GEMMs on bfloat16 operands cannot run (CuPy's matmul has no bfloat16), or None."""
+        return self.why_not
 
     @property
     def capturable(self) -> bool:
@@ -77,7 +90,10 @@ class Gemm:
 
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool,
              tf32: bool = False) -> Any:
-        """``tf32``: tensor-core TF32 for float32 (the model's precision)."""
+        """``tf32``: tensor-core TF32 for float32 (the model's precision). bfloat16 operands (both,
+        as BF16_BITS arrays) give a float32 ``out`` through cublasGemmEx."""
+        if a.dtype == BF16_BITS or b.dtype == BF16_BITS:
+            return self._gemm_bf16(a, b, out, trans_a, trans_b)
         if self.cublas is None or not blas_ready(out) or out.dtype not in ONE \
                 or a.dtype != out.dtype or b.dtype != out.dtype:
             # mixed dtypes or a strided output (ad-hoc book-style use): CuPy casts and copies
@@ -98,6 +114,26 @@ class Gemm:
              ONE[out.dtype].ctypes.data, b.data.ptr, b.strides[0] // itemsize,
              a.data.ptr, a.strides[0] // itemsize,
              ZERO[out.dtype].ctypes.data, out.data.ptr, out.strides[0] // itemsize)
+        return out
+
+    def _gemm_bf16(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:
+        if self.cublas is None:
+            raise RuntimeError(f"bf16 GEMMs need cuBLAS through nvmath-python: {self.why_not}")
+        if not (a.dtype == b.dtype == BF16_BITS and out.dtype == np.float32
+                and blas_ready(a) and blas_ready(b) and blas_ready(out)):
+            raise ValueError(f"a bf16 GEMM takes two bf16 operands and a float32 output, each with "
+                             f"contiguous rows; got {a.dtype} {a.strides}, {b.dtype} {b.strides} -> "
+                             f"{out.dtype} {out.strides}")
+        self.bind_stream()
+        n_rows, m_cols = out.shape  # the row-major to column-major swap of ``gemm``
+        k = a.shape[0] if trans_a else a.shape[1]
+        op = {False: int(self.cublas.Operation.N), True: int(self.cublas.Operation.T)}
+        f32 = np.dtype(np.float32)
+        self.cublas.gemm_ex(self.handle, op[trans_b], op[trans_a], m_cols, n_rows, k,
+                            ONE[f32].ctypes.data, b.data.ptr, CUDA_R_16BF, b.strides[0] // 2,
+                            a.data.ptr, CUDA_R_16BF, a.strides[0] // 2,
+                            ZERO[f32].ctypes.data, out.data.ptr, CUDA_R_32F, out.strides[0] // 4,
+                            COMPUTE_32F, GEMM_DEFAULT)
         return out
 
     def _fallback(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool) -> Any:

@@ -92,6 +92,24 @@ __global__ void take_rows(const T* x, const long long* rows, T* out, long long n
     }
 }
 
+// ---- bf16 GEMM operands (precision "bf16") --------------------------------------------------
+
+// out = x rounded to bfloat16 (the upper 16 bits of a float32), to nearest, ties to even: a
+// carry out of the lower half rounds up, and overflow becomes infinity, as for any float
+// rounding. A NaN stays a (quiet) NaN of the same sign instead of carrying into infinity.
+// Written with bit operations so it needs no header (cuda_bf16.h) and runs on the CPU as well.
+__global__ void float_to_bf16(const float* x, unsigned short* out, long long size) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
+         i += (long long)gridDim.x * blockDim.x) {
+        unsigned int bits = __float_as_uint(x[i]);
+        if ((bits & 0x7fffffffu) > 0x7f800000u) {
+            out[i] = (unsigned short)((bits >> 16) | 0x0040u);
+        } else {
+            out[i] = (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+        }
+    }
+}
+
 // ---- softmax cross-entropy, forward and backward in one pass ----------------------------------
 
 // Reduce (value, index) pairs to the largest value, the lowest index among equals (NumPy's

@@ -86,6 +86,11 @@ class Kernels:
                                                  (dvalues, out, np.int32(n), np.int32(k)))
         return out
 
+    def float_to_bf16(self, x: Any, out: Any) -> Any:
+        """out (bfloat16 bits, uint16) = float32 x rounded to nearest even; both contiguous."""
+        self.lookup("float_to_bf16")((blocks(x.size),), (THREADS,), (x, out, np.int64(x.size)))
+        return out
+
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
         if not (x.flags.c_contiguous and out.flags.c_contiguous):  # the kernel reads whole rows
             raise ValueError(f"take_rows needs C-contiguous rows; got x of strides {x.strides} and "

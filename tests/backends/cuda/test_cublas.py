@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from support.cuda import DeviceLike, column_major
 
+from gpunn.backends.bf16 import round_to_bf16, widen
 from gpunn.backends.cuda.cublas import Gemm
 
 
@@ -27,8 +28,19 @@ def fake_cublas(calls: list) -> types.SimpleNamespace:
             C[...] = al * (opA @ opB)  # beta is 0 here
         return gemm
 
+    def gemm_ex(handle, transa, transb, m, n, k, alpha, a, atype, lda, b, btype, ldb, beta, c,
+                ctype, ldc, compute, algo):
+        """cublasGemmEx for bfloat16 A and B (type 14), float32 C (type 0), float32 sums (68)."""
+        calls.append(("ex", transa, transb, m, n, k, lda, ldb, ldc, atype, btype, ctype, compute))
+        assert (atype, btype, ctype, compute) == (14, 14, 0, 68)
+        A = widen(np, column_major(a, *((m, k) if transa == 0 else (k, m)), lda, np.uint16))
+        B = widen(np, column_major(b, *((k, n) if transb == 0 else (n, k)), ldb, np.uint16))
+        C = column_major(c, m, n, ldc, np.float32)
+        al = np.frombuffer((ctypes.c_char * 4).from_address(alpha), dtype=np.float32, count=1)[0]
+        C[...] = al * ((A if transa == 0 else A.T) @ (B if transb == 0 else B.T))
+
     return types.SimpleNamespace(
-        sgemm=gemm_for(np.float32), dgemm=gemm_for(np.float64),
+        sgemm=gemm_for(np.float32), dgemm=gemm_for(np.float64), gemm_ex=gemm_ex,
         Operation=types.SimpleNamespace(N=0, T=1),
         Math=types.SimpleNamespace(DEFAULT_MATH=0, TF32_TENSOR_OP_MATH=3),
         create=lambda: 1, set_stream=lambda h, s: None, set_workspace=lambda h, p, n: None,
@@ -42,16 +54,21 @@ def strided(values: np.ndarray, extra: int) -> np.ndarray:
     return wide[:, :values.shape[1]]
 
 
+def stand_in_gemm(calls: list) -> Gemm:
+    """A Gemm whose cuBLAS is fake_cublas (nvmath may be absent here: installed either way)."""
+    cupy = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=7)),
+        empty=lambda n, dtype: DeviceLike(np.empty(n, np.uint8)), uint8=np.uint8)
+    g = Gemm(cupy)
+    g.cublas, g.why_not = fake_cublas(calls), None
+    return g
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
 def test_gemm_mapping_matches_numpy(dtype, trans_a, trans_b, rng):
     calls: list = []
-    cupy = types.SimpleNamespace(
-        cuda=types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=7)),
-        empty=lambda n, dtype: DeviceLike(np.empty(n, np.uint8)), uint8=np.uint8)
-    g = Gemm.__new__(Gemm)
-    Gemm.__init__(g, cupy)  # nvmath may be absent here: install the stand-in either way
-    g.cublas = fake_cublas(calls)
+    g = stand_in_gemm(calls)
     m, k, n = 5, 7, 3  # out is (m, n); odd sizes so a swapped dimension cannot pass
     # Inputs and output are column slices of wider arrays: each leading dimension (the row
     # stride) differs from the width, so taking one for the other cannot pass.
@@ -65,3 +82,38 @@ def test_gemm_mapping_matches_numpy(dtype, trans_a, trans_b, rng):
     assert np.isnan(wide[:, n:]).all()  # nothing written past the slice
     g.set_tf32(True)
     assert ("math", 3) in calls
+
+
+def bf16_bits(values: np.ndarray, extra: int) -> np.ndarray:
+    """``values`` rounded to bfloat16 bits, as the first columns of an array ``extra`` wider."""
+    wide = np.full((values.shape[0], values.shape[1] + extra), 0x7FC0, np.uint16)  # NaN bits
+    round_to_bf16(np, values, out=wide[:, :values.shape[1]])
+    return wide[:, :values.shape[1]]
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
+def test_bf16_gemm_mapping_matches_numpy(trans_a, trans_b, rng):
+    """Two bfloat16 operands (uint16 bits) and a float32 output through cublasGemmEx: the same
+    row-major to column-major swap, leading dimensions counted in 2-byte elements for A and B and
+    4-byte ones for C."""
+    calls: list = []
+    g = stand_in_gemm(calls)
+    m, k, n = 5, 7, 3
+    a = bf16_bits(rng.standard_normal((k, m) if trans_a else (m, k)), 3)
+    b = bf16_bits(rng.standard_normal((n, k) if trans_b else (k, n)), 2)
+    wide = np.full((m, n + 4), np.nan, np.float32)
+    out = wide[:, :n]
+    g.gemm(DeviceLike(a), DeviceLike(b), DeviceLike(out), trans_a, trans_b)
+    A, B = widen(np, a), widen(np, b)
+    expect = (A.T if trans_a else A) @ (B.T if trans_b else B)
+    np.testing.assert_allclose(out, expect, rtol=1e-6)
+    assert np.isnan(wide[:, n:]).all()
+    assert calls[-1][0] == "ex" and calls[-1][6:9] == (b.strides[0] // 2, a.strides[0] // 2, n + 4)
+
+
+def test_bf16_gemm_refuses_mixed_operands(rng):
+    g = stand_in_gemm([])
+    a = bf16_bits(rng.standard_normal((4, 3)), 0)
+    b = rng.standard_normal((3, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match="two bf16 operands and a float32 output"):
+        g.gemm(DeviceLike(a), DeviceLike(b), DeviceLike(np.empty((4, 2), np.float32)), False, False)

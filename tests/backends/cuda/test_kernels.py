@@ -11,21 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import CUPY_PROBLEM
-from cuda_on_cpu.emulator import build, emulated_backend
 
 from gpunn.backends import schedule as slots
 from gpunn.backends.base import Backend
 
 ON_GPU = [pytest.mark.gpu,
           pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")]
-
-
-@pytest.fixture(scope="session")
-def harness(tmp_path_factory):
-    lib = build(tmp_path_factory.mktemp("cuda_on_cpu"))
-    if isinstance(lib, str):
-        pytest.skip(lib)
-    return lib
 
 
 def gpu_backends():
@@ -41,7 +32,7 @@ def backends(request):
     """(backend under test, base.py reference, array module)."""
     if request.param == "gpu":
         return gpu_backends()
-    return emulated_backend(request.getfixturevalue("harness")), Backend(np), np
+    return request.getfixturevalue("emulated"), Backend(np), np
 
 
 SHAPES = [(1, 1), (1, 7), (3, 1), (33, 65), (300, 3), (257, 1000), (1024, 10)]
@@ -206,3 +197,26 @@ def test_cublaslt_epilogues_match_reference(rows, n_in, n_out, dtype, rng):
         cp.testing.assert_allclose(out, want, **gemm_tol)
         cp.testing.assert_allclose(dbiases, want_db, rtol=1e-3 if dtype == np.float32 else 1e-10,
                                    atol=1e-3)
+
+
+def test_float_to_bf16_rounds_as_ml_dtypes(backends, rng):
+    """The kernel and base.py's reference against ml_dtypes' bfloat16: ties to even, carries into
+    the exponent, overflow to infinity, subnormals, signed zeros, and a quiet NaN of the same
+    sign for every NaN; then random bit patterns (every float32 there is, in kind)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    fast, ref, cp = backends
+    tie = np.float32(1 + 2**-8)  # halfway between two bfloat16s: stays at 1 (even)
+    edges = np.array([0.0, -0.0, 1.0, tie, np.float32(1 + 3 * 2**-8), -tie, np.nextafter(tie, 2),
+                      3.3895314e38, 3.4028235e38, -3.4028235e38, np.inf, -np.inf, 1e-40, -1e-45,
+                      1.1754942e-38, np.nan, -np.nan], np.float32)
+    bits = rng.integers(0, 2**32, 20_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([edges, bits, rng.standard_normal(20_001).astype(np.float32)])
+    with np.errstate(invalid="ignore"):
+        want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    nan = np.isnan(x)
+    for backend in (fast, ref):
+        got = cp.asnumpy(backend.to_bf16(cp.asarray(x), out=cp.full(x.shape, 0xFFFF, np.uint16))) \
+            if cp is not np else backend.to_bf16(x, out=np.full(x.shape, 0x1234, np.uint16))
+        np.testing.assert_array_equal(got[~nan], want[~nan])
+        assert ((got[nan] & 0x7FC0) == 0x7FC0).all()  # quiet NaN
+        assert ((got[nan] >> 15) == (x[nan].view(np.uint32) >> 31)).all()  # of the same sign
