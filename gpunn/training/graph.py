@@ -1,8 +1,10 @@
 """Warm up, capture, replay: any callable's device work recorded once as a CUDA graph and replayed
 after, the way tinygrad's TinyJit wraps a function. It knows nothing of models.
 
-The first call runs the body as it is (kernels compile, buffers are allocated); then the body is
-captured, and each later call replays the record, one launch instead of dozens. Where the backend
+The first call runs the body as it is (kernels compile, buffers are allocated); the second
+captures the body and replays the record, and each later call replays it: one launch instead of
+dozens. A body called once (the last, shorter launch of a full-batch run) is never recorded, since
+recording it would cost more than running it. Where the backend
 has no graphs, or the capture fails (said once per process; in distributed training, on any
 rank), the body keeps running as it is, with the same kernels, so the numbers are the same either
 way.
@@ -33,26 +35,31 @@ class Graph:
         #: so that all replay or none does; ``capture=False``: never record.
         self.agree, self.may_capture = agree, capture
         self.warmed_up = False
+        self.tried = False  # whether the capture was tried (once: a failure is not retried)
         self.replay: Callable[[], Any] | None = None
         self.held: Any = None
 
     @property
     def replaying(self) -> bool:
-        """Whether calls replay a record (False before the first call, or without graphs)."""
+        """Whether calls replay a record (False before the second call, or without graphs)."""
         return self.replay is not None
 
     def __call__(self) -> None:
+        if self.warmed_up and not self.tried:  # the second call: record, then replay
+            self._record()
         if self.replay is not None:
             self.replay()
             return
         self.body()
-        if not self.warmed_up:
-            self.warmed_up = True
-            self.replay = self._capture() if self.may_capture else None
-            if self.agree is not None and not self.agree(self.replay is not None):
-                self.replay = None  # another rank could not: all run the body as it is
-            if self.replay is not None:
-                self.held = self.keep()
+        self.warmed_up = True
+
+    def _record(self) -> None:
+        self.tried = True
+        self.replay = self._capture() if self.may_capture else None
+        if self.agree is not None and not self.agree(self.replay is not None):
+            self.replay = None  # another rank could not: all run the body as it is
+        if self.replay is not None:
+            self.held = self.keep()
 
     def _capture(self) -> Callable[[], Any] | None:
         if self.backend.why_not("graphs") is not None:

@@ -191,8 +191,9 @@ class PlannedSteps:
             net.optimizer.update(net.params, net.grads)
 
     def run(self, metrics: bool = True) -> None:
-        """The steps: the first run warms up (buffers are allocated for this size), later ones
-        replay the record where there is one; the optimizer's host counters follow. The totals
+        """The steps: the first run warms up (buffers are allocated for this size), the second
+        records them and later ones replay the record, where graphs run; the optimizer's host
+        counters follow. The totals
         are added to either way (on the device, where it costs nothing)."""
         if self.graph.warmed_up:
             self.graph()

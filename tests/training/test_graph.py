@@ -41,6 +41,28 @@ def test_first_call_warms_up_then_replays():
     assert graph.replaying and graph.held == "held"
 
 
+def test_a_body_called_once_is_never_recorded():
+    """The last, shorter launch of a full-batch run is called once: recording it would cost more
+    than it saves (it used to be recorded right after its warm-up, and never replayed)."""
+    calls.clear()
+    device = Device()
+    graph = Graph(lambda: calls.append("body"), device)
+    graph()
+    assert calls == ["body"] and device.captures == 0 and not graph.replaying
+
+
+def test_the_last_partial_launch_of_a_full_batch_run_is_not_recorded():
+    """150 full-batch epochs: launches of 64, 64 and 22. The 64-epoch step is recorded on its
+    second launch (and replayed then), the 22-epoch one runs once, unrecorded."""
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    recording = RecordingNumpy()
+    model = spiral_model(recording)
+    model.fit(X, y, epochs=150, batch_size=None, verbose=0)
+    assert [step.steps for step in model.steps] == [64, 22]
+    assert [step.graph.replaying for step in model.steps] == [True, False]
+    assert len(recording.recorded) == 1 and len(recording.replays) == 1
+
+
 def test_without_graphs_the_body_runs_each_time_silently(caplog):
     calls.clear()
     device = Device(reason="no device graphs here")
@@ -71,7 +93,7 @@ def spiral_model(backend):
 
 
 def test_planned_steps_record_once_then_replay_as_eager_would():
-    """First fit: one 10-step launch, warm-up then recorded; the second fit replays the record."""
+    """First fit: one 10-step launch, the warm-up; the second fit records it and replays the record."""
     X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
     recording = RecordingNumpy()
     model, reference = spiral_model(recording), spiral_model("numpy")
