@@ -16,8 +16,12 @@ from typing import Any
 
 BEGIN = "<!-- bench-table: written by benchmarks/readme_table.py; do not edit by hand -->"
 END = "<!-- bench-table end -->"
-COLUMNS = [("gpunn-numpy", "gpunn (NumPy)"), ("numpy-book", "NumPy port of the book"),
-           ("pytorch", "PyTorch"), ("jax", "JAX jit")]
+COLUMNS = [("gpunn-numpy", "gpunn (NumPy)"),
+           ("gpunn-numpy-one-kernel", "gpunn, compiled trainer (numba)"),
+           ("numpy-book", "NumPy port of the book"), ("pytorch", "PyTorch"), ("jax", "JAX jit")]
+#: The ratio columns: (gpunn row, peer, heading).
+RATIOS = [("gpunn-numpy", "pytorch", "gpunn vs PyTorch"), ("gpunn-numpy", "jax", "gpunn vs JAX"),
+          ("gpunn-numpy-one-kernel", "jax", "compiled trainer vs JAX")]
 ROWS = [("small", "small, per step"), ("medium", "medium, per step"),
         ("book", "book run, 10,001 epochs")]
 
@@ -31,8 +35,8 @@ def _time(row: dict[str, Any]) -> str:
     return text
 
 
-def _ratio(gpunn: dict[str, Any], peer: str) -> str:
-    value = gpunn.get("speedup_vs", {}).get(peer)
+def _ratio(gpunn: dict[str, Any] | None, peer: str) -> str:
+    value = None if gpunn is None else gpunn.get("speedup_vs", {}).get(peer)
     if value is None:
         return ""
     return f"{'~' if peer in gpunn.get('within_noise', []) else ''}{value:.2f}x"
@@ -55,17 +59,16 @@ def table(doc: dict[str, Any]) -> str:
     cpu = [r for r in doc["results"] if r["device"] == "cpu" and r["precision"] == "fp32"]
     when = f", {doc['machine']['date']}" if doc["machine"].get("date") else ""
     lines = [f"One `gpunn bench` run{when}, on {machine_text(doc)}:", "",
-             "| workload | " + " | ".join(name for _, name in COLUMNS)
-             + " | gpunn vs PyTorch | gpunn vs JAX |",
-             "|---" * (len(COLUMNS) + 3) + "|"]
+             "| workload | " + " | ".join(name for _, name in COLUMNS) + " | "
+             + " | ".join(heading for _, _, heading in RATIOS) + " |",
+             "|---" * (len(COLUMNS) + len(RATIOS) + 1) + "|"]
     for workload, label in ROWS:
         rows = {r["impl"]: r for r in cpu if r["workload"] == workload}
         if "gpunn-numpy" not in rows:
             continue
         cells = [_time(rows[impl]) if impl in rows else "" for impl, _ in COLUMNS]
-        gpunn = rows["gpunn-numpy"]
-        lines.append(f"| {label} | " + " | ".join(cells)
-                     + f" | {_ratio(gpunn, 'pytorch')} | {_ratio(gpunn, 'jax')} |")
+        ratios = [_ratio(rows.get(impl), peer) for impl, peer, _ in RATIOS]
+        lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
     lines += ["", "~: within run-to-run noise (the middle halves of the two contenders' repeats "
                   "overlap), so that ratio does not rank them."]
     return "\n".join(lines)

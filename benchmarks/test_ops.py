@@ -92,3 +92,21 @@ def test_optimizer_update(benchmark, bk, rule, impl):
         "adam": lambda ops: ops.adam_update(p, g, m, c, schedule, 1e-7, 0.9, 0.999, scratch),
     }
     _run(benchmark, bk, impl, f"update {rule} (1.86M parameters)", calls[rule])
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_book_epochs(benchmark, impl):
+    """64 full-batch epochs of the book's network (one launch): the CPU one-kernel trainer
+    (numba) beside the NumPy steps it stands in for."""
+    import gpunn as nn
+    from gpunn.backends import jit
+
+    if impl == "fast" and jit.WHY_NOT is not None:
+        pytest.skip(jit.WHY_NOT)
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
+    model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05, decay=5e-7), backend="numpy")
+    model.backend.one_kernel_trainer = impl == "fast"
+    benchmark.group = "book 64 epochs"
+    benchmark.extra_info.update(backend="numpy", impl=impl)
+    benchmark(lambda: model.fit(X, y, epochs=64, batch_size=None, verbose=0))

@@ -339,6 +339,10 @@ def info() -> int:
     warning = blas.forced_kernel_warning()
     if warning:
         print(f"warning: {warning}")
+    from gpunn.backends import jit
+
+    trainer = "available" if jit.WHY_NOT is None else f"unavailable ({jit.WHY_NOT})"
+    print(f"CPU one-kernel trainer: {trainer}; model.backend.one_kernel_trainer = True turns it on")
     problem = cupy_problem()
     if problem:
         print(f"cupy: unavailable ({problem})")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from . import jit
 from .base import CLIP, Backend
 
 # Rows this narrow get their maximum column by column (k - 1 vectorised ops) instead of a
@@ -26,6 +27,24 @@ class NumpyBackend(Backend):
     def __init__(self) -> None:
         super().__init__(np)
         self._cache: dict[tuple, np.ndarray] = {}
+
+    def why_not(self, feature: str, rows: int | None = None,
+                sizes: tuple[int, int, int] | None = None, dtype: Any = None) -> str | None:
+        # The one-kernel trainer (jit.py, with numba) takes the book's shape of network; with it
+        # on, the other planned networks take planned steps too (the same numbers as eager ones).
+        if feature == "one_kernel_trainer":
+            if not self.one_kernel_trainer:
+                return (f"switched off on the {self.name} backend; "
+                        f"model.backend.one_kernel_trainer = True turns it on")
+            return None if jit.WHY_NOT is None else f"the CPU one-kernel trainer {jit.WHY_NOT}"
+        if feature == "planned_steps" and self.why_not("one_kernel_trainer") is None:
+            return None
+        return super().why_not(feature, rows, sizes, dtype)
+
+    def train_in_one_kernel(self, X: Any, y: Any, params: Any, grads: Any, states: list[Any],
+                            schedule: Any, totals: Any, epochs: int, rule: tuple[int, float, float],
+                            outs: dict[str, Any]) -> None:
+        jit.train(X, y, params, grads, states, schedule, totals, epochs, rule, outs)
 
     def device_name(self) -> str:
         try:

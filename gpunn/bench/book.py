@@ -23,9 +23,9 @@ def book_run(impl: str, device: str) -> float:
             set_seed(0)
             model = Sequential([Dense(2, 64), ReLU(), Dense(64, 3)])
             model.compile(SoftmaxCrossEntropy(), Adam(lr=0.05, decay=5e-7), backend=backend)
-            if backend == "cupy":  # gpunn-cupy-one-kernel: the one-kernel trainer switched on
-                model.backend.one_kernel_trainer = impl == "gpunn-cupy-one-kernel"
-            if impl == "gpunn-cupy-one-kernel" and steps.why_not(model.network, "one-kernel", len(y)):
+            one_kernel = impl.endswith("-one-kernel")  # the one-kernel trainer switched on
+            model.backend.one_kernel_trainer = one_kernel
+            if one_kernel and steps.why_not(model.network, "one-kernel", len(y)):
                 raise Skip(steps.why_not(model.network, "one-kernel", len(y)))
             t0 = time.perf_counter()
             model.fit(X, y, epochs=epochs, batch_size=None, verbose=0)

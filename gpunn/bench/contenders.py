@@ -34,13 +34,15 @@ class Skip(Exception):
 
 def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
     """gpunn on ``backend``; on CuPy, ``epilogues`` is the model's epilogue_policy ("never": the
-    separate kernels only, to show what the cuBLASLt epilogues add) and ``one_kernel`` its
-    one_kernel_trainer (Dense -> ReLU -> Dense only), both set before the step is planned."""
+    separate kernels only, to show what the cuBLASLt epilogues add); ``one_kernel`` its
+    one_kernel_trainer (Dense -> ReLU -> Dense only; on NumPy the numba-compiled one), both set
+    before the step is planned."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
         model = gpunn_model(w, params, backend, precision)
         bk = model.backend
         if backend == "cupy":
-            bk.epilogue_policy, bk.one_kernel_trainer = epilogues, one_kernel
+            bk.epilogue_policy = epilogues
+        bk.one_kernel_trainer = one_kernel
         if one_kernel and steps.why_not(model.network, "one-kernel", len(y)):
             raise Skip(steps.why_not(model.network, "one-kernel", len(y)))
         step = model.prepare_step(X, y)
@@ -220,6 +222,8 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
     if device == "gpu" and "cupy" in backends:
         out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
         out["gpunn-cupy-one-kernel"] = ("cupy", gpunn_run("cupy", one_kernel=True))
+    if device == "cpu" and "numpy" in backends:
+        out["gpunn-numpy-one-kernel"] = ("numpy", gpunn_run("numpy", one_kernel=True))
     if device == "cpu" and "numpy-book" in peers:
         out["numpy-book"] = ("numpy", numpy_book_run)
     if "pytorch" in peers:

@@ -49,7 +49,8 @@ SCHEMA: dict[str, Any] = {
                                             "in host memory, sent a batch at a time), "
                                             "gpunn-cupy-separate "
                                             "(no cuBLASLt epilogues), gpunn-cupy-one-kernel "
-                                            "(the one-block trainer), pytorch, "
+                                            "(the one-block trainer), gpunn-numpy-one-kernel "
+                                            "(its CPU sibling, compiled by numba), pytorch, "
                                             "pytorch-graph, jax, numpy-book"},
                     "backend": {"type": "string", "description": "numpy, cupy, torch, jax"},
                     "precision": {"enum": ["fp32", "tf32", "bf16"]},

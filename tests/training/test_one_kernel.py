@@ -13,6 +13,7 @@ from support.backends import OneKernelNumpy, PlanningNumpy
 from support.training import OPTIMIZERS, made_steps
 
 import gpunn as nn
+from gpunn.backends import get_backend, jit
 from gpunn.backends.cuda.launch import one_kernel_bytes
 from gpunn.training import steps
 
@@ -23,17 +24,33 @@ def book_model(make_opt, backend, dtype="float64"):
     return model
 
 
-@pytest.mark.parametrize("make_opt", OPTIMIZERS + [lambda: nn.SGD(lr=0.5, decay=1e-3)])
+RULES = OPTIMIZERS + [lambda: nn.SGD(lr=0.5, decay=1e-3)]
+
+
+@pytest.mark.parametrize("make_opt", RULES)
 @pytest.mark.parametrize("batch_size", [None, 64])
 def test_one_kernel_contract_trains_as_the_planned_steps(make_opt, batch_size):
+    one = OneKernelNumpy()
+    trains_as_the_planned_steps(make_opt, batch_size, one)
+    assert one.launches == ([64, 64, 22] if batch_size is None else [1] * 12)
+
+
+@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+@pytest.mark.parametrize("make_opt", RULES)
+@pytest.mark.parametrize("batch_size", [None, 64])
+def test_the_compiled_cpu_trainer_trains_as_the_planned_steps(make_opt, batch_size):
+    """gpunn/backends/jit.py (numba): the NumPy backend with the one-kernel trainer on."""
+    trains_as_the_planned_steps(make_opt, batch_size,
+                                get_backend("numpy").configured(one_kernel_trainer=True))
+
+
+def trains_as_the_planned_steps(make_opt, batch_size, one_kernel_backend):
     X, y = nn.datasets.spiral_data(samples=50, classes=3, seed=0)
     epochs = 150 if batch_size is None else 4  # full batch: launches of 64, 64 and 22 epochs
     planned = book_model(make_opt, PlanningNumpy())
-    one = OneKernelNumpy()
-    one_kernel = book_model(make_opt, one)
+    one_kernel = book_model(make_opt, one_kernel_backend)
     histories = [m.fit(X, y, epochs=epochs, batch_size=batch_size, seed=3, verbose=0).history
                  for m in (planned, one_kernel)]
-    assert one.launches == ([64, 64, 22] if batch_size is None else [1] * 12)
     assert set(made_steps(one_kernel).values()) == {"one-kernel"}
     assert set(made_steps(planned).values()) == {"planned"}
     for a, b in zip(planned.get_params(), one_kernel.get_params()):
@@ -67,7 +84,27 @@ def test_only_the_books_shape_takes_the_one_kernel_path():
     assert steps.choose(book.network, 300) == "one-kernel"
     book.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend=PlanningNumpy())
     assert steps.why_not(book.network, "one-kernel", 300) == \
-        "the numpy backend has no one-kernel trainer"
+        "switched off on the numpy backend; model.backend.one_kernel_trainer = True turns it on"
+
+
+def test_the_numpy_backend_takes_the_compiled_trainer_only_when_asked_and_numba_is_there(
+        monkeypatch):
+    """Off by default: the NumPy backend's steps as they always were (eager). On: the book's
+    shape takes the compiled trainer, other planned networks planned steps. Without numba: the
+    eager steps, and why_not says what to install."""
+    book = nn.Sequential([nn.Dense(2, 8), nn.ReLU(), nn.Dense(8, 3)])
+    book.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="numpy")
+    assert steps.choose(book.network, 300) == "eager"
+    book.backend.one_kernel_trainer = True
+    if jit.WHY_NOT is None:
+        assert steps.choose(book.network, 300) == "one-kernel"
+    monkeypatch.setattr(jit, "WHY_NOT", 'needs numba (pip install "gpunn[jit]"; no numba here)')
+    assert steps.why_not(book.network, "one-kernel", 300) == \
+        "the numpy backend takes each step as it comes (planned steps pay where they are " \
+        "replayed as device graphs)"
+    assert book.backend.why_not("one_kernel_trainer") == \
+        'the CPU one-kernel trainer needs numba (pip install "gpunn[jit]"; no numba here)'
+    assert steps.choose(book.network, 300) == "eager"
 
 
 def test_shared_memory_of_the_books_run():
@@ -76,3 +113,43 @@ def test_shared_memory_of_the_books_run():
     need = one_kernel_bytes(300, (2, 64, 3), np.float32)
     assert need == 8 * (512 + 8) + 4 * (300 * (2 + 65 + 3) + 4 * 387 + 512)
     assert 48 << 10 < need < 227 << 10
+
+
+@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+def test_the_compiled_cpu_trainer_diverges_as_the_planned_steps_do():
+    """A NaN loss (float32 overflow at lr 1e30) stops training at the same epoch with the same
+    message, and the rollback leaves the same finite parameters."""
+    X, y = nn.datasets.spiral_data(samples=50, classes=3, seed=0)
+    outcomes = []
+    for backend in (PlanningNumpy(), get_backend("numpy").configured(one_kernel_trainer=True)):
+        model = book_model(lambda: nn.SGD(lr=1e30), backend, dtype="float32")
+        with np.errstate(all="ignore"), pytest.raises(FloatingPointError) as caught:
+            model.fit(X, y, epochs=300, batch_size=None, verbose=0)
+        outcomes.append((str(caught.value), model.get_params()))
+    assert outcomes[0][0] == outcomes[1][0] and "the loss became nan at epoch 2" in outcomes[0][0]
+    for a, b in zip(outcomes[0][1], outcomes[1][1]):
+        assert np.isfinite(b).all()
+        np.testing.assert_allclose(b, a, rtol=1e-6)
+
+
+@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+@pytest.mark.parametrize("dtype, make_opt, epochs, tolerance", [
+    ("float64", lambda: nn.Adam(lr=0.05, decay=5e-7), 30, 1e-12),
+    ("float32", lambda: nn.SGD(lr=1.0), 100, 1e-5)])
+def test_the_compiled_cpu_trainer_agrees_with_the_numpy_steps_on_the_books_run(
+        dtype, make_opt, epochs, tolerance):
+    """The book's network and data against the NumPy backend's own steps (sums in another
+    order): float64 losses within 1e-12, float32 within 1e-5, over the epochs where that can
+    hold. The run is chaotic: later, any change of rounding grows (measured, float64 Adam:
+    1.5e-13 by epoch 30, 5e-11 by 100, 3e-7 by 300, then O(1e-2)), for the NumPy path against
+    itself summed in another order as much as for this one."""
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    losses = []
+    for on in (False, True):
+        nn.set_seed(0)
+        model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend="numpy", dtype=dtype)
+        model.backend.one_kernel_trainer = on
+        assert steps.choose(model.network, 300) == ("one-kernel" if on else "eager")
+        losses.append(model.fit(X, y, epochs=epochs, batch_size=None, verbose=0).history["loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=0, atol=tolerance)
