@@ -50,125 +50,203 @@ def train(X: np.ndarray, y: np.ndarray, params: np.ndarray, grads: np.ndarray,
     sched = np.array(schedule, dtype=np.float64)
     state_1 = states[0] if states else params  # unused by the rules that keep no state
     state_2 = states[1] if len(states) > 1 else params
-    _compiled()(X, y.astype(np.int64, copy=False), params, grads, state_1, state_2, sched, totals,
-                epochs, code, hyper, epsilon, outs["hidden"], outs["dhidden"], outs["logits"],
-                outs["probs"], outs["dlogits"], outs["losses"].reshape(-1))
+    trainer = _compiled(X.shape[1], outs["logits"].shape[1])
+    trainer(X, y.astype(np.int64, copy=False), params, grads, state_1, state_2, sched, totals,
+            epochs, code, hyper, epsilon, outs["hidden"], outs["dhidden"], outs["logits"],
+            outs["probs"], outs["dlogits"], outs["losses"].reshape(-1))
     schedule[:] = sched.tolist() if isinstance(schedule, list) else sched
 
 
-_kernel: list[Any] = []
+#: Below these sizes (inputs, classes) a network's per-sample loops are written out for it
+#: (``_rows_source``): one pass over the hidden units forward and one backward, each input and
+#: class a named scalar. Larger ones take the plain loops (``_forward_row``, ``_backward_row``).
+UNROLL_INPUTS, UNROLL_CLASSES = 16, 16
+
+_trainers: dict[tuple[int, int], Any] = {}
 
 
-def _compiled() -> Any:
-    """The compiled trainer (numba compiles it on first use, once per dtype)."""
-    if not _kernel:
-        if numba is None:
-            raise RuntimeError(f"the CPU one-kernel trainer {WHY_NOT}")
-        _kernel.append(numba.njit(fastmath=REASSOCIATE, nogil=True, cache=False)(_train))
-    return _kernel[0]
+def _compiled(n_in: int, k: int) -> Any:
+    """The compiled trainer for ``n_in`` inputs and ``k`` classes (numba compiles it on first
+    use, once per dtype)."""
+    if numba is None:
+        raise RuntimeError(f"the CPU one-kernel trainer {WHY_NOT}")
+    key = (n_in, k) if n_in <= UNROLL_INPUTS and k <= UNROLL_CLASSES else (0, 0)
+    if key not in _trainers:
+        if key == (0, 0):
+            forward_row, backward_row = _inlined(_forward_row), _inlined(_backward_row)
+        else:
+            namespace: dict[str, Any] = {}
+            exec(compile(_rows_source(n_in, k), f"<gpunn.backends.jit rows {n_in}x{k}>", "exec"),
+                 namespace)
+            forward_row = _inlined(namespace["forward_row"])
+            backward_row = _inlined(namespace["backward_row"])
+        _trainers[key] = _jit(_trainer(forward_row, backward_row))
+    return _trainers[key]
 
 
-def _train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code, hyper,  # noqa: C901
-           epsilon, hidden, dhidden, logits, probs, dlogits, losses):
-    """Plain Python, compiled by numba: per epoch, every sample through the whole step, then the
-    schedule advanced and the rule applied to every parameter (kernels.cu's sgd_rule,
-    cache_rule and adam_rule)."""
-    n, n_in = X.shape
-    width = hidden.shape[1]
-    k = logits.shape[1]
-    o1 = n_in * width
-    o2 = o1 + width
-    o3 = o2 + width * k
-    W1, b1 = params[:o1].reshape(n_in, width), params[o1:o2]
-    W2, b2 = params[o2:o3].reshape(width, k), params[o3:]
-    dW2 = grads[o2:o3].reshape(width, k)
-    typed = np.empty(5, X.dtype)  # constants in the model's dtype
-    typed[0], typed[1], typed[2], typed[3], typed[4] = 0.0, 1.0, 1.0 / n, 1e-7, 1 - 1e-7
+def _jit(function: Any) -> Any:
+    return numba.njit(fastmath=REASSOCIATE, nogil=True)(function)
+
+
+def _inlined(function: Any) -> Any:
+    """Compiled into its caller (numba inlines it before LLVM sees the code), so its loops run
+    on the caller's arrays, known not to overlap."""
+    return numba.njit(fastmath=REASSOCIATE, inline="always")(function)
+
+
+def _forward_row(x, W1, b1, W2T, b2, h, z, zero):
+    """One sample forward: h = relu(x @ W1 + b1); z = h @ W2 + b2 (W2T: W2 by columns)."""
+    for j in range(h.size):
+        h[j] = b1[j]
+    for c in range(x.size):
+        for j in range(h.size):
+            h[j] += x[c] * W1[c, j]
+    for j in range(h.size):
+        if h[j] < zero:  # a NaN goes through, as np.maximum lets it
+            h[j] = zero
+    for c in range(z.size):
+        s = zero
+        for j in range(h.size):
+            s += h[j] * W2T[c, j]
+        z[c] = s + b2[c]
+
+
+def _backward_row(x, h, d, W2T, dW1, db1, dW2T, dh, zero):
+    """One sample's gradients added in: dW2 += h^T d; dh = d @ W2^T where the ReLU let h
+    through; db1 += dh; dW1 += x^T dh."""
+    for j in range(h.size):
+        dh[j] = zero
+    for c in range(d.size):
+        for j in range(h.size):
+            dW2T[c, j] += d[c] * h[j]
+        for j in range(h.size):
+            dh[j] += d[c] * W2T[c, j]
+    for j in range(h.size):
+        if not h[j] > zero:
+            dh[j] = zero
+        db1[j] += dh[j]
+    for c in range(x.size):
+        for j in range(h.size):
+            dW1[c, j] += x[c] * dh[j]
+
+
+def _rows_source(n_in: int, k: int) -> str:
+    """``forward_row`` and ``backward_row`` (as above, the same sums in the same order) for
+    ``n_in`` inputs and ``k`` classes, each written as one loop over the hidden units."""
+    xs, cs = range(n_in), range(k)
+    x_names = "".join(f"    x{c} = x[{c}]\n" for c in xs)
+    d_names = "".join(f"    d{c} = d[{c}]\n" for c in cs)
+    return (
+        "def forward_row(x, W1, b1, W2T, b2, h, z, zero):\n" + x_names
+        + "".join(f"    z{c} = zero\n" for c in cs)
+        + "    for j in range(h.size):\n"
+        + "        a = b1[j]" + "".join(f" + x{c} * W1[{c}, j]" for c in xs) + "\n"
+        + "        if a < zero:\n            a = zero\n"
+        + "        h[j] = a\n"
+        + "".join(f"        z{c} += a * W2T[{c}, j]\n" for c in cs)
+        + "".join(f"    z[{c}] = z{c} + b2[{c}]\n" for c in cs)
+        + "\n\ndef backward_row(x, h, d, W2T, dW1, db1, dW2T, dh, zero):\n" + x_names + d_names
+        + "    for j in range(h.size):\n"
+        + "        hj = h[j]\n"
+        + "        g = zero" + "".join(f" + d{c} * W2T[{c}, j]" for c in cs) + "\n"
+        + "".join(f"        dW2T[{c}, j] += d{c} * hj\n" for c in cs)
+        + "        if not hj > zero:\n            g = zero\n"
+        + "        dh[j] = g\n"
+        + "        db1[j] += g\n"
+        + "".join(f"        dW1[{c}, j] += x{c} * g\n" for c in xs))
+
+
+def _softmax_cross_entropy_row(z, label, p, d, typed):
+    """One sample's softmax p, its clipped log loss and d = (p - onehot) / n; returns the loss and
+    the first index of the largest output. ``typed``: 0, 1, 1 / n and the clip's ends."""
     zero, one, inv_n, clip_low, clip_high = typed[0], typed[1], typed[2], typed[3], typed[4]
-    scalars = np.empty(8, X.dtype)  # the rule's, per epoch
-    W2T = np.empty((k, width), X.dtype)  # W2 by columns, so the loops over hidden units are contiguous
-    dW2T = np.empty((k, width), X.dtype)
-    dW1, db1, db2 = np.empty((n_in, width), X.dtype), np.empty(width, X.dtype), np.empty(k, X.dtype)
-    # The gradient sums and one sample's rows in arrays of its own, which the compiler knows
-    # alias nothing (so it vectorises the loops over them); they are copied out once.
-    h, dh = np.empty(width, X.dtype), np.empty(width, X.dtype)
-    z, p, d = np.empty(k, X.dtype), np.empty(k, X.dtype), np.empty(k, X.dtype)
-    for epoch in range(epochs):
-        for c in range(k):
-            for j in range(width):
-                W2T[c, j] = W2[j, c]
-        dW1[:] = zero
-        db1[:] = zero
-        dW2T[:] = zero
-        db2[:] = zero
-        loss_sum = 0.0
-        correct = 0
-        last = epoch == epochs - 1
-        for i in range(n):
-            for j in range(width):  # h = relu(x @ W1 + b1)
-                h[j] = b1[j]
-            for c in range(n_in):
-                x = X[i, c]
-                for j in range(width):
-                    h[j] += x * W1[c, j]
-            for j in range(width):
-                if h[j] < zero:  # a NaN goes through, as np.maximum lets it
-                    h[j] = zero
-            best = 0
-            for c in range(k):  # z = h @ W2 + b2, and the first index of its largest value
-                s = zero
-                for j in range(width):
-                    s += h[j] * W2T[c, j]
-                z[c] = s + b2[c]
-                if z[c] > z[best]:
-                    best = c
-            label = y[i]
-            correct += best == label
-            top = z[best]
-            total = zero
-            for c in range(k):  # softmax, the clipped log loss, and (p - onehot) / n
-                p[c] = math.exp(z[c] - top)
-                total += p[c]
+    best = 0
+    for c in range(1, z.size):
+        if z[c] > z[best]:
+            best = c
+    top = z[best]
+    total = zero
+    for c in range(z.size):
+        p[c] = math.exp(z[c] - top)
+        total += p[c]
+    for c in range(z.size):
+        p[c] = p[c] / total
+    p_true = p[label]  # clipped (a NaN stays one)
+    if p_true < clip_low:
+        p_true = clip_low
+    elif p_true > clip_high:
+        p_true = clip_high
+    for c in range(z.size):
+        d[c] = (p[c] - (one if c == label else zero)) * inv_n
+    return -math.log(p_true), best
+
+
+def _trainer(forward_row: Any, backward_row: Any) -> Any:
+    """The trainer around one sample's forward and backward loops."""
+    softmax_cross_entropy_row = _inlined(_softmax_cross_entropy_row)
+
+    def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code, hyper,
+              epsilon, hidden, dhidden, logits, probs, dlogits, losses):
+        """Plain Python, compiled by numba: per epoch, every sample through the whole step,
+        then the schedule advanced and the rule applied to every parameter (kernels.cu's
+        sgd_rule, cache_rule and adam_rule)."""
+        n, n_in = X.shape
+        width = hidden.shape[1]
+        k = logits.shape[1]
+        o1 = n_in * width
+        o2 = o1 + width
+        o3 = o2 + width * k
+        W1, b1 = params[:o1].reshape(n_in, width), params[o1:o2]
+        W2, b2 = params[o2:o3].reshape(width, k), params[o3:]
+        dW2 = grads[o2:o3].reshape(width, k)
+        typed = np.empty(5, X.dtype)  # constants in the model's dtype: 0, 1, 1 / n and the clip
+        typed[0], typed[1], typed[2], typed[3], typed[4] = 0.0, 1.0, 1.0 / n, 1e-7, 1 - 1e-7
+        zero = typed[0]
+        scalars = np.empty(8, X.dtype)  # the rule's, per epoch
+        W2T = np.empty((k, width), X.dtype)  # W2 by columns: the loops over hidden units run along rows
+        # The gradient sums and one sample's rows in arrays of their own, which the compiler
+        # knows alias nothing (so it vectorises the loops over them); copied out once.
+        dW1, db1 = np.empty((n_in, width), X.dtype), np.empty(width, X.dtype)
+        dW2T, db2 = np.empty((k, width), X.dtype), np.empty(k, X.dtype)
+        x, h, dh = np.empty(n_in, X.dtype), np.empty(width, X.dtype), np.empty(width, X.dtype)
+        z, p, d = np.empty(k, X.dtype), np.empty(k, X.dtype), np.empty(k, X.dtype)
+        for epoch in range(epochs):
             for c in range(k):
-                p[c] = p[c] / total
-            p_true = p[label]  # clipped (a NaN stays one)
-            if p_true < clip_low:
-                p_true = clip_low
-            elif p_true > clip_high:
-                p_true = clip_high
-            loss = -math.log(p_true)
-            loss_sum += loss
+                for j in range(width):
+                    W2T[c, j] = W2[j, c]
+            dW1[:] = zero
+            db1[:] = zero
+            dW2T[:] = zero
+            db2[:] = zero
+            loss_sum = 0.0
+            correct = 0
+            last = epoch == epochs - 1
+            for i in range(n):
+                x[:] = X[i]
+                forward_row(x, W1, b1, W2T, b2, h, z, zero)
+                label = y[i]
+                loss, best = softmax_cross_entropy_row(z, label, p, d, typed)
+                loss_sum += loss
+                correct += best == label
+                for c in range(k):
+                    db2[c] += d[c]
+                backward_row(x, h, d, W2T, dW1, db1, dW2T, dh, zero)
+                if last:
+                    hidden[i, :], dhidden[i, :] = h, dh
+                    logits[i, :], probs[i, :], dlogits[i, :] = z, p, d
+                    losses[i] = loss
+            grads[:o1] = dW1.ravel()
+            grads[o1:o2] = db1
             for c in range(k):
-                d[c] = (p[c] - (one if c == label else zero)) * inv_n
-            for j in range(width):
-                dh[j] = zero
-            for c in range(k):  # dW2 += h^T d, db2 += d, dh = d @ W2^T
-                db2[c] += d[c]
                 for j in range(width):
-                    dW2T[c, j] += d[c] * h[j]
-                for j in range(width):
-                    dh[j] += d[c] * W2T[c, j]
-            for j in range(width):  # the ReLU's gradient; db1 += dh, dW1 += x^T dh
-                dh[j] = dh[j] if h[j] > zero else zero
-                db1[j] += dh[j]
-            for c in range(n_in):
-                x = X[i, c]
-                for j in range(width):
-                    dW1[c, j] += x * dh[j]
-            if last:
-                hidden[i, :], dhidden[i, :] = h, dh
-                logits[i, :], probs[i, :], dlogits[i, :] = z, p, d
-                losses[i] = loss
-        grads[:o1] = dW1.ravel()
-        grads[o1:o2] = db1
-        for c in range(k):
-            for j in range(width):
-                dW2[j, c] = dW2T[c, j]
-        grads[o3:] = db2
-        totals[epoch, 0] += loss_sum
-        totals[epoch, 1] += correct
-        _advance(schedule)
-        _update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, scalars)
+                    dW2[j, c] = dW2T[c, j]
+            grads[o3:] = db2
+            totals[epoch, 0] += loss_sum
+            totals[epoch, 1] += correct
+            _advance(schedule)
+            _update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, scalars)
+
+    return train
 
 
 def _advance(schedule):

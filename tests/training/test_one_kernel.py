@@ -18,8 +18,10 @@ from gpunn.backends.cuda.launch import one_kernel_bytes
 from gpunn.training import steps
 
 
-def book_model(make_opt, backend, dtype="float64"):
-    model = nn.Sequential([nn.Dense(2, 16, init="he", seed=1), nn.ReLU(), nn.Dense(16, 3, seed=3)])
+def book_model(make_opt, backend, dtype="float64", sizes=(2, 16, 3)):
+    n_in, hidden, k = sizes
+    model = nn.Sequential([nn.Dense(n_in, hidden, init="he", seed=1), nn.ReLU(),
+                           nn.Dense(hidden, k, seed=3)])
     model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend=backend, dtype=dtype)
     return model
 
@@ -38,17 +40,27 @@ def test_one_kernel_contract_trains_as_the_planned_steps(make_opt, batch_size):
 @pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
 @pytest.mark.parametrize("make_opt", RULES)
 @pytest.mark.parametrize("batch_size", [None, 64])
-def test_the_compiled_cpu_trainer_trains_as_the_planned_steps(make_opt, batch_size):
-    """gpunn/backends/jit.py (numba): the NumPy backend with the one-kernel trainer on."""
+@pytest.mark.parametrize("sizes", [(2, 16, 3), (20, 8, 17)])
+def test_the_compiled_cpu_trainer_trains_as_the_planned_steps(make_opt, batch_size, sizes):
+    """gpunn/backends/jit.py (numba): the NumPy backend with the one-kernel trainer on; for the
+    spiral's 2 inputs and 3 classes the per-sample loops written out for them, for 20 inputs and
+    17 classes (over jit.UNROLL_CLASSES) the plain loops."""
+    assert sizes[2] > jit.UNROLL_CLASSES or max(sizes[0], sizes[2]) <= jit.UNROLL_INPUTS
     trains_as_the_planned_steps(make_opt, batch_size,
-                                get_backend("numpy").configured(one_kernel_trainer=True))
+                                get_backend("numpy").configured(one_kernel_trainer=True), sizes)
 
 
-def trains_as_the_planned_steps(make_opt, batch_size, one_kernel_backend):
+def trains_as_the_planned_steps(make_opt, batch_size, one_kernel_backend, sizes=(2, 16, 3)):
     X, y = nn.datasets.spiral_data(samples=50, classes=3, seed=0)
+    if sizes[0] != 2:  # more inputs and classes: the spiral's points, features and labels spread
+        rng = np.random.default_rng(5)
+        X = np.tanh(X @ rng.standard_normal((2, sizes[0])))
+        y = (y * 5 + rng.integers(0, 5, y.size)) % sizes[2]
     epochs = 150 if batch_size is None else 4  # full batch: launches of 64, 64 and 22 epochs
-    planned = book_model(make_opt, PlanningNumpy())
-    one_kernel = book_model(make_opt, one_kernel_backend)
+    if sizes[0] != 2 and batch_size is None:
+        epochs = 80  # RMSprop on the wider network parts from the planned steps by 1e-6 at 150
+    planned = book_model(make_opt, PlanningNumpy(), sizes=sizes)
+    one_kernel = book_model(make_opt, one_kernel_backend, sizes=sizes)
     histories = [m.fit(X, y, epochs=epochs, batch_size=batch_size, seed=3, verbose=0).history
                  for m in (planned, one_kernel)]
     assert set(made_steps(one_kernel).values()) == {"one-kernel"}
