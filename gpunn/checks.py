@@ -30,8 +30,10 @@ def features(X: Any, name: str = "X", n_features: int | None = None,
 
 def features_shape(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
     """X as a host array (no copy of a NumPy array or memmap) whose dtype, shape and width are
-    right; its values are not read (``finite_in`` does that, a part at a time if need be)."""
-    arr = host_array(X)
+    right; its values are not read (``finite_in`` does that, a part at a time if need be). An
+    object whose rows are read on demand (``rows_on_demand``: ``datasets.NpyParts``) stays as it
+    is: its slices are read as they are needed."""
+    arr = X if getattr(X, "rows_on_demand", False) else host_array(X)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
             or np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must hold real numbers; got dtype {arr.dtype}")

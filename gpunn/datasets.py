@@ -8,6 +8,7 @@ draws from NumPy's global generator itself, as nnfs does (gpunn.book's data func
 
 from __future__ import annotations
 
+import glob
 import gzip
 import math
 import os
@@ -159,6 +160,111 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {name: f[name] for name in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{path} is not a valid .npz file ({exc})") from None
+
+
+class NpyParts:
+    """The rows of several ``.npy`` files, one file after another, as one array that reads only
+    the rows it is asked for: data too big for one file, or for memory. Each file is opened with
+    ``np.load(mmap_mode=...)`` ("r" by default); all must have the same trailing shape and dtype.
+    ``paths``: a list of files, or a glob pattern ("part-*.npy"), taken in sorted order.
+
+    ``fit``, ``evaluate`` and ``predict`` take it as X (and as y): data over the device's budget
+    is streamed from it a batch at a time (checked a part at a time first), smaller data is read
+    whole onto the device. Indexing follows NumPy's for what those need: ``parts[i]`` is a row,
+    ``parts[a:b]`` another NpyParts over those rows (nothing read), ``parts[indices]`` (an integer
+    array, such as part of a shuffle) the rows as an array, ``parts[i, j]`` an element,
+    ``np.asarray(parts)`` all of them.
+    """
+
+    #: For gpunn's checks: rows are read on demand (``checks.features_shape`` keeps it as it is).
+    rows_on_demand = True
+
+    def __init__(self, paths: Any, mmap_mode: str = "r", *, _parts: Any = None,
+                 _span: tuple[int, int] | None = None) -> None:
+        if _parts is None:
+            if isinstance(paths, (str, os.PathLike)):  # a glob pattern, files in sorted order
+                pattern = os.fspath(paths)
+                paths = sorted(glob.glob(pattern))
+                if not paths:
+                    raise FileNotFoundError(f"no file matches {pattern!r}")
+            paths = list(paths)
+            if not paths:
+                raise ValueError("NpyParts needs at least one .npy file; got none")
+            _parts = [self._open(Path(p), mmap_mode) for p in paths]
+            first = _parts[0]
+            for path, part in zip(paths[1:], _parts[1:]):
+                if part.shape[1:] != first.shape[1:] or part.dtype != first.dtype:
+                    raise ValueError(f"{path} holds rows of shape {part.shape[1:]} and dtype "
+                                     f"{part.dtype}; {paths[0]} holds {first.shape[1:]}, "
+                                     f"{first.dtype}: the parts must agree")
+        self._parts = _parts
+        self._starts = np.cumsum([0] + [len(part) for part in _parts])
+        self._lo, self._hi = _span if _span is not None else (0, int(self._starts[-1]))
+        self.dtype = _parts[0].dtype
+        self.shape = (self._hi - self._lo,) + _parts[0].shape[1:]
+        self.ndim = len(self.shape)
+
+    @staticmethod
+    def _open(path: Path, mmap_mode: str) -> np.ndarray:
+        if not path.is_file():
+            raise FileNotFoundError(f"no such .npy file: {path}")
+        try:
+            part = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"{path} is not a valid .npy file ({exc})") from None
+        if not isinstance(part, np.ndarray) or part.ndim == 0:
+            raise ValueError(f"{path} must hold one array of rows (.npy); got "
+                             f"{type(part).__name__} {getattr(part, 'shape', '')}")
+        return part
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"NpyParts({len(self._parts)} files, shape={self.shape}, dtype={self.dtype})"
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, tuple):  # rows first, then within them (parts[i, j])
+            rows = self[index[0]] if index else self
+            rows = np.asarray(rows)
+            return rows[index[1:]] if rows.ndim < self.ndim else rows[(slice(None), *index[1:])]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            stop = max(start, stop)
+            return NpyParts(None, _parts=self._parts, _span=(self._lo + start, self._lo + stop))
+        if isinstance(index, (int, np.integer)):
+            i = int(index) + (len(self) if index < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"row {index} is out of range for {len(self)} rows")
+            return self[np.array([i])][0]
+        rows = np.asarray(index)
+        if rows.dtype.kind not in "iu" or rows.ndim != 1:
+            raise TypeError(f"NpyParts takes an int, a slice or a 1-D integer array; got {index!r:.60}")
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows must lie in [0, {len(self)}); got {rows.min()}..{rows.max()}")
+        rows = rows + self._lo
+        out = np.empty((rows.size,) + self.shape[1:], self.dtype)
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        for p in np.unique(which):  # each file read once, at the rows it holds
+            here = which == p
+            out[here] = self._parts[p][rows[here] - self._starts[p]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        pieces = []
+        for p, part in enumerate(self._parts):
+            lo = max(self._lo, self._starts[p]) - self._starts[p]
+            hi = min(self._hi, self._starts[p + 1]) - self._starts[p]
+            if hi > lo:
+                pieces.append(part[lo:hi])
+        whole = np.concatenate(pieces) if pieces else np.empty(self.shape, self.dtype)
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def astype(self, dtype: Any, copy: bool = True) -> np.ndarray:
+        """All the rows, read, in ``dtype``."""
+        return np.asarray(self, dtype=dtype)
 
 
 def train_test_split(X: Any, y: Any, test_size: float = 0.2, seed: int | None = None,

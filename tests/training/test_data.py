@@ -31,14 +31,21 @@ def on_disk(tmp_path):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_streamed_training_equals_resident_training_bit_for_bit(on_disk, dtype):
     X, y = on_disk
-    runs = []
-    for stream in (False, True):
-        m = model(dtype)
-        history = m.fit(X, y, epochs=3, batch_size=32, seed=1, verbose=0, stream=stream,
-                        validation_split=0.2)
-        runs.append((m, history.history, m.evaluate(X, y, stream=stream),
-                     m.predict(X, batch_size=50, stream=stream)))
-    (a, ha, ea, pa), (b, hb, eb, pb) = runs
+    assert_same_runs(*(train(X, y, stream, dtype) for stream in (False, True)))
+
+
+def train(X, y, stream, dtype="float32"):
+    """fit with a validation split, then evaluate and predict, all with ``stream``."""
+    m = model(dtype)
+    history = m.fit(X, y, epochs=3, batch_size=32, seed=1, verbose=0, stream=stream,
+                    validation_split=0.2)
+    return m, history.history, m.evaluate(X, y, stream=stream), m.predict(X, batch_size=50,
+                                                                            stream=stream)
+
+
+def assert_same_runs(first, second):
+    """The same history, evaluation, predictions and parameters, bit for bit."""
+    (a, ha, ea, pa), (b, hb, eb, pb) = first, second
     assert ha == hb and ea == eb
     np.testing.assert_array_equal(pa, pb)
     for p, q in zip(a.get_params(), b.get_params()):
@@ -105,3 +112,77 @@ def test_a_bad_budget_setting_is_named(on_disk, monkeypatch):
         model().fit(*on_disk, epochs=1, verbose=0)
     monkeypatch.setenv("GPUNN_DATA_BUDGET", "1.5G")
     assert nn.backends.get_backend("numpy").data_budget() == 1.5 * 2**30
+
+
+@pytest.fixture
+def in_parts(tmp_path):
+    """Spiral data cut into .npy files of 120, 1 and 179 rows (X and y each), and the whole."""
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    cuts = [(0, 120), (120, 121), (121, 300)]
+    for i, (a, b) in enumerate(cuts):
+        np.save(tmp_path / f"X-{i}.npy", X[a:b])
+        np.save(tmp_path / f"y-{i}.npy", y[a:b])
+    return tmp_path, X, y
+
+
+@pytest.mark.parametrize("stream", [None, True])
+def test_data_in_several_npy_files_trains_as_the_whole_array(in_parts, stream):
+    """datasets.NpyParts: the same batches as the joined array, bit for bit, resident or
+    streamed, with a validation split, evaluate and predict."""
+    folder, X, y = in_parts
+    parts_X = nn.datasets.NpyParts(str(folder / "X-*.npy"))
+    parts_y = nn.datasets.NpyParts([folder / f"y-{i}.npy" for i in range(3)])
+    assert_same_runs(train(X, y, False), train(parts_X, parts_y, stream))
+
+
+def test_npy_parts_index_as_the_joined_array_and_stream_without_reading_it_whole(in_parts,
+                                                                                 monkeypatch):
+    folder, X, _ = in_parts
+    parts = nn.datasets.NpyParts(str(folder / "X-*.npy"))
+    assert (parts.shape, parts.dtype, parts.ndim, len(parts)) == (X.shape, X.dtype, 2, 300)
+    np.testing.assert_array_equal(np.asarray(parts), X)
+    np.testing.assert_array_equal(np.asarray(parts[100:250]), X[100:250])  # across all three
+    np.testing.assert_array_equal(np.asarray(parts[100:250][15:22]), X[115:122])
+    rows = np.array([299, 0, 120, 121, 119, 120])
+    np.testing.assert_array_equal(parts[rows], X[rows])
+    np.testing.assert_array_equal(parts[-1], X[-1])
+    np.testing.assert_array_equal(np.asarray(parts[::7]), X[::7])
+    assert parts[150, 1] == X[150, 1]
+    np.testing.assert_array_equal(parts[119:122, 1], X[119:122, 1])
+    with pytest.raises(IndexError, match=r"rows must lie in \[0, 300\)"):
+        parts[np.array([3, 300])]
+    with pytest.raises(TypeError, match="an int, a slice or a 1-D integer array"):
+        parts[np.array([0.5])]
+    read = []  # rows read at once, whatever reads them
+    whole = nn.datasets.NpyParts.__array__
+    monkeypatch.setattr(nn.datasets.NpyParts, "__array__",
+                        lambda self, *a, **k: read.append(len(self)) or whole(self, *a, **k))
+    monkeypatch.setattr(data_module, "CHECK_ROWS", 64)
+    model().fit(parts, np.asarray(in_parts[2]), epochs=1, batch_size=32, verbose=0, stream=True)
+    assert read and max(read) <= 64
+
+
+def test_npy_parts_say_what_is_wrong_with_the_files(in_parts):
+    folder, X, _ = in_parts
+    np.save(folder / "wide.npy", np.zeros((5, 3)))
+    np.save(folder / "ints.npy", np.zeros((5, 2), dtype=np.int64))
+    (folder / "junk.npy").write_bytes(b"not an array")
+    with pytest.raises(ValueError, match=r"wide.npy holds rows of shape \(3,\) and dtype float64; "
+                                         r".*X-0.npy holds \(2,\), float64: the parts must agree"):
+        nn.datasets.NpyParts([folder / "X-0.npy", folder / "wide.npy"])
+    with pytest.raises(ValueError, match="ints.npy holds rows of shape .* dtype int64"):
+        nn.datasets.NpyParts([folder / "X-0.npy", folder / "ints.npy"])
+    with pytest.raises(ValueError, match="junk.npy is not a valid .npy file"):
+        nn.datasets.NpyParts([folder / "junk.npy"])
+    with pytest.raises(FileNotFoundError, match="no such .npy file: .*missing.npy"):
+        nn.datasets.NpyParts([folder / "missing.npy"])
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        nn.datasets.NpyParts(str(folder / "nothing-*.npy"))
+    with pytest.raises(ValueError, match="at least one .npy file"):
+        nn.datasets.NpyParts([])
+    X[150, 1] = np.nan  # a NaN in the third file is named by its row in the whole
+    np.save(folder / "X-2.npy", X[121:])
+    m = model()
+    with pytest.raises(ValueError, match=r"X must be finite; got nan at row 150, column 1"):
+        m.fit(nn.datasets.NpyParts(str(folder / "X-*.npy")), np.zeros(300, np.int64),
+              verbose=0, stream=True)
