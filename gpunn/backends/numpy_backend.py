@@ -19,6 +19,11 @@ from .base import CLIP, Backend
 # Rows this narrow get their maximum column by column (k - 1 vectorised ops) instead of a
 # reduction along each short row.
 NARROW_ROWS = 16
+# Elements per piece of an optimizer update. Each rule is several passes over its arrays (Adam's
+# about ten), which for a large model stream through memory every time; piece by piece, the
+# piece and the scratch stay in cache between passes (measured: SGD over 1.9M float32 1.04 ms
+# whole, 0.62 ms in pieces). The same element-wise operations, so the same bits.
+UPDATE_PIECE = 1 << 15
 
 
 class NumpyBackend(Backend):
@@ -74,6 +79,44 @@ class NumpyBackend(Backend):
         # them back costs more (~0.4 us a step) than the whole update of a small network's
         # parameters takes besides.
         return [float(v) for v in values]
+
+    # ---- optimizer updates, piece by piece (base.py's rules on each piece) -------------------
+
+    def sgd_update(self, params: Any, grads: Any, momentums: Any, schedule: Any, momentum: float,
+                   scratch: Any) -> None:
+        self._in_pieces(super().sgd_update, params, grads, (momentums,), (schedule, momentum),
+                        scratch)
+
+    def adagrad_update(self, params: Any, grads: Any, cache: Any, schedule: Any, epsilon: float,
+                       scratch: Any) -> None:
+        self._in_pieces(super().adagrad_update, params, grads, (cache,), (schedule, epsilon),
+                        scratch)
+
+    def rmsprop_update(self, params: Any, grads: Any, cache: Any, schedule: Any, epsilon: float,
+                       rho: float, scratch: Any) -> None:
+        self._in_pieces(super().rmsprop_update, params, grads, (cache,), (schedule, epsilon, rho),
+                        scratch)
+
+    def adam_update(self, params: Any, grads: Any, momentums: Any, cache: Any, schedule: Any,
+                    epsilon: float, beta_1: float, beta_2: float, scratch: Any) -> None:
+        self._in_pieces(super().adam_update, params, grads, (momentums, cache),
+                        (schedule, epsilon, beta_1, beta_2), scratch)
+
+    @staticmethod
+    def _in_pieces(rule: Any, params: Any, grads: Any, states: tuple, settings: tuple,
+                   scratch: Any) -> None:
+        """``rule(params, grads, *states, *settings, scratch)`` UPDATE_PIECE elements at a time
+        (whole when small, or when an array is not contiguous and so has no flat view)."""
+        arrays = (params, grads, scratch, *(a for a in states if a is not None))
+        if params.size <= UPDATE_PIECE or not all(a.flags.c_contiguous for a in arrays):
+            rule(params, grads, *states, *settings, scratch)
+            return
+        flat = [a.reshape(-1) for a in (params, grads, scratch)]
+        flat_states = [None if a is None else a.reshape(-1) for a in states]
+        for start in range(0, params.size, UPDATE_PIECE):
+            piece = slice(start, start + UPDATE_PIECE)
+            rule(flat[0][piece], flat[1][piece], *(None if a is None else a[piece] for a in flat_states),
+                 *settings, flat[2][piece])
 
     def bias_grad(self, dvalues: Any, out: Any) -> Any:
         # Column sums as ones(1, n) @ dvalues: a BLAS GEMV, 2-4x faster than np.sum(axis=0).

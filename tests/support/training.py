@@ -26,3 +26,18 @@ def interrupt_at(monkeypatch, model, step: int) -> None:
         return real_step(xb, yb)
 
     monkeypatch.setattr(model.network, "step", stepping)
+
+
+def apply_rule(bk, rule, params, grads, momentums, cache, schedule, scratch):
+    """One update by ``rule`` ("sgd", "sgd-momentum", "adagrad", "rmsprop", "adam") through the
+    backend's op, with the hyper-parameters the op tests use."""
+    if rule in ("sgd", "sgd-momentum"):
+        momentum = rule == "sgd-momentum"
+        bk.sgd_update(params, grads, momentums if momentum else None, schedule,
+                      0.9 if momentum else 0.0, scratch)
+    elif rule == "adagrad":
+        bk.adagrad_update(params, grads, cache, schedule, 1e-7, scratch)
+    elif rule == "rmsprop":
+        bk.rmsprop_update(params, grads, cache, schedule, 1e-7, 0.9, scratch)
+    else:
+        bk.adam_update(params, grads, momentums, cache, schedule, 1e-7, 0.9, 0.999, scratch)

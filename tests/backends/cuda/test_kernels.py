@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import CUPY_PROBLEM
+from support.training import apply_rule
 
 from gpunn.backends import schedule as slots
 from gpunn.backends.base import Backend
@@ -111,16 +112,7 @@ def test_optimizer_kernels_match_reference(backends, rule, dtype, rng):
         values = slots.start(2, 0.01 if rule in ("rmsprop", "adam") else 0.1, 0.0, 0.9, 0.999)
         slots.advance(values)
         schedule = cp.asarray(values)
-        if rule == "sgd":
-            bk.sgd_update(p, g, None, schedule, 0.0, scratch)
-        elif rule == "sgd-momentum":
-            bk.sgd_update(p, g, m, schedule, 0.9, scratch)
-        elif rule == "adagrad":
-            bk.adagrad_update(p, g, c, schedule, 1e-7, scratch)
-        elif rule == "rmsprop":
-            bk.rmsprop_update(p, g, c, schedule, 1e-7, 0.9, scratch)
-        else:
-            bk.adam_update(p, g, m, c, schedule, 1e-7, 0.9, 0.999, scratch)
+        apply_rule(bk, rule, p, g, m, c, schedule, scratch)
         results.append((p, m, c))
     for got, want in zip(*results):
         cp.testing.assert_allclose(got, want, **tol(dtype))
