@@ -7,7 +7,10 @@ a few microseconds of overhead around very little arithmetic (300 x 64 values), 
 passes through memory between them. Here each sample goes through the whole step while its
 hidden row (64 values) sits in registers and L1: the forward pass, the softmax, the gradient of
 each layer added into the sums, loops over the hidden units that the compiler vectorises. The
-epoch then ends with the update over the flat parameters.
+epoch then ends with the update over the flat parameters. For a few inputs and classes (the
+book's 2 and 3) those loops are written out for the network's sizes: one pass over the hidden
+units forward and one backward, each input and class a scalar of its own (measured on the book's
+run: 0.36 s with the plain loops, 0.27 s written out).
 
 The sums over samples run in sample order (BLAS blocks them differently), and sums along a row
 may be reassociated to vectorise them (``REASSOCIATE``), so the numbers agree with the NumPy
