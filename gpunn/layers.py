@@ -240,6 +240,8 @@ class Dense(Layer):
         if not self.bound or self.dweights is None or self.dweights.dtype != self.weights.dtype:
             self.dweights = bk.empty(self.weights.shape, self.weights.dtype)
             self.dbiases = bk.empty(self.biases.shape, self.biases.dtype)
+        # bf16: the copies the forward GEMM read; else the layer's own (as the book's backward
+        # reads self.inputs and self.weights, whatever was assigned to them since).
         inputs, weights = self.operands if bk.precision == "bf16" else (self.inputs, self.weights)
         gemm_dvalues = self._gemm_operand(bk, "dvalues16", dvalues)
         bk.gemm(inputs, gemm_dvalues, out=self.dweights, trans_a=True)

@@ -176,7 +176,9 @@ class CupyBackend(Backend):
 
     def dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
                       mask: Any = None) -> bool:
-        if inputs.dtype == BF16_BITS:  # cuBLASLt epilogues are planned for float32/64 only
+        if inputs.dtype == BF16_BITS:
+            # cuBLASLt would decline these operands, but the epilogue choice is keyed by shape
+            # and output dtype: a bf16 model's "no" would stick to a float32 model of its shapes.
             return super().dense_forward(inputs, weights, biases, out, relu)
         kind = "relu_mask" if mask is not None else "relu" if relu else "bias"
         return self.epilogue_choice.run(
