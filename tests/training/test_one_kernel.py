@@ -40,12 +40,12 @@ def test_one_kernel_contract_trains_as_the_planned_steps(make_opt, batch_size):
 @pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
 @pytest.mark.parametrize("make_opt", RULES)
 @pytest.mark.parametrize("batch_size", [None, 64])
-@pytest.mark.parametrize("sizes", [(2, 16, 3), (20, 8, 17)])
+@pytest.mark.parametrize("sizes", [(2, 16, 3), (4, 8, 12), (5, 8, 12)])
 def test_the_compiled_cpu_trainer_trains_as_the_planned_steps(make_opt, batch_size, sizes):
     """gpunn/backends/jit.py (numba): the NumPy backend with the one-kernel trainer on; for the
-    spiral's 2 inputs and 3 classes the per-sample loops written out for them, for 20 inputs and
-    17 classes (over jit.UNROLL_CLASSES) the plain loops."""
-    assert sizes[2] > jit.UNROLL_CLASSES or max(sizes[0], sizes[2]) <= jit.UNROLL_INPUTS
+    spiral's 2 inputs and 3 classes, and for 4 inputs and 12 classes (jit.COLUMNS_UP_TO), the
+    trainer written out for them over columns of samples; for 5 and 12 the per-sample loops."""
+    assert (sizes[0] + sizes[2] <= jit.COLUMNS_UP_TO) == (sizes != (5, 8, 12))
     trains_as_the_planned_steps(make_opt, batch_size,
                                 get_backend("numpy").configured(one_kernel_trainer=True), sizes)
 
@@ -165,3 +165,28 @@ def test_the_compiled_cpu_trainer_agrees_with_the_numpy_steps_on_the_books_run(
         assert steps.choose(model.network, 300) == ("one-kernel" if on else "eager")
         losses.append(model.fit(X, y, epochs=epochs, batch_size=None, verbose=0).history["loss"])
     np.testing.assert_allclose(losses[1], losses[0], rtol=0, atol=tolerance)
+
+
+@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+def test_the_compiled_cpu_trainer_flushes_denormals_and_only_while_it_runs():
+    """A class 95 below the others in float32 has a probability of exp(-95) = 5e-42 and
+    gradients smaller still, denormals: the NumPy steps keep them, the compiled trainer
+    (denormals.flushed()) makes them 0, and nothing else moves. Afterwards NumPy's arithmetic
+    has its denormals back."""
+    X, y = nn.datasets.spiral_data(samples=50, classes=3, seed=0)
+    grads = []
+    for on in (False, True):
+        model = book_model(lambda: nn.SGD(lr=0.1), "numpy", dtype="float32")
+        model.layers[2].biases[:] = [0.0, -95.0, 0.0]  # y has no class 1 here, so no clip
+        model.backend.one_kernel_trainer = on
+        model.fit(X[y != 1], y[y != 1], epochs=1, batch_size=None, verbose=0)
+        assert set(made_steps(model).values()) == {"one-kernel" if on else "eager"}
+        grads.append((model.layers[2].dweights.copy(), model.layers[2].dbiases.copy()))
+    tiny = np.finfo(np.float32).tiny
+    (dweights, dbiases), (flushed_dweights, flushed_dbiases) = grads
+    assert 0 < dbiases[0, 1] < tiny and (np.abs(dweights[:, 1]) < tiny).all()
+    assert dweights[:, 1].any()
+    assert flushed_dbiases[0, 1] == 0 and not flushed_dweights[:, 1].any()
+    np.testing.assert_allclose(flushed_dweights, dweights, rtol=1e-5, atol=tiny)
+    np.testing.assert_allclose(flushed_dbiases, dbiases, rtol=1e-5, atol=tiny)
+    assert np.float32(1e-30) * np.float32(1e-10) > 0
