@@ -343,6 +343,11 @@ def info() -> int:
 
     trainer = "available" if jit.WHY_NOT is None else f"unavailable ({jit.WHY_NOT})"
     print(f"CPU one-kernel trainer: {trainer}; model.backend.one_kernel_trainer = True turns it on")
+    from gpunn.backends import passes
+
+    print("CPU element-wise passes compiled: " + (
+        f"on arrays of {passes.COMPILED_FROM:,} elements or more" if passes.WHY_NOT is None
+        else f"no, NumPy's calls ({passes.WHY_NOT})"))
     problem = cupy_problem()
     if problem:
         print(f"cupy: unavailable ({problem})")

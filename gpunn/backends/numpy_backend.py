@@ -3,7 +3,10 @@
 Two things make small NumPy ops slow: reductions along short rows (np.max(axis=1) over 3 classes
 costs ~12 us for 300 rows, mostly per-row overhead) and fancy indexing. The overrides below use
 BLAS matrix-vector products for sums, column-wise maxima for narrow rows, and flat take/put for the
-true-class entries. Each is tied to its ``base.py`` reference by tests/test_backends.py.
+true-class entries. For large arrays, the element-wise passes (bias and ReLU, the ReLU gradient,
+the optimizer updates) run compiled by numba where it is installed, one pass each (passes.py),
+the same bits. Each is tied to its ``base.py`` reference by tests/backends/test_backends.py and
+tests/backends/test_passes.py.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from . import jit
+from . import jit, passes
+from . import schedule as slots
 from .base import CLIP, Backend
 
 # Rows this narrow get their maximum column by column (k - 1 vectorised ops) instead of a
@@ -80,27 +84,75 @@ class NumpyBackend(Backend):
         # parameters takes besides.
         return [float(v) for v in values]
 
-    # ---- optimizer updates, piece by piece (base.py's rules on each piece) -------------------
+    # ---- element-wise passes: compiled where large (passes.py), else NumPy's ----------------
+
+    def bias_relu(self, z: Any, biases: Any) -> Any:
+        if passes.takes(z, biases):
+            passes.bias_relu(z, biases.reshape(-1))
+            return z
+        return super().bias_relu(z, biases)
+
+    def relu_backward(self, dvalues: Any, output: Any, out: Any) -> Any:
+        if not passes.takes(dvalues, output, out) or dvalues.shape != output.shape:
+            return super().relu_backward(dvalues, output, out=out)
+        if out is dvalues:
+            passes.relu_backward_in_place(dvalues.reshape(-1), output.reshape(-1))
+        else:
+            passes.relu_backward(dvalues.reshape(-1), output.reshape(-1), out.reshape(-1))
+        return out
+
+    # ---- optimizer updates: compiled in one pass, else piece by piece (base.py's rules) -----
+    # The compiled passes take their settings in the arrays' dtype, as NumPy casts a Python
+    # number it combines with a float32 array, so they compute what base.py's rules compute.
 
     def sgd_update(self, params: Any, grads: Any, momentums: Any, schedule: Any, momentum: float,
                    scratch: Any) -> None:
-        self._in_pieces(super().sgd_update, params, grads, (momentums,), (schedule, momentum),
-                        scratch)
+        lr = float(schedule[slots.LR_T])
+        if momentums is None and passes.takes(params, grads):
+            passes.sgd(params.reshape(-1), grads.reshape(-1), params.dtype.type(-lr))
+        elif momentums is not None and passes.takes(params, grads, momentums):
+            typed = params.dtype.type
+            passes.sgd_momentum(params.reshape(-1), grads.reshape(-1), momentums.reshape(-1),
+                                typed(momentum), typed(lr))
+        else:
+            self._in_pieces(super().sgd_update, params, grads, (momentums,), (schedule, momentum),
+                            scratch)
 
     def adagrad_update(self, params: Any, grads: Any, cache: Any, schedule: Any, epsilon: float,
                        scratch: Any) -> None:
-        self._in_pieces(super().adagrad_update, params, grads, (cache,), (schedule, epsilon),
-                        scratch)
+        if passes.takes(params, grads, cache):
+            self._cache_step(params, grads, cache, schedule, epsilon, 0.0, True)
+        else:
+            self._in_pieces(super().adagrad_update, params, grads, (cache,), (schedule, epsilon),
+                            scratch)
 
     def rmsprop_update(self, params: Any, grads: Any, cache: Any, schedule: Any, epsilon: float,
                        rho: float, scratch: Any) -> None:
-        self._in_pieces(super().rmsprop_update, params, grads, (cache,), (schedule, epsilon, rho),
-                        scratch)
+        if passes.takes(params, grads, cache):
+            self._cache_step(params, grads, cache, schedule, epsilon, rho, False)
+        else:
+            self._in_pieces(super().rmsprop_update, params, grads, (cache,),
+                            (schedule, epsilon, rho), scratch)
+
+    def _cache_step(self, params: Any, grads: Any, cache: Any, schedule: Any, epsilon: float,
+                    rho: float, adagrad: bool) -> None:
+        typed = params.dtype.type
+        passes.cache_step(params.reshape(-1), grads.reshape(-1), cache.reshape(-1), typed(rho),
+                          typed(1 - rho), typed(epsilon), typed(-float(schedule[slots.LR_T])),
+                          adagrad)
 
     def adam_update(self, params: Any, grads: Any, momentums: Any, cache: Any, schedule: Any,
                     epsilon: float, beta_1: float, beta_2: float, scratch: Any) -> None:
-        self._in_pieces(super().adam_update, params, grads, (momentums, cache),
-                        (schedule, epsilon, beta_1, beta_2), scratch)
+        if not passes.takes(params, grads, momentums, cache):
+            self._in_pieces(super().adam_update, params, grads, (momentums, cache),
+                            (schedule, epsilon, beta_1, beta_2), scratch)
+            return
+        typed = params.dtype.type
+        lr, step = float(schedule[slots.LR_T]), int(round(float(schedule[slots.ITERATIONS])))
+        passes.adam(params.reshape(-1), grads.reshape(-1), momentums.reshape(-1),
+                    cache.reshape(-1), typed(beta_1), typed(1 - beta_1), typed(beta_2),
+                    typed(1 - beta_2), typed(1.0 / (1 - beta_2**step)), typed(epsilon),
+                    typed(-lr / (1 - beta_1**step)))
 
     @staticmethod
     def _in_pieces(rule: Any, params: Any, grads: Any, states: tuple, settings: tuple,

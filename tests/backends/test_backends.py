@@ -134,12 +134,16 @@ def test_numpy_ops_match_reference(rng):
 
 @pytest.mark.parametrize("rule", ["sgd", "sgd-momentum", "adagrad", "rmsprop", "adam"])
 @pytest.mark.parametrize("shape", [(100_003,), (257, 300)])
-def test_numpy_updates_in_pieces_equal_the_whole_update_bit_for_bit(rule, shape, rng):
-    """Optimizer rules run UPDATE_PIECE elements at a time on the NumPy backend: the same bits as
-    the reference's update of the whole arrays (sizes not a multiple of the piece; a matrix, as
-    the book's per-layer calls give; and a non-contiguous matrix, updated whole)."""
-    from gpunn.backends import numpy_backend
+def test_numpy_updates_in_pieces_equal_the_whole_update_bit_for_bit(rule, shape, rng,
+                                                                     monkeypatch):
+    """Optimizer rules run UPDATE_PIECE elements at a time on the NumPy backend without numba
+    (with it, these sizes take passes.py's: tests/backends/test_passes.py): the same bits as the
+    reference's update of the whole arrays (sizes not a multiple of the piece; a matrix, as the
+    book's per-layer calls give; and a non-contiguous matrix, updated whole)."""
+    from gpunn.backends import numpy_backend, passes
     from gpunn.backends import schedule as slots
+
+    monkeypatch.setattr(passes, "WHY_NOT", "needs numba (here: pretended missing)")
 
     assert np.prod(shape) > numpy_backend.UPDATE_PIECE
     fast, ref = NumpyBackend(), Backend(np)

@@ -1,0 +1,130 @@
+"""gpunn/backends/passes.py: the NumPy backend's compiled element-wise passes give the same bits
+as base.py's reference ops (plain NumPy calls), special values included, and are taken only
+where they should be."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support.training import apply_rule
+
+from gpunn.backends import passes
+from gpunn.backends import schedule as slots
+from gpunn.backends.base import Backend
+from gpunn.backends.numpy_backend import NumpyBackend
+
+compiled = pytest.mark.skipif(passes.WHY_NOT is not None,
+                              reason=f"no compiled passes: {passes.WHY_NOT}")
+SHAPE = (300, 257)  # 77,100 elements: over passes.COMPILED_FROM, not a multiple of a vector
+DTYPES = [np.float32, np.float64]
+RULES = ["sgd", "sgd-momentum", "adagrad", "rmsprop", "adam"]
+
+
+def with_specials(rng: np.random.Generator, dtype: type, shape: tuple = SHAPE) -> np.ndarray:
+    """Normal values, and in some places NaN (either sign), infinities, signed zeros, denormals
+    and values near the overflow."""
+    a = rng.standard_normal(shape).astype(dtype).reshape(-1)
+    info = np.finfo(dtype)
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, info.tiny / 8,
+                         -info.tiny / 3, info.max / 2, -info.max], dtype)
+    each = min(40, a.size // (2 * specials.size))
+    where = rng.choice(a.size, each * specials.size, replace=False)
+    a[where] = np.repeat(specials, each)
+    return a.reshape(shape)
+
+
+def same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    bits = {4: np.uint32, 8: np.uint64}[got.dtype.itemsize]
+    np.testing.assert_array_equal(got.view(bits), want.view(bits))
+
+
+@compiled
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_relu_and_relu_gradient_are_the_reference_bits(dtype, rng):
+    fast, ref = NumpyBackend(), Backend(np)
+    z, d = with_specials(rng, dtype), with_specials(rng, dtype)
+    b = with_specials(rng, dtype, (1, SHAPE[1]))
+    got, want = z.copy(), z.copy()
+    with np.errstate(all="ignore"):
+        same_bits(fast.bias_relu(got, b), ref.bias_relu(want, b))
+    assert np.signbit(want[np.isnan(want)]).any() and (want == 0).any()  # the specials got there
+    output = z  # the gradient where the forward output was > 0: specials on both sides
+    with np.errstate(all="ignore"):  # inf * 0
+        same_bits(fast.relu_backward(d, output, out=np.empty_like(d)),
+                  ref.relu_backward(d, output, out=np.empty_like(d)))
+        got, want = d.copy(), d.copy()  # in place, as Dense.backward calls it
+        same_bits(fast.relu_backward(got, output, out=got),
+                  ref.relu_backward(want, output, out=want))
+    assert np.signbit(want[want == 0]).any()  # a negative gradient blocked is -0, as in NumPy
+
+
+@compiled
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_updates_are_the_reference_bits(rule, dtype, rng):
+    """Three steps of each rule (t = 4, 5, 6) on gradients with special values, against the
+    reference's whole-array NumPy calls: parameters and state the same bits."""
+    schedule = slots.start(3, 0.01, 1e-3, 0.9, 0.999)
+    start = [with_specials(rng, dtype) for _ in range(2)] + [
+        rng.standard_normal(SHAPE).astype(dtype), np.abs(rng.standard_normal(SHAPE)).astype(dtype)]
+    runs = []
+    for bk in (NumpyBackend(), Backend(np)):  # NumPy warns of the overflows; the passes do not
+        params, grads, state_1, state_2 = (a.copy() for a in start)
+        values = list(schedule)
+        for _ in range(3):
+            slots.advance(values)
+            with np.errstate(all="ignore"):
+                apply_rule(bk, rule, params, grads, state_1, state_2, values,
+                           np.empty_like(params))
+        runs.append((params, state_1, state_2))
+    for got, want in zip(*runs):
+        same_bits(got, want)
+
+
+@compiled
+def test_the_numpy_backend_takes_the_compiled_passes_for_large_arrays_only(monkeypatch, rng):
+    """Large C-ordered arrays of one dtype: compiled. Small (the book's layers), strided, or
+    without numba: NumPy's calls, the same numbers."""
+    calls = []
+
+    def counted(name):
+        compiled_pass = getattr(passes, name)
+
+        def call(*args):
+            calls.append(name)
+            return compiled_pass(*args)
+        return call
+
+    for name in ("bias_relu", "relu_backward_in_place", "sgd"):
+        monkeypatch.setattr(passes, name, counted(name))
+    fast = NumpyBackend()
+    schedule = slots.start(0, 0.1, 0.0)
+    slots.advance(schedule)
+
+    def step(z, b, params):
+        fast.bias_relu(z, b)
+        fast.relu_backward(z, z, out=z)
+        fast.sgd_update(params, z, None, schedule, 0.0, np.empty_like(params))
+
+    z = rng.standard_normal(SHAPE).astype(np.float32)
+    b = rng.standard_normal((1, SHAPE[1])).astype(np.float32)
+    step(z, b, np.ones(SHAPE, np.float32))
+    assert calls == ["bias_relu", "relu_backward_in_place", "sgd"]
+    calls.clear()
+    step(z[:200, :64].copy(), b[:, :64].copy(), np.ones((200, 64), np.float32))  # the book's size
+    step(z[:, ::2], b[:, ::2].copy(), np.ones((300, 129), np.float32))  # every other column
+    monkeypatch.setattr(passes, "WHY_NOT", "needs numba (here: pretended missing)")
+    step(z, b, np.ones(SHAPE, np.float32))
+    assert calls == []
+
+
+def test_info_says_whether_the_passes_are_compiled(capsys, monkeypatch):
+    from gpunn import cli
+
+    for why_not in (None, 'needs numba (pip install "gpunn[jit]"; here: pretended missing)'):
+        monkeypatch.setattr(passes, "WHY_NOT", why_not)
+        assert cli.main(["info"]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if "element-wise" in x)
+        assert line == ("CPU element-wise passes compiled: on arrays of 65,536 elements or more"
+                        if why_not is None else
+                        f"CPU element-wise passes compiled: no, NumPy's calls ({why_not})")
