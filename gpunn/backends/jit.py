@@ -167,8 +167,10 @@ def _columns_source(n_in: int, k: int) -> str:
     def each(template: str, over: range, sep: str = "; ") -> str:
         return sep.join(template.format(i=i) for i in over)
 
-    unit = (f"            {each('w{i} = W1[{i}, j]', xs)}; bj = b1[j]\n"
-            f"            {each('v{i} = W2[j, {i}]', cs)}\n")
+    def unit(indent: str, w2: str = "W2[j, {i}]") -> str:
+        """A hidden unit's weights as scalars: w (from each input), bj and v (to each class)."""
+        return (f"{indent}{each('w{i} = W1[{i}, j]', xs)}; bj = b1[j]\n"
+                f"{indent}{each('v{i} = ' + w2, cs)}\n")
     def relu(indent: str) -> str:
         return (f"{indent}a = bj" + each(" + x{i}[s] * w{i}", xs, "") + "\n"
                 f"{indent}if a < zero:  # a NaN goes through, as np.maximum lets it\n"
@@ -184,7 +186,7 @@ def _columns_source(n_in: int, k: int) -> str:
                    f"                p_true = p{c}\n" for c in cs[:-1])
     pick += (f"            else:\n                p_true = p{k - 1}\n" if k > 1
              else "            p_true = p0\n")
-    inner, record = " " * 16, " " * 20
+    outer, inner, record = " " * 12, " " * 16, " " * 20
     return f"""\
 def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code, hyper,
           epsilon, hidden, dhidden, logits, probs, dlogits, losses):
@@ -212,7 +214,7 @@ def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code,
         for s in range(n):
             {each("z{i}[s] = zero", cs)}
         for j in range(width):
-{unit}            for s in range(n):
+{unit(outer)}            for s in range(n):
 {relu(inner)}{each("                z{i}[s] += a * v{i}", cs, chr(10))}
         loss_sum = 0.0
         correct = 0
@@ -243,15 +245,18 @@ def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code,
             {each("t{i} += d{i}[s]", cs)}
         {each("db2[{i}] = t{i}", cs)}
         for j in range(width):
-{unit}            {each("t{i} = zero", cs)}; tb = zero; {each("u{i} = zero", xs)}
+{unit(outer)}            {each("t{i} = zero", cs)}; tb = zero; {each("u{i} = zero", xs)}
             for s in range(n):
 {relu(inner)}{each("                t{i} += a * d{i}[s]", cs, chr(10))}
 {gradient(inner)}                tb += g
 {each("                u{i} += x{i}[s] * g", xs, chr(10))}
             {each("dW2[j, {i}] = t{i}", cs)}; db1[j] = tb; {each("dW1[{i}, j] = u{i}", xs)}
-            if last:  # what the layers hold after the step: hidden rows and their gradients
-                for s in range(n):
-{relu(record)}{gradient(record)}                    hidden[s, j] = a
+        if last:  # what the layers hold after the step: each sample's hidden row and its
+            # gradient, the same sums again, written along the rows (W2 by columns for that)
+            W2T = np.ascontiguousarray(W2.T)
+            for s in range(n):
+                for j in range(width):
+{unit(record, 'W2T[{i}, j]')}{relu(record)}{gradient(record)}                    hidden[s, j] = a
                     dhidden[s, j] = g
         totals[epoch, 0] += loss_sum
         totals[epoch, 1] += correct
