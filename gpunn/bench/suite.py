@@ -82,7 +82,7 @@ def machine_info(device_names: dict[str, str], ceilings: dict[str, float]) -> di
             return [{"internal_api": "unknown (threadpoolctl not installed)"}]
 
     versions = {"gpunn": __import__("gpunn").__version__, "numpy": np.__version__}
-    for name in ("cupy", "torch", "jax"):
+    for name in ("cupy", "numba", "torch", "jax"):  # numba: the compiled CPU paths
         try:
             versions[name] = __import__(name).__version__
         except Exception:
