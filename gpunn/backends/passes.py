@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 try:
     import numba
 except ImportError as exc:
@@ -32,13 +34,14 @@ else:
 
 #: Arrays this large or larger take the compiled passes (a 300 x 64 layer, the book's, does not).
 COMPILED_FROM = 1 << 16
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def takes(*arrays: Any) -> bool:
     """Whether the compiled passes take these arrays: numba is here, they are large, C-ordered
-    and of one floating dtype."""
+    and all float32 or all float64."""
     first = arrays[0]
-    return (WHY_NOT is None and first.size >= COMPILED_FROM and first.dtype.kind == "f"
+    return (WHY_NOT is None and first.size >= COMPILED_FROM and first.dtype in FLOATS
             and all(a.flags.c_contiguous and a.dtype == first.dtype for a in arrays))
 
 
