@@ -1,9 +1,9 @@
 """Denormal numbers flushed to zero while the compiled CPU trainer runs (x86-64, with numba).
 
 Why: a float32 below 1.2e-38 (float64: 2.2e-308) is "denormal", and an x86 CPU takes a slow
-microcode path (on the order of a hundred cycles) for an instruction that reads or makes one.
-Training makes them: once the book's network is confident, some wrong classes' probabilities
-fall below 1e-38, and so do their gradients and every product with them (measured on the book's
+microcode path for an arithmetic instruction that reads or makes one. Training makes them: once
+the book's network is confident, some wrong classes' probabilities fall below 1e-38, and so do
+their gradients and every product with them (measured on the book's
 float32 run: none by epoch 100, the first by epoch 1,000, 6 gradients and 128 products a step by
 epoch 10,000). With the compiled trainer (jit.py) the book's run took 0.27 s computing them and
 0.13 s with them flushed. The CPU's MXCSR register has two switches for this: FTZ (a result that
