@@ -69,7 +69,7 @@ def train(X: np.ndarray, y: np.ndarray, params: np.ndarray, grads: np.ndarray,
 
 
 #: Up to this many inputs and classes together a network's trainer is written out for it over
-#: columns of samples (``_columns_source``); larger ones take the per-sample loops
+#: columns of samples (``columns_source``); larger ones take the per-sample loops
 #: (``_forward_row``, ...). Measured here (float32, 64 hidden units, 300 samples, microseconds an
 #: epoch, columns / per-sample): 2 + 3 inputs and classes 13 / 36, 12 + 4 33 / 57, 2 + 14 43 / 74,
 #: but 6 + 12 107 / 77 and 10 + 10 124 / 80: past 16 the columns' sums outgrow the registers.
@@ -90,7 +90,7 @@ def _compiled(n_in: int, k: int) -> Any:
         else:
             namespace: dict[str, Any] = {"np": np, "math": math, "_advance": _advance,
                                          "_update": _update}
-            exec(compile(_columns_source(n_in, k), f"<gpunn.backends.jit columns {n_in}x{k}>",
+            exec(compile(columns_source(n_in, k), f"<gpunn.backends.jit columns {n_in}x{k}>",
                          "exec"), namespace)
             trainer = namespace["train"]
         _trainers[key] = _jit(trainer)
@@ -143,18 +143,18 @@ def _backward_row(x, h, d, W2T, dW1, db1, dW2T, dh, zero):
             dW1[c, j] += x[c] * dh[j]
 
 
-def _columns_source(n_in: int, k: int) -> str:
+def columns_source(n_in: int, k: int) -> str:
     """The trainer (``train``, the arguments of ``_trainer``'s) for ``n_in`` inputs and ``k``
     classes, written out: each input and class a column of all the samples (``x0``, ``z0``,
     ``d0``, ...), so every inner loop runs over the samples, which the compiler vectorises, and
     each hidden unit's weights are scalars for the whole batch. Per epoch: the logits summed over
     the hidden units one unit at a time; the softmax cross-entropy a sample at a time; then per
     hidden unit its ReLU recomputed and its gradients summed over the samples in scalars. For
-    ``_columns_source(2, 3)``, the book's network, the forward loop reads::
+    ``columns_source(2, 3)``, the book's network, the forward loop reads::
 
         for j in range(width):
-            w0, w1, bj = W1[0, j], W1[1, j], b1[j]
-            v0, v1, v2 = W2[j, 0], W2[j, 1], W2[j, 2]
+            w0 = W1[0, j]; w1 = W1[1, j]; bj = b1[j]
+            v0 = W2[j, 0]; v1 = W2[j, 1]; v2 = W2[j, 2]
             for s in range(n):
                 a = bj + x0[s] * w0 + x1[s] * w1
                 if a < zero:  # a NaN goes through, as np.maximum lets it

@@ -7,6 +7,8 @@ kernel itself with the planned steps on a GPU, tests/backends/cuda/test_cuda_on_
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pytest
 from support.backends import OneKernelNumpy, PlanningNumpy
@@ -190,3 +192,13 @@ def test_the_compiled_cpu_trainer_flushes_denormals_and_only_while_it_runs():
     np.testing.assert_allclose(flushed_dweights, dweights, rtol=1e-5, atol=tiny)
     np.testing.assert_allclose(flushed_dbiases, dbiases, rtol=1e-5, atol=tiny)
     assert np.float32(1e-30) * np.float32(1e-10) > 0
+
+
+def test_the_written_out_trainer_reads_as_its_docstring_shows():
+    """jit.columns_source's docstring shows the book's forward loop: it is the generated one,
+    line for line (inside the epoch loop, 8 spaces in)."""
+    shown = [line for line in textwrap.dedent(jit.columns_source.__doc__.split("::")[1])
+             .strip("\n").splitlines() if line.strip() != "..."]
+    source = jit.columns_source(2, 3).splitlines()
+    start = source.index(" " * 8 + shown[0])
+    assert source[start:start + len(shown)] == [" " * 8 + line for line in shown]
