@@ -86,7 +86,7 @@ def _compiled(n_in: int, k: int) -> Any:
     key = (n_in, k) if n_in + k <= COLUMNS_UP_TO else (0, 0)
     if key not in _trainers:
         if key == (0, 0):
-            trainer = _trainer(_inlined(_forward_row), _inlined(_backward_row))
+            trainer = _trainer()
         else:
             namespace: dict[str, Any] = {"np": np, "math": math, "_advance": _advance,
                                          "_update": _update}
@@ -288,8 +288,9 @@ def _softmax_cross_entropy_row(z, label, p, d, typed):
     return -math.log(p_true), best
 
 
-def _trainer(forward_row: Any, backward_row: Any) -> Any:
+def _trainer() -> Any:
     """The trainer for any sizes, around one sample's forward and backward loops."""
+    forward_row, backward_row = _inlined(_forward_row), _inlined(_backward_row)
     softmax_cross_entropy_row = _inlined(_softmax_cross_entropy_row)
 
     def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code, hyper,
