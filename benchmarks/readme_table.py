@@ -18,7 +18,8 @@ BEGIN = "<!-- bench-table: written by benchmarks/readme_table.py; do not edit by
 END = "<!-- bench-table end -->"
 COLUMNS = [("gpunn-numpy", "gpunn (NumPy)"),
            ("gpunn-numpy-one-kernel", "gpunn, compiled trainer (numba)"),
-           ("numpy-book", "NumPy port of the book"), ("pytorch", "PyTorch"), ("jax", "JAX jit")]
+           ("numpy-book", "NumPy port of the book"), ("pytorch", "PyTorch"), ("jax", "JAX jit"),
+           ("step-gemms", "the step's GEMMs alone (a floor)")]
 #: The ratio columns: (gpunn row, peer, heading).
 RATIOS = [("gpunn-numpy", "pytorch", "gpunn vs PyTorch"), ("gpunn-numpy", "jax", "gpunn vs JAX"),
           ("gpunn-numpy-one-kernel", "jax", "compiled trainer vs JAX")]
@@ -30,7 +31,8 @@ def _time(row: dict[str, Any]) -> str:
     if row["workload"] == "book":
         return f"{row['step_ms'] / 1e3:.2f} s"
     text = f"{row['step_ms']:.3f} ms" if row["step_ms"] < 10 else f"{row['step_ms']:.1f} ms"
-    if row.get("ceiling_fraction") and row["workload"] == "medium" and row["impl"] == "gpunn-numpy":
+    if row.get("ceiling_fraction") and row["workload"] == "medium" \
+            and row["impl"] in ("gpunn-numpy", "step-gemms"):
         text += f" ({100 * row['ceiling_fraction']:.1f}% of the GEMM ceiling)"
     return text
 

@@ -1,6 +1,7 @@
 """The contenders: gpunn on each backend and path, the book's code ported to NumPy, PyTorch
 (eager, and with the whole step in a CUDA graph) and JAX (jit). Each makes a ``Run`` of the same
-network from the same initial weights on the same data, with SGD at the same learning rate."""
+network from the same initial weights on the same data, with SGD at the same learning rate.
+Beside them, the step's GEMMs alone (``step_gemms_run``): a floor, not a contender."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import numpy as np
 
 from .. import SGD, Dense, ReLU, Sequential, SoftmaxCrossEntropy
 from ..backends import get_backend
+from ..backends.bf16 import BF16_BITS
 from ..training import steps
 from ..training.batches import Batch
 from ..training.data import data_for
-from .workloads import LR, Workload
+from .workloads import LR, STEP_GEMMS, Workload
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Run:
 
     step: Callable[[], Any]
     sync: Callable[[], Any]
-    loss: Callable[[], float]
+    loss: Callable[[], float | None]
 
 
 class Skip(Exception):
@@ -52,14 +54,15 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
 
 def gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequential:
     """The workload's network in gpunn, from ``params``, compiled with SGD."""
-    if precision != "fp32" and get_backend(backend).why_not(precision):
-        raise Skip(get_backend(backend).why_not(precision))  # the row, not the whole suite
+    bk = get_backend(backend)
+    if precision != "fp32" and bk.why_not(precision):
+        raise Skip(bk.why_not(precision))  # the row, not the whole suite
     layers: list = []
     for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
         layers += [Dense(a, b)] + ([ReLU()] if i < len(w.sizes) - 2 else [])
     model = Sequential(layers)
     model.set_params(params)
-    return model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=backend, precision=precision)
+    return model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=bk, precision=precision)
 
 
 #: Batches of host data a streamed row cycles through (each a copy of the workload's batch).
@@ -120,6 +123,44 @@ def numpy_book_run(w: Workload, params, X, y, precision: str, device: str) -> Ru
         return float(np.mean(-np.log(np.clip(p[range(n), y], 1e-7, 1 - 1e-7))))
 
     return Run(step, lambda: None, loss)
+
+
+def step_gemms_run(w: Workload, params, X, y, precision: str, device: str) -> Run:
+    """Not a contender but a floor: the GEMMs of gpunn's training step alone, at its shapes, in
+    its order and through the same ``Backend.gemm`` (forward inputs @ weights; backward
+    inputs.T @ dvalues and, above the first layer, dvalues @ weights.T), with no bias, activation,
+    loss or update. No implementation that calls this BLAS for these GEMMs steps faster, so its
+    share of the GEMM ceiling says how much of a contender's gap to the ceiling is the other work
+    and how much is these shapes. (On a GPU, cuBLAS alone: gpunn's cuBLASLt epilogues add the
+    bias and ReLU work to some of these GEMMs.)"""
+    backend = get_backend("cupy" if device == "gpu" else "numpy")
+    if precision != "fp32" and backend.why_not(precision):
+        raise Skip(backend.why_not(precision))
+    bk = backend.configured(precision=precision)
+    xp = bk.xp
+
+    def operand(shape: tuple[int, int]) -> Any:
+        # Any normal values time the same; bf16 GEMMs read bfloat16 copies, as a bf16 model's do.
+        m = xp.full(shape, 0.5, np.float32)
+        return bk.to_bf16(m, out=xp.empty(shape, BF16_BITS)) if precision == "bf16" else m
+
+    sizes, n = w.sizes, w.batch
+    weights = [operand(p.shape) for p in params[0::2]]
+    inputs = [operand((n, a)) for a in sizes[:-1]]  # what each layer reads going forward
+    dvalues = [operand((n, b)) for b in sizes[1:]]  # the gradient each layer gets going back
+    outputs = [xp.empty((n, b), np.float32) for b in sizes[1:]]
+    dweights = [xp.empty((a, b), np.float32) for a, b in zip(sizes[:-1], sizes[1:])]
+    dinputs = [None] + [xp.empty((n, a), np.float32) for a in sizes[1:-1]]  # none for the data
+
+    def step() -> None:
+        for i in range(len(weights)):
+            bk.gemm(inputs[i], weights[i], out=outputs[i])
+        for i in reversed(range(len(weights))):
+            bk.gemm(inputs[i], dvalues[i], out=dweights[i], trans_a=True)
+            if i > 0:  # the first layer hands no gradient to the data
+                bk.gemm(dvalues[i], weights[i], out=dinputs[i], trans_b=True)
+
+    return Run(step, bk.synchronize, lambda: None)
 
 
 def torch_run(graph: bool):
@@ -232,4 +273,5 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
             out["pytorch-graph"] = ("torch", torch_run(graph=True))
     if "jax" in peers:
         out["jax"] = ("jax", jax_run)
+    out[STEP_GEMMS] = ("numpy" if device == "cpu" else "cupy", step_gemms_run)
     return out

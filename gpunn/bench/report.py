@@ -7,6 +7,7 @@ import statistics
 from typing import Any
 
 from ..plot import figure, save_figure
+from .workloads import STEP_GEMMS
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -51,7 +52,8 @@ SCHEMA: dict[str, Any] = {
                                             "(no cuBLASLt epilogues), gpunn-cupy-one-kernel "
                                             "(the one-block trainer), gpunn-numpy-one-kernel "
                                             "(its CPU sibling, compiled by numba), pytorch, "
-                                            "pytorch-graph, jax, numpy-book"},
+                                            "pytorch-graph, jax, numpy-book; step-gemms: the "
+                                            "step's GEMMs alone, a floor (no final_loss)"},
                     "backend": {"type": "string", "description": "numpy, cupy, torch, jax"},
                     "precision": {"enum": ["fp32", "tf32", "bf16"]},
                     "device": {"enum": ["cpu", "gpu"]},
@@ -102,7 +104,7 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
     whose middle half of repeats overlaps gpunn's (a ratio that does not rank the two)."""
     for row in rows:
         if row["impl"].startswith("gpunn-"):
-            peers = [o for o in rows if not o["impl"].startswith("gpunn-")]
+            peers = [o for o in rows if not o["impl"].startswith("gpunn-") and o["impl"] != STEP_GEMMS]
             row["speedup_vs"] = {o["impl"]: o["step_ms"] / row["step_ms"] for o in peers}
             row["within_noise"] = [o["impl"] for o in peers if overlap(row, o)]
 

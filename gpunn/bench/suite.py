@@ -34,7 +34,7 @@ from .report import (
     row_text,
     speedup_text,
 )
-from .workloads import BOOK_EPOCHS, WORKLOADS, Workload, initial_params, workload_data
+from .workloads import BOOK_EPOCHS, STEP_GEMMS, WORKLOADS, Workload, initial_params, workload_data
 
 
 def time_steps(run: Run, seconds: float, min_steps: int = 3) -> float:
@@ -147,8 +147,8 @@ class Suite:
         """The book's whole run for every contender that has a version of it."""
         rows = []
         for impl in contenders(self.backends, self.peers, device):
-            if impl in ("numpy-book", "gpunn-cupy-separate") or impl.endswith("-streamed"):
-                # per step only (a full batch is never streamed)
+            if impl in ("numpy-book", "gpunn-cupy-separate", STEP_GEMMS) \
+                    or impl.endswith("-streamed"):  # per step only (a full batch is never streamed)
                 continue
             try:
                 seconds_taken = book_run(impl, device)

@@ -28,6 +28,9 @@ WORKLOADS = {
     "medium": Workload((784, 1024, 1024, 10), 1024),
     "large": Workload((4096, 4096, 4096, 4096, 1000), 8192, gpu_only=True),
 }
+#: The row of the step's GEMMs alone (contenders.step_gemms_run): a floor shown beside the
+#: contenders, never a peer in gpunn's speed-ups.
+STEP_GEMMS = "step-gemms"
 BOOK_EPOCHS = 10_001  # the "book" workload: the whole spiral run, Adam, full batch
 
 

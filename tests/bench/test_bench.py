@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gpunn import bench, cli
-from gpunn.backends import jit
+from gpunn.backends import get_backend, jit
+from gpunn.backends.bf16 import BF16_BITS
 
 # In the test extra; a lent GPU machine's image may lack it, and its run collects this file too.
 jsonschema = pytest.importorskip("jsonschema")
@@ -27,7 +28,7 @@ def test_results_follow_the_schema():
     impls = {r["impl"] for r in doc["results"]}
     assert {"gpunn-numpy", "gpunn-numpy-streamed", "numpy-book"} <= impls
     gpunn_row = next(r for r in doc["results"] if r["impl"] == "gpunn-numpy")
-    assert set(gpunn_row["speedup_vs"]) == {i for i in impls if not i.startswith("gpunn-")}
+    assert set(gpunn_row["speedup_vs"]) == {i for i in impls if not i.startswith("gpunn-")} - {"step-gemms"}
     assert doc["machine"]["gemm_ceiling"]["cpu-fp32"] > 0
     assert any(b.get("num_threads") for b in doc["machine"]["blas"])
 
@@ -36,7 +37,7 @@ def test_every_contender_trains_the_same_network_to_the_same_loss():
     """Same initial weights, data, optimizer and steps: the same loss, so nobody times a
     different computation."""
     doc = tiny_suite(["numpy-book", "pytorch", "jax"])
-    losses = {r["impl"]: r["final_loss"] for r in doc["results"]}
+    losses = {r["impl"]: r["final_loss"] for r in doc["results"] if r["impl"] != "step-gemms"}
     reference = losses.pop("gpunn-numpy")
     assert losses, "at least the NumPy port of the book runs"
     for impl, loss in losses.items():
@@ -55,7 +56,8 @@ def test_a_missing_peer_is_reported_as_skipped(monkeypatch):
     reasons = {s["impl"]: s["reason"] for s in doc["skipped"]}
     assert reasons["pytorch"].startswith("not importable") and reasons["jax"].startswith("not importable")
     compiled = ["gpunn-numpy-one-kernel"] if jit.WHY_NOT is None else []
-    assert [r["impl"] for r in doc["results"]] == ["gpunn-numpy", "gpunn-numpy-streamed", *compiled]
+    assert [r["impl"] for r in doc["results"]] == ["gpunn-numpy", "gpunn-numpy-streamed", *compiled,
+                                                   "step-gemms"]
     jsonschema.validate(doc, bench.SCHEMA)
 
 
@@ -125,3 +127,43 @@ def test_data_parallel_rows_time_one_and_n_ranks():
     doc = tiny_suite([])
     doc["results"] += rows
     jsonschema.validate(doc, bench.SCHEMA)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_step_gemms_row_does_the_gemms_of_gpunns_step_and_no_more(precision, request,
+                                                                     monkeypatch):
+    """The floor row's GEMMs are those of gpunn's planned step: shapes, operand types and
+    transposes, in order (bf16: on the CuPy backend with its kernels run on the CPU)."""
+    if precision == "fp32":
+        bk, name, device = get_backend("numpy"), "numpy", "cpu"
+    else:
+        bk, name, device = request.getfixturevalue("emulated"), "cupy", "gpu"
+        # the module (gpunn.bench.contenders is the function of that name)
+        monkeypatch.setattr(sys.modules["gpunn.bench.contenders"], "get_backend", lambda _: bk)
+    calls: list = []
+    plain_gemm = bk.gemm
+
+    def recording_gemm(a, b, out, trans_a=False, trans_b=False):
+        calls.append((a.shape, a.dtype, b.shape, b.dtype, out.shape, trans_a, trans_b))
+        return plain_gemm(a, b, out, trans_a, trans_b)
+
+    monkeypatch.setattr(bk, "gemm", recording_gemm)  # the models' configured copies take it too
+    w = bench.Workload((12, 16, 8, 3), 20)
+    params = bench.initial_params(w.sizes)
+    X, y = bench.workload_data(w)
+    gpunn = bench.gpunn_run(name)(w, params, X, y, precision, device)
+    gpunn.step()
+    calls.clear()  # planning and the first step may do more than a step does
+    gpunn.step()
+    gpunn_step, calls[:] = list(calls), []
+    bench.step_gemms_run(w, params, X, y, precision, device).step()
+    assert calls == gpunn_step and len(calls) == 3 + 3 + 2
+    assert all((a == b == BF16_BITS) == (precision == "bf16") for _, a, _, b, *_ in calls)
+
+
+def test_the_step_gemms_row_is_a_floor_not_a_peer():
+    doc = tiny_suite(["numpy-book"])
+    floor = next(r for r in doc["results"] if r["impl"] == "step-gemms")
+    assert floor["final_loss"] is None and floor["ceiling_fraction"] > 0
+    for row in doc["results"]:
+        assert "step-gemms" not in row.get("speedup_vs", {})
