@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9]*' | grep -o '[0-9]*$$')
 CUDA_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 13 14 15,$(CUDA_MAJOR)),cuda13,cuda12),)
 
+# Extra `gpunn bench` arguments for gpu-check, to fit a short lease: the later option wins, e.g.
+# make gpu-check GPU_BENCH="--workloads small,medium,book --precision fp32,bf16"
+GPU_BENCH ?=
+
 .PHONY: demo test lint docs bench gpu-check mutate clean
 
 $(PY):
@@ -58,7 +62,7 @@ gpu-check:
 	python3 -m gpunn info; \
 	python3 -c "import cuda.core" 2>/dev/null || echo "cuda.core does not import here (nvmath-python 1.0 wants it): carry its wheel, ../shared/gpu/fetch-wheels.sh cuda-core"; \
 	python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/backends/cuda/test_cuda_sources.py tests || status=$$?; \
-	python3 -m gpunn bench --backends cupy --repeats 5 --json "$${OUT:-.}/bench.json" \
+	python3 -m gpunn bench --backends cupy --repeats 5 $(GPU_BENCH) --json "$${OUT:-.}/bench.json" \
 	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \
 	exit $${status:-0}
 
