@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import SGD, Dense, ReLU, Sequential, SoftmaxCrossEntropy
-from ..backends import get_backend
+from ..backends import Backend, get_backend
 from ..backends.bf16 import BF16_BITS
 from ..training import steps
 from ..training.batches import Batch
@@ -52,11 +52,18 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
     return make
 
 
+def backend_for(name: str, precision: str) -> Backend:
+    """gpunn's ``name`` backend, or Skip (the row, not the whole suite) where it cannot run
+    ``precision`` here."""
+    bk = get_backend(name)
+    if precision != "fp32" and bk.why_not(precision):
+        raise Skip(bk.why_not(precision))
+    return bk
+
+
 def gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequential:
     """The workload's network in gpunn, from ``params``, compiled with SGD."""
-    bk = get_backend(backend)
-    if precision != "fp32" and bk.why_not(precision):
-        raise Skip(bk.why_not(precision))  # the row, not the whole suite
+    bk = backend_for(backend, precision)
     layers: list = []
     for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
         layers += [Dense(a, b)] + ([ReLU()] if i < len(w.sizes) - 2 else [])
@@ -133,10 +140,7 @@ def step_gemms_run(w: Workload, params, X, y, precision: str, device: str) -> Ru
     share of the GEMM ceiling says how much of a contender's gap to the ceiling is the other work
     and how much is these shapes. (On a GPU, cuBLAS alone: gpunn's cuBLASLt epilogues add the
     bias and ReLU work to some of these GEMMs.)"""
-    backend = get_backend("cupy" if device == "gpu" else "numpy")
-    if precision != "fp32" and backend.why_not(precision):
-        raise Skip(backend.why_not(precision))
-    bk = backend.configured(precision=precision)
+    bk = backend_for("cupy" if device == "gpu" else "numpy", precision).configured(precision=precision)
     xp = bk.xp
 
     def operand(shape: tuple[int, int]) -> Any:
