@@ -66,9 +66,20 @@ def test_data_over_the_budget_is_streamed_never_read_whole_and_said_once(tmp_pat
     y = (X[:, 0] > 0).astype(np.int64)
     monkeypatch.setenv("GPUNN_DATA_BUDGET", "1M")
     monkeypatch.setattr(data_module, "CHECK_ROWS", 4096)
-    nn.set_seed(0)
-    m = nn.Sequential([nn.Dense(32, 16, init="he"), nn.ReLU(), nn.Dense(16, 2)])
-    m.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.01), backend="numpy")
+
+    def net():
+        nn.set_seed(0)
+        m = nn.Sequential([nn.Dense(32, 16, init="he"), nn.ReLU(), nn.Dense(16, 2)])
+        m.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.01), backend="numpy")
+        return m
+
+    # Compiling the NumPy backend's element-wise passes (with numba, where it is installed)
+    # allocates some 30 MB of Python objects once a process: a network of the same shape trains
+    # on a few rows first, so that the peak below measures the data, whichever test ran first.
+    warm = net()
+    warm.fit(X[:8192], y[:8192], epochs=1, batch_size=4096, verbose=0, stream=False)
+    warm.evaluate(X[:8192], y[:8192], stream=False)
+    m = net()
     tracemalloc.start()
     with caplog.at_level(logging.INFO, logger="gpunn"):
         history = m.fit(X, y, epochs=1, batch_size=4096, seed=1, verbose=0)
