@@ -71,7 +71,9 @@ class Launcher:
                  params: list[tuple[str, str]]) -> None:
         suffix = "plain" if dtype is None else "float" if np.dtype(dtype) == np.float32 else "double"
         self.fn = getattr(lib, f"{name}_{suffix}")
-        self.fn.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
+        self.fn.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+                            ctypes.c_void_p]
+        self.fn.restype = ctypes.c_longlong
         self.name, self.params = name, params
         self.T = None if dtype is None else np.dtype(dtype)
         self.max_dynamic_shared_size_bytes = 48 << 10
@@ -97,7 +99,9 @@ class Launcher:
                                                  for v in values])
         assert len(grid) == 1 or all(g == 1 for g in grid[1:]), "1-D grids only"
         block = tuple(block) + (1,) * (2 - len(block))
-        self.fn(grid[0], block[0], block[1], argv)
+        past = self.fn(grid[0], block[0], block[1], shared_mem, argv)
+        assert past == 0, f"{self.name} wrote {past} bytes of shared memory past the " \
+                          f"{shared_mem} it was launched with"
 
 
 def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:

@@ -3,7 +3,9 @@
 // __syncthreads() is a barrier of the block, __shfl_xor_sync an exchange through a barrier of the
 // warp, __shared__ arrays are function statics, the dynamic shared memory is one buffer poisoned
 // with NaN bytes before each launch, atomicAdd is an atomic_ref. Entry points take their
-// arguments as cuLaunchKernel does: an array of pointers to each argument's value.
+// arguments as cuLaunchKernel does: an array of pointers to each argument's value, after the
+// launch's dynamic shared memory in bytes; they return how many bytes past that the kernel wrote
+// (on a GPU, a write past it is an illegal address that ends the CUDA context).
 // Built by the test with g++ -std=c++20 -pthread.
 #include <atomic>
 #include <barrier>
@@ -57,8 +59,8 @@ static T atomicAdd(T* address, T value) { return std::atomic_ref<T>(*address).fe
 
 #include "kernels.cu"
 
-static void launch(unsigned grid, unsigned block_x, unsigned block_y,
-                   const std::function<void()>& kernel) {
+static long long launch(unsigned grid, unsigned block_x, unsigned block_y, unsigned shared,
+                        const std::function<void()>& kernel) {
     unsigned threads = block_x * block_y;
     blockDim = {block_x, block_y, 1};
     gridDim = {grid, 1, 1};
@@ -81,6 +83,9 @@ static void launch(unsigned grid, unsigned block_x, unsigned block_y,
         });
     }
     for (auto& thread : pool) thread.join();
+    long long past = 0;  // poison bytes past the launch's share that a kernel overwrote
+    for (size_t i = shared; i < sizeof(dynamic_shared); ++i) past += dynamic_shared[i] != 0xFF;
+    return past;
 }
 
 template <typename... Args, size_t... I>
@@ -89,12 +94,15 @@ static void call(void (*kernel)(Args...), void** args, std::index_sequence<I...>
 }
 
 template <typename... Args>
-static void run(void (*kernel)(Args...), unsigned grid, unsigned bx, unsigned by, void** args) {
-    launch(grid, bx, by, [=] { call(kernel, args, std::index_sequence_for<Args...>{}); });
+static long long run(void (*kernel)(Args...), unsigned grid, unsigned bx, unsigned by,
+                     unsigned shared, void** args) {
+    return launch(grid, bx, by, shared, [=] { call(kernel, args, std::index_sequence_for<Args...>{}); });
 }
 
 #define ENTRY(NAME, T) \
-    extern "C" void NAME##_##T(unsigned g, unsigned bx, unsigned by, void** a) { run(&NAME<T>, g, bx, by, a); }
+    extern "C" long long NAME##_##T(unsigned g, unsigned bx, unsigned by, unsigned s, void** a) { \
+        return run(&NAME<T>, g, bx, by, s, a); \
+    }
 #define TEMPLATED(NAME) ENTRY(NAME, float) ENTRY(NAME, double)
 
 TEMPLATED(bias_act)
@@ -108,7 +116,9 @@ TEMPLATED(adam_update)
 TEMPLATED(train_in_one_kernel)
 
 #define PLAIN(NAME) \
-    extern "C" void NAME##_plain(unsigned g, unsigned bx, unsigned by, void** a) { run(&NAME, g, bx, by, a); }
+    extern "C" long long NAME##_plain(unsigned g, unsigned bx, unsigned by, unsigned s, void** a) { \
+        return run(&NAME, g, bx, by, s, a); \
+    }
 
 PLAIN(advance_schedule)
 PLAIN(float_to_bf16)
