@@ -202,13 +202,23 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
 // The learning-rate schedule lives on the device so a replayed graph applies decay and Adam's bias
 // correction (its slots: schedule.py). The book's pre_update_params (lr_t = lr / (1 + decay * t)),
 // the bias corrections for step t + 1, and post_update_params (t += 1), as schedule.advance.
-__device__ __forceinline__ void advance(double* schedule) {
+// In three parts that only read the step count, so that three threads can compute them at once
+// (the one-kernel trainer): part 0 lr_t, part 1 and 2 the bias corrections (a pow in double each).
+// The step count moves on once all three are done.
+__device__ __forceinline__ void advance_part(double* schedule, int part) {
     double iterations = schedule[SCHEDULE_ITERATIONS];
-    schedule[SCHEDULE_LR_T] = schedule[SCHEDULE_LR] / (1.0 + schedule[SCHEDULE_DECAY] * iterations);
-    double step = iterations + 1.0;
-    schedule[SCHEDULE_CORRECTION_1] = 1.0 / (1.0 - pow(schedule[SCHEDULE_BETA_1], step));
-    schedule[SCHEDULE_CORRECTION_2] = 1.0 / (1.0 - pow(schedule[SCHEDULE_BETA_2], step));
-    schedule[SCHEDULE_ITERATIONS] = step;
+    if (part == 0) {
+        schedule[SCHEDULE_LR_T] = schedule[SCHEDULE_LR] / (1.0 + schedule[SCHEDULE_DECAY] * iterations);
+    } else {
+        double beta = schedule[part == 1 ? SCHEDULE_BETA_1 : SCHEDULE_BETA_2];
+        schedule[part == 1 ? SCHEDULE_CORRECTION_1 : SCHEDULE_CORRECTION_2] =
+            1.0 / (1.0 - pow(beta, iterations + 1.0));
+    }
+}
+
+__device__ __forceinline__ void advance(double* schedule) {
+    for (int part = 0; part < 3; ++part) advance_part(schedule, part);
+    schedule[SCHEDULE_ITERATIONS] += 1.0;
 }
 
 __global__ void advance_schedule(double* schedule) {
@@ -295,10 +305,31 @@ __global__ void adam_update(T* params, const T* grads, T* momentums, T* cache,
 
 #define ONE_KERNEL_THREADS 512
 
+// The trainer runs one block on one multiprocessor, so an epoch's time is the length of its
+// longest chain of dependent steps, not its arithmetic (about half a million flops for the book's
+// network). Hence: no division by a run-time size per element (Cells), partial sums added in a
+// tree rather than one after another, block sums through warp shuffles, the schedule's pows on
+// threads that would otherwise wait, and each exp computed once.
+
+// The cells first, first + step, ... of an array with `cols` columns, as (row i, column j), one
+// division at the start instead of one per cell (dividing by a number known only at run time
+// takes tens of instructions).
+struct Cells {
+    int i, j, di, dj, cols;
+    __device__ Cells(int first, int step, int cols_)
+        : i(first / cols_), j(first % cols_), di(step / cols_), dj(step % cols_), cols(cols_) {}
+    __device__ __forceinline__ void next() {
+        i += di;
+        j += dj;
+        if (j >= cols) { j -= cols; ++i; }
+    }
+};
+
 // out[r * b_cols + c] = sum_i A[i, r] * B[i, c] over n rows (A: n x a_cols, B: n x b_cols,
 // row-major with row strides lda and ldb); A == nullptr stands for a column of ones (a bias
-// gradient). Each output's sum is split over `parts` stripes of rows whose partial sums are then
-// added in a fixed order.
+// gradient). Each output's sum is split over `parts` stripes of rows, whose partial sums are then
+// added pairwise (stripe p + half into stripe p) in a fixed order: log2(parts) rounds, where adding
+// them one after another took parts - 1 (169 for the book's output bias).
 template <typename T>
 __device__ void block_tn(const T* A, int a_cols, int lda, const T* B, int b_cols, int ldb, int n,
                          T* out, T* scratch) {
@@ -306,38 +337,42 @@ __device__ void block_tn(const T* A, int a_cols, int lda, const T* B, int b_cols
     int parts = (int)blockDim.x / outputs;
     if (parts > n) parts = n;
     if (parts < 1) parts = 1;
-    for (int t = threadIdx.x; t < outputs * parts; t += blockDim.x) {
-        int o = t % outputs, part = t / outputs;
-        int r = o / b_cols, c = o - r * b_cols;
+    Cells cell(threadIdx.x, blockDim.x, outputs);  // (stripe, output)
+    for (; cell.i < parts; cell.next()) {
+        int r = cell.j / b_cols, c = cell.j - r * b_cols;
         T acc = T(0);
-        for (int i = part; i < n; i += parts) acc += (A ? A[i * lda + r] : T(1)) * B[i * ldb + c];
-        if (parts == 1) out[o] = acc; else scratch[t] = acc;
+        for (int i = cell.i; i < n; i += parts) acc += (A ? A[i * lda + r] : T(1)) * B[i * ldb + c];
+        if (parts == 1) out[cell.j] = acc; else scratch[cell.i * outputs + cell.j] = acc;
     }
     __syncthreads();
-    if (parts > 1) {
-        for (int o = threadIdx.x; o < outputs; o += blockDim.x) {
-            T acc = T(0);
-            for (int p = 0; p < parts; ++p) acc += scratch[p * outputs + o];
-            out[o] = acc;
+    if (parts == 1) return;
+    int count = parts;
+    for (; count > 2; count = (count + 1) / 2) {
+        int half = (count + 1) / 2;
+        for (int t = threadIdx.x; t < (count - half) * outputs; t += blockDim.x) {
+            scratch[t] += scratch[t + half * outputs];
         }
         __syncthreads();
     }
+    for (int o = threadIdx.x; o < outputs; o += blockDim.x) out[o] = scratch[o] + scratch[outputs + o];
+    __syncthreads();
 }
 
-// Sum of one double per thread, in a fixed tree order (blockDim a power of two); all threads get it.
-__device__ double block_sum(double value, double* scratch) {
-    scratch[threadIdx.x] = value;
+// The block's sums of a and b (one pair per thread; blockDim a multiple of 32, at most 1024) in a
+// fixed order, lanes then warps, for thread 0. `scratch`: 64 doubles.
+__device__ void block_sums(double& a, double& b, double* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if (lane == 0) { scratch[warp] = a; scratch[32 + warp] = b; }
     __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-        __syncthreads();
+    if (warp == 0) {
+        a = warp_sum(lane < warps ? scratch[lane] : 0.0);
+        b = warp_sum(lane < warps ? scratch[32 + lane] : 0.0);
     }
-    double total = scratch[0];
-    __syncthreads();
-    return total;
 }
 
-// Shared memory, in order: doubles [blockDim reduction scratch | SCHEDULE_SIZE schedule], then T:
+// Shared memory, in order: doubles [64 block-sum scratch | SCHEDULE_SIZE schedule], then T:
 // X (n x n_in) | H (n x hidden, rows ldh = hidden | 1 apart: an odd stride, so threads reading one
 // column of different rows hit different banks) | Z (n x k) | params | grads | state_1 | state_2 |
 // blockDim scratch.
@@ -351,7 +386,7 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
                 T* logits_out, T* probs_out, T* dlogits_out, T* losses_out) {
     DYNAMIC_SHARED_MEMORY(shared_raw);
     double* reduce = reinterpret_cast<double*>(shared_raw);
-    double* sched = reduce + blockDim.x;
+    double* sched = reduce + 64;
     T* sX = reinterpret_cast<T*>(sched + SCHEDULE_SIZE);
     T* sH = sX + n * n_in;
     int ldh = hidden | 1;
@@ -365,6 +400,9 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
     T* scratch = sS2 + n_params;
     int tid = threadIdx.x, threads = blockDim.x;
     int uses_1 = rule != RULE_SGD, uses_2 = rule == RULE_ADAM;
+    // The last three warps compute the schedule while the softmax runs: with n < blockDim
+    // (the book's 300 rows) they have no row of their own there.
+    int schedule_part = (tid & 31) == 0 ? threads / 32 - 1 - tid / 32 : -1;
 
     for (int i = tid; i < n * n_in; i += threads) sX[i] = X[i];
     for (int i = tid; i < n_params; i += threads) {
@@ -378,28 +416,34 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
 
     for (int epoch = 0; epoch < epochs; ++epoch) {
         int last = epoch == epochs - 1;
+        // What totals hold already, read now so that the read's wait overlaps the epoch.
+        double loss_before = 0.0, correct_before = 0.0;
+        if (tid == 0) { loss_before = totals[2 * epoch]; correct_before = totals[2 * epoch + 1]; }
         // Hidden layer: H = max(X @ W1 + b1, 0).
-        for (int idx = tid; idx < n * hidden; idx += threads) {
-            int i = idx / hidden, j = idx - i * hidden;
+        for (Cells cell(tid, threads, hidden); cell.i < n; cell.next()) {
+            int i = cell.i, j = cell.j;
             T z = T(0);
             for (int c = 0; c < n_in; ++c) z += sX[i * n_in + c] * sW[c * hidden + j];
             z += sW[off_b1 + j];
             z = z < T(0) ? T(0) : z;
             sH[i * ldh + j] = z;
-            if (last) hidden_out[idx] = z;
+            if (last) hidden_out[i * hidden + j] = z;
         }
         __syncthreads();
         // Logits: Z = H @ W2 + b2.
-        for (int idx = tid; idx < n * k; idx += threads) {
-            int i = idx / k, c = idx - i * k;
+        for (Cells cell(tid, threads, k); cell.i < n; cell.next()) {
+            int i = cell.i, c = cell.j;
             T z = T(0);
             for (int j = 0; j < hidden; ++j) z += sH[i * ldh + j] * sW[off_w2 + j * k + c];
             z += sW[off_b2 + c];
-            sZ[idx] = z;
-            if (last) logits_out[idx] = z;
+            sZ[i * k + c] = z;
+            if (last) logits_out[i * k + c] = z;
         }
         __syncthreads();
-        // Softmax cross-entropy, one thread per row; Z becomes dlogits in place.
+        // This epoch's schedule (advance), in three parts on three threads; the step count moves
+        // on in the update below, after a barrier.
+        if (schedule_part >= 0 && schedule_part < 3) advance_part(sched, schedule_part);
+        // Softmax cross-entropy, one thread per row; Z becomes dlogits in place (exps first).
         double loss_sum = 0.0, correct = 0.0;
         for (int i = tid; i < n; i += threads) {
             T* z = sZ + i * k;
@@ -409,12 +453,16 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
                 if (z[c] > best) { best = z[c]; argmax = c; }
             }
             T total = T(0);
-            for (int c = 0; c < k; ++c) total += dev_exp(z[c] - best);
+            for (int c = 0; c < k; ++c) {
+                T e = dev_exp(z[c] - best);
+                z[c] = e;
+                total += e;
+            }
             T inv_total = T(1) / total;
             long long label = labels[i];
-            T p_true = dev_exp(z[label] - best) * inv_total;
+            T p_true = z[label] * inv_total;
             for (int c = 0; c < k; ++c) {
-                T p = dev_exp(z[c] - best) * inv_total;
+                T p = z[c] * inv_total;
                 T d = (p - (c == label ? T(1) : T(0))) * inv_n;
                 z[c] = d;
                 if (last) { probs_out[i * k + c] = p; dlogits_out[i * k + c] = d; }
@@ -424,27 +472,27 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             loss_sum += (double)loss;
             if (argmax == label) correct += 1.0;
         }
-        loss_sum = block_sum(loss_sum, reduce);
-        correct = block_sum(correct, reduce);
-        if (tid == 0) { totals[2 * epoch] += loss_sum; totals[2 * epoch + 1] += correct; }
+        block_sums(loss_sum, correct, reduce);
+        if (tid == 0) {
+            totals[2 * epoch] = loss_before + loss_sum;
+            totals[2 * epoch + 1] = correct_before + correct;
+        }
         // Output layer's gradients: dW2 = H^T dZ, db2 = column sums of dZ.
         block_tn<T>(sH, hidden, ldh, sZ, k, k, n, sG + off_w2, scratch);
         block_tn<T>(nullptr, 1, 1, sZ, k, k, n, sG + off_b2, scratch);
         // Hidden gradient, in place of H: (dZ @ W2^T) where the ReLU let values through.
-        for (int idx = tid; idx < n * hidden; idx += threads) {
-            int i = idx / hidden, j = idx - i * hidden;
+        for (Cells cell(tid, threads, hidden); cell.i < n; cell.next()) {
+            int i = cell.i, j = cell.j;
             T d = T(0);
             if (sH[i * ldh + j] > T(0)) {
                 for (int c = 0; c < k; ++c) d += sZ[i * k + c] * sW[off_w2 + j * k + c];
             }
             sH[i * ldh + j] = d;
-            if (last) dhidden_out[idx] = d;
+            if (last) dhidden_out[i * hidden + j] = d;
         }
         __syncthreads();
         block_tn<T>(sX, n_in, n_in, sH, hidden, ldh, n, sG, scratch);
         block_tn<T>(nullptr, 1, 1, sH, hidden, ldh, n, sG + off_b1, scratch);
-        if (tid == 0) advance(sched);
-        __syncthreads();
         T lr = (T)sched[SCHEDULE_LR_T], correct_1 = (T)sched[SCHEDULE_CORRECTION_1],
           correct_2 = (T)sched[SCHEDULE_CORRECTION_2];
         for (int i = tid; i < n_params; i += threads) {
@@ -457,6 +505,7 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
                           sched[SCHEDULE_BETA_1], sched[SCHEDULE_BETA_2]);
             }
         }
+        if (tid == 0) sched[SCHEDULE_ITERATIONS] += 1.0;
         __syncthreads();
     }
     for (int i = tid; i < n_params; i += threads) {

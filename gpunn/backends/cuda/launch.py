@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import schedule
 from . import NVRTC_OPTIONS, name_expressions, source
 
 THREADS = 256
@@ -56,7 +57,7 @@ def one_kernel_bytes(rows: int, sizes: tuple[int, int, int], dtype: Any) -> int:
     n_in, hidden, k = sizes
     n_params = n_in * hidden + hidden + hidden * k + k
     elements = rows * (n_in + (hidden | 1) + k) + 4 * n_params + ONE_KERNEL_THREADS
-    return 8 * (ONE_KERNEL_THREADS + 8) + np.dtype(dtype).itemsize * elements
+    return 8 * (64 + schedule.SIZE) + np.dtype(dtype).itemsize * elements  # doubles, then T
 
 
 class Kernels:
