@@ -171,10 +171,15 @@ class Dense(Layer):
         self.need_dinputs = True
         # Also set there, for Dense -> ReLU -> Dense: the upper layer's dinputs GEMM takes on
         # the lower one's ReLU backward and bias gradient (``relu_below`` names the lower layer,
-        # whose ``grads_from_above`` then says so); ``relu_mask`` is what the forward kept for it.
+        # ``relu_above`` the upper); ``relu_mask`` is what the forward kept for it.
         self.relu_below: Dense | None = None
-        self.grads_from_above = False
+        self.relu_above: Dense | None = None
         self.relu_mask: Any = None
+        #: Precision "bf16": GEMM operands of this layer's that the other layer of such a pair
+        #: rounded in a pass of its own (the lower layer's bias pass writes the upper's inputs,
+        #: the upper's ReLU gradient pass the lower's dvalues): name -> (the float32 array, its
+        #: bfloat16 copy), each taken once.
+        self.rounded: dict[str, tuple[Any, Any]] = {}
         #: What the forward GEMM read, (inputs, weights): the layer's own, or under precision
         #: "bf16" their bfloat16 copies, which the backward GEMMs read too.
         self.operands: Any = None
@@ -202,6 +207,14 @@ class Dense(Layer):
                 setattr(self, name, backend.asarray(old.to_numpy(value)))
         self.dweights = self.dbiases = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "rounded": {}}  # copies from a pass, as its outputs
+
+    @property
+    def grads_from_above(self) -> bool:
+        """Whether the Dense layer above does this layer's ReLU backward and bias gradient."""
+        return self.relu_above is not None
+
     @property
     def regularized(self) -> bool:
         return any((self.weight_regularizer_l1, self.weight_regularizer_l2,
@@ -224,7 +237,11 @@ class Dense(Layer):
         mask = None if mask_shape is None else self.buffer("relu_mask", mask_shape, np.uint8)
         self.operands = (self._gemm_operand(bk, "inputs16", inputs),
                          self._gemm_operand(bk, "weights16", self.weights))
-        wrote_mask = bk.dense_forward(*self.operands, self.biases, out, relu, mask)
+        above = self.relu_above if bk.precision == "bf16" else None
+        out16 = None if above is None else self.buffer("output16", out.shape, BF16_BITS)
+        wrote_mask = bk.dense_forward(*self.operands, self.biases, out, relu, mask, out16=out16)
+        if above is not None:
+            above.rounded["inputs16"] = (out, out16)
         self.relu_mask = mask if wrote_mask else None
         self.output = out
         return out
@@ -258,17 +275,26 @@ class Dense(Layer):
             if below is None:
                 self.dinputs = bk.gemm(gemm_dvalues, weights, out=out, trans_b=True)
             else:  # the lower layer's ReLU backward and bias gradient, on this GEMM
+                out16 = below.buffer("dvalues16", out.shape, BF16_BITS) \
+                    if bk.precision == "bf16" else None
                 self.dinputs = bk.dinputs_relu_bgrad(gemm_dvalues, weights, out, below.output,
-                                                     below.dbiases, below.relu_mask)
+                                                     below.dbiases, below.relu_mask, out16=out16)
+                if out16 is not None:
+                    below.rounded["dvalues16"] = (out, out16)
         return self.dinputs
 
     def _gemm_operand(self, bk: Backend, name: str, x: Any) -> Any:
         """``x`` as this layer's GEMMs read it: itself, or under precision "bf16" a bfloat16 copy
         (rounded to nearest) in a buffer of its own. Only the GEMMs see the copies: the bias,
         the ReLU, the loss and the update work on float32 values, and the weights the update
-        changes are float32 (master weights): a step too small for bf16's 8 bits still counts."""
+        changes are float32 (master weights): a step too small for bf16's 8 bits still counts.
+        A copy the other layer of a Dense -> ReLU -> Dense pair wrote along with ``x`` (``rounded``)
+        is taken as it is."""
         if bk.precision != "bf16":
             return x
+        written, copy = self.rounded.pop(name, (None, None))
+        if written is x:
+            return copy
         return bk.to_bf16(x, out=self.buffer(name, x.shape, BF16_BITS))
 
     def regularization_loss(self) -> Any:

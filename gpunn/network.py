@@ -52,7 +52,8 @@ def fold(layers: list[Layer]) -> int:
     dense = [layer for layer in layers if isinstance(layer, Dense)]
     for layer in dense:
         layer.activation, layer.need_dinputs = None, True
-        layer.relu_below, layer.grads_from_above, layer.relu_mask = None, False, None
+        layer.relu_below, layer.relu_above, layer.relu_mask = None, None, None
+        layer.rounded.clear()
     for before, layer in zip([None] + layers[:-1], layers):
         if isinstance(layer, ReLU):
             layer.folded = isinstance(before, Dense)
@@ -61,7 +62,7 @@ def fold(layers: list[Layer]) -> int:
     # Dense -> ReLU -> Dense: the upper GEMM for dinputs does the lower ReLU and bias grads.
     for lower, relu, upper in zip(layers, layers[1:], layers[2:]):
         if isinstance(relu, ReLU) and relu.folded and isinstance(upper, Dense):
-            upper.relu_below, lower.grads_from_above = lower, True
+            upper.relu_below, lower.relu_above = lower, upper
     first = next(i for i, layer in enumerate(layers) if layer.trainable)
     layers[first].need_dinputs = False
     return first

@@ -230,24 +230,30 @@ class Backend:
         return None
 
     def dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
-                      mask: Any = None) -> bool:
+                      mask: Any = None, out16: Any = None) -> bool:
         """out = inputs @ weights + biases, then ReLU when ``relu``. Returns whether ``mask``
-        (a ``relu_mask_shape`` buffer, or None) was written."""
+        (a ``relu_mask_shape`` buffer, or None) was written. ``out16`` (precision "bf16"): out
+        rounded to bfloat16 as well, the GEMM operand of the Dense layer above (a GPU writes it
+        in the bias pass)."""
         self.gemm(inputs, weights, out=out)
         if relu:
             self.bias_relu(out, biases)
         else:
             self.add_bias(out, biases)
+        if out16 is not None:
+            self.to_bf16(out, out16)
         return False
 
     def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
-                           below_dbiases: Any, mask: Any = None) -> Any:
+                           below_dbiases: Any, mask: Any = None, out16: Any = None) -> Any:
         """The gradient a Dense layer hands to a Dense layer below it whose ReLU was folded in:
         out = dvalues @ weights.T where that layer's ReLU let values through (``below_output``
         > 0, or ``mask`` when ``dense_forward`` wrote one), else 0; ``below_dbiases`` = the column
-        sums of out."""
+        sums of out. ``out16``: out rounded to bfloat16 as well, as for ``dense_forward``."""
         self.gemm(dvalues, weights, out=out, trans_b=True)
         self.relu_backward(out, below_output, out=out)
+        if out16 is not None:
+            self.to_bf16(out, out16)
         self.bias_grad(out, out=below_dbiases)
         return out
 

@@ -175,32 +175,43 @@ class CupyBackend(Backend):
         return relu_mask_shape(rows, cols)
 
     def dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
-                      mask: Any = None) -> bool:
+                      mask: Any = None, out16: Any = None) -> bool:
         if inputs.dtype == BF16_BITS:
             # cuBLASLt would decline these operands, but the epilogue choice is keyed by shape
             # and output dtype: a bf16 model's "no" would stick to a float32 model of its shapes.
-            return super().dense_forward(inputs, weights, biases, out, relu)
+            # The bias pass writes the bf16 copy for the layer above, too.
+            self.gemm(inputs, weights, out=out)
+            self.kernels.bias_act(out, biases, relu, out16)
+            return False
         kind = "relu_mask" if mask is not None else "relu" if relu else "bias"
-        return self.epilogue_choice.run(
+        wrote_mask = self.epilogue_choice.run(
             ("forward", kind, inputs.shape, weights.shape, out.dtype),
             lambda: self.epilogues.forward(inputs, weights, biases, out, relu, mask, self._tf32),
             lambda: super(CupyBackend, self).dense_forward(inputs, weights, biases, out, relu),
             self.epilogue_policy, self._tf32)
+        if out16 is not None:
+            self.to_bf16(out, out16)
+        return wrote_mask
 
     def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
-                           below_dbiases: Any, mask: Any = None) -> Any:
-        def separate() -> None:
-            super(CupyBackend, self).dinputs_relu_bgrad(dvalues, weights, out, below_output,
-                                                        below_dbiases)
+                           below_dbiases: Any, mask: Any = None, out16: Any = None) -> Any:
+        def separate() -> None:  # the ReLU gradient pass writes the bf16 copy too
+            self.gemm(dvalues, weights, out=out, trans_b=True)
+            self.kernels.relu_backward(out, below_output, out16)
+            self.bias_grad(out, out=below_dbiases)
 
         if mask is None:  # the forward pass kept no mask: the separate kernels read the output
             separate()
-        else:
-            self.epilogue_choice.run(
-                ("dinputs", dvalues.shape, weights.shape, out.dtype),
-                lambda: self.epilogues.dinputs_relu_bgrad(dvalues, weights, out, mask,
-                                                          below_dbiases, self._tf32),
-                separate, self.epilogue_policy, self._tf32)
+            return out
+        self.epilogue_choice.run(
+            ("dinputs", dvalues.shape, weights.shape, out.dtype),
+            lambda: self.epilogues.dinputs_relu_bgrad(dvalues, weights, out, mask,
+                                                      below_dbiases, self._tf32),
+            lambda: super(CupyBackend, self).dinputs_relu_bgrad(dvalues, weights, out, below_output,
+                                                                below_dbiases),
+            self.epilogue_policy, self._tf32)
+        if out16 is not None:
+            self.to_bf16(out, out16)
         return out
 
     # ---- a whole small network in one kernel ------------------------------------------------

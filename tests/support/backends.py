@@ -117,8 +117,8 @@ class MaskingNumpy(NumpyBackend):
     def relu_mask_shape(self, rows, cols):
         return relu_mask_shape(rows, cols)
 
-    def dense_forward(self, inputs, weights, biases, out, relu, mask=None):
-        super().dense_forward(inputs, weights, biases, out, relu)
+    def dense_forward(self, inputs, weights, biases, out, relu, mask=None, out16=None):
+        super().dense_forward(inputs, weights, biases, out, relu, out16=out16)
         if mask is None:
             return False
         assert relu and mask.shape == relu_mask_shape(*out.shape)
@@ -127,7 +127,9 @@ class MaskingNumpy(NumpyBackend):
         self.counts["written"] += 1
         return True
 
-    def dinputs_relu_bgrad(self, dvalues, weights, out, below_output, below_dbiases, mask=None):
+    def dinputs_relu_bgrad(self, dvalues, weights, out, below_output, below_dbiases, mask=None,
+                           out16=None):
+        assert out16 is None, "bf16 models keep no mask"
         if mask is None:
             return super().dinputs_relu_bgrad(dvalues, weights, out, below_output, below_dbiases)
         self.gemm(dvalues, weights, out=out, trans_b=True)

@@ -40,25 +40,49 @@ __device__ __forceinline__ T clipped_nll(T p_true) {
 #define DYNAMIC_SHARED_MEMORY(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 
+// ---- bf16 rounding (precision "bf16") -------------------------------------------------------
+
+// x rounded to bfloat16 (the upper 16 bits of a float32), to nearest, ties to even: a carry out
+// of the lower half rounds up, and overflow becomes infinity, as for any float rounding. A NaN
+// stays a (quiet) NaN of the same sign instead of carrying into infinity. Written with bit
+// operations so it needs no header (cuda_bf16.h) and runs on the CPU as well.
+__device__ __forceinline__ unsigned short bf16_bits(float x) {
+    unsigned int bits = __float_as_uint(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((bits >> 16) | 0x0040u);
+    return (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
 // ---- Dense forward and ReLU backward ----------------------------------------------------------
 
 // z = z + biases (broadcast over rows), then max(z, 0) when relu != 0. z is (n, k), row-major.
+// With write16 (float32 models under precision "bf16"), z16 gets the result rounded to bf16 in the
+// same pass: the next Dense layer's GEMM operand, without a second read of z.
 template <typename T>
-__global__ void bias_act(T* z, const T* biases, long long n, int k, int relu) {
+__global__ void bias_act(T* z, const T* biases, long long n, int k, int relu, unsigned short* z16,
+                         int write16) {
     long long size = n * k;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
          i += (long long)gridDim.x * blockDim.x) {
         T v = z[i] + biases[i % k];
-        z[i] = (relu && v < T(0)) ? T(0) : v;
+        v = (relu && v < T(0)) ? T(0) : v;
+        z[i] = v;
+        if (write16) z16[i] = bf16_bits((float)v);
     }
 }
 
-// dvalues = dvalues where the ReLU passed its input (output > 0), else 0; in place.
+// dvalues = dvalues where the ReLU passed its input (output > 0), else 0; in place. With write16,
+// d16 gets the result rounded to bf16 (the layer's weight-gradient GEMM operand), as bias_act's z16.
 template <typename T>
-__global__ void relu_backward(T* dvalues, const T* output, long long size) {
+__global__ void relu_backward(T* dvalues, const T* output, long long size, unsigned short* d16,
+                              int write16) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
          i += (long long)gridDim.x * blockDim.x) {
-        if (!(output[i] > T(0))) dvalues[i] = T(0);
+        if (!(output[i] > T(0))) {
+            dvalues[i] = T(0);
+            if (write16) d16[i] = 0;  // +0 in bf16
+        } else if (write16) {
+            d16[i] = bf16_bits((float)dvalues[i]);
+        }
     }
 }
 
@@ -94,19 +118,11 @@ __global__ void take_rows(const T* x, const long long* rows, T* out, long long n
 
 // ---- bf16 GEMM operands (precision "bf16") --------------------------------------------------
 
-// out = x rounded to bfloat16 (the upper 16 bits of a float32), to nearest, ties to even: a
-// carry out of the lower half rounds up, and overflow becomes infinity, as for any float
-// rounding. A NaN stays a (quiet) NaN of the same sign instead of carrying into infinity.
-// Written with bit operations so it needs no header (cuda_bf16.h) and runs on the CPU as well.
+// out = x rounded to bfloat16 (bf16_bits), for operands no kernel above wrote already.
 __global__ void float_to_bf16(const float* x, unsigned short* out, long long size) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
          i += (long long)gridDim.x * blockDim.x) {
-        unsigned int bits = __float_as_uint(x[i]);
-        if ((bits & 0x7fffffffu) > 0x7f800000u) {
-            out[i] = (unsigned short)((bits >> 16) | 0x0040u);
-        } else {
-            out[i] = (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-        }
+        out[i] = bf16_bits(x[i]);
     }
 }
 

@@ -66,20 +66,30 @@ class Kernels:
     def __init__(self, lookup: Any, xp: Any) -> None:
         self.lookup = lookup
         self._no_totals = xp.zeros(2, dtype=np.float64)  # the kernel's totals when none are kept
+        self._no_bf16 = xp.zeros(1, dtype=np.uint16)  # a bf16 output not asked for
         self._shared_opted_in: dict[Any, int] = {}  # dtype -> dynamic shared bytes asked for
 
-    def bias_act(self, z: Any, biases: Any, relu: bool) -> Any:
-        """z = z + biases, then max(z, 0) when ``relu``; in place."""
+    def bias_act(self, z: Any, biases: Any, relu: bool, z16: Any = None) -> Any:
+        """z = z + biases, then max(z, 0) when ``relu``; in place. ``z16`` (uint16, z's shape):
+        the result rounded to bfloat16 as well, in the same pass."""
         n, k = z.shape
         self.lookup("bias_act", z.dtype)((blocks(z.size),), (THREADS,),
-                                         (z, biases, np.int64(n), np.int32(k), np.int32(relu)))
+                                         (z, biases, np.int64(n), np.int32(k), np.int32(relu),
+                                          *self._bf16_out(z16)))
         return z
 
-    def relu_backward(self, dvalues: Any, output: Any) -> Any:
-        """dvalues = 0 where the ReLU's output was not positive; in place."""
+    def relu_backward(self, dvalues: Any, output: Any, d16: Any = None) -> Any:
+        """dvalues = 0 where the ReLU's output was not positive; in place. ``d16``: the result
+        rounded to bfloat16 as well, as for ``bias_act``."""
         self.lookup("relu_backward", dvalues.dtype)((blocks(dvalues.size),), (THREADS,),
-                                                    (dvalues, output, np.int64(dvalues.size)))
+                                                    (dvalues, output, np.int64(dvalues.size),
+                                                     *self._bf16_out(d16)))
         return dvalues
+
+    def _bf16_out(self, out16: Any) -> tuple[Any, np.int32]:
+        """A kernel's optional bf16 output and its write flag (a placeholder when there is none:
+        a kernel argument cannot be None)."""
+        return (self._no_bf16, np.int32(0)) if out16 is None else (out16, np.int32(1))
 
     def column_sum(self, dvalues: Any, out: Any) -> Any:
         n, k = dvalues.shape

@@ -212,3 +212,35 @@ def test_float_to_bf16_rounds_as_ml_dtypes(backends, rng):
         np.testing.assert_array_equal(got[~nan], want[~nan])
         assert ((got[nan] & 0x7FC0) == 0x7FC0).all()  # quiet NaN
         assert ((got[nan] >> 15) == (x[nan].view(np.uint32) >> 31)).all()  # of the same sign
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_bias_and_relu_gradient_passes_write_bf16_copies(backends, relu, rng):
+    """bias_act's z16 and relu_backward's d16 (precision "bf16"): the float32 results, the same
+    as without them, rounded as to_bf16 rounds them: NaNs, signed zeros, a tie and the largest
+    float32 included, with the poison of the outputs written over everywhere."""
+    fast, ref, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    n, k = 67, 65
+    specials = [np.nan, -0.0, 0.0, 1 + 2**-8, -1e-40, 3.4e38, -np.nan]
+    z = rng.standard_normal((n, k)).astype(np.float32)
+    z.flat[:len(specials)] = specials
+    b = rng.standard_normal((1, k)).astype(np.float32)
+    b[0, :len(specials)] = 0.0
+    plain, fused = cp.asarray(z), cp.asarray(z)
+    z16 = cp.full((n, k), 0xFFFF, np.uint16)
+    fast.kernels.bias_act(plain, cp.asarray(b), relu)
+    fast.kernels.bias_act(fused, cp.asarray(b), relu, z16)
+    np.testing.assert_array_equal(host(fused), host(plain))
+    np.testing.assert_array_equal(host(z16), host(ref.to_bf16(plain, out=cp.empty((n, k), np.uint16))))
+
+    d = rng.standard_normal((n, k)).astype(np.float32)
+    d.flat[:len(specials)] = specials
+    output = np.maximum(rng.standard_normal((n, k)), 0).astype(np.float32)
+    output.flat[len(specials):2 * len(specials)] = [np.nan, -0.0, 0.0, 1e-45, -1.0, 2.0, np.inf]
+    plain, fused = cp.asarray(d), cp.asarray(d)
+    d16 = cp.full((n, k), 0xFFFF, np.uint16)
+    fast.kernels.relu_backward(plain, cp.asarray(output))
+    fast.kernels.relu_backward(fused, cp.asarray(output), d16)
+    np.testing.assert_array_equal(host(fused), host(plain))
+    np.testing.assert_array_equal(host(d16), host(ref.to_bf16(plain, out=cp.empty((n, k), np.uint16))))
