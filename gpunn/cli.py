@@ -154,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
                             "(needs gpunn[mpi])")
     bench.add_argument("--threads", type=_positive_int, default=None,
                        help="BLAS (and PyTorch) threads; default: as found")
+    bench.add_argument("--ops", action="store_true",
+                       help="also time each backend op of gpunn's step: where a step's time goes")
     bench.add_argument("--json", default=None, help="write the results here (schema: gpunn.bench.SCHEMA)")
     bench.add_argument("--markdown", default=None, help="write a Markdown table here")
     bench.add_argument("--plot", default=None, help="write a PNG bar chart here (needs gpunn[plot])")

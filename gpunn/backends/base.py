@@ -189,6 +189,11 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
 
+    def hold(self, seconds: float) -> None:
+        """Keep the device busy for about ``seconds``, so that the work queued next waits and
+        the host can queue a whole sequence first (profiling). The CPU runs each op as it is
+        called: nothing to do."""
+
     def capture(self, body: Any) -> Any:
         """Record ``body``'s device work; returns a function that replays it. Only where
         ``why_not("graphs")`` is None."""

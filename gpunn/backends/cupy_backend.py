@@ -90,6 +90,9 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
+    def hold(self, seconds: float) -> None:
+        self.kernels.hold_device(seconds)
+
     def free_memory(self) -> float:
         return float(self.xp.cuda.runtime.memGetInfo()[0])
 

@@ -82,6 +82,36 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "skipped": {"type": "array", "items": {"type": "object", "required": ["impl", "reason"]}},
+        "op_profiles": {
+            "type": "array",
+            "description": "gpunn bench --ops: each backend's default path on each workload and "
+                           "precision, run eagerly with every backend call timed",
+            "items": {
+                "type": "object",
+                "required": ["workload", "impl", "device", "precision", "path", "step_ms",
+                             "steps", "ops"],
+                "properties": {
+                    "workload": {"type": "string"},
+                    "impl": {"type": "string"},
+                    "device": {"enum": ["cpu", "gpu"]},
+                    "precision": {"enum": ["fp32", "tf32", "bf16"]},
+                    "path": {"enum": ["eager", "planned", "one-kernel"],
+                             "description": "the path the step takes (training/steps.py)"},
+                    "step_ms": {"type": "number", "description": "mean eager step, timed"},
+                    "steps": {"type": "integer"},
+                    "ops": {"type": "array", "items": {
+                        "type": "object", "required": ["op", "calls", "ms", "share"],
+                        "properties": {
+                            "op": {"type": "string",
+                                   "description": "a backend method, or '(between ops)'"},
+                            "calls": {"type": "number", "description": "per step"},
+                            "ms": {"type": "number",
+                                   "description": "per step, less the op's inner calls"},
+                            "share": {"type": "number", "description": "of step_ms"},
+                        }}},
+                },
+            },
+        },
     },
 }
 
@@ -170,7 +200,25 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"Warning: {m['blas_warning']}."]
     for s in doc["skipped"]:
         lines.append(f"\nSkipped: {s['impl']} ({s.get('workload', '')}): {s['reason']}")
+    for profile in doc.get("op_profiles", []):
+        lines += ["", f"Op profile: {op_profile_title(profile)}", "",
+                  "| op | calls per step | ms per step | share |", "|---|---|---|---|"]
+        lines += [f"| {r['op']} | {r['calls']:g} | {r['ms']:.4f} | {100 * r['share']:.1f}% |"
+                  for r in profile["ops"]]
     return "\n".join(lines) + "\n"
+
+
+def op_profile_title(profile: dict[str, Any]) -> str:
+    return (f"{profile['impl']} on {profile['workload']} ({profile['device']}, "
+            f"{profile['precision']}, {profile['path']} path run eagerly): "
+            f"{profile['step_ms']:.4f} ms a step")
+
+
+def op_profile_text(profile: dict[str, Any]) -> str:
+    """An op profile for the terminal: the title, then the ops taking 1% or more."""
+    rows = [f"    {r['op']:28s} {r['calls']:5g}x {r['ms']:10.4f} ms {100 * r['share']:5.1f}%"
+            for r in profile["ops"] if r["share"] >= 0.01]
+    return "\n".join([f"ops     {op_profile_title(profile)}", *rows])
 
 
 def plot(doc: dict[str, Any], path: str) -> None:

@@ -24,10 +24,12 @@ from ..files import check_writable, write_atomic
 from ..plot import require_matplotlib
 from .book import book_run
 from .contenders import Run, Skip, contenders
+from .ops import op_profile
 from .report import (
     add_speedups,
     markdown,
     noise_note,
+    op_profile_text,
     peer_backend,
     plot,
     quartiles,
@@ -100,14 +102,15 @@ def machine_info(device_names: dict[str, str], ceilings: dict[str, float]) -> di
 
 def run_suite(workloads: list[str], backends: list[str], peers: list[str], precisions: list[str],
               repeats: int, seconds: float, check_steps: int = 3,
-              log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Measure every contender on every workload, interleaved; returns the JSON document."""
+              log: Callable[[str], Any] = print, ops: bool = False) -> dict[str, Any]:
+    """Measure every contender on every workload, interleaved; returns the JSON document. With
+    ``ops``, also where gpunn's step spends its time, op by op (``op_profiles``)."""
     unknown = set(backends) - {"numpy", "cupy"}
     if unknown:
         raise ValueError(f"--backends: unknown backend {sorted(unknown)[0]!r}; choose from numpy, cupy")
     devices = (["cpu"] if "numpy" in backends else []) \
         + (["gpu"] if "cupy" in backends and "cupy" in available() else [])
-    suite = Suite(backends, peers, repeats, seconds, check_steps, log)
+    suite = Suite(backends, peers, repeats, seconds, check_steps, log, ops)
     if "cupy" in backends and "gpu" not in devices:
         suite.skip("gpunn-cupy", "*", str(cupy_problem()))
     device_names = {"cpu": get_backend("numpy").device_name()}
@@ -123,17 +126,22 @@ def run_suite(workloads: list[str], backends: list[str], peers: list[str], preci
                 for precision in precisions:
                     if precision == "fp32" or device == "gpu":  # tf32 and bf16 are GPU precisions
                         suite.workload(name, device, precision)
-    return {"machine": machine_info(device_names, suite.ceilings), "results": suite.results,
-            "skipped": suite.skipped}
+    doc = {"machine": machine_info(device_names, suite.ceilings), "results": suite.results,
+           "skipped": suite.skipped}
+    if ops:
+        doc["op_profiles"] = suite.op_profiles
+    return doc
 
 
 class Suite:
-    """What ``run_suite`` gathers: result rows, skipped contenders, GEMM ceilings."""
+    """What ``run_suite`` gathers: result rows, skipped contenders, GEMM ceilings, and with
+    ``ops`` the op profiles of gpunn's steps."""
 
     def __init__(self, backends: list[str], peers: list[str], repeats: int, seconds: float,
-                 check_steps: int, log: Callable[[str], Any]) -> None:
+                 check_steps: int, log: Callable[[str], Any], ops: bool = False) -> None:
         self.backends, self.peers, self.repeats, self.seconds = backends, peers, repeats, seconds
-        self.check_steps, self.log = check_steps, log
+        self.check_steps, self.log, self.ops = check_steps, log, ops
+        self.op_profiles: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
         self.ceilings: dict[str, float] = {}
@@ -198,6 +206,10 @@ class Suite:
         for row in rows:
             self.log(row_text(row))
         self.results += rows
+        for impl, (backend, _, _) in runs.items():
+            if self.ops and impl == f"gpunn-{backend}":  # the default path of each backend
+                self.op_profiles.append(op_profile(w, name, backend, precision, device))
+                self.log(op_profile_text(self.op_profiles[-1]))
 
     def _runs(self, name: str, w: Workload, device: str,
               precision: str) -> dict[str, tuple[str, Run, float]]:
@@ -312,7 +324,8 @@ def main(args: Any) -> int:
     repeats = args.repeats or (3 if args.quick else 7)
     seconds = 0.25 if args.quick else 0.6
     with _threads(args.threads):
-        doc = run_suite(workloads, backends, peers, args.precision.split(","), repeats, seconds)
+        doc = run_suite(workloads, backends, peers, args.precision.split(","), repeats, seconds,
+                        ops=args.ops)
     if args.nproc > 1:
         doc["results"] += data_parallel(workloads, backends, args.nproc, repeats, seconds)
     for s in doc["skipped"]:

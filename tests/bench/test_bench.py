@@ -72,11 +72,14 @@ def test_cli_writes_json_markdown_and_a_png(tmp_path, capsys):
     paths = {k: tmp_path / f"out.{k}" for k in ("json", "md", "png")}
     code = cli.main(["bench", "--quick", "--repeats", "1", "--workloads", "small",
                      "--peers", "numpy-book", "--threads", "1", "--json", str(paths["json"]),
-                     "--markdown", str(paths["md"]), "--plot", str(paths["png"])])
+                     "--markdown", str(paths["md"]), "--plot", str(paths["png"]), "--ops"])
     assert code == 0
     doc = json.loads(paths["json"].read_text())
     jsonschema.validate(doc, bench.SCHEMA)
+    assert [(p["workload"], p["impl"]) for p in doc["op_profiles"]] == [("small", "gpunn-numpy")]
     assert "| small | cpu | fp32 | gpunn-numpy |" in paths["md"].read_text()
+    assert "Op profile: gpunn-numpy on small (cpu, fp32, eager path run eagerly)" \
+        in paths["md"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "gpunn-numpy" in capsys.readouterr().out
     assert np.isfinite([r["step_ms"] for r in doc["results"]]).all()
@@ -167,3 +170,54 @@ def test_the_step_gemms_row_is_a_floor_not_a_peer():
     assert floor["final_loss"] is None and floor["ceiling_fraction"] > 0
     for row in doc["results"]:
         assert "step-gemms" not in row.get("speedup_vs", {})
+
+
+class TickingClock:
+    """A clock that moves on by one at each mark: every call's time is known exactly."""
+
+    def __init__(self):
+        self.now = 0
+
+    def mark(self):
+        self.now += 1
+        return self.now
+
+    @staticmethod
+    def seconds(start, end):
+        return end - start
+
+
+def test_an_op_is_charged_its_own_time_less_its_inner_calls():
+    calls = bench.ops.Calls(TickingClock())
+    inner = calls.timed("inner", lambda: None)
+    outer = calls.timed("outer", lambda: (inner(), inner()))
+    outer()  # marks: outer 1, inner 2-3, inner 4-5, outer 6
+    inner()  # 7-8
+    assert calls.own_seconds() == {"outer": (1, 5 - 2), "inner": (3, 3)}
+
+
+def test_the_op_profile_times_the_backend_calls_of_gpunns_step():
+    """On NumPy: each backend call of an eager step, counted as the step makes them (8 GEMMs for
+    three Dense layers: 3 forward, 3 weight gradients, 2 input gradients), each charged its own
+    time, the rest between them; the backend is left as it was."""
+    w = bench.Workload((12, 16, 8, 3), 20)
+    bk = get_backend("numpy")
+    before = dict(bk.__dict__)
+    profile = bench.op_profile(w, "tiny", "numpy", "fp32", "cpu", steps=4)
+    ops = {row["op"]: row for row in profile["ops"]}
+    assert (ops["gemm"]["calls"], ops["dense_forward"]["calls"], ops["sgd_update"]["calls"]) == (8, 3, 1)
+    assert all(row["ms"] >= 0 for row in profile["ops"])
+    assert sum(row["ms"] for row in profile["ops"]) == pytest.approx(profile["step_ms"])
+    assert profile["path"] == "eager" and bk.__dict__ == before
+    jsonschema.validate([profile], bench.SCHEMA["properties"]["op_profiles"])
+
+
+def test_the_op_profile_shows_the_bf16_conversions_a_planned_step_makes(emulated, monkeypatch):
+    """On the CuPy backend with its kernels run on the CPU: the planned step's device work, run
+    eagerly; under bf16, five separate conversions (the data, three weights, dlogits)."""
+    monkeypatch.setattr(sys.modules["gpunn.bench.contenders"], "get_backend", lambda _: emulated)
+    profile = bench.op_profile(bench.Workload((12, 16, 8, 3), 20), "tiny", "cupy", "bf16", "gpu",
+                               steps=2)
+    ops = {row["op"]: row["calls"] for row in profile["ops"]}
+    assert profile["path"] == "planned"
+    assert (ops["to_bf16"], ops["gemm"], ops["dinputs_relu_bgrad"]) == (5, 8, 2)

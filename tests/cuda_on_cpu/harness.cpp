@@ -9,6 +9,7 @@
 // Built by the test with g++ -std=c++20 -pthread.
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <math.h>
@@ -56,6 +57,9 @@ static T atomicAdd(T* address, T value) { return std::atomic_ref<T>(*address).fe
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
 #define DYNAMIC_SHARED_MEMORY(name) unsigned char* name = dynamic_shared
+#define NANOSECONDS() \
+    ((unsigned long long)std::chrono::duration_cast<std::chrono::nanoseconds>( \
+        std::chrono::steady_clock::now().time_since_epoch()).count())
 
 #include "kernels.cu"
 
@@ -122,3 +126,4 @@ TEMPLATED(train_in_one_kernel)
 
 PLAIN(advance_schedule)
 PLAIN(float_to_bf16)
+PLAIN(hold_device)

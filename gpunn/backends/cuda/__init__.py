@@ -11,7 +11,7 @@ KERNELS_CU = Path(__file__).with_name("kernels.cu")
 
 TEMPLATED = ("bias_act", "relu_backward", "column_sum", "take_rows", "softmax_cross_entropy",
              "sgd_update", "cache_update", "adam_update", "train_in_one_kernel")
-PLAIN = ("advance_schedule", "float_to_bf16")
+PLAIN = ("advance_schedule", "float_to_bf16", "hold_device")
 
 #: Options given to NVRTC (through cupy.RawModule) besides the target architecture: the schedule's
 #: slots and the rule codes as macros (schedule.py), so the kernels read the slots Python writes.

@@ -307,6 +307,28 @@ __global__ void adam_update(T* params, const T* grads, T* momentums, T* cache,
     }
 }
 
+// ---- profiling ----------------------------------------------------------------------------
+
+// The device's clock in nanoseconds (%globaltimer). A macro so that tests/cuda_on_cpu can give
+// the CPU's.
+#ifndef NANOSECONDS
+#define NANOSECONDS() device_nanoseconds()
+__device__ __forceinline__ unsigned long long device_nanoseconds() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#endif
+
+// One thread busy for `nanoseconds`: the work queued behind it waits, so the host can queue a
+// whole sequence before the device starts on it (gpunn bench --ops: each op's CUDA events then
+// time the op, not the host's launches).
+__global__ void hold_device(long long nanoseconds) {
+    unsigned long long start = NANOSECONDS();
+    while ((long long)(NANOSECONDS() - start) < nanoseconds) {
+    }
+}
+
 // ---- the one-kernel trainer: a whole small network, many epochs, one block ---------------------
 //
 // Dense(n_in, hidden) -> ReLU -> Dense(hidden, k) -> softmax cross-entropy, trained for `epochs`

@@ -102,6 +102,10 @@ class Kernels:
         self.lookup("float_to_bf16")((blocks(x.size),), (THREADS,), (x, out, np.int64(x.size)))
         return out
 
+    def hold_device(self, seconds: float) -> None:
+        """Keep the device busy for ``seconds`` (one thread): what is queued next waits."""
+        self.lookup("hold_device")((1,), (1,), (np.int64(seconds * 1e9),))
+
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
         if not (x.flags.c_contiguous and out.flags.c_contiguous):  # the kernel reads whole rows
             raise ValueError(f"take_rows needs C-contiguous rows; got x of strides {x.strides} and "

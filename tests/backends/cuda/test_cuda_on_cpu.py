@@ -7,6 +7,8 @@ races that only a GPU's scheduling would expose (test_gpu.py covers those on a d
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import test_book
@@ -220,3 +222,13 @@ def test_streamed_data_trains_as_resident_data_on_the_cupy_backend(emulated):
     for a, b in zip(pa, pb):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(qa, qb)
+
+
+def test_hold_keeps_the_device_busy_for_the_seconds_asked(emulated):
+    """``hold`` (gpunn bench --ops) spins one thread for the time asked: here, where a launch
+    returns when its kernel ends, that is the launch's own wall time."""
+    for seconds in (0.0, 0.05):
+        start = time.perf_counter()
+        emulated.hold(seconds)
+        took = time.perf_counter() - start
+        assert seconds <= took < seconds + 0.5, (seconds, took)
