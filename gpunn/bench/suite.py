@@ -208,8 +208,16 @@ class Suite:
         self.results += rows
         for impl, (backend, _, _) in runs.items():
             if self.ops and impl == f"gpunn-{backend}":  # the default path of each backend
-                self.op_profiles.append(op_profile(w, name, backend, precision, device))
-                self.log(op_profile_text(self.op_profiles[-1]))
+                self._profile(w, name, backend, precision, device)
+
+    def _profile(self, w: Workload, name: str, backend: str, precision: str, device: str) -> None:
+        try:
+            profile = op_profile(w, name, backend, precision, device)
+        except Exception as exc:  # the profile is extra: the timed rows stand without it
+            self.skip(f"gpunn-{backend} op profile", name, f"{type(exc).__name__}: {exc}")
+            return
+        self.op_profiles.append(profile)
+        self.log(op_profile_text(profile))
 
     def _runs(self, name: str, w: Workload, device: str,
               precision: str) -> dict[str, tuple[str, Run, float]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -221,3 +222,33 @@ def test_the_op_profile_shows_the_bf16_conversions_a_planned_step_makes(emulated
     ops = {row["op"]: row["calls"] for row in profile["ops"]}
     assert profile["path"] == "planned"
     assert (ops["to_bf16"], ops["gemm"], ops["dinputs_relu_bgrad"]) == (5, 8, 2)
+
+
+def test_the_device_clock_reads_cuda_events(monkeypatch):
+    """DeviceClock's glue, against a stand-in for CuPy's events (milliseconds apart)."""
+    now, waited = [0.0], []
+
+    class Event:
+        def record(self):
+            self.at, now[0] = now[0], now[0] + 2.5
+
+    cuda = types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda start, end: end.at - start.at,
+        get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: waited.append(1)))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    clock = bench.ops.DeviceClock()
+    start, end = clock.mark(), clock.mark()
+    clock.settle()
+    assert clock.seconds(start, end) == 2.5e-3 and waited == [1]
+
+
+def test_a_failed_op_profile_is_reported_and_the_bench_goes_on(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no events here")
+
+    monkeypatch.setattr(sys.modules["gpunn.bench.suite"], "op_profile", broken)
+    doc = bench.run_suite(["small"], ["numpy"], [], ["fp32"], repeats=1, seconds=0.02,
+                          log=lambda line: None, ops=True)
+    assert doc["op_profiles"] == [] and any(r["impl"] == "gpunn-numpy" for r in doc["results"])
+    assert {"impl": "gpunn-numpy op profile", "workload": "small",
+            "reason": "RuntimeError: no events here"} in doc["skipped"]
