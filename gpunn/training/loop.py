@@ -2,7 +2,8 @@
 epoch, Ctrl-C, and the callbacks that record and tell (callbacks.py).
 
 A launch is one epoch, or for full-batch training many (EPOCHS_PER_LAUNCH recorded in one graph
-when planned); the host reads the epoch metrics once per launch. Before each launch the network's
+when planned, ONE_KERNEL_EPOCHS_PER_LAUNCH in one kernel on the one-kernel path); the host reads
+the epoch metrics once per launch. Before each launch the network's
 state and the random generators are kept, so a diverged epoch or Ctrl-C puts the model back as it
 was after the last finished epoch, never halfway.
 """
@@ -21,10 +22,10 @@ from ..network import INFERENCE_ROWS, Network
 from .batches import epoch_batches, rank_parts
 from .callbacks import Callback, History
 from .data import Resident, Streamed
-from .steps import EPOCHS_PER_LAUNCH, Steps
+from .steps import Steps
 
 #: About how long an eager launch of full-batch epochs may take (they grow to it, up to
-#: EPOCHS_PER_LAUNCH, and shrink past it).
+#: steps.EPOCHS_PER_LAUNCH, and shrink past it).
 LAUNCH_SECONDS = 0.05
 
 
@@ -76,14 +77,15 @@ class Loop:
     def run(self) -> History:
         """Train until ``epochs`` epochs are done; the History of their metrics."""
         # Full-batch epochs run many per launch, their metrics read at once: EPOCHS_PER_LAUNCH
-        # recorded in one graph when planned; eagerly, as many as take about LAUNCH_SECONDS (so
-        # the bar moves and Ctrl-C loses little). One at a time with validation data (the model
+        # recorded in one graph when planned (ONE_KERNEL_EPOCHS_PER_LAUNCH in one kernel on the
+        # one-kernel path); eagerly, as many as take about LAUNCH_SECONDS (so the bar moves and
+        # Ctrl-C loses little). One at a time with validation data (the model
         # is evaluated after every epoch) or L1/L2 penalties (added from each epoch's parameters).
         many = self.batch_size >= self.data.n and self.validation is None \
             and not self.network.regularized
         fixed = self.steps.planned
-        per_launch = EPOCHS_PER_LAUNCH if many and fixed else 1
-        limit = EPOCHS_PER_LAUNCH if many else 1
+        limit = self.steps.epochs_per_launch(self.data.n) if many else 1
+        per_launch = limit if fixed else 1
         # A callback that needs the model at every k-th epoch (a checkpoint every k) gets
         # launches that end on those epochs, however launches grow or a resume began.
         every = [cb.epochs_per_launch for cb in self.callbacks if cb.epochs_per_launch]

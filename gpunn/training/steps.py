@@ -6,7 +6,8 @@
   epoch's loss and correct-count totals), so the step can be recorded as a CUDA graph and
   replayed (graph.py). Full-batch training records EPOCHS_PER_LAUNCH steps per graph.
 - "one-kernel": the book's Dense -> ReLU -> Dense, small enough for one block's shared memory:
-  the steps of a launch run in one kernel (kernels.cu's ``train_in_one_kernel``), also replayed.
+  the steps of a launch run in one kernel (kernels.cu's ``train_in_one_kernel``), also replayed;
+  full-batch training runs up to ONE_KERNEL_EPOCHS_PER_LAUNCH of them in one launch.
 
 ``make_step`` picks the fastest path that can run, once per batch size; ``why_not`` says why a
 path cannot, in the words ``gpunn info`` and the tests read. Planned and one-kernel steps compute
@@ -26,6 +27,11 @@ from .graph import Graph
 
 #: Full-batch epochs recorded in one graph (the book's 10,001 epochs: ~157 launches).
 EPOCHS_PER_LAUNCH = 64
+#: Full-batch epochs in one launch of the one-kernel trainer: one kernel whatever their number, so
+#: more of them cost nothing to record, and each launch's host work (the read of its metrics, the
+#: parameter check, the copy kept for a rollback) is paid 10 times instead of 157 in the book's
+#: run. A launch stays short: about 13 ms of the book's epochs on a CPU core.
+ONE_KERNEL_EPOCHS_PER_LAUNCH = 1024
 #: The paths, fastest last.
 PATHS = ("eager", "planned", "one-kernel")
 
@@ -62,13 +68,19 @@ def choose(network: Network, rows: int) -> str:
 
 class Steps:
     """The steps a network has made, one per batch size and count (made once: their graphs
-    hold device buffers), and the (EPOCHS_PER_LAUNCH, 2) totals they add each step's loss sum
-    and correct count to, row by row."""
+    hold device buffers), and the totals they add each step's loss sum and correct count to,
+    row by row (a row for each epoch a launch may take)."""
 
     def __init__(self, network: Network) -> None:
         self.network = network
-        self.totals = network.backend.zeros((EPOCHS_PER_LAUNCH, 2), np.float64)
+        rows = max(EPOCHS_PER_LAUNCH, ONE_KERNEL_EPOCHS_PER_LAUNCH)
+        self.totals = network.backend.zeros((rows, 2), np.float64)
         self._made: dict[tuple, Any] = {}
+
+    def epochs_per_launch(self, rows: int) -> int:
+        """The most full-batch epochs of ``rows`` samples one launch takes."""
+        one_kernel = choose(self.network, rows) == "one-kernel"
+        return ONE_KERNEL_EPOCHS_PER_LAUNCH if one_kernel else EPOCHS_PER_LAUNCH
 
     @property
     def planned(self) -> bool:

@@ -33,10 +33,23 @@ RULES = OPTIMIZERS + [lambda: nn.SGD(lr=0.5, decay=1e-3)]
 
 @pytest.mark.parametrize("make_opt", RULES)
 @pytest.mark.parametrize("batch_size", [None, 64])
-def test_one_kernel_contract_trains_as_the_planned_steps(make_opt, batch_size):
+def test_one_kernel_contract_trains_as_the_planned_steps(make_opt, batch_size, monkeypatch):
+    monkeypatch.setattr(steps, "ONE_KERNEL_EPOCHS_PER_LAUNCH", 64)  # 150 epochs: three launches
     one = OneKernelNumpy()
     trains_as_the_planned_steps(make_opt, batch_size, one)
     assert one.launches == ([64, 64, 22] if batch_size is None else [1] * 12)
+
+
+def test_a_full_batch_launch_of_the_one_kernel_trainer_takes_up_to_1024_epochs():
+    """Planned graphs hold 64 epochs; one kernel launch takes 1024, and the same history."""
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    one = OneKernelNumpy()
+    histories = [book_model(nn.Adam, backend).fit(X, y, epochs=2100, batch_size=None,
+                                                  verbose=0).history
+                 for backend in (one, PlanningNumpy())]
+    assert one.launches == [1024, 1024, 52]
+    for key in histories[0]:
+        np.testing.assert_allclose(histories[0][key], histories[1][key], rtol=1e-7)
 
 
 @pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
@@ -58,7 +71,7 @@ def trains_as_the_planned_steps(make_opt, batch_size, one_kernel_backend, sizes=
         rng = np.random.default_rng(5)
         X = np.tanh(X @ rng.standard_normal((2, sizes[0])))
         y = (y * 5 + rng.integers(0, 5, y.size)) % sizes[2]
-    epochs = 150 if batch_size is None else 4  # full batch: launches of 64, 64 and 22 epochs
+    epochs = 150 if batch_size is None else 4
     if sizes[0] != 2 and batch_size is None:
         epochs = 80  # RMSprop on the wider network parts from the planned steps by 1e-6 at 150
     planned = book_model(make_opt, PlanningNumpy(), sizes=sizes)
