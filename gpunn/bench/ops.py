@@ -95,9 +95,13 @@ class Calls:
 
 
 def op_profile(w: Workload, name: str, backend: str, precision: str, device: str,
-               steps: int = 10, warmup: int = 3) -> dict[str, Any]:
+               steps: int | None = None, warmup: int = 3) -> dict[str, Any]:
     """gpunn's step on workload ``w`` (called ``name``): its time per step, eager, and each
-    backend op's share, as a JSON-ready dict (the schema's ``op_profiles`` item)."""
+    backend op's share, as a JSON-ready dict (the schema's ``op_profiles`` item). ``steps``:
+    how many are timed, by default 20 on a CPU and 6 on a GPU, where all of them wait in the
+    stream's queue at once, two events a call besides the kernels (some 70 entries a step for
+    medium; launches are reported to block past about 1000 queued, and the device would then
+    start before the host is done)."""
     model = gpunn_model(w, initial_params(w.sizes), backend, precision)
     X, y = workload_data(w)
     run = model.prepare_step(X, y)
@@ -111,6 +115,8 @@ def op_profile(w: Workload, name: str, backend: str, precision: str, device: str
     queued = time.perf_counter() - queued  # the host's time to queue a step (all of it on a CPU)
     bk.synchronize()
     clock = HostClock() if bk.xp.__name__ == "numpy" else DeviceClock()
+    if steps is None:
+        steps = 20 if isinstance(clock, HostClock) else 6
     calls = Calls(clock)
     saved = _time_every_op(bk, calls)
     try:
