@@ -217,7 +217,7 @@ class Loop:
         if group is not None:  # the epochs' loss and correct counts of every rank's rows
             group.allreduce(steps.totals[:count])
         totals = bk.to_numpy(steps.totals[:count])  # the one wait for the device
-        return [(float(loss), float(correct)) for loss, correct in totals]
+        return [(loss, correct) for loss, correct in totals.tolist()]  # Python floats, at once
 
 
 class Mark:
