@@ -198,21 +198,19 @@ class CupyBackend(Backend):
 
     def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
                            below_dbiases: Any, mask: Any = None, out16: Any = None) -> Any:
-        def separate() -> None:  # the ReLU gradient pass writes the bf16 copy too
+        def separate(out16: Any) -> None:  # the ReLU gradient pass writes any bf16 copy too
             self.gemm(dvalues, weights, out=out, trans_b=True)
             self.kernels.relu_backward(out, below_output, out16)
             self.bias_grad(out, out=below_dbiases)
 
         if mask is None:  # the forward pass kept no mask: the separate kernels read the output
-            separate()
+            separate(out16)
             return out
         self.epilogue_choice.run(
             ("dinputs", dvalues.shape, weights.shape, out.dtype),
             lambda: self.epilogues.dinputs_relu_bgrad(dvalues, weights, out, mask,
                                                       below_dbiases, self._tf32),
-            lambda: super(CupyBackend, self).dinputs_relu_bgrad(dvalues, weights, out, below_output,
-                                                                below_dbiases),
-            self.epilogue_policy, self._tf32)
+            lambda: separate(None), self.epilogue_policy, self._tf32)
         if out16 is not None:
             self.to_bf16(out, out16)
         return out

@@ -190,7 +190,7 @@ class Loop:
         self.done = mark.done + epochs
         self.history.truncate(self.done)
 
-    def run_epochs(self, count: int, on_batch: bool = False) -> list[tuple[float, float]]:
+    def run_epochs(self, count: int, on_batch: bool = False) -> list[list[float]]:
         """``count`` epochs (several only for a full batch) through the steps; each epoch's
         (loss sum, correct count), read from the device at once."""
         net, steps, bk = self.network, self.steps, self.network.backend
@@ -217,7 +217,7 @@ class Loop:
         if group is not None:  # the epochs' loss and correct counts of every rank's rows
             group.allreduce(steps.totals[:count])
         totals = bk.to_numpy(steps.totals[:count])  # the one wait for the device
-        return [(loss, correct) for loss, correct in totals.tolist()]  # Python floats, at once
+        return totals.tolist()  # Python floats, all at once
 
 
 class Mark:
