@@ -11,6 +11,7 @@ from conftest import CUPY_PROBLEM, to_host
 from support.backends import Bf16Numpy
 
 import gpunn as nn
+from gpunn.backends import get_backend
 from gpunn.training import steps
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -31,7 +32,7 @@ def bf16_backend(request):
 
 def gpu_bf16():
     """The CuPy backend, where this device and install run bf16 GEMMs (else the test skips)."""
-    bk = nn.get_backend("cupy")
+    bk = get_backend("cupy")
     if bk.why_not("bf16"):
         pytest.skip(bk.why_not("bf16"))
     return bk

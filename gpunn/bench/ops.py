@@ -118,11 +118,12 @@ def op_profile(w: Workload, name: str, backend: str, precision: str, device: str
     if steps is None:
         steps = 20 if isinstance(clock, HostClock) else 6
     calls = Calls(clock)
+    # On a GPU the device waits until the host has queued every step (timed calls take longer
+    # to queue than plain ones: hence the margin), then runs them back to back. Held before the
+    # ops are wrapped: the hold is the profile's, not the step's.
+    bk.hold(4 * queued * steps + 0.01)
     saved = _time_every_op(bk, calls)
     try:
-        # On a GPU the device waits until the host has queued every step (timed calls take
-        # longer to queue than plain ones: hence the margin), then runs them back to back.
-        bk.hold(4 * queued * steps + 0.01)
         first = clock.mark()
         for _ in range(steps):
             work()
