@@ -239,6 +239,7 @@ def test_a_one_rank_nccl_sum_inside_a_captured_step_changes_nothing():
         nn.set_seed(0)
         m = nn.Sequential([nn.Dense(2, 32), nn.ReLU(), nn.Dense(32, 3)])
         m.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend="cupy")
+        m.backend.one_kernel_trainer = False  # the planned step, where the all-reduce is recorded
         m.network.group = group
         for _ in range(20):
             m.train_step(X, y)  # planned, and captured as a graph from the second call

@@ -38,7 +38,8 @@ class Options:
     precision: str = "fp32"
     #: cuBLASLt epilogues: "auto" (per problem, whichever measured faster), "always", "never".
     epilogue_policy: str = "auto"
-    #: Train Dense -> ReLU -> Dense networks small enough with one kernel launch per many epochs.
+    #: Train Dense -> ReLU -> Dense networks small enough with one kernel launch per many epochs
+    #: (on by default on a GPU, where it measured faster; off on the CPU, where it needs numba).
     one_kernel_trainer: bool = False
 
 
@@ -46,10 +47,12 @@ class Backend:
     """A complete backend over an array module ``xp``; subclasses override only hot ops."""
 
     name = "base"
+    #: A model's options on this backend until it changes them.
+    default_options = Options()
 
     def __init__(self, xp: Any) -> None:
         self.xp = xp
-        self.options = Options()
+        self.options = self.default_options
 
     def __repr__(self) -> str:
         return f"<gpunn backend {self.name!r}>"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend
+from .base import Backend, Options
 from .bf16 import BF16_BITS
 from .cuda import launch
 from .cuda.cublaslt import relu_mask_shape
@@ -25,6 +25,9 @@ CUDA_DEV_ATTR_MAX_SHARED_OPTIN = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin
 
 class CupyBackend(Backend):
     name = "cupy"
+    #: The one-kernel trainer on by default: on an H200 (2026-11-27) it took the book's run in
+    #: 0.316 s against the planned steps' 0.542 s, and a small step in 0.0345 ms against 0.0424.
+    default_options = Options(one_kernel_trainer=True)
 
     def __init__(self) -> None:
         import cupy

@@ -69,7 +69,11 @@ def gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequ
         layers += [Dense(a, b)] + ([ReLU()] if i < len(w.sizes) - 2 else [])
     model = Sequential(layers)
     model.set_params(params)
-    return model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=bk, precision=precision)
+    model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=bk, precision=precision)
+    # Planned steps (cuBLAS and kernels) unless a row asks for the one-kernel trainer, which is
+    # on by default on a GPU: gpunn-cupy, its streamed row and its op profile time the same path.
+    model.backend.one_kernel_trainer = False
+    return model
 
 
 #: Batches of host data a streamed row cycles through (each a copy of the workload's batch).

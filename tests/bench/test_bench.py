@@ -13,6 +13,7 @@ import pytest
 from gpunn import bench, cli
 from gpunn.backends import get_backend, jit
 from gpunn.backends.bf16 import BF16_BITS
+from gpunn.training import steps
 
 # In the test extra; a lent GPU machine's image may lack it, and its run collects this file too.
 jsonschema = pytest.importorskip("jsonschema")
@@ -223,6 +224,19 @@ def test_the_op_profile_shows_the_bf16_conversions_a_planned_step_makes(emulated
     ops = {row["op"]: row["calls"] for row in profile["ops"]}
     assert profile["path"] == "planned"
     assert (ops["to_bf16"], ops["gemm"], ops["dinputs_relu_bgrad"]) == (5, 8, 2)
+
+
+def test_the_gpunn_cupy_rows_time_planned_steps_where_the_one_kernel_trainer_could_run(
+        emulated, monkeypatch):
+    """The one-kernel trainer is on by default on a GPU; the bench's gpunn-cupy row, its
+    streamed row and its op profile stay on the planned steps (its own row times the other)."""
+    contenders = sys.modules["gpunn.bench.contenders"]
+    monkeypatch.setattr(contenders, "get_backend", lambda _: emulated)
+    assert emulated.one_kernel_trainer
+    w = bench.Workload((2, 16, 3), 20)
+    model = contenders.gpunn_model(w, bench.initial_params(w.sizes), "cupy", "fp32")
+    assert steps.choose(model.network, 20) == "planned"
+    assert bench.op_profile(w, "tiny", "cupy", "fp32", "gpu", steps=1)["path"] == "planned"
 
 
 def test_the_device_clock_reads_cuda_events(monkeypatch):

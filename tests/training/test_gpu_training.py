@@ -56,6 +56,7 @@ def test_cupy_training_matches_numpy(make_opt, dtype):
         nn.set_seed(0)
         model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 3)])
         model.compile(nn.SoftmaxCrossEntropy(), make_opt(), backend=backend, dtype=dtype)
+        model.backend.one_kernel_trainer = False  # cuBLAS and kernels (the one-kernel trainer: below)
         history = model.fit(X, y, epochs=50, batch_size=None, verbose=0)
         results.append((model.get_params(), history["loss"], model.predict(X)))
     assert_trained_alike(results[1], results[0], dtype)
@@ -134,11 +135,12 @@ def test_tf32_trains_close_to_fp32():
     assert abs(results[0]["loss"] - results[1]["loss"]) < 0.05
 
 
-def test_the_books_run_on_the_gpu():
+def test_the_books_run_on_the_gpu_in_planned_steps():
     X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
     nn.set_seed(0)
     model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
     model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05, decay=5e-7), backend="cupy")
+    model.backend.one_kernel_trainer = False
     history = model.fit(X, y, epochs=10_001, batch_size=None, verbose=0)
     assert model.optimizer.iterations == 10_001 and len(history["loss"]) == 10_001
     assert model.evaluate(X, y)["accuracy"] >= 0.93
@@ -207,12 +209,12 @@ def test_one_kernel_trainer_matches_the_planned_steps(make_opt, dtype, batch_siz
     assert_trained_alike(runs[1], runs[0], dtype)
 
 
-def test_the_books_run_with_the_one_kernel_trainer():
+def test_the_books_run_with_the_one_kernel_trainer_the_gpus_default():
     X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
     nn.set_seed(0)
     model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
     model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05, decay=5e-7), backend="cupy")
-    model.backend.one_kernel_trainer = True
+    assert model.backend.one_kernel_trainer  # on by default on a GPU: nothing to set
     model.fit(X, y, epochs=10_001, batch_size=None, verbose=0)
     assert set(made_steps(model).values()) == {"one-kernel"}
     assert model.evaluate(X, y)["accuracy"] >= 0.93

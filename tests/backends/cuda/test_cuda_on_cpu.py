@@ -124,13 +124,13 @@ def test_shuffled_batches_train_step_evaluate_and_predict(emulated, monkeypatch)
 
 
 def test_info_names_the_gpu_paths_and_why_not(emulated):
-    assert gpu_paths(emulated) == ("CUDA graphs: no (CUDA on the CPU); cuBLASLt epilogues: no "
+    off = emulated.configured(one_kernel_trainer=False)
+    assert gpu_paths(off) == ("CUDA graphs: no (CUDA on the CPU); cuBLASLt epilogues: no "
                                    "(CUDA on the CPU); one-kernel trainer: no (switched off; "
                                    "model.backend.one_kernel_trainer = True turns it on); "
                                    "precision tf32: no (precision 'tf32' needs cuBLAS through "
                                    "nvmath-python: CUDA on the CPU); precision bf16: yes")
-    on = emulated.configured(one_kernel_trainer=True)
-    assert "one-kernel trainer: yes" in gpu_paths(on)
+    assert "one-kernel trainer: yes" in gpu_paths(emulated)  # on by default on a GPU
 
 
 def test_the_one_kernel_trainer_says_when_a_batch_does_not_fit(emulated):
