@@ -40,19 +40,24 @@ from .workloads import BOOK_EPOCHS, STEP_GEMMS, WORKLOADS, Workload, initial_par
 
 
 def time_steps(run: Run, seconds: float, min_steps: int = 3) -> float:
-    """Mean ms per step over as many steps as fit in ``seconds`` (at least ``min_steps``)."""
+    """Mean ms per step over a run of steps that takes at least ``seconds`` (and ``min_steps``),
+    waited for once at its end. A wait every few steps would empty the device's queue each time,
+    a gap a training loop does not have (most of all for streamed steps, whose host copy then
+    runs with no step queued behind it); so shorter runs first say how many steps fill
+    ``seconds``."""
     run.step()
     run.sync()
-    t0 = time.perf_counter()
-    k = 0
+    n = min_steps
     while True:
-        run.step()
-        k += 1
-        if k >= min_steps and k % 4 == 0:
-            run.sync()
-            elapsed = time.perf_counter() - t0
-            if elapsed > seconds:
-                return elapsed / k * 1e3
+        t0 = time.perf_counter()
+        for _ in range(n):
+            run.step()
+        run.sync()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return elapsed / n * 1e3
+        # Aim 10% past ``seconds``, at most 100 times the steps just taken.
+        n = max(n + 1, int(n * min(1.1 * seconds / max(elapsed, 1e-9), 100.0)))
 
 
 def gemm_ceiling(device: str, precision: str, seconds: float) -> float:

@@ -267,3 +267,20 @@ def test_a_failed_op_profile_is_reported_and_the_bench_goes_on(monkeypatch):
     assert doc["op_profiles"] == [] and any(r["impl"] == "gpunn-numpy" for r in doc["results"])
     assert {"impl": "gpunn-numpy op profile", "workload": "small",
             "reason": "RuntimeError: no events here"} in doc["skipped"]
+
+
+def test_steps_are_timed_in_one_run_waited_for_once(monkeypatch):
+    """On a clock that a step moves by 1 ms: the time per step, from a run of at least
+    ``seconds`` with one wait at its end (shorter runs before it only size it), not a wait
+    every few steps that would drain the device's queue."""
+    now, events = [0.0], []
+
+    def step():
+        now[0] += 1e-3
+        events.append("step")
+
+    monkeypatch.setattr(sys.modules["gpunn.bench.suite"].time, "perf_counter", lambda: now[0])
+    ms = bench.time_steps(bench.Run(step, lambda: events.append("sync"), lambda: 0.0), 0.05)
+    runs = "".join("s" if e == "step" else "|" for e in events).split("|")[:-1]
+    assert ms == pytest.approx(1.0)
+    assert len(runs[-1]) >= 50 and len(runs) <= 4  # warm-up, sizing runs, the timed run
