@@ -40,7 +40,7 @@ class CupyBackend(Backend):
         self.kernels = launch.Kernels(launch.compiled(cupy), cupy)
         self.blas = Gemm(cupy)
         self.epilogues = Epilogues(cupy)
-        self.epilogue_choice = EpilogueChoice(cupy, self.epilogues.available)
+        self.epilogue_choice = EpilogueChoice(cupy, self.epilogues.available, self.kernels.hold_device)
 
     # ---- what runs here ------------------------------------------------------------------
 

@@ -4,24 +4,35 @@ A Dense layer's bias and ReLU can ride on its GEMM (cublaslt.py), or run as thei
 after a plain GEMM. Which is faster depends on the shape, so under the "auto" policy each problem
 is timed once, the first time it comes, and the faster path kept. Both paths write the same
 outputs from the same inputs, so running each a few times to time them changes nothing.
+
+The device is held busy (``hold``) while the timed calls are queued, so that the events time the
+device's work, as a replayed CUDA graph runs it, and not the host's launches: the fused path is
+one call where the separate one is two or three, so where launching is slower than computing,
+unheld timing would pick it whatever the device takes.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 _log = logging.getLogger("gpunn")
 
 TIMED_CALLS = 10
+#: The longest hold (seconds): the timed calls of a problem queue far faster than this.
+MAX_HOLD_S = 0.05
 
 
 class EpilogueChoice:
     """Remembers, per problem, whether the fused call measured faster (or could not run)."""
 
-    def __init__(self, cupy: Any, available: bool) -> None:
+    def __init__(self, cupy: Any, available: bool,
+                 hold: Callable[[float], None] | None = None) -> None:
         self.cupy = cupy
         self.available = available  # cuBLASLt through nvmath-python
+        self.hold = hold  # keeps the device busy for the seconds given (launch.Kernels.hold_device)
         #: problem key (with precision and policy) -> whether the fused call runs
         self.decisions: dict[tuple, bool] = {}
         self.said_failed = False
@@ -62,10 +73,17 @@ class EpilogueChoice:
             return False
 
     def time(self, fn: Any) -> float:
-        """Device milliseconds for TIMED_CALLS calls of ``fn`` after one warm-up call."""
+        """Device milliseconds for TIMED_CALLS calls of ``fn`` after one warm-up call, queued
+        behind a hold that outlasts their queueing."""
         cp = self.cupy
         fn()
+        cp.cuda.get_current_stream().synchronize()
+        queued = time.perf_counter()
+        fn()  # how long the host takes to queue a call, now that it is warm
+        queued = time.perf_counter() - queued
         start, end = cp.cuda.Event(), cp.cuda.Event()
+        if self.hold is not None:
+            self.hold(min(MAX_HOLD_S, 2 * TIMED_CALLS * queued + 1e-3))
         start.record()
         for _ in range(TIMED_CALLS):
             fn()

@@ -57,6 +57,30 @@ def test_auto_keeps_whichever_measured_faster(fused_ms, expect):
     assert c.decisions == {("p", False, "auto"): expect}
 
 
+def test_the_timed_calls_wait_behind_a_hold_so_the_events_time_the_device():
+    """The timed calls are queued while the device is held, so a path's many launches do not
+    count, only its device work: the hold comes after the warm-up call and one call timed on
+    the host, and before the start event."""
+    log = []
+
+    class Event:
+        def record(self):
+            log.append("record")
+
+        def synchronize(self):
+            log.append("wait")
+
+    stream = types.SimpleNamespace(is_capturing=lambda: False, synchronize=lambda: log.append("wait"))
+    cuda = types.SimpleNamespace(get_current_stream=lambda: stream, Event=Event,
+                                 get_elapsed_time=lambda start, end: 1.5)
+    held = []
+    c = EpilogueChoice(types.SimpleNamespace(cuda=cuda), True,
+                       hold=lambda seconds: (held.append(seconds), log.append("hold")))
+    assert c.time(lambda: log.append("call")) == 1.5
+    assert log == ["call", "wait", "call", "hold", "record"] + ["call"] * 10 + ["record", "wait"]
+    assert 1e-3 <= held[0] <= 0.05
+
+
 def test_always_skips_timing():
     c, calls = choice(), Calls()
     c.time = lambda fn: pytest.fail("timed under 'always'")
