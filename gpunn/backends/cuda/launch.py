@@ -18,6 +18,7 @@ from . import NVRTC_OPTIONS, name_expressions, source
 THREADS = 256
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
 ONE_KERNEL_THREADS = 512  # kernels.cu's ONE_KERNEL_THREADS (its __launch_bounds__)
+COLUMN_SUM_STRIPES = 32  # kernels.cu's COLUMN_SUM_STRIPES (column_sum's block is 32 x this)
 
 
 def blocks(size: int) -> int:
@@ -93,7 +94,7 @@ class Kernels:
 
     def column_sum(self, dvalues: Any, out: Any) -> Any:
         n, k = dvalues.shape
-        self.lookup("column_sum", dvalues.dtype)(((k + 31) // 32,), (32, 8),
+        self.lookup("column_sum", dvalues.dtype)(((k + 31) // 32,), (32, COLUMN_SUM_STRIPES),
                                                  (dvalues, out, np.int32(n), np.int32(k)))
         return out
 

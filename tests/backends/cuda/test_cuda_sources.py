@@ -74,6 +74,8 @@ def test_host_constants_match_the_sources():
 
     threads = re.search(r"#define ONE_KERNEL_THREADS (\d+)", cuda.source())
     assert threads and int(threads.group(1)) == launch.ONE_KERNEL_THREADS
+    stripes = re.search(r"#define COLUMN_SUM_STRIPES (\d+)", cuda.source())
+    assert stripes and int(stripes.group(1)) == launch.COLUMN_SUM_STRIPES
     assert cupy_backend.CUDA_DEV_ATTR_MAX_SHARED_OPTIN == int(
         runtime.cudaDeviceAttr.cudaDevAttrMaxSharedMemoryPerBlockOptin)
 
