@@ -108,7 +108,9 @@ __global__ void column_sum(const T* dvalues, T* out, int n, int k) {
     partial[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     for (int half = COLUMN_SUM_STRIPES / 2; half > 0; half /= 2) {
-        if (threadIdx.y < half) partial[threadIdx.y][threadIdx.x] += partial[threadIdx.y + half][threadIdx.x];
+        if (threadIdx.y < half) {
+            partial[threadIdx.y][threadIdx.x] += partial[threadIdx.y + half][threadIdx.x];
+        }
         __syncthreads();
     }
     if (threadIdx.y == 0 && col < k) out[col] = partial[0][threadIdx.x];
