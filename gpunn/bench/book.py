@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from .. import Adam, Dense, ReLU, Sequential, SoftmaxCrossEntropy, datasets, set_seed
+from .. import datasets
 from ..training import steps
-from .contenders import Skip
+from .contenders import Skip, book_model
 from .workloads import BOOK_EPOCHS
 
 
@@ -20,11 +20,8 @@ def book_run(impl: str, device: str) -> float:
         backend = "cupy" if impl.startswith("gpunn-cupy") else "numpy"
 
         def train(epochs: int) -> float:
-            set_seed(0)
-            model = Sequential([Dense(2, 64), ReLU(), Dense(64, 3)])
-            model.compile(SoftmaxCrossEntropy(), Adam(lr=0.05, decay=5e-7), backend=backend)
             one_kernel = impl.endswith("-one-kernel")  # the one-kernel trainer switched on
-            model.backend.one_kernel_trainer = one_kernel
+            model = book_model(backend, one_kernel)
             if one_kernel and steps.why_not(model.network, "one-kernel", len(y)):
                 raise Skip(steps.why_not(model.network, "one-kernel", len(y)))
             t0 = time.perf_counter()

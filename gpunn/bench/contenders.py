@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import SGD, Dense, ReLU, Sequential, SoftmaxCrossEntropy
+from .. import SGD, Adam, Dense, ReLU, Sequential, SoftmaxCrossEntropy, set_seed
 from ..backends import Backend, get_backend
 from ..backends.bf16 import BF16_BITS
 from ..training import steps
@@ -73,6 +73,16 @@ def gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequ
     # Planned steps (cuBLAS and kernels) unless a row asks for the one-kernel trainer, which is
     # on by default on a GPU: gpunn-cupy, its streamed row and its op profile time the same path.
     model.backend.one_kernel_trainer = False
+    return model
+
+
+def book_model(backend: str, one_kernel: bool) -> Sequential:
+    """The book's spiral network, seeded, compiled with its Adam (lr 0.05, decay 5e-7) on
+    ``backend``, with the one-kernel trainer on or off."""
+    set_seed(0)
+    model = Sequential([Dense(2, 64), ReLU(), Dense(64, 3)])
+    model.compile(SoftmaxCrossEntropy(), Adam(lr=0.05, decay=5e-7), backend=backend)
+    model.backend.one_kernel_trainer = one_kernel
     return model
 
 

@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .contenders import gpunn_model
+from .. import datasets
+from ..training import steps as paths
+from .contenders import Skip, book_model, gpunn_model
 from .workloads import Workload, initial_params, workload_data
 
 #: What the "(between ops)" row is called.
@@ -140,6 +142,41 @@ def op_profile(w: Workload, name: str, backend: str, precision: str, device: str
     return {"workload": name, "impl": f"gpunn-{backend}", "device": device,
             "precision": precision, "path": step.path, "step_ms": step_s * 1e3, "steps": steps,
             "ops": ops}
+
+
+def book_profile(backend: str, device: str, epochs: int = 2048) -> dict[str, Any]:
+    """The book's run in ``fit`` with the one-kernel trainer on ``backend``: its time per epoch
+    (wall time over ``epochs`` full-batch epochs), and the trainer's share: one launch of
+    ONE_KERNEL_EPOCHS_PER_LAUNCH epochs timed by the device's clock. The rest is the host's (each
+    launch's metrics read, its checks, the history). As a JSON-ready ``op_profiles`` item."""
+    model = book_model(backend, one_kernel=True)
+    X, y = datasets.spiral_data(samples=100, classes=3, seed=0)
+    reason = paths.why_not(model.network, "one-kernel", len(y))
+    if reason:
+        raise Skip(reason)
+    launch = paths.ONE_KERNEL_EPOCHS_PER_LAUNCH
+    if epochs < launch:
+        raise ValueError(f"epochs must be at least {launch} (one whole launch); got {epochs}")
+    bk = model.backend
+    model.fit(X, y, epochs=100, batch_size=None, verbose=0)  # compiled, buffers allocated
+    bk.synchronize()
+    total = time.perf_counter()
+    model.fit(X, y, epochs=epochs, batch_size=None, verbose=0)
+    bk.synchronize()
+    total = time.perf_counter() - total
+    step = model.steps.get(len(y), launch)  # made by the fit: its data is loaded
+    clock = HostClock() if bk.xp.__name__ == "numpy" else DeviceClock()
+    start = clock.mark()
+    step.run()
+    end = clock.mark()
+    clock.settle()
+    epoch_ms, trainer_ms = total / epochs * 1e3, clock.seconds(start, end) / launch * 1e3
+    return {"workload": "book", "impl": f"gpunn-{backend}-one-kernel", "device": device,
+            "precision": "fp32", "path": step.path, "step_ms": epoch_ms, "steps": epochs,
+            "ops": [{"op": "train_in_one_kernel", "calls": 1 / launch, "ms": trainer_ms,
+                     "share": trainer_ms / epoch_ms},
+                    {"op": BETWEEN, "calls": 0.0, "ms": epoch_ms - trainer_ms,
+                     "share": 1 - trainer_ms / epoch_ms}]}
 
 
 def _time_every_op(bk: Any, calls: Calls) -> dict[str, Any]:

@@ -4,6 +4,7 @@ the GEMM ceiling measured between them; and the ``gpunn bench`` command."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -24,7 +25,7 @@ from ..files import check_writable, write_atomic
 from ..plot import require_matplotlib
 from .book import book_run
 from .contenders import Run, Skip, contenders
-from .ops import op_profile
+from .ops import book_profile, op_profile
 from .report import (
     add_speedups,
     markdown,
@@ -183,6 +184,10 @@ class Suite:
             self.log(f"book    {device} {row['impl']:19s} {row['step_ms'] / 1e3:8.3f} s for "
                      f"{BOOK_EPOCHS} epochs" + speedup_text(row))
         self.results += rows
+        for row in rows:
+            if self.ops and row["impl"] == f"gpunn-{row['backend']}-one-kernel":
+                self._profile(functools.partial(book_profile, row["backend"], device), row["impl"],
+                              "book")
 
     def workload(self, name: str, device: str, precision: str) -> None:
         """Every contender's step time on one workload, interleaved repeat by repeat."""
@@ -212,14 +217,15 @@ class Suite:
             self.log(row_text(row))
         self.results += rows
         for impl, (backend, _, _) in runs.items():
-            if self.ops and impl == f"gpunn-{backend}":  # the default path of each backend
-                self._profile(w, name, backend, precision, device)
+            if self.ops and impl == f"gpunn-{backend}":  # the planned path of each backend
+                self._profile(functools.partial(op_profile, w, name, backend, precision, device),
+                              impl, name)
 
-    def _profile(self, w: Workload, name: str, backend: str, precision: str, device: str) -> None:
+    def _profile(self, make: Callable[[], dict[str, Any]], impl: str, workload: str) -> None:
         try:
-            profile = op_profile(w, name, backend, precision, device)
+            profile = make()
         except Exception as exc:  # the profile is extra: the timed rows stand without it
-            self.skip(f"gpunn-{backend} op profile", name, f"{type(exc).__name__}: {exc}")
+            self.skip(f"{impl} op profile", workload, f"{type(exc).__name__}: {exc}")
             return
         self.op_profiles.append(profile)
         self.log(op_profile_text(profile))

@@ -284,3 +284,48 @@ def test_steps_are_timed_in_one_run_waited_for_once(monkeypatch):
     runs = "".join("s" if e == "step" else "|" for e in events).split("|")[:-1]
     assert ms == pytest.approx(1.0)
     assert len(runs[-1]) >= 50 and len(runs) <= 4  # warm-up, sizing runs, the timed run
+
+
+def compiled_trainer_or_skip():
+    reason = get_backend("numpy").configured(one_kernel_trainer=True).why_not("one_kernel_trainer")
+    if reason:
+        pytest.skip(reason)
+
+
+def test_the_book_profile_splits_fits_epoch_into_the_trainers_time_and_the_rest(monkeypatch):
+    """With the trainer slowed by 50 us an epoch (a sleep inside it), the profile charges about
+    that to the trainer, per epoch, from one launch of 1024 epochs, and little to the rest."""
+    import time
+
+    compiled_trainer_or_skip()
+    numpy_backend = type(get_backend("numpy"))
+    train = numpy_backend.train_in_one_kernel
+
+    def slowed(self, X, y, params, grads, states, schedule, totals, epochs, rule, outs):
+        time.sleep(50e-6 * epochs)
+        return train(self, X, y, params, grads, states, schedule, totals, epochs, rule, outs)
+
+    monkeypatch.setattr(numpy_backend, "train_in_one_kernel", slowed)
+    profile = bench.ops.book_profile("numpy", "cpu", epochs=2048)
+    jsonschema.validate([profile], bench.SCHEMA["properties"]["op_profiles"])
+    trainer, rest = profile["ops"]
+    assert (trainer["op"], trainer["calls"], rest["op"]) == ("train_in_one_kernel", 1 / 1024,
+                                                              bench.ops.BETWEEN)
+    assert 0.05 <= trainer["ms"] < 0.05 * 1.5
+    assert 0 <= rest["ms"] < 0.2 * trainer["ms"]
+    assert profile["step_ms"] == pytest.approx(trainer["ms"] + rest["ms"])
+    assert (profile["path"], profile["steps"], profile["impl"]) == ("one-kernel", 2048,
+                                                                    "gpunn-numpy-one-kernel")
+
+
+def test_bench_ops_profiles_the_books_run_with_the_one_kernel_trainer():
+    compiled_trainer_or_skip()
+    lines = []
+    doc = bench.run_suite(["book"], ["numpy"], [], ["fp32"], repeats=1, seconds=0.02,
+                          log=lines.append, ops=True)
+    jsonschema.validate(doc, bench.SCHEMA)
+    assert [(p["workload"], p["impl"]) for p in doc["op_profiles"]] == [
+        ("book", "gpunn-numpy-one-kernel")]
+    title = "gpunn-numpy-one-kernel on the book's run (cpu, fp32, 2048 epochs in fit): "
+    assert any(line.startswith(f"ops     {title}") for line in lines)
+    assert f"Op profile: {title}" in bench.markdown(doc)
