@@ -218,3 +218,44 @@ def test_the_books_run_with_the_one_kernel_trainer_the_gpus_default():
     model.fit(X, y, epochs=10_001, batch_size=None, verbose=0)
     assert set(made_steps(model).values()) == {"one-kernel"}
     assert model.evaluate(X, y)["accuracy"] >= 0.93
+
+
+def test_a_memmap_over_the_data_budget_streams_through_pinned_buffers_and_trains_as_resident(
+        tmp_path, monkeypatch):
+    """A float64 .npy memmap over a data budget set for the test: fit (shuffled batches, a
+    validation split), evaluate and predict send it through the pinned, double-buffered uploader
+    on its copy stream, and give what the same data kept on the device gives, to float32's
+    tolerance (the same kernels in the same order: the bits should agree)."""
+    from gpunn.backends.cuda import transfer
+
+    X, y = nn.datasets.spiral_data(samples=200, classes=3, seed=0)
+    np.save(tmp_path / "X.npy", X)
+    X = np.load(tmp_path / "X.npy", mmap_mode="r")
+    monkeypatch.setenv("GPUNN_DATA_BUDGET", str(X.shape[0] * X.shape[1]))  # a quarter of float32's
+    uploads = []
+    start = transfer.PinnedUploader.start
+
+    def counted(self, x, labels):
+        uploads.append(x.shape[0])
+        return start(self, x, labels)
+
+    monkeypatch.setattr(transfer.PinnedUploader, "start", counted)
+    runs = []
+    for stream in (None, False):  # None: over the budget, so streamed; False: kept on the device
+        nn.set_seed(0)
+        model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend="cupy")
+        history = model.fit(X, y, epochs=4, batch_size=64, seed=1, verbose=0,
+                            validation_split=0.2, stream=stream)
+        runs.append((model.get_params(), history.history, model.evaluate(X, y, stream=stream),
+                     model.predict(X, batch_size=100, stream=stream)))
+        if stream is None:
+            streamed = len(uploads)
+    assert streamed >= 4 * 8 and len(uploads) == streamed  # only the first run went through it
+    (p_s, h_s, e_s, q_s), (p_r, h_r, e_r, q_r) = runs
+    for a, b in zip(p_s, p_r):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for key in h_r:
+        np.testing.assert_allclose(h_s[key], h_r[key], rtol=1e-5, atol=1e-6)
+    assert e_s["loss"] == pytest.approx(e_r["loss"], rel=1e-5)
+    np.testing.assert_allclose(q_s, q_r, rtol=1e-5, atol=1e-6)
