@@ -8,7 +8,6 @@ the steps it trains with (training/steps.py) and the fit loop (training/loop.py)
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import weakref
@@ -70,7 +69,7 @@ class Sequential(LayerStack):
         if net is not None:
             state["compiled"] = {"loss": net.loss, "optimizer": net.optimizer,
                                  "dtype": str(net.dtype), "backend": net.backend.name,
-                                 "options": dataclasses.asdict(net.backend.options),
+                                 "options": net.backend.options_set(),
                                  "metrics": net.metrics,
                                  "weights": net.get_params(), "state": net.state_dict(host=True)}
         return state
@@ -238,8 +237,10 @@ class Sequential(LayerStack):
         target = get_backend(backend)
         if target.name == net.backend.name:
             return self
-        # The model's options go along; tf32 and bf16 are refused on the CPU before anything moves.
-        bk = target.configured(**dataclasses.asdict(net.backend.options))
+        # The options the model asked for go along (tf32 and bf16 are refused on the CPU before
+        # anything moves); those left at the old backend's defaults take the new one's: the
+        # one-kernel trainer is on by default on a GPU only.
+        bk = target.configured(**net.backend.options_set())
         state = net.state_dict(host=True)
         self._build(net.loss, net.optimizer, bk, net.dtype, net.get_params(), net.metrics)
         self.network.load_state_dict(state)

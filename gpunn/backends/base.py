@@ -84,6 +84,12 @@ class Backend:
         view.options = self._checked(dataclasses.replace(self.options, **changes))
         return view
 
+    def options_set(self) -> dict[str, Any]:
+        """The options that differ from this backend's defaults: what a model asked for."""
+        return {field.name: getattr(self.options, field.name)
+                for field in dataclasses.fields(Options)
+                if getattr(self.options, field.name) != getattr(self.default_options, field.name)}
+
     def _checked(self, options: Options) -> Options:
         if options.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; "

@@ -232,3 +232,28 @@ def test_hold_keeps_the_device_busy_for_the_seconds_asked(emulated):
         emulated.hold(seconds)
         took = time.perf_counter() - start
         assert seconds <= took < seconds + 0.5, (seconds, took)
+
+
+def test_a_model_moved_or_unpickled_keeps_the_options_it_set_and_takes_the_new_defaults(emulated):
+    """Options a model set go along to another backend; those it left at the old backend's
+    defaults take the new one's: the one-kernel trainer, on by default on a GPU, stays off on
+    the CPU unless asked for there (so a seed gives the NumPy steps' numbers)."""
+    import pickle
+
+    def book(backend):
+        model = nn.Sequential([nn.Dense(2, 8), nn.ReLU(), nn.Dense(8, 3)])
+        return model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend=backend)
+
+    assert book(emulated).backend.one_kernel_trainer  # the GPU's default
+    assert not book(emulated).to("numpy").backend.one_kernel_trainer
+    assert book("numpy").to(emulated).backend.one_kernel_trainer
+    asked = book(emulated)
+    asked.backend.epilogue_policy = "never"
+    moved = asked.to("numpy").backend
+    assert (moved.epilogue_policy, moved.one_kernel_trainer) == ("never", False)
+    # Unpickled where there is no GPU (here), a GPU model comes back on the CPU the same way.
+    again = pickle.loads(pickle.dumps(book(emulated)))
+    assert again.backend.name == "numpy" and not again.backend.one_kernel_trainer
+    asked_cpu = book("numpy")
+    asked_cpu.backend.one_kernel_trainer = True
+    assert pickle.loads(pickle.dumps(asked_cpu)).backend.one_kernel_trainer
