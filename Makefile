@@ -61,7 +61,7 @@ gpu-check:
 	export PYTHONPATH="$$site:$$PWD"; \
 	python3 -m gpunn info; \
 	python3 -c "import cuda.core" 2>/dev/null || echo "cuda.core does not import here (nvmath-python 1.0 wants it): carry its wheel, ../shared/gpu/fetch-wheels.sh cuda-core"; \
-	python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/backends/cuda/test_cuda_sources.py tests || status=$$?; \
+	python3 -m pytest -q -rfEs -m gpu -p no:cacheprovider --ignore=tests/backends/cuda/test_cuda_sources.py tests || status=$$?; \
 	python3 -m gpunn bench --backends cupy --repeats 5 --ops $(GPU_BENCH) --json "$${OUT:-.}/bench.json" \
 	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \
 	exit $${status:-0}
