@@ -8,7 +8,6 @@ import time
 import numpy as np
 
 from .. import datasets
-from ..training import steps
 from .contenders import Skip, book_model
 from .workloads import BOOK_EPOCHS
 
@@ -20,10 +19,7 @@ def book_run(impl: str, device: str) -> float:
         backend = "cupy" if impl.startswith("gpunn-cupy") else "numpy"
 
         def train(epochs: int) -> float:
-            one_kernel = impl.endswith("-one-kernel")  # the one-kernel trainer switched on
-            model = book_model(backend, one_kernel)
-            if one_kernel and steps.why_not(model.network, "one-kernel", len(y)):
-                raise Skip(steps.why_not(model.network, "one-kernel", len(y)))
+            model = book_model(backend, impl.endswith("-one-kernel"), len(y))
             t0 = time.perf_counter()
             model.fit(X, y, epochs=epochs, batch_size=None, verbose=0)
             model.backend.synchronize()

@@ -44,9 +44,7 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False):
         bk = model.backend
         if backend == "cupy":
             bk.epilogue_policy = epilogues
-        bk.one_kernel_trainer = one_kernel
-        if one_kernel and steps.why_not(model.network, "one-kernel", len(y)):
-            raise Skip(steps.why_not(model.network, "one-kernel", len(y)))
+        use_one_kernel(model, one_kernel, len(y))
         step = model.prepare_step(X, y)
         return Run(step, bk.synchronize, lambda: model.evaluate(X, y)["loss"])
     return make
@@ -76,13 +74,22 @@ def gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequ
     return model
 
 
-def book_model(backend: str, one_kernel: bool) -> Sequential:
+def use_one_kernel(model: Sequential, on: bool, rows: int) -> None:
+    """Switch the model's one-kernel trainer on or off; Skip (the row) where it is asked for and
+    cannot take batches of ``rows`` samples here."""
+    model.backend.one_kernel_trainer = on
+    reason = steps.why_not(model.network, "one-kernel", rows) if on else None
+    if reason:
+        raise Skip(reason)
+
+
+def book_model(backend: str, one_kernel: bool, rows: int) -> Sequential:
     """The book's spiral network, seeded, compiled with its Adam (lr 0.05, decay 5e-7) on
-    ``backend``, with the one-kernel trainer on or off."""
+    ``backend``, with the one-kernel trainer on (or Skip, where it cannot take ``rows``) or off."""
     set_seed(0)
     model = Sequential([Dense(2, 64), ReLU(), Dense(64, 3)])
     model.compile(SoftmaxCrossEntropy(), Adam(lr=0.05, decay=5e-7), backend=backend)
-    model.backend.one_kernel_trainer = one_kernel
+    use_one_kernel(model, one_kernel, rows)
     return model
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import datasets
 from ..training import steps as paths
-from .contenders import Skip, book_model, gpunn_model
+from .contenders import book_model, gpunn_model
 from .workloads import Workload, initial_params, workload_data
 
 #: What the "(between ops)" row is called.
@@ -59,6 +59,11 @@ class DeviceClock:
 
     def settle(self) -> None:
         self.cupy.cuda.get_current_stream().synchronize()
+
+
+def clock_for(bk: Any) -> HostClock | DeviceClock:
+    """The clock that times ``bk``'s work: the host's for NumPy, CUDA events for CuPy."""
+    return HostClock() if bk.xp.__name__ == "numpy" else DeviceClock()
 
 
 class Calls:
@@ -116,7 +121,7 @@ def op_profile(w: Workload, name: str, backend: str, precision: str, device: str
     work()
     queued = time.perf_counter() - queued  # the host's time to queue a step (all of it on a CPU)
     bk.synchronize()
-    clock = HostClock() if bk.xp.__name__ == "numpy" else DeviceClock()
+    clock = clock_for(bk)
     if steps is None:
         steps = 20 if isinstance(clock, HostClock) else 6
     calls = Calls(clock)
@@ -149,11 +154,8 @@ def book_profile(backend: str, device: str, epochs: int = 2048) -> dict[str, Any
     (wall time over ``epochs`` full-batch epochs), and the trainer's share: one launch of
     ONE_KERNEL_EPOCHS_PER_LAUNCH epochs timed by the device's clock. The rest is the host's (each
     launch's metrics read, its checks, the history). As a JSON-ready ``op_profiles`` item."""
-    model = book_model(backend, one_kernel=True)
     X, y = datasets.spiral_data(samples=100, classes=3, seed=0)
-    reason = paths.why_not(model.network, "one-kernel", len(y))
-    if reason:
-        raise Skip(reason)
+    model = book_model(backend, True, len(y))
     launch = paths.ONE_KERNEL_EPOCHS_PER_LAUNCH
     if epochs < launch:
         raise ValueError(f"epochs must be at least {launch} (one whole launch); got {epochs}")
@@ -165,7 +167,7 @@ def book_profile(backend: str, device: str, epochs: int = 2048) -> dict[str, Any
     bk.synchronize()
     total = time.perf_counter() - total
     step = model.steps.get(len(y), launch)  # made by the fit: its data is loaded
-    clock = HostClock() if bk.xp.__name__ == "numpy" else DeviceClock()
+    clock = clock_for(bk)
     start = clock.mark()
     step.run()
     end = clock.mark()

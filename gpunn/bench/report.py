@@ -99,7 +99,9 @@ SCHEMA: dict[str, Any] = {
                     "precision": {"enum": ["fp32", "tf32", "bf16"]},
                     "path": {"enum": ["eager", "planned", "one-kernel"],
                              "description": "the path the step takes (training/steps.py)"},
-                    "step_ms": {"type": "number", "description": "mean eager step, timed"},
+                    "step_ms": {"type": "number",
+                                "description": "mean eager step, timed (book: fit's time "
+                                               "per epoch)"},
                     "steps": {"type": "integer"},
                     "ops": {"type": "array", "items": {
                         "type": "object", "required": ["op", "calls", "ms", "share"],
