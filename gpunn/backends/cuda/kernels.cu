@@ -331,6 +331,38 @@ __device__ __forceinline__ unsigned long long device_nanoseconds() {
 }
 #endif
 
+// Where the one-kernel trainer's epochs go, phase by phase (benchmarks/one_kernel_phases.py).
+// Compiled in only with -DONE_KERNEL_PHASES; otherwise the markers are empty. Thread 0 adds the
+// SM cycles from one marker to the next to a register per phase (each phase ends at a barrier, so
+// thread 0's clock there is the block's) and, at the end of a launch, those to
+// one_kernel_phase_cycles[phase], and the launch's cycles and nanoseconds to the last two slots.
+#define ONE_KERNEL_PHASE_COUNT 9
+#ifdef ONE_KERNEL_PHASES
+extern "C" {
+__device__ unsigned long long one_kernel_phase_cycles[ONE_KERNEL_PHASE_COUNT + 2];
+}
+#define PHASES_START                                                                     \
+    unsigned long long phase_cycles[ONE_KERNEL_PHASE_COUNT] = {}, phase_clock = clock64(), \
+                       launch_clock = phase_clock, launch_ns = NANOSECONDS();
+#define PHASE_DONE(p)                                                                   \
+    if (threadIdx.x == 0) {                                                             \
+        unsigned long long now = clock64();                                             \
+        phase_cycles[p] += now - phase_clock;                                           \
+        phase_clock = now;                                                              \
+    }
+#define PHASES_END                                                                       \
+    if (threadIdx.x == 0) {                                                             \
+        _Pragma("unroll") for (int p = 0; p < ONE_KERNEL_PHASE_COUNT; ++p)               \
+            one_kernel_phase_cycles[p] += phase_cycles[p];                             \
+        one_kernel_phase_cycles[ONE_KERNEL_PHASE_COUNT] += clock64() - launch_clock;     \
+        one_kernel_phase_cycles[ONE_KERNEL_PHASE_COUNT + 1] += NANOSECONDS() - launch_ns; \
+    }
+#else
+#define PHASES_START
+#define PHASE_DONE(p)
+#define PHASES_END
+#endif
+
 // One thread busy for `nanoseconds`: the work queued behind it waits, so the host can queue a
 // whole sequence before the device starts on it (gpunn bench --ops: each op's CUDA events then
 // time the op, not the host's launches).
@@ -352,13 +384,17 @@ __global__ void hold_device(long long nanoseconds) {
 // RULE_ADAM. Epoch e adds its loss sum and correct count to totals[e] (as softmax_cross_entropy
 // does: one row per epoch).
 
+// 1024 threads (at most 64 registers each) took longer on an H200: 21.6 us an epoch against 19.0.
 #define ONE_KERNEL_THREADS 512
 
-// The trainer runs one block on one multiprocessor, so an epoch's time is the length of its
-// longest chain of dependent steps, not its arithmetic (about half a million flops for the book's
-// network). Hence: no division by a run-time size per element (Cells), partial sums added in a
-// tree rather than one after another, block sums through warp shuffles, the schedule's pows on
-// threads that would otherwise wait, and each exp computed once.
+// The trainer runs one block on one multiprocessor, so an epoch's time is its longest chain of
+// dependent steps and the instructions its 16 warps issue, not its arithmetic (about half a
+// million flops for the book's network). Hence: no division by a run-time size per element
+// (Cells), a thread per column and four rows at a time in the layers (rows_by_columns), partial
+// sums four at a time and added in a tree rather than one after another, block sums through warp
+// shuffles, the schedule's pows on threads that would otherwise wait, and each exp computed once.
+// benchmarks/one_kernel_phases.py measures where an epoch goes, phase by phase (PHASE_DONE): on
+// an H200 (2026-11-27) the book's epoch went from 58,500 cycles to 37,100 with these.
 
 // The cells first, first + step, ... of an array with `cols` columns, as (row i, column j), one
 // division at the start instead of one per cell (dividing by a number known only at run time
@@ -378,19 +414,33 @@ struct Cells {
 // row-major with row strides lda and ldb); A == nullptr stands for a column of ones (a bias
 // gradient). Each output's sum is split over `parts` stripes of rows, whose partial sums are then
 // added pairwise (stripe p + half into stripe p) in a fixed order: log2(parts) rounds, where adding
-// them one after another took parts - 1 (169 for the book's output bias).
+// them one after another took parts - 1 (169 for the book's output bias). At most MAX_STRIPES
+// stripes: each round waits at a barrier, and with 170 stripes of about 2 rows the book's output
+// bias spent its time in 7 of them (32 stripes: 4 rounds, and 0.3 us less an epoch on an H200).
+#define MAX_STRIPES 32
 template <typename T>
 __device__ void block_tn(const T* A, int a_cols, int lda, const T* B, int b_cols, int ldb, int n,
                          T* out, T* scratch) {
     int outputs = a_cols * b_cols;
     int parts = (int)blockDim.x / outputs;
+    if (parts > MAX_STRIPES) parts = MAX_STRIPES;
     if (parts > n) parts = n;
     if (parts < 1) parts = 1;
     Cells cell(threadIdx.x, blockDim.x, outputs);  // (stripe, output)
     for (; cell.i < parts; cell.next()) {
         int r = cell.j / b_cols, c = cell.j - r * b_cols;
-        T acc = T(0);
-        for (int i = cell.i; i < n; i += parts) acc += (A ? A[i * lda + r] : T(1)) * B[i * ldb + c];
+        // Four partial sums over alternate rows of the stripe: four chains of adds in flight
+        // rather than one (on an H200 this halved the book's dW2 and took a fifth off dW1).
+        T acc0 = T(0), acc1 = T(0), acc2 = T(0), acc3 = T(0);
+        int i = cell.i;
+        for (; i + 3 * parts < n; i += 4 * parts) {
+            acc0 += (A ? A[i * lda + r] : T(1)) * B[i * ldb + c];
+            acc1 += (A ? A[(i + parts) * lda + r] : T(1)) * B[(i + parts) * ldb + c];
+            acc2 += (A ? A[(i + 2 * parts) * lda + r] : T(1)) * B[(i + 2 * parts) * ldb + c];
+            acc3 += (A ? A[(i + 3 * parts) * lda + r] : T(1)) * B[(i + 3 * parts) * ldb + c];
+        }
+        for (; i < n; i += parts) acc0 += (A ? A[i * lda + r] : T(1)) * B[i * ldb + c];
+        T acc = (acc0 + acc1) + (acc2 + acc3);
         if (parts == 1) out[cell.j] = acc; else scratch[cell.i * outputs + cell.j] = acc;
     }
     __syncthreads();
@@ -407,6 +457,45 @@ __device__ void block_tn(const T* A, int a_cols, int lda, const T* B, int b_cols
     __syncthreads();
 }
 
+// out(i, j, sum_c A[i * inner + c] * W[c * w_c + j * w_j]) for every row i < n and column
+// j < cols, the sum taken in order of c from zero (`finish` adds the bias or applies the mask and
+// stores). When one thread took one cell after another, these two layers took 45% of the book's
+// epoch on an H200 (12,200 and 14,100 cycles): about 60 instructions a cell went on finding the
+// cell and its operands, not on its two or three products. Here a thread keeps one column and
+// takes four of its rows at a time, so each weight read serves four rows, the four sums are
+// independent, and the row pointers step by a constant: 6,400 cycles each.
+template <typename T, typename Finish>
+__device__ __forceinline__ void rows_by_columns(const T* A, int inner, const T* W, int w_c, int w_j,
+                                                int n, int cols, Finish finish) {
+    int tid = threadIdx.x, threads = blockDim.x;
+    int shared = cols < threads;  // then several threads share a column, over alternate rows
+    int first_row = shared ? tid / cols : 0;
+    int row_step = shared ? (threads - 1 - tid % cols) / cols + 1 : 1;  // threads on this column
+    for (int j = shared ? tid % cols : tid; j < cols; j += shared ? cols : threads) {
+        const T* w = W + j * w_j;
+        for (int i = first_row; i < n; i += 4 * row_step) {
+            // Rows past the end repeat row i (a row that exists), and are not finished.
+            int i1 = i + row_step, i2 = i1 + row_step, i3 = i2 + row_step;
+            const T* a0 = A + i * inner;
+            const T* a1 = A + (i1 < n ? i1 : i) * inner;
+            const T* a2 = A + (i2 < n ? i2 : i) * inner;
+            const T* a3 = A + (i3 < n ? i3 : i) * inner;
+            T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
+            for (int c = 0; c < inner; ++c) {
+                T wc = w[c * w_c];
+                s0 += a0[c] * wc;
+                s1 += a1[c] * wc;
+                s2 += a2[c] * wc;
+                s3 += a3[c] * wc;
+            }
+            finish(i, j, s0);
+            if (i1 < n) finish(i1, j, s1);
+            if (i2 < n) finish(i2, j, s2);
+            if (i3 < n) finish(i3, j, s3);
+        }
+    }
+}
+
 // The block's sums of a and b (one pair per thread; blockDim a multiple of 32, at most 1024) in a
 // fixed order, lanes then warps, for thread 0. `scratch`: 64 doubles.
 __device__ void block_sums(double& a, double& b, double* scratch) {
@@ -418,6 +507,14 @@ __device__ void block_sums(double& a, double& b, double* scratch) {
     if (warp == 0) {
         a = warp_sum(lane < warps ? scratch[lane] : 0.0);
         b = warp_sum(lane < warps ? scratch[32 + lane] : 0.0);
+    }
+}
+
+// out[i * cols + j] = from[i * ld + j]: the last epoch's copy of a shared array for the caller.
+template <typename T>
+__device__ void copy_rows(const T* from, int ld, T* out, int n, int cols) {
+    for (Cells cell(threadIdx.x, blockDim.x, cols); cell.i < n; cell.next()) {
+        out[cell.i * cols + cell.j] = from[cell.i * ld + cell.j];
     }
 }
 
@@ -463,22 +560,20 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
     __syncthreads();
     T inv_n = T(1.0 / n);
 
+    PHASES_START
     for (int epoch = 0; epoch < epochs; ++epoch) {
         int last = epoch == epochs - 1;
         // What totals hold already, read now so that the read's wait overlaps the epoch.
         double loss_before = 0.0, correct_before = 0.0;
         if (tid == 0) { loss_before = totals[2 * epoch]; correct_before = totals[2 * epoch + 1]; }
         // Hidden layer: H = max(X @ W1 + b1, 0).
-        for (Cells cell(tid, threads, hidden); cell.i < n; cell.next()) {
-            int i = cell.i, j = cell.j;
-            T z = T(0);
-            for (int c = 0; c < n_in; ++c) z += sX[i * n_in + c] * sW[c * hidden + j];
+        rows_by_columns<T>(sX, n_in, sW, hidden, 1, n, hidden, [&](int i, int j, T z) {
             z += sW[off_b1 + j];
-            z = z < T(0) ? T(0) : z;
-            sH[i * ldh + j] = z;
-            if (last) hidden_out[i * hidden + j] = z;
-        }
+            sH[i * ldh + j] = z < T(0) ? T(0) : z;
+        });
         __syncthreads();
+        PHASE_DONE(0)
+        if (last) copy_rows(sH, ldh, hidden_out, n, hidden);
         // Logits: Z = H @ W2 + b2.
         for (Cells cell(tid, threads, k); cell.i < n; cell.next()) {
             int i = cell.i, c = cell.j;
@@ -489,6 +584,7 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             if (last) logits_out[i * k + c] = z;
         }
         __syncthreads();
+        PHASE_DONE(1)
         // This epoch's schedule (advance), in three parts on three threads; the step count moves
         // on in the update below, after a barrier.
         if (schedule_part >= 0 && schedule_part < 3) advance_part(sched, schedule_part);
@@ -526,22 +622,25 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             totals[2 * epoch] = loss_before + loss_sum;
             totals[2 * epoch + 1] = correct_before + correct;
         }
+        PHASE_DONE(2)
         // Output layer's gradients: dW2 = H^T dZ, db2 = column sums of dZ.
         block_tn<T>(sH, hidden, ldh, sZ, k, k, n, sG + off_w2, scratch);
+        PHASE_DONE(3)
         block_tn<T>(nullptr, 1, 1, sZ, k, k, n, sG + off_b2, scratch);
-        // Hidden gradient, in place of H: (dZ @ W2^T) where the ReLU let values through.
-        for (Cells cell(tid, threads, hidden); cell.i < n; cell.next()) {
-            int i = cell.i, j = cell.j;
-            T d = T(0);
-            if (sH[i * ldh + j] > T(0)) {
-                for (int c = 0; c < k; ++c) d += sZ[i * k + c] * sW[off_w2 + j * k + c];
-            }
-            sH[i * ldh + j] = d;
-            if (last) dhidden_out[i * hidden + j] = d;
-        }
+        PHASE_DONE(4)
+        // Hidden gradient, in place of H: (dZ @ W2^T) where the ReLU let values through (a
+        // select, not a product: what the ReLU stopped stays 0 whatever dZ holds).
+        rows_by_columns<T>(sZ, k, sW + off_w2, 1, k, n, hidden, [&](int i, int j, T d) {
+            T* h = sH + i * ldh + j;
+            *h = *h > T(0) ? d : T(0);
+        });
         __syncthreads();
+        PHASE_DONE(5)
+        if (last) copy_rows(sH, ldh, dhidden_out, n, hidden);
         block_tn<T>(sX, n_in, n_in, sH, hidden, ldh, n, sG, scratch);
+        PHASE_DONE(6)
         block_tn<T>(nullptr, 1, 1, sH, hidden, ldh, n, sG + off_b1, scratch);
+        PHASE_DONE(7)
         T lr = (T)sched[SCHEDULE_LR_T], correct_1 = (T)sched[SCHEDULE_CORRECTION_1],
           correct_2 = (T)sched[SCHEDULE_CORRECTION_2];
         for (int i = tid; i < n_params; i += threads) {
@@ -556,7 +655,9 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         }
         if (tid == 0) sched[SCHEDULE_ITERATIONS] += 1.0;
         __syncthreads();
+        PHASE_DONE(8)
     }
+    PHASES_END
     for (int i = tid; i < n_params; i += threads) {
         params[i] = sW[i];
         grads[i] = sG[i];

@@ -30,25 +30,32 @@ def row_threads(k: int) -> int:
     return 32 if k <= 64 else 128 if k <= 512 else 256
 
 
-def compiled(cupy: Any) -> Any:
+def compiled(cupy: Any, options: tuple[str, ...] = (), code: str | None = None) -> Any:
     """A lookup over kernels.cu compiled by NVRTC through one cupy.RawModule (on first use).
     Each kernel's function is looked up once and kept: get_function makes a new object and asks
-    the driver (cuModuleGetFunction) every time, which launches paid for."""
-    module: list[Any] = []
+    the driver (cuModuleGetFunction) every time, which launches paid for. ``options``: NVRTC
+    options besides the backend's; ``code``: another source in place of kernels.cu (both for
+    benchmarks/one_kernel_phases.py). ``lookup.module()`` gives the RawModule."""
+    built: list[Any] = []
     functions: dict[tuple[str, Any], Any] = {}
+
+    def module() -> Any:
+        if not built:
+            built.append(cupy.RawModule(code=source() if code is None else code,
+                                        options=NVRTC_OPTIONS + tuple(options),
+                                        name_expressions=name_expressions()))
+        return built[0]
 
     def lookup(name: str, dtype: Any = None) -> Any:
         key = (name, None if dtype is None else np.dtype(dtype))
         function = functions.get(key)
         if function is None:
-            if not module:
-                module.append(cupy.RawModule(code=source(), options=NVRTC_OPTIONS,
-                                             name_expressions=name_expressions()))
             full = name if dtype is None else \
                 f"{name}<{'float' if np.dtype(dtype) == np.float32 else 'double'}>"
-            function = functions[key] = module[0].get_function(full)
+            function = functions[key] = module().get_function(full)
         return function
 
+    lookup.module = module  # type: ignore[attr-defined]
     return lookup
 
 

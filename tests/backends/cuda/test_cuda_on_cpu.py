@@ -30,11 +30,12 @@ RULES = {"sgd": ((slots.RULE_SGD, 0.0, 0.0), 0, (0.5, 1e-3)),
 @pytest.mark.parametrize("rule_name", list(RULES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n, sizes", [(37, (2, 9, 3)), (5, (3, 40, 2)), (20, (3, 200, 4)),
-                                      (300, (2, 64, 3))])
+                                      (300, (2, 64, 3)), (6, (2, 600, 3))])
 def test_one_kernel_trainer_follows_the_planned_step(emulated, rule_name, dtype, n, sizes, rng):
     """train_in_one_kernel (512 threads) against its NumPy port, from a state 3 steps in. The sizes
-    cover partial sums split over row stripes, stripes clamped to few rows, and more outputs
-    than threads."""
+    cover partial sums split over row stripes, stripes clamped to few rows, more outputs
+    than threads, columns shared by uneven numbers of threads (hidden 9, 40, 200) and a layer
+    wider than the block (hidden 600: a thread takes several columns)."""
     (code, hyper, epsilon), n_states, (lr, decay) = RULES[rule_name]
     n_in, hidden, k = sizes
     n_params = n_in * hidden + hidden + hidden * k + k
@@ -205,6 +206,29 @@ def test_kernels_are_looked_up_once():
     first = lookup("bias_act", np.float32)
     assert lookup("bias_act", np.float32) is first and lookup("bias_act", np.float64) is not first
     assert asked == ["module", "bias_act<float>", "bias_act<double>"]
+    assert isinstance(lookup.module(), Module) and asked.count("module") == 1
+
+
+def test_a_lookup_over_other_options_and_another_source():
+    """benchmarks/one_kernel_phases.py builds kernels.cu with the phase stamps, or another
+    version of it, through the backend's own lookup: the backend's options come first."""
+    import types
+
+    from gpunn.backends import cuda
+    from gpunn.backends.cuda import launch
+
+    made = []
+
+    class Module:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+    launch.compiled(types.SimpleNamespace(RawModule=Module)).module()
+    launch.compiled(types.SimpleNamespace(RawModule=Module), ("-DONE_KERNEL_PHASES",),
+                    "// another").module()
+    assert made[0]["code"] == cuda.source() and made[0]["options"] == cuda.NVRTC_OPTIONS
+    assert made[1]["code"] == "// another"
+    assert made[1]["options"] == (*cuda.NVRTC_OPTIONS, "-DONE_KERNEL_PHASES")
 
 
 def test_streamed_data_trains_as_resident_data_on_the_cupy_backend(emulated):

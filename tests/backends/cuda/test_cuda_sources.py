@@ -94,3 +94,26 @@ def test_the_schedule_slots_reach_the_kernels_only_through_the_python_names():
     assert "-DSCHEDULE_LR_T=5" in cuda.NVRTC_OPTIONS and "-DRULE_ADAM=3" in cuda.NVRTC_OPTIONS
     ok, log, _ = compile_source(cuda.source(), "kernels.cu", "sm_90", [], options=("-std=c++17",))
     assert not ok and "the schedule's slots" in log
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_the_one_kernel_trainer_builds_with_its_phase_stamps(arch):
+    """benchmarks/one_kernel_phases.py builds kernels.cu with -DONE_KERNEL_PHASES and names one
+    phase per PHASE_DONE marker of the trainer: the markers are 0, 1, ... in order, as many as
+    ONE_KERNEL_PHASE_COUNT, and as the script's names."""
+    import importlib.util
+    import re
+
+    path = Path(__file__).parents[3] / "benchmarks" / "one_kernel_phases.py"
+    spec = importlib.util.spec_from_file_location("one_kernel_phases", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    text = cuda.source()
+    markers = [int(p) for p in re.findall(r"^\s*PHASE_DONE\((\d+)\)\s*$", text, re.M)]
+    count = re.search(r"#define ONE_KERNEL_PHASE_COUNT (\d+)", text)
+    assert markers == list(range(len(script.PHASES)))
+    assert count and int(count.group(1)) == len(script.PHASES)
+    ok, log, lowered = compile_source(text, "kernels.cu", arch, ["train_in_one_kernel<float>"],
+                                      options=(*cuda.NVRTC_OPTIONS, script.STAMPS))
+    assert ok, log
+    assert lowered["train_in_one_kernel<float>"]

@@ -1,0 +1,97 @@
+"""Where the one-kernel trainer's time goes on a GPU, phase by phase (needs CuPy and a device).
+
+    python benchmarks/one_kernel_phases.py [--epochs N] [--compare OTHER.cu ...]
+
+Trains the book's spiral network (Adam lr 0.05, decay 5e-7, the whole 300-sample batch) for
+``--epochs`` (10,001: the book's run) with kernels.cu compiled with -DONE_KERNEL_PHASES, and
+prints the run's seconds, the SM clock, and each phase's cycles and microseconds an epoch: the
+spans between the PHASE_DONE markers of train_in_one_kernel. Each source is also timed built as
+the backend builds it (no stamps: thread 0 then reads no clock), three runs. ``--compare`` adds
+other versions of kernels.cu, e.g. ``git show REV:gpunn/backends/cuda/kernels.cu > old.cu``; their
+phases are shown where they have the markers. The final parameters of each are compared with the
+first source's: a different order of sums gives different bits, and over 10,001 epochs of Adam at
+lr 0.05 those grow, so only a source that should give the same bits is checked this way.
+
+This is how the layers' tiling (rows_by_columns) and the capped stripes of block_tn were found
+and measured on an H200 (2026-11-27, README's GPU section): the hidden layer and its gradient
+had taken 45% of the epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gpunn import datasets
+from gpunn.backends import cuda
+from gpunn.bench.contenders import book_model
+
+#: What ends at each PHASE_DONE(p) marker of train_in_one_kernel, in order.
+PHASES = ("hidden layer", "logits", "softmax, loss sums", "dW2", "db2", "hidden gradient", "dW1",
+          "db1", "update")
+STAMPS = "-DONE_KERNEL_PHASES"
+
+
+def run(code: str, stamps: bool, epochs: int) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """(seconds, final parameters, the stamps' cycles or None) of the book's run on a fresh CuPy
+    backend whose kernels are ``code``, compiled with the stamps or without."""
+    import cupy
+
+    from gpunn.backends.cuda import launch
+    from gpunn.backends.cupy_backend import CupyBackend
+
+    X, y = datasets.spiral_data(samples=100, classes=3, seed=0)
+    backend = CupyBackend()
+    lookup = launch.compiled(cupy, (STAMPS,) if stamps else (), code)
+    backend.kernels = launch.Kernels(lookup, cupy)
+    book_model(backend, True, len(y)).fit(X, y, epochs=100, batch_size=None, verbose=0)  # builds
+    backend.synchronize()
+    cycles = None
+    if stamps:
+        cycles = cupy.ndarray((len(PHASES) + 2,), cupy.uint64,
+                              memptr=lookup.module().get_global("one_kernel_phase_cycles"))
+        cycles[...] = 0
+    model = book_model(backend, True, len(y))
+    start = time.perf_counter()
+    model.fit(X, y, epochs=epochs, batch_size=None, verbose=0)
+    backend.synchronize()
+    seconds = time.perf_counter() - start
+    params = np.concatenate([np.ravel(p) for p in model.get_params()])
+    return seconds, params, None if cycles is None else cupy.asnumpy(cycles)
+
+
+def report(name: str, code: str, epochs: int, reference: np.ndarray | None) -> np.ndarray:
+    times = []
+    for _ in range(3):
+        seconds, params, _ = run(code, False, epochs)
+        times.append(seconds)
+    differs = "" if reference is None else \
+        f"; final parameters differ from the first source's by up to {np.abs(params - reference).max():.3g}"
+    print(f"{name}: {epochs} epochs in {' '.join(f'{t:.4f}' for t in times)} s "
+          f"(best {min(times) / epochs * 1e6:.2f} us an epoch){differs}")
+    if f"PHASE_DONE({len(PHASES) - 1})" in code:
+        seconds, _, cycles = run(code, True, epochs)
+        mhz = cycles[-2] / max(int(cycles[-1]), 1) * 1e3
+        print(f"  with the stamps: {seconds:.4f} s; in the kernel {cycles[-1] / epochs / 1e3:.2f} us, "
+              f"{cycles[-2] / epochs:,.0f} cycles an epoch at {mhz:.0f} MHz")
+        for phase, spent in zip(PHASES, cycles):
+            print(f"    {phase:20s} {spent / epochs:9,.0f} cycles {spent / epochs / mhz:7.2f} us")
+    return params
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=10_001)
+    parser.add_argument("--compare", nargs="*", default=[], help="other kernels.cu files")
+    args = parser.parse_args(argv)
+    reference = report("kernels.cu", cuda.source(), args.epochs, None)
+    for path in args.compare:
+        report(path, Path(path).read_text(), args.epochs, reference)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
