@@ -64,6 +64,8 @@ gpu-check:
 	python3 -m pytest -q -rfEs -m gpu -p no:cacheprovider --ignore=tests/backends/cuda/test_cuda_sources.py tests || status=$$?; \
 	python3 -m gpunn bench --backends cupy --repeats 5 --ops $(GPU_BENCH) --json "$${OUT:-.}/bench.json" \
 	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \
+	python3 benchmarks/one_kernel_phases.py > "$${OUT:-.}/phases.txt" || status=$$?; \
+	cat "$${OUT:-.}/phases.txt"; \
 	exit $${status:-0}
 
 # Mutation testing, on demand and not in CI (hours over every core module listed under
