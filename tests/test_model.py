@@ -190,6 +190,12 @@ def test_backend_options_belong_to_each_model():
     with pytest.raises(TypeError, match="one_kernel_trainer must be True or False; got 'yes'"):
         a.backend.one_kernel_trainer = "yes"
     assert a.backend.one_kernel_trainer  # the refused value changed nothing
+    b.backend.upload_thread = True
+    assert b.backend.upload_thread and not a.backend.upload_thread
+    assert b.backend.options_set() == {"upload_thread": True}
+    with pytest.raises(TypeError, match="upload_thread must be True or False; got 1"):
+        b.backend.upload_thread = 1
+    assert b.backend.upload_thread
 
 
 def test_to_keeps_the_models_options():

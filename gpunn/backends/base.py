@@ -41,6 +41,10 @@ class Options:
     #: Train Dense -> ReLU -> Dense networks small enough with one kernel launch per many epochs
     #: (on by default on a GPU, where it measured faster; off on the CPU, where it needs numba).
     one_kernel_trainer: bool = False
+    #: Streamed data (``fit`` and the rest on data over the budget): read each batch and copy it
+    #: into pinned memory on a background thread while the steps are launched (CuPy backend; off
+    #: until a GPU measures it faster).
+    upload_thread: bool = False
 
 
 class Backend:
@@ -99,9 +103,9 @@ class Backend:
         if options.epilogue_policy not in EPILOGUE_POLICIES:
             raise ValueError(f"epilogue_policy must be one of "
                              f"{', '.join(map(repr, EPILOGUE_POLICIES))}; got {options.epilogue_policy!r}")
-        if not isinstance(options.one_kernel_trainer, (bool, np.bool_)):
-            raise TypeError(f"one_kernel_trainer must be True or False; got "
-                            f"{options.one_kernel_trainer!r}")
+        for name in ("one_kernel_trainer", "upload_thread"):
+            if not isinstance(getattr(options, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False; got {getattr(options, name)!r}")
         return options
 
     @property
@@ -130,6 +134,16 @@ class Backend:
 
     #: The name ``one_kernel_trainer`` had before.
     small_net_kernel = one_kernel_trainer
+
+    @property
+    def upload_thread(self) -> bool:
+        """Whether streamed batches are read and copied into pinned memory on a background
+        thread (the CuPy backend; elsewhere they are read as each step needs them)."""
+        return self.options.upload_thread
+
+    @upload_thread.setter
+    def upload_thread(self, value: bool) -> None:
+        self.options = self._checked(dataclasses.replace(self.options, upload_thread=value))
 
     # ---- arrays and data movement -------------------------------------------------------
 
@@ -179,9 +193,10 @@ class Backend:
                  y_tail: tuple[int, ...] | None, y_dtype: Any) -> Any:
         """What moves batches of at most ``rows`` rows (each ``x_tail`` of ``x_dtype``; labels
         ``y_tail`` of ``y_dtype``, None for none) from host memory to this backend's device:
-        ``start(x, y)`` begins a batch's copy, ``finish(ticket)`` gives its device arrays,
-        ``release(ticket)`` says the step that used them is queued. Here a plain copy; the CuPy
-        backend's overlaps the copies with compute."""
+        ``start(read)`` begins a batch (``read()`` gives its host rows x and y or None),
+        ``finish(ticket)`` gives its device arrays, ``release(ticket)`` says the step that used
+        them is queued, ``close()`` ends. Here a plain copy; the CuPy backend's overlaps the
+        copies with compute."""
         return HostUploader(self)
 
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
@@ -463,11 +478,15 @@ class HostUploader:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    def start(self, x: Any, y: Any) -> tuple[Any, Any]:
+    def start(self, read: Any) -> tuple[Any, Any]:
+        x, y = read()
         return self.backend.asarray(x), None if y is None else self.backend.asarray(y)
 
     def finish(self, ticket: tuple[Any, Any]) -> tuple[Any, Any]:
         return ticket
 
     def release(self, ticket: tuple[Any, Any]) -> None:
+        pass
+
+    def close(self) -> None:
         pass

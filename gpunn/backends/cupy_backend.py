@@ -103,7 +103,8 @@ class CupyBackend(Backend):
                  y_tail: tuple[int, ...] | None, y_dtype: Any) -> Any:
         from .cuda.transfer import CupyRuntime, PinnedUploader
 
-        return PinnedUploader(CupyRuntime(self.xp), rows, x_tail, x_dtype, y_tail, y_dtype)
+        return PinnedUploader(CupyRuntime(self.xp), rows, x_tail, x_dtype, y_tail, y_dtype,
+                              background=self.options.upload_thread)
 
     #: The device generator shuffles are drawn from, made once and reseeded for each (making
     #: and destroying a cuRAND generator every epoch cost more than the shuffle).

@@ -97,11 +97,13 @@ def book_model(backend: str, one_kernel: bool, rows: int) -> Sequential:
 STREAMED_BATCHES = 4
 
 
-def gpunn_streamed_run(backend: str):
+def gpunn_streamed_run(backend: str, upload_thread: bool = False):
     """gpunn on ``backend`` with its data in host memory, streamed a batch at a time (fit's path
-    for data bigger than the device): what the copies cost on top of the step."""
+    for data bigger than the device): what the copies cost on top of the step. ``upload_thread``:
+    the batches read and copied into pinned memory on a background thread."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
         model = gpunn_model(w, params, backend, precision)
+        model.backend.upload_thread = upload_thread
         Xh = np.ascontiguousarray(np.tile(X, (STREAMED_BATCHES, 1)))
         yh = np.tile(y, STREAMED_BATCHES)
         data = data_for(model.network, Xh, yh, stream=True)
@@ -288,6 +290,7 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
     if device == "gpu" and "cupy" in backends:
         out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
         out["gpunn-cupy-one-kernel"] = ("cupy", gpunn_run("cupy", one_kernel=True))
+        out["gpunn-cupy-streamed-thread"] = ("cupy", gpunn_streamed_run("cupy", upload_thread=True))
     if device == "cpu" and "numpy" in backends:
         out["gpunn-numpy-one-kernel"] = ("numpy", gpunn_run("numpy", one_kernel=True))
     if device == "cpu" and "numpy-book" in peers:

@@ -48,6 +48,8 @@ SCHEMA: dict[str, Any] = {
                     "impl": {"type": "string",
                              "description": "gpunn-numpy, gpunn-cupy, gpunn-*-streamed (data "
                                             "in host memory, sent a batch at a time), "
+                                            "gpunn-cupy-streamed-thread (read and copied "
+                                            "on a background thread), "
                                             "gpunn-cupy-separate "
                                             "(no cuBLASLt epilogues), gpunn-cupy-one-kernel "
                                             "(the one-block trainer), gpunn-numpy-one-kernel "

@@ -95,29 +95,34 @@ class Streamed:
         bk, uploader, pending = self.network.backend, None, None
         order: Any = None  # the epoch's shuffle, and its host copy (made once)
         host_order: Any = None
-        for batch in batches:
-            if not batch.rows:  # an empty part (distributed training): nothing to send
+        try:
+            for batch in batches:
+                if not batch.rows:  # an empty part (distributed training): nothing to send
+                    if pending is not None:
+                        yield from self._hand_over(uploader, *pending)
+                        pending = None
+                    yield batch, None
+                    continue
+                if batch.order is None:
+                    index: Any = slice(batch.start, batch.stop)
+                else:
+                    if batch.order is not order:
+                        order, host_order = batch.order, bk.to_numpy(batch.order)
+                    index = host_order[batch.start:batch.stop]
+                if uploader is None:
+                    y = self.y
+                    uploader = bk.uploader(max(batch.rows, 1), self.X.shape[1:], self.network.dtype,
+                                           None if y is None else y.shape[1:],
+                                           None if y is None else y.dtype)
+                ticket = uploader.start(lambda index=index: self._rows(index))
                 if pending is not None:
                     yield from self._hand_over(uploader, *pending)
-                    pending = None
-                yield batch, None
-                continue
-            if batch.order is None:
-                index: Any = slice(batch.start, batch.stop)
-            else:
-                if batch.order is not order:
-                    order, host_order = batch.order, bk.to_numpy(batch.order)
-                index = host_order[batch.start:batch.stop]
-            x, y = self._rows(index)
-            if uploader is None:
-                uploader = bk.uploader(max(batch.rows, 1), x.shape[1:], x.dtype,
-                                       None if y is None else y.shape[1:], None if y is None else y.dtype)
-            ticket = uploader.start(x, y)
+                pending = (batch, ticket)
             if pending is not None:
                 yield from self._hand_over(uploader, *pending)
-            pending = (batch, ticket)
-        if pending is not None:
-            yield from self._hand_over(uploader, *pending)
+        finally:
+            if uploader is not None:
+                uploader.close()
 
     @staticmethod
     def _hand_over(uploader: Any, batch: Batch, ticket: Any) -> Iterator[tuple[Batch, tuple]]:

@@ -3,8 +3,10 @@ peers are reported as skipped. Timings are not asserted."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
+import threading
 import types
 
 import numpy as np
@@ -237,6 +239,47 @@ def test_the_gpunn_cupy_rows_time_planned_steps_where_the_one_kernel_trainer_cou
     model = contenders.gpunn_model(w, bench.initial_params(w.sizes), "cupy", "fp32")
     assert steps.choose(model.network, 20) == "planned"
     assert bench.op_profile(w, "tiny", "cupy", "fp32", "gpu", steps=1)["path"] == "planned"
+
+
+def test_the_streamed_thread_row_reads_on_a_worker_and_trains_as_the_streamed_row(
+        emulated, monkeypatch):
+    """gpunn-cupy-streamed-thread: the same steps as gpunn-cupy-streamed, its batches read and
+    copied into pinned buffers (a stand-in runtime here) on the uploader's worker thread."""
+    from support.cuda_runtime import Runtime
+
+    from gpunn.backends.cuda import transfer
+    from gpunn.training.data import Streamed
+
+    contenders = sys.modules["gpunn.bench.contenders"]
+    monkeypatch.setattr(contenders, "get_backend", lambda _: emulated)
+    readers = []
+    rows_of = vars(Streamed)["_rows"]
+
+    def uploader(self, *shapes):
+        return transfer.PinnedUploader(Runtime(), *shapes, background=self.options.upload_thread)
+
+    def read(self, index):
+        readers.append(threading.current_thread().name)
+        return rows_of(self, index)
+
+    monkeypatch.delattr(emulated, "uploader")  # the emulator's plain copies: here the real uploader
+    monkeypatch.setattr(type(emulated), "uploader", uploader)
+    monkeypatch.setattr(Streamed, "_rows", read)
+    rows = contenders.contenders(["cupy"], [], "gpu")
+    w = bench.Workload((2, 16, 3), 20)
+    X, y = bench.workload_data(w)
+    losses = {}
+    for impl in ("gpunn-cupy-streamed", "gpunn-cupy-streamed-thread"):
+        run = rows[impl][1](w, bench.initial_params(w.sizes), X, y, "fp32", "gpu")
+        for _ in range(6):
+            run.step()
+        run.sync()
+        losses[impl] = run.loss()
+        del run
+        gc.collect()  # the row's feed ends, and with it the worker
+    assert losses["gpunn-cupy-streamed"] == losses["gpunn-cupy-streamed-thread"]
+    assert {name.split("_")[0] for name in readers} == {"MainThread", "gpunn-upload"}
+    assert not [t for t in threading.enumerate() if t.name.startswith("gpunn-upload")]
 
 
 def test_the_device_clock_reads_cuda_events(monkeypatch):

@@ -220,12 +220,14 @@ def test_the_books_run_with_the_one_kernel_trainer_the_gpus_default():
     assert model.evaluate(X, y)["accuracy"] >= 0.93
 
 
+@pytest.mark.parametrize("upload_thread", [False, True])
 def test_a_memmap_over_the_data_budget_streams_through_pinned_buffers_and_trains_as_resident(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, upload_thread):
     """A float64 .npy memmap over a data budget set for the test: fit (shuffled batches, a
-    validation split), evaluate and predict send it through the pinned, double-buffered uploader
-    on its copy stream, and give what the same data kept on the device gives, to float32's
-    tolerance (the same kernels in the same order: the bits should agree)."""
+    validation split), evaluate and predict send it through the pinned uploader on its copy
+    stream (two slots; three and a worker thread with ``upload_thread``), and give what the same
+    data kept on the device gives, to float32's tolerance (the same kernels in the same order:
+    the bits should agree)."""
     from gpunn.backends.cuda import transfer
 
     X, y = nn.datasets.spiral_data(samples=200, classes=3, seed=0)
@@ -235,9 +237,9 @@ def test_a_memmap_over_the_data_budget_streams_through_pinned_buffers_and_trains
     uploads = []
     start = transfer.PinnedUploader.start
 
-    def counted(self, x, labels):
-        uploads.append(x.shape[0])
-        return start(self, x, labels)
+    def counted(self, read):
+        uploads.append((self, self.slots[self.next]))  # kept: no id is reused
+        return start(self, read)
 
     monkeypatch.setattr(transfer.PinnedUploader, "start", counted)
     runs = []
@@ -245,6 +247,7 @@ def test_a_memmap_over_the_data_budget_streams_through_pinned_buffers_and_trains
         nn.set_seed(0)
         model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 3)])
         model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend="cupy")
+        model.backend.upload_thread = upload_thread
         history = model.fit(X, y, epochs=4, batch_size=64, seed=1, verbose=0,
                             validation_split=0.2, stream=stream)
         runs.append((model.get_params(), history.history, model.evaluate(X, y, stream=stream),
@@ -252,6 +255,10 @@ def test_a_memmap_over_the_data_budget_streams_through_pinned_buffers_and_trains
         if stream is None:
             streamed = len(uploads)
     assert streamed >= 4 * 8 and len(uploads) == streamed  # only the first run went through it
+    slots: dict[int, set[int]] = {}
+    for uploader, slot in uploads:
+        slots.setdefault(id(uploader), set()).add(id(slot))
+    assert max(map(len, slots.values())) == (3 if upload_thread else 2)
     (p_s, h_s, e_s, q_s), (p_r, h_r, e_r, q_r) = runs
     for a, b in zip(p_s, p_r):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

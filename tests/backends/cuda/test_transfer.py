@@ -1,81 +1,61 @@
 """The pinned, double-buffered uploader (gpunn/backends/cuda/transfer.py), on the CPU: a stand-in
-runtime copies at once and records every CUDA call, so the order of the waits that keep a buffer
-from being overwritten while it is read is checked without a device."""
+runtime copies at once and records every CUDA call (and the thread that made it), so the order
+of the waits that keep a buffer from being overwritten while it is read is checked without a
+device, with the batches read on the calling thread or on the uploader's worker."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
+import pytest
+from support.cuda_runtime import Runtime
 
 import gpunn as nn
 from gpunn.backends import get_backend
 from gpunn.backends.cuda.transfer import PinnedUploader
 
 
-class Stream:
-    def __init__(self, runtime, name):
-        self.runtime, self.name = runtime, name
-
-    def wait_event(self, event):
-        self.runtime.log.append(("wait", self.name, event.name))
+def upload_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("gpunn-upload")]
 
 
-class Event:
-    def __init__(self, runtime, name):
-        self.runtime, self.name = runtime, name
+def run_batches(up, batches, pause=0.0):
+    """The batches through ``up`` as Streamed.feed runs them (one batch ahead), each read taking
+    ``pause`` seconds and logged as ("read", i) when it begins; what each finish gave, copied."""
+    def read(i, x, y):
+        up.runtime.log.append(("read", i))
+        time.sleep(pause)
+        return x, y
 
-    def record(self, stream):
-        self.runtime.log.append(("record", self.name, stream.name))
+    tickets, got = [], []
+    for i, (x, y) in enumerate(batches):
+        tickets.append(up.start(lambda i=i, x=x, y=y: read(i, x, y)))
+        if i:
+            got.append(tuple(a.copy() for a in up.finish(tickets[i - 1])))
+            up.release(tickets[i - 1])
+    got.append(tuple(a.copy() for a in up.finish(tickets[-1])))
+    up.release(tickets[-1])
+    up.close()
+    return got
 
-    def synchronize(self):
-        self.runtime.log.append(("sync", self.name))
 
-
-class Runtime:
-    """Streams and events that log; "device" buffers are NumPy arrays copied into at once."""
-
-    def __init__(self):
-        self.log, self.events = [], 0
-        self.compute = Stream(self, "compute")
-
-    def stream(self):
-        return Stream(self, "copy")
-
-    def event(self):
-        self.events += 1
-        return Event(self, f"e{self.events}")
-
-    def current_stream(self):
-        return self.compute
-
-    def pinned(self, shape, dtype):
-        return np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1, dtype)
-
-    def device(self, shape, dtype):
-        return np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1, dtype)
-
-    def copy(self, device, host, stream):
-        self.log.append(("copy", stream.name))
-        device[...] = host
+def some_batches(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((n, 3)).astype(np.float32), rng.integers(0, 9, n)) for n in sizes]
 
 
 def test_batches_arrive_whole_and_no_buffer_is_reused_before_it_is_free():
     runtime = Runtime()
     up = PinnedUploader(runtime, 4, (3,), np.float32, (), np.int64)
     (copied0, consumed0), (copied1, consumed1) = [(s.copied.name, s.consumed.name) for s in up.slots]
-    rng = np.random.default_rng(0)
-    batches = [(rng.standard_normal((n, 3)).astype(np.float32), rng.integers(0, 9, n))
-               for n in (4, 4, 4, 2)]
-    tickets, got = [], []
-    for i, (x, y) in enumerate(batches):  # as Streamed.feed runs them: one batch ahead
-        tickets.append(up.start(x, y))
-        if i:
-            got.append(tuple(a.copy() for a in up.finish(tickets[i - 1])))
-            up.release(tickets[i - 1])
-    got.append(tuple(a.copy() for a in up.finish(tickets[-1])))
+    batches = some_batches((4, 4, 4, 2))
+    got = run_batches(up, batches)
     for (x, y), (gx, gy) in zip(batches, got):
         np.testing.assert_array_equal(gx, x)
         np.testing.assert_array_equal(gy, y)
-    log = runtime.log
+    log = [entry for entry in runtime.log if entry[0] != "read"]
     third = log.index(("sync", copied0))  # batch 2 reuses slot 0
     assert log.index(("record", consumed0, "compute")) < third  # batch 0's step was queued,
     assert log[third + 1] == ("wait", "copy", consumed0)  # the copy waits for it on the GPU,
@@ -83,10 +63,59 @@ def test_batches_arrive_whole_and_no_buffer_is_reused_before_it_is_free():
     assert ("wait", "compute", copied1) in log  # compute waits for each batch's copy
 
 
-def test_streamed_fit_through_the_pinned_uploader_equals_resident_fit():
+@pytest.mark.parametrize("pause", [0.0, 0.002])
+def test_with_a_worker_reading_batches_arrive_whole_and_cuda_stays_on_the_calling_thread(pause):
+    """upload_thread: three slots, the reads and the pinned copies on the worker (slowed by
+    ``pause`` so that the calling thread runs ahead), every CUDA call on the calling thread, and
+    a slot's device buffer overwritten only after the step that read it was queued."""
+    runtime = Runtime(wait=0.002)
+    up = PinnedUploader(runtime, 4, (3,), np.float32, (), np.int64, background=True)
+    assert len(up.slots) == 3
+    copied0, consumed0 = up.slots[0].copied.name, up.slots[0].consumed.name
+    batches = some_batches((4, 4, 4, 4, 3, 4, 1))
+    got = run_batches(up, batches, pause)
+    for (x, y), (gx, gy) in zip(batches, got):
+        np.testing.assert_array_equal(gx, x)
+        np.testing.assert_array_equal(gy, y)
+    assert runtime.threads == {threading.get_ident()}
+    log = runtime.log
+    fourth = log.index(("sync", copied0))  # batch 3 reuses slot 0
+    assert log.index(("record", consumed0, "compute")) < fourth < log.index(("read", 3))
+    copies = [i for i, entry in enumerate(log) if entry == ("copy", "copy")]
+    assert log[copies[6] - 1] == ("wait", "copy", consumed0)  # batch 3's copy (x then y: 7th)
+    assert not upload_threads()  # close() waited for the worker to end
+
+
+def test_a_read_that_fails_on_the_worker_fails_the_batchs_finish_and_queues_nothing():
+    runtime = Runtime()
+    up = PinnedUploader(runtime, 4, (3,), np.float32, (), np.int64, background=True)
+    (x, y), = some_batches((4,))
+
+    def bad():
+        raise OSError("the disk went away")
+
+    good = up.start(lambda: (x, y))
+    broken = up.start(bad)
+    np.testing.assert_array_equal(up.finish(good)[0], x)
+    copies = runtime.log.count(("copy", "copy"))
+    with pytest.raises(OSError, match="the disk went away"):
+        up.finish(broken)
+    assert runtime.log.count(("copy", "copy")) == copies
+    up.close()
+    assert not upload_threads()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_streamed_fit_through_the_pinned_uploader_equals_resident_fit(background):
     runtime = Runtime()
     bk = get_backend("numpy").configured()
-    bk.uploader = lambda *shapes: PinnedUploader(runtime, *shapes)
+    made = []
+
+    def uploader(*shapes):
+        made.append(PinnedUploader(runtime, *shapes, background=background))
+        return made[-1]
+
+    bk.uploader = uploader
     X, y = nn.datasets.spiral_data(samples=50, classes=3, seed=0)
     histories = []
     for backend, stream in ((bk, True), ("numpy", False)):
@@ -96,3 +125,5 @@ def test_streamed_fit_through_the_pinned_uploader_equals_resident_fit():
         histories.append(m.fit(X, y, epochs=3, batch_size=40, seed=2, verbose=0,
                                stream=stream).history)
     assert histories[0] == histories[1] and ("copy", "copy") in runtime.log
+    assert made and not upload_threads()  # each feed closed its uploader
+    assert runtime.threads == {threading.get_ident()}
