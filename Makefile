@@ -52,8 +52,9 @@ bench: $(VENV)/.test-deps
 	$(VENV)/bin/gpunn bench --json bench.json --markdown bench.md --plot bench.png
 
 # On a lent GPU machine (system Python with CuPy, PyTorch, JAX; wheels it lacks in .whl/, fetched
-# beforehand by shared/gpu/fetch-wheels.sh): the gpu-marked tests, then the GPU benchmark, whose
-# JSON goes to $$OUT (or the current folder).
+# beforehand by shared/gpu/fetch-wheels.sh): the gpu-marked tests, then the GPU benchmark, then
+# the one-kernel trainer's phases (benchmarks/one_kernel_phases.py); bench.json, bench.md and
+# phases.txt go to $$OUT (or the current folder).
 gpu-check:
 	set -e; site=$$(mktemp -d); mkdir -p "$${OUT:-.}"; \
 	if ls .whl/*.whl >/dev/null 2>&1; then \
