@@ -53,8 +53,9 @@ bench: $(VENV)/.test-deps
 
 # On a lent GPU machine (system Python with CuPy, PyTorch, JAX; wheels it lacks in .whl/, fetched
 # beforehand by shared/gpu/fetch-wheels.sh): the gpu-marked tests, then the GPU benchmark, then
-# the one-kernel trainer's phases (benchmarks/one_kernel_phases.py); bench.json, bench.md and
-# phases.txt go to $$OUT (or the current folder).
+# the one-kernel trainer's phases (benchmarks/one_kernel_phases.py) and what tune_gemms chose
+# (benchmarks/gemm_tuning.py); bench.json, bench.md, phases.txt and tuning.txt go to $$OUT (or
+# the current folder).
 gpu-check:
 	set -e; site=$$(mktemp -d); mkdir -p "$${OUT:-.}"; \
 	if ls .whl/*.whl >/dev/null 2>&1; then \
@@ -67,6 +68,8 @@ gpu-check:
 	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \
 	python3 benchmarks/one_kernel_phases.py > "$${OUT:-.}/phases.txt" || status=$$?; \
 	cat "$${OUT:-.}/phases.txt"; \
+	python3 benchmarks/gemm_tuning.py > "$${OUT:-.}/tuning.txt" || status=$$?; \
+	cat "$${OUT:-.}/tuning.txt"; \
 	exit $${status:-0}
 
 # Mutation testing, on demand and not in CI (hours over every core module listed under

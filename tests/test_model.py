@@ -196,6 +196,12 @@ def test_backend_options_belong_to_each_model():
     with pytest.raises(TypeError, match="upload_thread must be True or False; got 1"):
         b.backend.upload_thread = 1
     assert b.backend.upload_thread
+    a.backend.tune_gemms = True
+    assert a.backend.tune_gemms and not b.backend.tune_gemms
+    assert a.backend.options_set() == {"one_kernel_trainer": True, "tune_gemms": True}
+    with pytest.raises(TypeError, match="tune_gemms must be True or False; got 'on'"):
+        a.backend.tune_gemms = "on"
+    assert a.backend.tune_gemms
 
 
 def test_to_keeps_the_models_options():

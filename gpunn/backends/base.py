@@ -45,6 +45,10 @@ class Options:
     #: into pinned memory on a background thread while the steps are launched (CuPy backend; off
     #: until a GPU measures it faster).
     upload_thread: bool = False
+    #: GEMMs through cuBLASLt with each problem's candidate algorithms timed on its first call
+    #: and the fastest kept (CuPy backend; off until a GPU measures it faster than cuBLAS's own
+    #: choice).
+    tune_gemms: bool = False
 
 
 class Backend:
@@ -103,7 +107,7 @@ class Backend:
         if options.epilogue_policy not in EPILOGUE_POLICIES:
             raise ValueError(f"epilogue_policy must be one of "
                              f"{', '.join(map(repr, EPILOGUE_POLICIES))}; got {options.epilogue_policy!r}")
-        for name in ("one_kernel_trainer", "upload_thread"):
+        for name in ("one_kernel_trainer", "upload_thread", "tune_gemms"):
             if not isinstance(getattr(options, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False; got {getattr(options, name)!r}")
         return options
@@ -144,6 +148,16 @@ class Backend:
     @upload_thread.setter
     def upload_thread(self, value: bool) -> None:
         self.options = self._checked(dataclasses.replace(self.options, upload_thread=value))
+
+    @property
+    def tune_gemms(self) -> bool:
+        """Whether GEMMs run the fastest of the algorithms cuBLASLt offers for their problem,
+        timed on its first call (the CuPy backend; elsewhere the BLAS chooses)."""
+        return self.options.tune_gemms
+
+    @tune_gemms.setter
+    def tune_gemms(self, value: bool) -> None:
+        self.options = self._checked(dataclasses.replace(self.options, tune_gemms=value))
 
     # ---- arrays and data movement -------------------------------------------------------
 

@@ -39,7 +39,7 @@ class CupyBackend(Backend):
         super().__init__(cupy)
         self.kernels = launch.Kernels(launch.compiled(cupy), cupy)
         self.blas = Gemm(cupy)
-        self.epilogues = Epilogues(cupy)
+        self.epilogues = Epilogues(cupy, self.kernels.hold_device)
         self.epilogue_choice = EpilogueChoice(cupy, self.epilogues.available, self.kernels.hold_device)
 
     # ---- what runs here ------------------------------------------------------------------
@@ -154,6 +154,11 @@ class CupyBackend(Backend):
         return self.options.precision == "tf32"
 
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool = False, trans_b: bool = False) -> Any:
+        # Tuned, a GEMM goes through cuBLASLt, whose algorithms can be timed one by one; cuBLAS
+        # picks its own and keeps its choice to itself.
+        if self.tune_gemms and self.epilogues.available \
+                and self.epilogues.matmul(a, b, out, trans_a, trans_b, self._tf32, tune=True):
+            return out
         return self.blas.gemm(a, b, out, trans_a, trans_b, tf32=self._tf32)
 
     def to_bf16(self, x: Any, out: Any) -> Any:
@@ -192,8 +197,9 @@ class CupyBackend(Backend):
             return False
         kind = "relu_mask" if mask is not None else "relu" if relu else "bias"
         wrote_mask = self.epilogue_choice.run(
-            ("forward", kind, inputs.shape, weights.shape, out.dtype),
-            lambda: self.epilogues.forward(inputs, weights, biases, out, relu, mask, self._tf32),
+            ("forward", kind, inputs.shape, weights.shape, out.dtype, self.tune_gemms),
+            lambda: self.epilogues.forward(inputs, weights, biases, out, relu, mask, self._tf32,
+                                           self.tune_gemms),
             lambda: super(CupyBackend, self).dense_forward(inputs, weights, biases, out, relu),
             self.epilogue_policy, self._tf32)
         if out16 is not None:
@@ -211,9 +217,9 @@ class CupyBackend(Backend):
             separate(out16)
             return out
         self.epilogue_choice.run(
-            ("dinputs", dvalues.shape, weights.shape, out.dtype),
+            ("dinputs", dvalues.shape, weights.shape, out.dtype, self.tune_gemms),
             lambda: self.epilogues.dinputs_relu_bgrad(dvalues, weights, out, mask,
-                                                      below_dbiases, self._tf32),
+                                                      below_dbiases, self._tf32, self.tune_gemms),
             lambda: separate(None), self.epilogue_policy, self._tf32)
         if out16 is not None:
             self.to_bf16(out, out16)

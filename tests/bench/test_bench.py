@@ -355,7 +355,10 @@ def test_the_book_profile_splits_fits_epoch_into_the_trainers_time_and_the_rest(
     assert (trainer["op"], trainer["calls"], rest["op"]) == ("train_in_one_kernel", 1 / 1024,
                                                               bench.ops.BETWEEN)
     assert 0.05 <= trainer["ms"] < 0.05 * 1.5
-    assert 0 <= rest["ms"] < 0.2 * trainer["ms"]
+    # The trainer's launch and fit's epochs are timed apart, and the sleep overshoots by a
+    # varying amount: with the host's rest near zero, that noise may tip it below (measured once
+    # in a full run: -2.6e-5 ms an epoch against 0.05).
+    assert -0.02 * trainer["ms"] <= rest["ms"] < 0.2 * trainer["ms"]
     assert profile["step_ms"] == pytest.approx(trainer["ms"] + rest["ms"])
     assert (profile["path"], profile["steps"], profile["impl"]) == ("one-kernel", 2048,
                                                                     "gpunn-numpy-one-kernel")
@@ -372,3 +375,80 @@ def test_bench_ops_profiles_the_books_run_with_the_one_kernel_trainer():
     title = "gpunn-numpy-one-kernel on the book's run (cpu, fp32, 2048 epochs in fit): "
     assert any(line.startswith(f"ops     {title}") for line in lines)
     assert f"Op profile: {title}" in bench.markdown(doc)
+
+
+def test_only_the_tuned_row_tunes_its_gemms(emulated, monkeypatch):
+    """gpunn-cupy-tuned sends its GEMMs to cuBLASLt to be tuned (a stand-in here, which declines
+    them, so they fall back to the same GEMMs); gpunn-cupy leaves cuBLAS to choose."""
+    contenders = sys.modules["gpunn.bench.contenders"]
+    monkeypatch.setattr(contenders, "get_backend", lambda _: emulated)
+    asked = []
+
+    def matmul(a, b, out, trans_a, trans_b, tf32, tune):
+        asked.append(tune)
+        return False
+
+    monkeypatch.setattr(emulated, "epilogues",
+                        types.SimpleNamespace(available=True, matmul=matmul))
+    rows = contenders.contenders(["cupy"], [], "gpu")
+    w = bench.Workload((2, 16, 3), 20)
+    X, y = bench.workload_data(w)
+    losses, calls = {}, {}
+    for impl in ("gpunn-cupy", "gpunn-cupy-tuned"):
+        asked.clear()
+        run = rows[impl][1](w, bench.initial_params(w.sizes), X, y, "fp32", "gpu")
+        for _ in range(3):
+            run.step()
+        losses[impl], calls[impl] = run.loss(), list(asked)
+    assert calls["gpunn-cupy"] == [] and calls["gpunn-cupy-tuned"]
+    assert set(calls["gpunn-cupy-tuned"]) == {True}
+    assert losses["gpunn-cupy"] == losses["gpunn-cupy-tuned"]
+
+
+def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
+    """benchmarks/gemm_tuning.py (run by make gpu-check): one line per problem a tuned step
+    planned, each algorithm's time with the kept one starred, failures named, untuned and
+    earlier problems left out. Stand-ins for the GPU here."""
+    import importlib.util
+    from pathlib import Path
+
+    from gpunn.backends.cuda.cublaslt import Spec
+
+    path = Path(__file__).parents[2] / "benchmarks" / "gemm_tuning.py"
+    spec_of = importlib.util.spec_from_file_location("gemm_tuning", path)
+    script = importlib.util.module_from_spec(spec_of)
+    spec_of.loader.exec_module(script)
+
+    def spec(epilogue, m, candidates, operands=np.float32):
+        return Spec(epilogue, m, 1024, 784, 1024, 784, m, False, True, 0, np.dtype(operands),
+                    np.dtype(np.float32), False, 256, 256, 256, 0, 0, candidates)
+
+    earlier = spec(1, 7, 8)
+    problems = {earlier: types.SimpleNamespace()}
+    made = {spec(6, 1024, 8): types.SimpleNamespace(count=3, chosen=1,
+                                                    timings={0: 0.25, 1: 0.125}),
+            spec(1, 10, 1): types.SimpleNamespace(),
+            spec(1, 1024, 8, np.uint16): types.SimpleNamespace(count=1, chosen=0,
+                                                               timings={0: 0.5})}
+    monkeypatch.setattr(script, "get_backend",
+                        lambda name: types.SimpleNamespace(
+                            epilogues=types.SimpleNamespace(problems=problems)))
+    steps = []
+
+    def gpunn_run(backend, tune_gemms):
+        assert (backend, tune_gemms) == ("cupy", True)
+
+        def make(w, params, X, y, precision, device):
+            def step():
+                steps.append(precision)
+                problems.update(made)
+            return types.SimpleNamespace(step=step, sync=lambda: None)
+        return make
+
+    monkeypatch.setattr(script, "gpunn_run", gpunn_run)
+    monkeypatch.setattr(script, "workload_data", lambda w: (None, None))
+    assert script.tuned("small", "tf32") == [
+        "small  tf32 relu_bias     m=1024 n=1024 k=784 T=01 float32: 3 offered; "
+        "ms 0.2500 0.1250* failed",
+        "small  tf32 plain         m=1024 n=1024 k=784 T=01 bf16: 1 offered; ms 0.5000*"]
+    assert steps == ["tf32", "tf32"]

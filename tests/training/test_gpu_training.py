@@ -185,6 +185,37 @@ def test_epilogue_and_separate_paths_train_alike(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_tuned_gemms_train_as_cublas_does(precision):
+    """tune_gemms (every GEMM through cuBLASLt, each problem's algorithms timed and the fastest
+    kept) against cuBLAS's own choice: the same training within the precision's tolerance, and
+    the tuned problems really ran, plain GEMMs among them."""
+    from gpunn.backends import get_backend
+
+    bk = get_backend("cupy")
+    if precision != "fp32" and bk.why_not(precision):
+        pytest.skip(bk.why_not(precision))
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    results = []
+    for tune in (True, False):
+        nn.set_seed(0)
+        model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 48, init="he"),
+                               nn.ReLU(), nn.Dense(48, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=0.1, momentum=0.9), backend="cupy",
+                      precision=precision)
+        model.backend.tune_gemms = tune
+        history = model.fit(X, y, epochs=30, batch_size=64, seed=0, verbose=0)
+        results.append((model.get_params(), history["loss"]))
+    tuned = [(spec, p) for spec, p in bk.epilogues.problems.items() if spec.candidates > 1]
+    assert any(spec.epilogue == 1 for spec, _ in tuned), "no plain GEMM went through cuBLASLt"
+    assert all(p.tuned and 0 <= p.chosen < p.count for _, p in tuned if p.supported)
+    (p_tuned, l_tuned), (p_plain, l_plain) = results
+    rtol = 1e-4 if precision == "fp32" else 2e-2
+    np.testing.assert_allclose(l_tuned, l_plain, rtol=rtol, atol=1e-5)
+    for a, b in zip(p_tuned, p_plain):
+        np.testing.assert_allclose(a, b, rtol=10 * rtol, atol=10 * rtol)
+
+
 @pytest.mark.parametrize("make_opt", [lambda: nn.SGD(lr=0.5, decay=1e-3),
                                       lambda: nn.SGD(lr=0.5, momentum=0.9, decay=1e-3),
                                       lambda: nn.Adagrad(lr=0.3, decay=1e-3),

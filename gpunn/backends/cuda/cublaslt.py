@@ -11,20 +11,31 @@ The layouts are the row-major to column-major swap of ``cublas.py``: a row-major
 to cuBLASLt, a column-major (c, r) one, so the bias (one value per output column of ours) runs
 along cuBLASLt's rows, as its epilogues want.
 
-Each distinct problem (shape, leading dimensions, alignment, precision, epilogue) gets one
-descriptor and one algorithm, asked of cuBLASLt's heuristics once. Where cuBLASLt has none (an
-epilogue it does not offer for that case, float64 on some versions), ``forward`` and
-``dinputs_relu_bgrad`` return False and write nothing, and the backend takes its separate path.
+Plain GEMMs (``matmul``, epilogue DEFAULT) run here too when a model asks for tuned GEMMs.
+
+Each distinct problem (shape, leading dimensions, transposes, alignment, operand types, precision,
+epilogue) gets one descriptor and an algorithm, asked of cuBLASLt's heuristics once. Tuned
+(``tune=True``, the backend option ``tune_gemms``), the heuristics are asked for up to
+``CANDIDATES`` algorithms and each is timed on the first eager call (``timing.py``: the device's
+work, behind a hold), and the fastest kept, as XLA does for its GEMMs; untuned, their first choice
+runs. Every algorithm computes the same product, with its own order of summation. Where cuBLASLt
+has none (an epilogue it does not offer for that case, float64 on some versions), the calls return
+False and write nothing, and the backend takes its separate path.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..bf16 import BF16_BITS
+from . import timing
 from .cublas import ONE, ZERO, blas_ready
+
+_log = logging.getLogger("gpunn")
 
 WORKSPACE_BYTES = 32 << 20
 #: What the heuristics may plan to use of the workspace: some epilogues need room beyond the
@@ -32,10 +43,14 @@ WORKSPACE_BYTES = 32 << 20
 WORKSPACE_SLACK = 256
 #: Planned problems kept (least recently used first out); a model uses a handful.
 MAX_PROBLEMS = 256
+#: Algorithms asked of the heuristics, and timed, for a tuned problem.
+CANDIDATES = 8
 
 # cudaDataType and cublasComputeType_t values (library_types.h, cublas_api.h).
-CUDA_R_32F, CUDA_R_64F = 0, 1
+CUDA_R_32F, CUDA_R_64F, CUDA_R_16BF = 0, 1, 14
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
+DATA_TYPES = {np.dtype(np.float32): CUDA_R_32F, np.dtype(np.float64): CUDA_R_64F,
+              BF16_BITS: CUDA_R_16BF}
 
 
 def relu_mask_shape(rows: int, cols: int) -> tuple[int, int]:
@@ -51,51 +66,86 @@ def _alignment(ptr: int) -> int:
     return min(256, ptr & -ptr) if ptr else 256
 
 
-class _Problem:
-    """One cuBLASLt matmul set up: descriptor, layouts and the algorithm its heuristics chose."""
+class Spec(NamedTuple):
+    """What makes two cuBLASLt matmuls the same problem (column-major terms: D (m, n) =
+    op(A) (m, k) @ op(B) (k, n)); the key of a planned ``_Problem``."""
 
-    def __init__(self, lt: Any, handle: int, key: tuple, bias_ptr: int, aux_ptr: int) -> None:
-        (epilogue, m, n, k, lda, ldb, ldd, trans_a, aux_ld, dtype, tf32,
-         align_a, align_b, align_d, _, _) = key
+    epilogue: int
+    m: int
+    n: int
+    k: int
+    lda: int
+    ldb: int
+    ldd: int
+    trans_a: bool
+    trans_b: bool
+    aux_ld: int  # the ReLU mask's leading dimension in bits; 0 for none
+    operands: np.dtype  # A and B: float32, float64 or bfloat16 bits
+    out: np.dtype  # D: float32 or float64
+    tf32: bool
+    align_a: int
+    align_b: int
+    align_d: int
+    align_bias: int
+    align_mask: int
+    candidates: int  # algorithms asked of the heuristics: CANDIDATES when tuned, else 1
+
+
+class _Problem:
+    """One cuBLASLt matmul set up: descriptor, layouts, the algorithms its heuristics offered and
+    the one ``chosen`` (their first until tuned)."""
+
+    def __init__(self, lt: Any, handle: int, spec: Spec, bias_ptr: int, aux_ptr: int) -> None:
         self.lt = lt
-        data_type = CUDA_R_32F if dtype == np.float32 else CUDA_R_64F
-        compute = COMPUTE_64F if dtype == np.float64 else COMPUTE_32F_FAST_TF32 if tf32 \
+        operands, out = DATA_TYPES[spec.operands], DATA_TYPES[spec.out]
+        compute = COMPUTE_64F if out == CUDA_R_64F else COMPUTE_32F_FAST_TF32 if spec.tf32 \
             else COMPUTE_32F
-        self.desc = lt.matmul_desc_create(compute, data_type)
-        self.set(lt.MatmulDescAttribute.TRANSA, int(trans_a))  # CUBLAS_OP_N = 0, _T = 1
-        self.set(lt.MatmulDescAttribute.TRANSB, 0)
-        self.set(lt.MatmulDescAttribute.EPILOGUE, int(epilogue))
+        self.desc = lt.matmul_desc_create(compute, out)  # alpha and beta in D's type
+        self.set(lt.MatmulDescAttribute.TRANSA, int(spec.trans_a))  # CUBLAS_OP_N = 0, _T = 1
+        self.set(lt.MatmulDescAttribute.TRANSB, int(spec.trans_b))
+        self.set(lt.MatmulDescAttribute.EPILOGUE, spec.epilogue)
         # cuBLASLt wants the epilogue's pointers before it picks an algorithm, and may pick one
         # that relies on their alignment: plan with the first call's real pointers, and key the
         # plan on their alignment (a placeholder claiming more alignment than a bias view into
         # the flat buffer has can pick a kernel whose misaligned loads kill the CUDA context).
-        self.set(lt.MatmulDescAttribute.BIAS_POINTER, bias_ptr)
-        if aux_ld:
-            self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_LD, aux_ld)
+        if bias_ptr:
+            self.set(lt.MatmulDescAttribute.BIAS_POINTER, bias_ptr)
+        if spec.aux_ld:
+            self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_LD, spec.aux_ld)
             self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, aux_ptr)
-        rows_a, cols_a = (k, m) if trans_a else (m, k)
-        self.a = lt.matrix_layout_create(data_type, rows_a, cols_a, lda)
-        self.b = lt.matrix_layout_create(data_type, k, n, ldb)
-        self.d = lt.matrix_layout_create(data_type, m, n, ldd)
+        m, n, k = spec.m, spec.n, spec.k
+        self.a = lt.matrix_layout_create(operands, *((k, m) if spec.trans_a else (m, k)), spec.lda)
+        self.b = lt.matrix_layout_create(operands, *((n, k) if spec.trans_b else (k, n)), spec.ldb)
+        self.d = lt.matrix_layout_create(out, m, n, spec.ldd)
         pref = lt.matmul_preference_create()
         for attr, value in ((lt.MatmulPreferenceAttribute.MAX_WORKSPACE_BYTES,
                              WORKSPACE_BYTES - WORKSPACE_SLACK),
-                            (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_A_BYTES, align_a),
-                            (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_B_BYTES, align_b),
-                            (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_C_BYTES, align_d),
-                            (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_D_BYTES, align_d)):
+                            (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_A_BYTES, spec.align_a),
+                            (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_B_BYTES, spec.align_b),
+                            (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_C_BYTES, spec.align_d),
+                            (lt.MatmulPreferenceAttribute.MIN_ALIGNMENT_D_BYTES, spec.align_d)):
             buf = np.array([value], dtype=lt.get_matmul_preference_attribute_dtype(attr))
             lt.matmul_preference_set_attribute(pref, int(attr), buf.ctypes.data, buf.itemsize)
-        self.result = np.zeros(1, dtype=lt.matmul_heuristic_result_dtype)
+        self.results = np.zeros(spec.candidates, dtype=lt.matmul_heuristic_result_dtype)
         found = np.zeros(1, dtype=np.int32)
         try:
             lt.matmul_algo_get_heuristic(handle, self.desc, self.a, self.b, self.d, self.d, pref,
-                                         1, self.result.ctypes.data, found.ctypes.data)
+                                         spec.candidates, self.results.ctypes.data,
+                                         found.ctypes.data)
         except lt.cuBLASLtError:  # CUBLAS_STATUS_NOT_SUPPORTED: no kernel for this epilogue
             found[0] = 0
         finally:
             lt.matmul_preference_destroy(pref)
-        self.supported = bool(found[0])
+        self.count = int(found[0])  # algorithms offered, best guess first
+        self.supported = self.count > 0
+        self.chosen = 0
+        self.tuned = spec.candidates == 1  # nothing to choose between
+        self.timings: dict[int, float] = {}  # algorithm index -> device ms, once tuned
+
+    @property
+    def algo(self) -> int:
+        """The address of the chosen algorithm (its heuristic result starts with it)."""
+        return self.results.ctypes.data + self.chosen * self.results.itemsize
 
     def set(self, attr: Any, value: int) -> None:
         buf = np.array([value], dtype=self.lt.get_matmul_desc_attribute_dtype(attr))
@@ -109,12 +159,14 @@ class _Problem:
 
 
 class Epilogues:
-    """cuBLASLt matmuls with epilogues, on CuPy arrays; ``available`` is False without nvmath."""
+    """cuBLASLt matmuls (with epilogues, or plain) on CuPy arrays; ``available`` is False without
+    nvmath. ``hold`` keeps the device busy while a tuned problem's candidates are timed."""
 
-    def __init__(self, cupy: Any) -> None:
+    def __init__(self, cupy: Any, hold: Any = None) -> None:
         self.cupy = cupy
+        self.hold = hold
         self.handle: int | None = None
-        self.problems: dict[tuple, _Problem] = {}
+        self.problems: dict[Spec, _Problem] = {}
         try:
             from nvmath.bindings import cublasLt
         except ImportError as exc:
@@ -128,8 +180,12 @@ class Epilogues:
     def available(self) -> bool:
         return self.lt is not None
 
+    def time(self, fn: Any) -> float:
+        """Device milliseconds for timing.TIMED_CALLS calls of ``fn``, queued behind the hold."""
+        return timing.device_ms(self.cupy, fn, self.hold)
+
     def forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
-                mask: Any = None, tf32: bool = False) -> bool:
+                mask: Any = None, tf32: bool = False, tune: bool = False) -> bool:
         """out = inputs @ weights + biases, then ReLU when ``relu`` (its bit mask into ``mask``
         when one is given), as one call (TF32 tensor cores for float32 when ``tf32``). False,
         with nothing written, where cuBLASLt cannot."""
@@ -139,57 +195,110 @@ class Epilogues:
         else:
             epilogue = lt.Epilogue.RELU_BIAS if relu else lt.Epilogue.BIAS
         # Column-major: out^T (n_out, rows) = weights^T (n_out, n_in) @ inputs^T (n_in, rows).
-        rows, n_out = out.shape
-        return self._matmul(epilogue, a=weights, b=inputs, d=out, m=n_out, n=rows,
-                            k=weights.shape[0], trans_a=False, bias=biases, mask=mask, tf32=tf32)
+        return self._matmul(epilogue, a=weights, b=inputs, d=out, k=weights.shape[0],
+                            trans_a=False, trans_b=False, bias=biases, mask=mask, tf32=tf32,
+                            tune=tune)
 
     def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, mask: Any,
-                           dbiases: Any, tf32: bool = False) -> bool:
+                           dbiases: Any, tf32: bool = False, tune: bool = False) -> bool:
         """out = (dvalues @ weights.T) * relu'(layer below), read from that layer's ``mask``;
         dbiases = the column sums of out. False, with nothing written, where cuBLASLt cannot."""
         # Column-major: out^T (n_in, rows) = op_T(weights^T) (n_in, n_out) @ dvalues^T.
-        rows, n_in = out.shape
         if weights.shape[1] == 1:  # K = 1 (a Dense(n, 1) above): nvmath calls it unsupported
             return False
-        return self._matmul(self.lt.Epilogue.DRELU_BGRAD, a=weights, b=dvalues, d=out, m=n_in,
-                            n=rows, k=weights.shape[1], trans_a=True, bias=dbiases, mask=mask,
-                            tf32=tf32)
+        return self._matmul(self.lt.Epilogue.DRELU_BGRAD, a=weights, b=dvalues, d=out,
+                            k=weights.shape[1], trans_a=True, trans_b=False, bias=dbiases,
+                            mask=mask, tf32=tf32, tune=tune)
 
-    def _matmul(self, epilogue: Any, a: Any, b: Any, d: Any, m: int, n: int, k: int,
-                trans_a: bool, bias: Any, mask: Any, tf32: bool) -> bool:
-        dtype = d.dtype
-        if dtype not in ONE or a.dtype != dtype or b.dtype != dtype \
-                or bias.dtype != dtype or not all(blas_ready(x) for x in (a, b, d)) \
-                or not bias.flags.c_contiguous or _alignment(bias.data.ptr) < 16 \
-                or (mask is not None and (not mask.flags.c_contiguous
-                                          or mask.shape != relu_mask_shape(*d.shape)
-                                          or _alignment(mask.data.ptr) < 16)):
+    def matmul(self, a: Any, b: Any, out: Any, trans_a: bool = False, trans_b: bool = False,
+               tf32: bool = False, tune: bool = False) -> bool:
+        """Row-major out = op(a) @ op(b), as ``cublas.Gemm.gemm`` (bfloat16 operands give a
+        float32 out), with no epilogue. False, with nothing written, where cuBLASLt cannot."""
+        # Column-major: out^T = op(b)^T @ op(a)^T, the swap of cublas.py.
+        return self._matmul(self.lt.Epilogue.DEFAULT, a=b, b=a, d=out,
+                            k=a.shape[0] if trans_a else a.shape[1], trans_a=trans_b,
+                            trans_b=trans_a, bias=None, mask=None, tf32=tf32, tune=tune)
+
+    def _matmul(self, epilogue: Any, a: Any, b: Any, d: Any, k: int, trans_a: bool,
+                trans_b: bool, bias: Any, mask: Any, tf32: bool, tune: bool) -> bool:
+        operands, out = a.dtype, d.dtype
+        if not _takes(a, b, d, bias, mask) or (operands == BF16_BITS and bias is not None):
             return False
         if self.handle is None:
             self.handle = self.lt.create()
             self._workspace = self.cupy.empty(WORKSPACE_BYTES, dtype=self.cupy.uint8)
-        item = d.itemsize
-        aux_ld = 8 * mask.shape[1] if mask is not None else 0  # in elements: bits
-        key = (int(epilogue), m, n, k, a.strides[0] // item, b.strides[0] // item,
-               d.strides[0] // item, trans_a, aux_ld, dtype, tf32 and dtype == np.float32,
-               _alignment(a.data.ptr), _alignment(b.data.ptr), _alignment(d.data.ptr),
-               _alignment(bias.data.ptr), _alignment(mask.data.ptr) if mask is not None else 0)
-        problem = self.problems.pop(key, None)
+        n, m = d.shape  # row-major (rows, cols) is column-major (cols, rows)
+        spec = Spec(int(epilogue), m, n, k, a.strides[0] // a.itemsize, b.strides[0] // b.itemsize,
+                    d.strides[0] // d.itemsize, trans_a, trans_b,
+                    8 * mask.shape[1] if mask is not None else 0,  # in elements: bits
+                    operands, out, tf32 and operands == np.float32,
+                    _alignment(a.data.ptr), _alignment(b.data.ptr), _alignment(d.data.ptr),
+                    _alignment(bias.data.ptr) if bias is not None else 0,
+                    _alignment(mask.data.ptr) if mask is not None else 0,
+                    CANDIDATES if tune else 1)
+        bias_ptr = bias.data.ptr if bias is not None else 0
+        mask_ptr = mask.data.ptr if mask is not None else 0
+        problem = self.problems.pop(spec, None)
         if problem is None:
-            problem = _Problem(self.lt, self.handle, key, bias.data.ptr,
-                               mask.data.ptr if mask is not None else 0)
-        self.problems[key] = problem  # the most recently used last
+            problem = _Problem(self.lt, self.handle, spec, bias_ptr, mask_ptr)
+        self.problems[spec] = problem  # the most recently used last
         if len(self.problems) > MAX_PROBLEMS:  # many shapes over a long session: keep the recent
             self.problems.pop(next(iter(self.problems))).destroy()
         if not problem.supported:
             return False
-        problem.set(self.lt.MatmulDescAttribute.BIAS_POINTER, bias.data.ptr)
+        if bias is not None:
+            problem.set(self.lt.MatmulDescAttribute.BIAS_POINTER, bias_ptr)
         if mask is not None:
-            problem.set(self.lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, mask.data.ptr)
-        self.lt.matmul(self.handle, problem.desc, ONE[dtype].ctypes.data,
-                       a.data.ptr, problem.a, b.data.ptr, problem.b,
-                       ZERO[dtype].ctypes.data, d.data.ptr, problem.d, d.data.ptr, problem.d,
-                       problem.result.ctypes.data, self._workspace.data.ptr, WORKSPACE_BYTES,
-                       self.cupy.cuda.get_current_stream().ptr)
+            problem.set(self.lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, mask_ptr)
+
+        def call() -> None:  # alpha 1 and beta 0, in D's type as the descriptor says
+            self.lt.matmul(self.handle, problem.desc, ONE[out].ctypes.data,
+                           a.data.ptr, problem.a, b.data.ptr, problem.b,
+                           ZERO[out].ctypes.data, d.data.ptr, problem.d, d.data.ptr, problem.d,
+                           problem.algo, self._workspace.data.ptr, WORKSPACE_BYTES,
+                           self.cupy.cuda.get_current_stream().ptr)
+
+        if not problem.tuned and not self.cupy.cuda.get_current_stream().is_capturing():
+            self._tune(problem, call, spec)
+            if not problem.supported:
+                return False
+        call()
         return True
 
+    def _tune(self, problem: _Problem, call: Any, spec: Spec) -> None:
+        """Time each algorithm the heuristics offered and keep the fastest. Each run writes the
+        same outputs from the same inputs (beta is 0), so timing them changes nothing the final
+        call does not write again. One that fails is passed over; with none left, the problem
+        is unsupported and the backend takes its other path."""
+        times = problem.timings
+        for index in range(problem.count):
+            problem.chosen = index
+            try:
+                times[index] = self.time(call)
+            except self.lt.cuBLASLtError as exc:
+                _log.debug("gpunn: cuBLASLt algorithm %d of %s failed: %s", index, spec, exc)
+        problem.tuned = True
+        if not times:
+            problem.supported = False
+            return
+        problem.chosen = min(times, key=times.__getitem__)  # the first of equals: the heuristics'
+        _log.debug("gpunn: cuBLASLt %s: algorithm %d of %d, %.4f ms against %.4f for the "
+                   "heuristics' first", spec, problem.chosen, problem.count, times[problem.chosen],
+                   times.get(0, math.nan))
+
+
+def _takes(a: Any, b: Any, d: Any, bias: Any, mask: Any) -> bool:
+    """Whether cuBLASLt takes these operands as ``Epilogues`` calls it: A and B of one type,
+    float32 or float64 as D is (or bfloat16 bits for a float32 D), rows contiguous; the bias
+    and mask, where there are, contiguous, of D's type (the mask its shape) and 16-byte
+    aligned."""
+    out = d.dtype
+    if out not in ONE or a.dtype != b.dtype or a.dtype not in (out, BF16_BITS) \
+            or (a.dtype == BF16_BITS and out != np.float32) \
+            or not all(blas_ready(x) for x in (a, b, d)):
+        return False
+    if bias is not None and (bias.dtype != out or not bias.flags.c_contiguous
+                             or _alignment(bias.data.ptr) < 16):
+        return False
+    return mask is None or (mask.flags.c_contiguous and mask.shape == relu_mask_shape(*d.shape)
+                            and _alignment(mask.data.ptr) >= 16)

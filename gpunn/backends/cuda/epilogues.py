@@ -5,24 +5,19 @@ after a plain GEMM. Which is faster depends on the shape, so under the "auto" po
 is timed once, the first time it comes, and the faster path kept. Both paths write the same
 outputs from the same inputs, so running each a few times to time them changes nothing.
 
-The device is held busy (``hold``) while the timed calls are queued, so that the events time the
-device's work, as a replayed CUDA graph runs it, and not the host's launches: the fused path is
-one call where the separate one is two or three, so where launching is slower than computing,
-unheld timing would pick it whatever the device takes.
+Each path is timed by its device work (``timing.py``): the fused path is one call where the
+separate one is two or three, so timing the host's launches would favour it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-_log = logging.getLogger("gpunn")
+from . import timing
 
-TIMED_CALLS = 10
-#: The longest hold (seconds): the timed calls of a problem queue far faster than this.
-MAX_HOLD_S = 0.05
+_log = logging.getLogger("gpunn")
 
 
 class EpilogueChoice:
@@ -73,20 +68,5 @@ class EpilogueChoice:
             return False
 
     def time(self, fn: Any) -> float:
-        """Device milliseconds for TIMED_CALLS calls of ``fn`` after one warm-up call, queued
-        behind a hold that outlasts their queueing."""
-        cp = self.cupy
-        fn()
-        cp.cuda.get_current_stream().synchronize()
-        queued = time.perf_counter()
-        fn()  # how long the host takes to queue a call, now that it is warm
-        queued = time.perf_counter() - queued
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        if self.hold is not None:
-            self.hold(min(MAX_HOLD_S, 2 * TIMED_CALLS * queued + 1e-3))
-        start.record()
-        for _ in range(TIMED_CALLS):
-            fn()
-        end.record()
-        end.synchronize()
-        return cp.cuda.get_elapsed_time(start, end)
+        """Device milliseconds for timing.TIMED_CALLS calls of ``fn``, queued behind the hold."""
+        return timing.device_ms(self.cupy, fn, self.hold)

@@ -15,15 +15,17 @@ import numpy as np
 import pytest
 from support.cuda import DeviceLike, column_major
 
-from gpunn.backends.cuda.cublaslt import Epilogues, relu_mask_shape
+from gpunn.backends.bf16 import BF16_BITS, round_to_bf16, widen
+from gpunn.backends.cuda.cublaslt import CANDIDATES, Epilogues, relu_mask_shape
 
-EPILOGUE = types.SimpleNamespace(BIAS=4, RELU_BIAS=6, RELU_AUX_BIAS=134, DRELU_BGRAD=152)
+EPILOGUE = types.SimpleNamespace(DEFAULT=1, BIAS=4, RELU_BIAS=6, RELU_AUX_BIAS=134,
+                                 DRELU_BGRAD=152)
 DESC = types.SimpleNamespace(TRANSA=3, TRANSB=4, EPILOGUE=7, BIAS_POINTER=8,
                              EPILOGUE_AUX_POINTER=11, EPILOGUE_AUX_LD=12)
 PREF = types.SimpleNamespace(MAX_WORKSPACE_BYTES=1, MIN_ALIGNMENT_A_BYTES=5,
                              MIN_ALIGNMENT_B_BYTES=6, MIN_ALIGNMENT_C_BYTES=7,
                              MIN_ALIGNMENT_D_BYTES=8)
-TYPES = {0: np.float32, 1: np.float64}
+TYPES = {0: np.float32, 1: np.float64, 14: BF16_BITS}
 
 
 def read(ptr: int, dtype, count: int = 1) -> np.ndarray:
@@ -33,7 +35,9 @@ def read(ptr: int, dtype, count: int = 1) -> np.ndarray:
 
 class FakeLt:
     """Just enough of nvmath.bindings.cublasLt, computing in NumPy. The ReLU mask format is this
-    stand-in's own (bit i % 8 of byte i // 8 of column j, columns aux_ld bits apart)."""
+    stand-in's own (bit i % 8 of byte i // 8 of column j, columns aux_ld bits apart). It offers
+    ``algorithms`` algorithms per problem, numbered from 1 in the first word of each heuristic
+    result; ``algos`` lists the one each matmul ran, and one in ``failing`` raises."""
 
     Epilogue, MatmulDescAttribute, MatmulPreferenceAttribute = EPILOGUE, DESC, PREF
     cuBLASLtError = RuntimeError
@@ -41,8 +45,10 @@ class FakeLt:
                                               ("state", "<i4"), ("waves_count", "<f4"),
                                               ("reserved", "<i4", (4,))])
 
-    def __init__(self, unsupported=()) -> None:
+    def __init__(self, unsupported=(), algorithms=1, failing=()) -> None:
         self.unsupported = set(unsupported)
+        self.algorithms, self.failing = algorithms, set(failing)
+        self.algos: list[int] = []
         self.objects: dict[int, dict] = {}
         self.calls: list[tuple] = []
         self.planned: list[dict] = []  # the epilogue pointers and workspace each plan saw
@@ -73,7 +79,7 @@ class FakeLt:
 
     def matrix_layout_create(self, dtype, rows, cols, ld):
         assert ld >= rows, "column-major: the leading dimension covers a column"
-        return self._new(dtype=TYPES[dtype], rows=rows, cols=cols, ld=ld)
+        return self._new(dtype=TYPES[dtype], dtype_code=dtype, rows=rows, cols=cols, ld=ld)
 
     def matmul_preference_create(self):
         return self._new()
@@ -91,30 +97,43 @@ class FakeLt:
         self.destroyed.append(desc)
 
     def matmul_algo_get_heuristic(self, handle, desc, a, b, c, d, pref, count, results, found):
-        assert count == 1 and self.objects[pref][PREF.MAX_WORKSPACE_BYTES] > 0
+        assert count >= 1 and self.objects[pref][PREF.MAX_WORKSPACE_BYTES] > 0
         attrs = self.objects[desc]
         self.planned.append({"bias": attrs.get(DESC.BIAS_POINTER),
                              "aux": attrs.get(DESC.EPILOGUE_AUX_POINTER),
-                             "workspace": self.objects[pref][PREF.MAX_WORKSPACE_BYTES]})
+                             "workspace": self.objects[pref][PREF.MAX_WORKSPACE_BYTES],
+                             "count": count})
         supported = self.objects[desc][DESC.EPILOGUE] not in self.unsupported
-        ctypes.c_int32.from_address(found).value = int(supported)
+        offered = min(count, self.algorithms) if supported else 0
+        size = self.matmul_heuristic_result_dtype.itemsize
+        for i in range(offered):
+            ctypes.c_uint64.from_address(results + i * size).value = i + 1
+        ctypes.c_int32.from_address(found).value = offered
 
     def _matrix(self, ptr, layout):
         lay = self.objects[layout]
-        return column_major(ptr, lay["rows"], lay["cols"], lay["ld"], lay["dtype"])
+        m = column_major(ptr, lay["rows"], lay["cols"], lay["ld"], lay["dtype"])
+        return widen(np, m) if lay["dtype"] == BF16_BITS else m  # bf16 products are exact
 
     def matmul(self, handle, desc, alpha, a, adesc, b, bdesc, beta, c, cdesc, d, ddesc, algo,
                workspace, workspace_size, stream):
+        algo = int(read(algo, np.uint64)[0])
+        if algo in self.failing:
+            raise self.cuBLASLtError(f"CUBLAS_STATUS_NOT_SUPPORTED (algorithm {algo})")
         attrs = self.objects[desc]
         epilogue = attrs[DESC.EPILOGUE]
         self.calls.append((epilogue, attrs[DESC.TRANSA], attrs[DESC.TRANSB]))
+        self.algos.append(algo)
         A, B, D = self._matrix(a, adesc), self._matrix(b, bdesc), self._matrix(d, ddesc)
-        assert c == d and cdesc == ddesc and attrs[DESC.TRANSB] == 0
+        assert c == d and cdesc == ddesc
+        assert self.objects[desc]["scale"] == self.objects[ddesc]["dtype_code"], \
+            "alpha and beta are read in D's type"
         opA = A.T if attrs[DESC.TRANSA] else A
-        assert opA.shape[1] == B.shape[0] and D.shape == (opA.shape[0], B.shape[1])
+        opB = B.T if attrs[DESC.TRANSB] else B
+        assert opA.shape[1] == opB.shape[0] and D.shape == (opA.shape[0], opB.shape[1])
         m, n = D.shape
         al = read(alpha, D.dtype)[0]
-        result = al * (opA @ B)
+        result = al * (opA @ opB)
         bias = read(attrs[DESC.BIAS_POINTER], D.dtype, m) if DESC.BIAS_POINTER in attrs else None
         if epilogue in (EPILOGUE.BIAS, EPILOGUE.RELU_BIAS, EPILOGUE.RELU_AUX_BIAS):
             result = result + bias[:, None]
@@ -151,13 +170,13 @@ class BitMask:
         self.raw[...] = np.packbits(bits, axis=1, bitorder="little")
 
 
-def cupy_stand_in():
+def cupy_stand_in(capturing=lambda: False):
     def empty(shape, dtype):
         return DeviceLike(np.empty(shape, dtype))
 
-    return types.SimpleNamespace(
-        cuda=types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=7)),
-        empty=empty, uint8=np.uint8)
+    stream = types.SimpleNamespace(ptr=7, is_capturing=capturing)
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(get_current_stream=lambda: stream),
+                                 empty=empty, uint8=np.uint8)
 
 
 class Dev(DeviceLike):
@@ -168,8 +187,8 @@ class Dev(DeviceLike):
         self.flags = types.SimpleNamespace(c_contiguous=arr.flags.c_contiguous)
 
 
-def epilogues(lt: FakeLt) -> Epilogues:
-    e = Epilogues(cupy_stand_in())  # nvmath may be absent here: install the stand-in either way
+def epilogues(lt: FakeLt, capturing=lambda: False) -> Epilogues:
+    e = Epilogues(cupy_stand_in(capturing))  # nvmath may be absent: install the stand-in anyway
     e.lt = lt
     return e
 
@@ -315,6 +334,129 @@ def test_plans_beyond_the_limit_are_destroyed_oldest_first(rng, monkeypatch):
     assert len(lt.destroyed) == 4  # the rows-5 plan: three layouts and its descriptor
 
 
+def strided(values: np.ndarray, extra: int) -> np.ndarray:
+    """``values`` as the first columns of a 256-byte aligned array ``extra`` columns wider: a row
+    stride that differs from the width, so a leading dimension taken for a width cannot pass."""
+    wide = aligned(np.zeros((values.shape[0], values.shape[1] + extra), values.dtype))
+    wide[:, :values.shape[1]] = values
+    return wide[:, :values.shape[1]]
+
+
+def bf16(values: np.ndarray, extra: int) -> np.ndarray:
+    bits = np.empty(values.shape, BF16_BITS)
+    return strided(round_to_bf16(np, values.astype(np.float32), bits), extra)
+
+
+@pytest.mark.parametrize("operands", ["float32", "float64", "bf16"])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True),
+                                              (True, True)])
+@pytest.mark.parametrize("tune", [False, True])
+def test_plain_matmul_maps_row_major_products(operands, trans_a, trans_b, tune, rng):
+    """``matmul``: out = op(a) @ op(b) with epilogue DEFAULT, every transpose, strided rows,
+    float32, float64 and bfloat16 operands (into float32), tuned or not."""
+    lt = FakeLt(algorithms=3)
+    e = epilogues(lt)
+    e.time = lambda fn: (fn(), 1.0)[1]
+    m, k, n = 5, 7, 3  # out is (m, n)
+    a_vals = rng.standard_normal((k, m) if trans_a else (m, k))
+    b_vals = rng.standard_normal((n, k) if trans_b else (k, n))
+    if operands == "bf16":
+        a, b, out_dtype = bf16(a_vals, 3), bf16(b_vals, 2), np.float32
+        A, B = widen(np, np.ascontiguousarray(a)), widen(np, np.ascontiguousarray(b))
+    else:
+        a, b = strided(a_vals.astype(operands), 3), strided(b_vals.astype(operands), 2)
+        A, B, out_dtype = a, b, operands
+    wide = aligned(np.full((m, n + 4), np.nan, out_dtype))
+    out = wide[:, :n]
+    assert e.matmul(Dev(a), Dev(b), Dev(out), trans_a, trans_b, tune=tune)
+    expect = (A.T if trans_a else A) @ (B.T if trans_b else B)
+    np.testing.assert_allclose(out, expect, rtol=1e-6 if out_dtype == np.float32 else 1e-12)
+    assert np.isnan(wide[:, n:]).all()  # nothing written past the slice
+    assert lt.calls[-1] == (EPILOGUE.DEFAULT, int(trans_b), int(trans_a))  # the swap
+    assert [p["count"] for p in lt.planned] == [CANDIDATES if tune else 1]
+
+
+def test_plain_matmul_declines_what_cublaslt_does_not_take(rng):
+    e = epilogues(FakeLt())
+    x32 = aligned(rng.standard_normal((4, 3)).astype(np.float32))
+    x64 = aligned(rng.standard_normal((3, 5)))
+    out = aligned(np.full((4, 5), np.nan))
+    assert not e.matmul(Dev(x32), Dev(x64), Dev(out))  # operand types differ
+    bits = bf16(rng.standard_normal((4, 3)), 0)
+    assert not e.matmul(Dev(bits), Dev(bf16(rng.standard_normal((3, 5)), 0)), Dev(out))  # bf16 -> f64
+    assert not e.matmul(Dev(aligned(np.ones((4, 6)))[:, ::2]), Dev(x64), Dev(out))  # strided columns
+    assert np.isnan(out).all()
+
+
+def tuned(algorithms=4, failing=(), costs=None, capturing=lambda: False):
+    """Epilogues over a FakeLt offering ``algorithms``, with a timer that runs the call it times
+    and returns the cost of the algorithm that ran (``costs``, by number)."""
+    lt = FakeLt(algorithms=algorithms, failing=failing)
+    e = epilogues(lt, capturing)
+    timed: list[int] = []
+
+    def time(fn):
+        fn()
+        timed.append(lt.algos[-1])
+        return costs[lt.algos[-1]]
+
+    e.time = time
+    return lt, e, timed
+
+
+def test_tuning_keeps_the_fastest_algorithm(rng):
+    """A tuned problem times each algorithm the heuristics offered once, on its first call, and
+    every call after runs the fastest; the output is the product either way."""
+    lt, e, timed = tuned(costs={1: 3.0, 2: 1.0, 3: 2.0, 4: 5.0})
+    x, w = aligned(rng.standard_normal((6, 3))), aligned(rng.standard_normal((3, 5)))
+    b = aligned(rng.standard_normal((1, 5)))
+    for _ in range(3):
+        out = aligned(np.full((6, 5), np.nan))
+        assert e.forward(Dev(x), Dev(w), Dev(b), Dev(out), True, tune=True)
+        np.testing.assert_allclose(out, np.maximum(x @ w + b, 0))
+    assert timed == [1, 2, 3, 4]  # each once, in the heuristics' order
+    assert lt.algos[len(timed):] == [2, 2, 2]
+    (problem,) = e.problems.values()
+    assert problem.timings == {0: 3.0, 1: 1.0, 2: 2.0, 3: 5.0} and problem.chosen == 1
+    assert lt.planned[0]["count"] == CANDIDATES
+    untuned = aligned(np.empty((6, 5)))  # the same shape untuned: its own plan, the first choice
+    assert e.forward(Dev(x), Dev(w), Dev(b), Dev(untuned), True)
+    assert lt.algos[-1] == 1 and len(timed) == 4 and lt.planned[-1]["count"] == 1
+
+
+def test_tuning_passes_over_algorithms_that_fail(rng):
+    lt, e, timed = tuned(failing={2}, costs={1: 3.0, 3: 2.0, 4: 5.0})
+    a, b = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
+    out = aligned(np.empty((4, 5)))
+    assert e.matmul(Dev(a), Dev(b), Dev(out), tune=True)
+    np.testing.assert_allclose(out, a @ b)
+    assert timed == [1, 3, 4] and lt.algos[-1] == 3
+
+
+def test_tuning_with_every_algorithm_failing_declines(rng):
+    lt, e, timed = tuned(algorithms=2, failing={1, 2}, costs={})
+    a, b = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
+    out = aligned(np.full((4, 5), np.nan))
+    for _ in range(2):  # remembered: not tried again
+        assert not e.matmul(Dev(a), Dev(b), Dev(out), tune=True)
+    assert np.isnan(out).all() and timed == [] and lt.algos == []
+
+
+def test_nothing_is_timed_inside_a_capture(rng):
+    """Inside a CUDA-graph capture the first choice runs untimed; the first eager call after
+    tunes the problem."""
+    capturing = [True]
+    lt, e, timed = tuned(costs={1: 3.0, 2: 1.0, 3: 2.0, 4: 5.0}, capturing=lambda: capturing[0])
+    a, b = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
+    out = aligned(np.empty((4, 5)))
+    assert e.matmul(Dev(a), Dev(b), Dev(out), tune=True)
+    assert timed == [] and lt.algos == [1]
+    capturing[0] = False
+    assert e.matmul(Dev(a), Dev(b), Dev(out), tune=True)
+    assert timed == [1, 2, 3, 4] and lt.algos[-1] == 2
+    np.testing.assert_allclose(out, a @ b)
+
+
 def test_stand_in_matches_the_real_bindings():
     """Names, values and call signatures of the stand-in are those of nvmath's cublasLt, so the
     wrapper tested against it calls the real module the same way (where nvmath is installed)."""
@@ -337,5 +479,5 @@ def test_stand_in_matches_the_real_bindings():
         real_count = len([a for a in doc_args.split(",") if a.strip()])
         fake_count = len(inspect.signature(getattr(FakeLt(), name)).parameters)
         assert fake_count == real_count, name
-    for attr in (DESC.TRANSA, DESC.EPILOGUE, DESC.BIAS_POINTER, DESC.EPILOGUE_AUX_LD):
+    for attr in (DESC.TRANSA, DESC.TRANSB, DESC.EPILOGUE, DESC.BIAS_POINTER, DESC.EPILOGUE_AUX_LD):
         assert FakeLt.get_matmul_desc_attribute_dtype(attr) is lt.get_matmul_desc_attribute_dtype(attr)

@@ -122,3 +122,44 @@ def test_policy_is_a_models_own_option_and_is_checked():
     assert (models[0].backend.epilogue_policy, models[1].backend.epilogue_policy) == ("never", "auto")
     assert nn.backends.get_backend("numpy").epilogue_policy == "auto"
     assert np.array_equal(models[0].get_params()[0], models[0].dense_layers[0].weights)
+
+
+class RecordingLt:
+    """The CuPy backend's cuBLASLt wrapper, replaced: records each call's ``tune`` and answers
+    ``takes`` (False: cuBLASLt declines, and the backend must take its other path)."""
+
+    available = True
+
+    def __init__(self, takes=True):
+        self.calls, self.takes = [], takes
+
+    def matmul(self, a, b, out, trans_a, trans_b, tf32, tune):
+        self.calls.append(("matmul", tune))
+        if self.takes:
+            out[...] = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        return self.takes
+
+    def forward(self, inputs, weights, biases, out, relu, mask, tf32, tune):
+        self.calls.append(("forward", tune))
+        return False
+
+
+@pytest.mark.parametrize("tune, takes", [(False, True), (True, True), (True, False)])
+def test_tuned_gemms_go_through_cublaslt(emulated, tune, takes, rng):
+    """With tune_gemms a model's GEMMs go to cuBLASLt, tuned, and to cuBLAS where cuBLASLt
+    declines; without it to cuBLAS alone. Its epilogue calls carry the option too."""
+    bk = emulated.configured(tune_gemms=tune)
+    lt = RecordingLt(takes)
+    bk.epilogues, bk.epilogue_choice = lt, choice()
+    blas = []
+    bk.blas = types.SimpleNamespace(gemm=lambda a, b, out, ta, tb, tf32: blas.append(1) or
+                                    np.matmul(a.T if ta else a, b.T if tb else b, out=out))
+    a, b = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    out = np.full((4, 5), np.nan)
+    bk.gemm(a, b, out, trans_b=True)
+    np.testing.assert_allclose(out, a @ b.T)
+    assert lt.calls == ([("matmul", True)] if tune else [])
+    assert blas == ([] if tune and takes else [1])
+    before = len(lt.calls)
+    bk.dense_forward(a, b.T.copy(), np.zeros((1, 5)), np.empty((4, 5)), relu=True)
+    assert lt.calls[before] == ("forward", tune)  # declined: then the separate path's GEMM

@@ -147,6 +147,41 @@ def test_cublas_gemm_matches_cupy_matmul(trans, dtype, rng):
     cp.testing.assert_allclose(out, want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
 
 
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("operands", ["float32", "float64", "bf16"])
+@pytest.mark.parametrize("m, k, n", [(37, 129, 65), (1024, 1024, 10)])
+@pytest.mark.gpu
+@pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")
+def test_tuned_cublaslt_gemms_match_cupy_matmul(trans, operands, m, k, n, rng):
+    """Plain GEMMs through cuBLASLt with their algorithm timed and chosen (tune_gemms): every
+    transpose, float32, float64 (where offered) and bfloat16 operands into float32."""
+    from gpunn.backends.bf16 import BF16_BITS, widen
+
+    fast, _, cp = gpu_backends()
+    lt = fast.epilogues
+    assert lt.available, lt.why_not
+    trans_a, trans_b = trans
+    dtype = np.float64 if operands == "float64" else np.float32
+    a = rand(cp, rng, (k, m) if trans_a else (m, k), dtype)
+    b = rand(cp, rng, (n, k) if trans_b else (k, n), dtype)
+    if operands == "bf16":
+        a, b = (fast.to_bf16(x, cp.empty(x.shape, BF16_BITS)) for x in (a, b))
+        want_a, want_b = widen(cp, a), widen(cp, b)
+    else:
+        want_a, want_b = a, b
+    want = cp.matmul(want_a.T if trans_a else want_a, want_b.T if trans_b else want_b)
+    for _ in range(2):  # tuned on the first call; the second runs the choice
+        out = poisoned(cp, (m, n), dtype)
+        ran = lt.matmul(a, b, out, trans_a, trans_b, tune=True)
+        assert ran or operands == "float64", "cuBLASLt offered no algorithm"
+        if not ran:
+            return
+        cp.testing.assert_allclose(out, want, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=1e-3 if dtype == np.float32 else 1e-12)
+    tuned = [p for spec, p in lt.problems.items() if spec.candidates > 1 and spec.m == n]
+    assert tuned and all(p.tuned and p.supported and 0 <= p.chosen < p.count for p in tuned)
+
+
 EPILOGUE_SHAPES = [(1, 2, 64), (300, 2, 64), (33, 65, 1000), (257, 129, 31), (1024, 784, 1024)]
 
 

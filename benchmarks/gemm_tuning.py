@@ -1,0 +1,65 @@
+"""What tuning the GEMMs (``model.backend.tune_gemms``) finds on a GPU (needs CuPy, nvmath-python
+and a device).
+
+    python benchmarks/gemm_tuning.py [--workloads medium,large] [--precision fp32,tf32,bf16]
+
+For each workload and precision, one bench step of gpunn's network with ``tune_gemms`` on, then
+each cuBLASLt problem it tuned: the epilogue, the column-major sizes m, n, k and transposes, the
+operand type, how many algorithms the heuristics offered, and each one's device time for
+``timing.TIMED_CALLS`` calls (the heuristics' first choice first, the one kept marked). What
+``gpunn bench`` shows as gpunn-cupy-tuned against gpunn-cupy, this shows GEMM by GEMM.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gpunn.backends import get_backend
+from gpunn.bench import initial_params, workload_data
+from gpunn.bench.contenders import Skip, gpunn_run
+from gpunn.bench.workloads import WORKLOADS
+
+EPILOGUES = {1: "plain", 4: "bias", 6: "relu_bias", 134: "relu_aux_bias", 152: "drelu_bgrad"}
+
+
+def tuned(workload: str, precision: str) -> list[str]:
+    """The report lines of the problems one tuned step of ``workload`` planned."""
+    problems = get_backend("cupy").epilogues.problems  # shared by every model's backend
+    before = set(problems)
+    w = WORKLOADS[workload]
+    X, y = workload_data(w)
+    try:
+        run = gpunn_run("cupy", tune_gemms=True)(w, initial_params(w.sizes), X, y, precision, "gpu")
+    except Skip as why:
+        return [f"{workload} {precision}: skipped ({why})"]
+    for _ in range(2):  # tuned in the first (eager) step
+        run.step()
+    run.sync()
+    lines = []
+    for spec, problem in problems.items():
+        if spec in before or spec.candidates == 1:
+            continue
+        times = " ".join(f"{problem.timings[i]:.4f}{'*' if i == problem.chosen else ''}"
+                         if i in problem.timings else "failed" for i in range(problem.count))
+        lines.append(f"{workload:6} {precision} {EPILOGUES.get(spec.epilogue, spec.epilogue):13} "
+                     f"m={spec.m} n={spec.n} k={spec.k} T={int(spec.trans_a)}{int(spec.trans_b)} "
+                     f"{spec.operands.name if spec.operands.name != 'uint16' else 'bf16'}: "
+                     f"{problem.count} offered; ms {times}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default="medium,large")
+    parser.add_argument("--precision", default="fp32,tf32,bf16")
+    args = parser.parse_args()
+    print("ms: device time of the timed calls of each algorithm, the heuristics' first choice "
+          "first; * the one kept")
+    for workload in args.workloads.split(","):
+        for precision in args.precision.split(","):
+            for line in tuned(workload, precision):
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
