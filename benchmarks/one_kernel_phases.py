@@ -20,6 +20,7 @@ had taken 45% of the epoch.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,9 +32,20 @@ from gpunn.backends import cuda
 from gpunn.bench.contenders import book_model
 
 #: What ends at each PHASE_DONE(p) marker of train_in_one_kernel, in order.
-PHASES = ("hidden layer", "logits", "softmax, loss sums", "dW2", "db2", "hidden gradient", "dW1",
+PHASES = ("hidden layer", "logits", "softmax, loss sums", "dW2 and db2", "hidden gradient", "dW1",
           "db1", "update")
 STAMPS = "-DONE_KERNEL_PHASES"
+
+
+def phase_names(code: str) -> tuple[str, ...]:
+    """The phases of a version of kernels.cu: PHASES where it has as many markers as this one,
+    numbered otherwise (an older version: before 2026-11-27's last change, dW2 and db2 were two
+    phases of nine); none where it has no stamps."""
+    found = re.search(r"#define ONE_KERNEL_PHASE_COUNT (\d+)", code)
+    if not found or "PHASE_DONE(0)" not in code:
+        return ()
+    count = int(found.group(1))
+    return PHASES if count == len(PHASES) else tuple(f"phase {p}" for p in range(count))
 
 
 def run(code: str, stamps: bool, epochs: int) -> tuple[float, np.ndarray, np.ndarray | None]:
@@ -52,7 +64,7 @@ def run(code: str, stamps: bool, epochs: int) -> tuple[float, np.ndarray, np.nda
     backend.synchronize()
     cycles = None
     if stamps:
-        cycles = cupy.ndarray((len(PHASES) + 2,), cupy.uint64,
+        cycles = cupy.ndarray((len(phase_names(code)) + 2,), cupy.uint64,
                               memptr=lookup.module().get_global("one_kernel_phase_cycles"))
         cycles[...] = 0
     model = book_model(backend, True, len(y))
@@ -73,12 +85,13 @@ def report(name: str, code: str, epochs: int, reference: np.ndarray | None) -> n
         f"; final parameters differ from the first source's by up to {np.abs(params - reference).max():.3g}"
     print(f"{name}: {epochs} epochs in {' '.join(f'{t:.4f}' for t in times)} s "
           f"(best {min(times) / epochs * 1e6:.2f} us an epoch){differs}")
-    if f"PHASE_DONE({len(PHASES) - 1})" in code:
+    names = phase_names(code)
+    if names:
         seconds, _, cycles = run(code, True, epochs)
         mhz = cycles[-2] / max(int(cycles[-1]), 1) * 1e3
         print(f"  with the stamps: {seconds:.4f} s; in the kernel {cycles[-1] / epochs / 1e3:.2f} us, "
               f"{cycles[-2] / epochs:,.0f} cycles an epoch at {mhz:.0f} MHz")
-        for phase, spent in zip(PHASES, cycles):
+        for phase, spent in zip(names, cycles):
             print(f"    {phase:20s} {spent / epochs:9,.0f} cycles {spent / epochs / mhz:7.2f} us")
     return params
 

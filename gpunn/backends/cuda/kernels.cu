@@ -336,7 +336,7 @@ __device__ __forceinline__ unsigned long long device_nanoseconds() {
 // SM cycles from one marker to the next to a register per phase (each phase ends at a barrier, so
 // thread 0's clock there is the block's) and, at the end of a launch, those to
 // one_kernel_phase_cycles[phase], and the launch's cycles and nanoseconds to the last two slots.
-#define ONE_KERNEL_PHASE_COUNT 9
+#define ONE_KERNEL_PHASE_COUNT 8
 #ifdef ONE_KERNEL_PHASES
 extern "C" {
 __device__ unsigned long long one_kernel_phase_cycles[ONE_KERNEL_PHASE_COUNT + 2];
@@ -411,17 +411,22 @@ struct Cells {
 };
 
 // out[r * b_cols + c] = sum_i A[i, r] * B[i, c] over n rows (A: n x a_cols, B: n x b_cols,
-// row-major with row strides lda and ldb); A == nullptr stands for a column of ones (a bias
-// gradient). Each output's sum is split over `parts` stripes of rows, whose partial sums are then
+// row-major with row strides lda and ldb), and with `ones` (0 or 1) a row r = a_cols more, for a
+// column of ones after A's: a bias gradient, which a Dense layer's parameters keep right after its
+// weight gradient's rows (A may be nullptr when a_cols is 0). Summing it in the same pass as the
+// weights' costs their threads nothing extra where they leave threads idle (the book's dW2 and
+// db2: 195 outputs for 512 threads, two stripes each either way), and saves a phase of its own
+// with its barriers (db2's own took 1,700 cycles of a 37,100-cycle epoch on an H200). Each
+// output's sum is split over `parts` stripes of rows, whose partial sums are then
 // added pairwise (stripe p + half into stripe p) in a fixed order: log2(parts) rounds, where adding
 // them one after another took parts - 1 (169 for the book's output bias). At most MAX_STRIPES
 // stripes: each round waits at a barrier, and with 170 stripes of about 2 rows the book's output
 // bias spent its time in 7 of them (32 stripes: 4 rounds, and 0.3 us less an epoch on an H200).
 #define MAX_STRIPES 32
 template <typename T>
-__device__ void block_tn(const T* A, int a_cols, int lda, const T* B, int b_cols, int ldb, int n,
-                         T* out, T* scratch) {
-    int outputs = a_cols * b_cols;
+__device__ void block_tn(const T* A, int a_cols, int lda, int ones, const T* B, int b_cols, int ldb,
+                         int n, T* out, T* scratch) {
+    int outputs = (a_cols + ones) * b_cols;
     int parts = (int)blockDim.x / outputs;
     if (parts > MAX_STRIPES) parts = MAX_STRIPES;
     if (parts > n) parts = n;
@@ -431,7 +436,8 @@ __device__ void block_tn(const T* A, int a_cols, int lda, const T* B, int b_cols
         int r = cell.j / b_cols, c = cell.j - r * b_cols;
         // Four partial sums over alternate rows of the stripe: four chains of adds in flight
         // rather than one (on an H200 this halved the book's dW2 and took a fifth off dW1).
-        auto term = [&](int row) { return (A ? A[row * lda + r] : T(1)) * B[row * ldb + c]; };
+        const T* a = r < a_cols ? A + r : nullptr;  // nullptr: the column of ones
+        auto term = [&](int row) { return (a ? a[row * lda] : T(1)) * B[row * ldb + c]; };
         T acc0 = T(0), acc1 = T(0), acc2 = T(0), acc3 = T(0);
         int i = cell.i;
         for (; i + 3 * parts < n; i += 4 * parts) {
@@ -624,11 +630,10 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             totals[2 * epoch + 1] = correct_before + correct;
         }
         PHASE_DONE(2)
-        // Output layer's gradients: dW2 = H^T dZ, db2 = column sums of dZ.
-        block_tn<T>(sH, hidden, ldh, sZ, k, k, n, sG + off_w2, scratch);
+        // Output layer's gradients, in one pass: dW2 = H^T dZ, then db2 = column sums of dZ
+        // (the row of ones after H's columns; db2 follows dW2 in the parameters).
+        block_tn<T>(sH, hidden, ldh, 1, sZ, k, k, n, sG + off_w2, scratch);
         PHASE_DONE(3)
-        block_tn<T>(nullptr, 1, 1, sZ, k, k, n, sG + off_b2, scratch);
-        PHASE_DONE(4)
         // Hidden gradient, in place of H: (dZ @ W2^T) where the ReLU let values through (a
         // select, not a product: what the ReLU stopped stays 0 whatever dZ holds).
         rows_by_columns<T>(sZ, k, sW + off_w2, 1, k, n, hidden, [&](int i, int j, T d) {
@@ -636,12 +641,14 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             *h = *h > T(0) ? d : T(0);
         });
         __syncthreads();
-        PHASE_DONE(5)
+        PHASE_DONE(4)
         if (last) copy_rows(sH, ldh, dhidden_out, n, hidden);
-        block_tn<T>(sX, n_in, n_in, sH, hidden, ldh, n, sG, scratch);
+        // dW1 and db1 apart: together they would be 192 outputs for 512 threads, two stripes
+        // of rows each instead of four for dW1's 128.
+        block_tn<T>(sX, n_in, n_in, 0, sH, hidden, ldh, n, sG, scratch);
+        PHASE_DONE(5)
+        block_tn<T>(nullptr, 0, 1, 1, sH, hidden, ldh, n, sG + off_b1, scratch);
         PHASE_DONE(6)
-        block_tn<T>(nullptr, 1, 1, sH, hidden, ldh, n, sG + off_b1, scratch);
-        PHASE_DONE(7)
         T lr = (T)sched[SCHEDULE_LR_T], correct_1 = (T)sched[SCHEDULE_CORRECTION_1],
           correct_2 = (T)sched[SCHEDULE_CORRECTION_2];
         for (int i = tid; i < n_params; i += threads) {
@@ -656,7 +663,7 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         }
         if (tid == 0) sched[SCHEDULE_ITERATIONS] += 1.0;
         __syncthreads();
-        PHASE_DONE(8)
+        PHASE_DONE(7)
     }
     PHASES_END
     for (int i = tid; i < n_params; i += threads) {
