@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from ..backends.blas import describe
 from ..plot import figure, save_figure
 from .workloads import STEP_GEMMS
 
@@ -191,7 +192,9 @@ def row_text(row: dict[str, Any]) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     gpu = f", GPU {m['gpu']}" if m["gpu"] else ""
-    lines = [f"Machine: {m['cpu']} ({m['cpu_cores']} cores){gpu}"
+    # NumPy's GEMMs are gpunn's on the CPU: which BLAS and kernel ran them belongs with the figures.
+    blas_used = f"; BLAS {describe(m['blas'])}" if m.get("blas") else ""
+    lines = [f"Machine: {m['cpu']} ({m['cpu_cores']} cores){gpu}{blas_used}"
              + f"; versions {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.", "",
              "GEMM ceiling (TFLOP/s): " + ", ".join(f"{k} {v:.3f}" for k, v in m["gemm_ceiling"].items()),
              "", "| workload | device | precision | impl | step (ms) | IQR (ms) | samples/s "

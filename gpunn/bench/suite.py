@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backends import available, cupy_problem, get_backend
 from ..backends.bf16 import BF16_BITS
-from ..backends.blas import forced_kernel_warning
+from ..backends.blas import describe, forced_kernel_warning
 from ..distributed import mpiexec
 from ..files import check_writable, write_atomic
 from ..plot import require_matplotlib
@@ -335,6 +335,7 @@ def _threads(threads: int | None) -> Iterator[None]:
 def main(args: Any) -> int:
     """The ``gpunn bench`` command (arguments parsed by gpunn.cli)."""
     workloads = _check_request(args)
+    print(f"BLAS (NumPy's GEMMs, gpunn's on the CPU): {describe()}")
     warning = forced_kernel_warning()
     if warning:
         print(f"warning: {warning}")

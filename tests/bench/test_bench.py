@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpunn import bench, cli
-from gpunn.backends import get_backend, jit
+from gpunn.backends import blas, get_backend, jit
 from gpunn.backends.bf16 import BF16_BITS
 from gpunn.training import steps
 
@@ -85,7 +85,12 @@ def test_cli_writes_json_markdown_and_a_png(tmp_path, capsys):
     assert "Op profile: gpunn-numpy on small (cpu, fp32, eager path run eagerly)" \
         in paths["md"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "gpunn-numpy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gpunn-numpy" in out
+    first = out.splitlines()[0]  # what is loaded by then (SciPy's may join NumPy's later)
+    assert first.startswith("BLAS (NumPy's GEMMs, gpunn's on the CPU): ")
+    entries = blas.blas_entries()  # NumPy's first: loaded first
+    assert not entries or blas.describe(entries[:1]) in first
     assert np.isfinite([r["step_ms"] for r in doc["results"]]).all()
 
 
@@ -107,6 +112,11 @@ def test_spread_is_the_interquartile_range_and_overlaps_are_flagged():
     doc = {"machine": {"cpu": "x", "cpu_cores": 2, "gpu": None, "versions": {}, "gemm_ceiling": {}},
            "results": rows, "skipped": []}
     assert "2.00x vs pytorch, ~1.05x vs jax" in markdown(doc)
+    assert markdown(doc).startswith("Machine: x (2 cores); versions")  # no BLAS seen: none said
+    blas = [{"user_api": "blas", "internal_api": "openblas", "version": "0.3.31",
+             "num_threads": 2, "architecture": "SkylakeX"}]
+    assert markdown({**doc, "machine": {**doc["machine"], "blas": blas}}).startswith(
+        "Machine: x (2 cores); BLAS openblas 0.3.31 (2 threads, SkylakeX kernel); versions")
     assert noise_note(doc).startswith("1 of 2 speed-ups (marked ~) are within run-to-run noise")
     jsonschema.validate({**doc, "machine": {**doc["machine"], "python": "3", "blas": []}}, bench.SCHEMA)
 
