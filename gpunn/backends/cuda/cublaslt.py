@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -162,7 +163,7 @@ class Epilogues:
     """cuBLASLt matmuls (with epilogues, or plain) on CuPy arrays; ``available`` is False without
     nvmath. ``hold`` keeps the device busy while a tuned problem's candidates are timed."""
 
-    def __init__(self, cupy: Any, hold: Any = None) -> None:
+    def __init__(self, cupy: Any, hold: Callable[[float], None] | None = None) -> None:
         self.cupy = cupy
         self.hold = hold
         self.handle: int | None = None
@@ -265,7 +266,7 @@ class Epilogues:
         call()
         return True
 
-    def _tune(self, problem: _Problem, call: Any, spec: Spec) -> None:
+    def _tune(self, problem: _Problem, call: Callable[[], None], spec: Spec) -> None:
         """Time each algorithm the heuristics offered and keep the fastest. Each run writes the
         same outputs from the same inputs (beta is 0), so timing them changes nothing the final
         call does not write again. One that fails is passed over; with none left, the problem
