@@ -32,15 +32,15 @@ from gpunn.backends import cuda
 from gpunn.bench.contenders import book_model
 
 #: What ends at each PHASE_DONE(p) marker of train_in_one_kernel, in order.
-PHASES = ("hidden layer", "logits", "softmax, loss sums", "dW2 and db2", "hidden gradient", "dW1",
-          "db1", "update")
+PHASES = ("hidden layer", "logits", "softmax, loss sums", "dW2 and db2", "hidden gradient, db1",
+          "dW1", "update")
 STAMPS = "-DONE_KERNEL_PHASES"
 
 
 def phase_names(code: str) -> tuple[str, ...]:
     """The phases of a version of kernels.cu: PHASES where it has as many markers as this one,
-    numbered otherwise (an older version: before 2026-11-27's last change, dW2 and db2 were two
-    phases of nine); none where it has no stamps."""
+    numbered otherwise (an older version: until 2026-11-27's eighth session, db2 and db1 were
+    phases of their own, nine in all); none where it has no stamps."""
     found = re.search(r"#define ONE_KERNEL_PHASE_COUNT (\d+)", code)
     if not found or "PHASE_DONE(0)" not in code:
         return ()

@@ -114,7 +114,7 @@ def test_the_one_kernel_trainer_builds_with_its_phase_stamps(arch):
     assert markers == list(range(len(script.PHASES)))
     assert count and int(count.group(1)) == len(script.PHASES)
     assert script.phase_names(text) == script.PHASES
-    older = text.replace(count.group(0), "#define ONE_KERNEL_PHASE_COUNT 9")  # dW2, db2 apart
+    older = text.replace(count.group(0), "#define ONE_KERNEL_PHASE_COUNT 9")  # db2, db1 apart
     assert script.phase_names(older) == tuple(f"phase {p}" for p in range(9))
     assert script.phase_names(re.sub(r"PHASE_DONE\(\d+\)", "", text)) == ()
     ok, log, lowered = compile_source(text, "kernels.cu", arch, ["train_in_one_kernel<float>"],
