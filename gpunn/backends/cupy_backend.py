@@ -118,6 +118,21 @@ class CupyBackend(Backend):
         self._shuffler.seed(int(rng.integers(2**32)))  # as a new RandomState(seed) would start
         return self.xp.argsort(self._shuffler.random_sample(n))
 
+    #: The device generator dropout masks are drawn from, made once and reseeded for each mask
+    #: from the layer's host generator, as shuffles are: a mask drawn on the host (a random
+    #: number per unit) and copied over cost more than the layer's GEMM on large layers.
+    _masker: Any = None
+
+    def dropout_mask(self, shape: tuple[int, ...], rate: float, rng: np.random.Generator,
+                     dtype: Any) -> Any:
+        """base.py's inverted-dropout mask, its uniforms drawn on the device: the same seed gives
+        the same mask (a resumed run's too), and the host generator moves one draw a mask."""
+        if self._masker is None:
+            self._masker = self.xp.random.RandomState()
+        self._masker.seed(int(rng.integers(2**32)))
+        keep = self._masker.random_sample(shape) >= rate
+        return self.xp.multiply(keep, 1.0 / (1.0 - rate), dtype=dtype)
+
     def device_name(self) -> str:
         props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
         name = props["name"]

@@ -281,3 +281,39 @@ def test_a_model_moved_or_unpickled_keeps_the_options_it_set_and_takes_the_new_d
     asked_cpu = book("numpy")
     asked_cpu.backend.one_kernel_trainer = True
     assert pickle.loads(pickle.dumps(asked_cpu)).backend.one_kernel_trainer
+
+
+def test_dropout_masks_are_drawn_on_the_device_from_one_host_draw(emulated):
+    """The CuPy backend draws a mask's uniforms on the device, seeded by one draw of the layer's
+    host generator (not one per unit, then a copy): the same host state gives the same mask, a
+    unit is kept with probability 1 - rate and scaled by 1 / (1 - rate), the dtype is kept."""
+    rng, same, told = (np.random.default_rng(3) for _ in range(3))
+    mask = emulated.dropout_mask((400, 500), 0.2, rng, np.float32)
+    told.integers(2**32)
+    assert rng.bit_generator.state == told.bit_generator.state  # one draw, whatever the shape
+    np.testing.assert_array_equal(mask, emulated.dropout_mask((400, 500), 0.2, same, np.float32))
+    kept = mask != 0
+    assert mask.dtype == np.float32 and abs(kept.mean() - 0.8) < 0.0045  # 5 standard deviations
+    np.testing.assert_array_equal(mask[kept], np.float32(1 / 0.8))
+    assert not np.array_equal(mask, emulated.dropout_mask((400, 500), 0.2, rng, np.float32))
+
+
+def test_dropout_training_resumes_exactly_on_the_cupy_backend(emulated, tmp_path):
+    """Device masks come from the layer's host generator, which a checkpoint keeps: a run
+    stopped and resumed gives the uninterrupted run's parameters."""
+    X, y = nn.datasets.spiral_data(samples=30, classes=3, seed=1)
+
+    def model():
+        m = nn.Sequential([nn.Dense(2, 16, init="he", seed=1), nn.ReLU(), nn.Dropout(0.3),
+                           nn.Dense(16, 3, seed=3)])
+        return m.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend=emulated,
+                         dtype="float64")
+
+    whole = model()
+    whole.fit(X, y, epochs=4, batch_size=32, seed=4, verbose=0)
+    ck = tmp_path / "ck.safetensors"
+    model().fit(X, y, epochs=2, batch_size=32, seed=4, verbose=0, checkpoint=ck)
+    resumed = model()
+    resumed.fit(X, y, epochs=4, batch_size=32, seed=4, verbose=0, resume_from=ck)
+    for a, b in zip(whole.get_params(), resumed.get_params()):
+        np.testing.assert_array_equal(a, b)
