@@ -32,8 +32,8 @@ from gpunn.backends import cuda
 from gpunn.bench.contenders import book_model
 
 #: What ends at each PHASE_DONE(p) marker of train_in_one_kernel, in order.
-PHASES = ("hidden layer", "logits", "softmax, loss sums", "dW2 and db2", "hidden gradient, db1",
-          "dW1", "update")
+PHASES = ("hidden layer", "logits", "softmax, loss sums", "dW2 and db2",
+          "hidden gradient, db1 (dW1 too, up to 3 inputs)", "dW1 (over 3 inputs)", "update")
 STAMPS = "-DONE_KERNEL_PHASES"
 
 
@@ -92,7 +92,7 @@ def report(name: str, code: str, epochs: int, reference: np.ndarray | None) -> n
         print(f"  with the stamps: {seconds:.4f} s; in the kernel {cycles[-1] / epochs / 1e3:.2f} us, "
               f"{cycles[-2] / epochs:,.0f} cycles an epoch at {mhz:.0f} MHz")
         for phase, spent in zip(names, cycles):
-            print(f"    {phase:20s} {spent / epochs:9,.0f} cycles {spent / epochs / mhz:7.2f} us")
+            print(f"    {phase:48s} {spent / epochs:9,.0f} cycles {spent / epochs / mhz:7.2f} us")
     return params
 
 

@@ -54,7 +54,7 @@ def kernel_parameters() -> dict[str, list[tuple[str, str]]]:
     """kernel name -> [(type, name)] for every __global__ function of kernels.cu."""
     source = re.sub(r"//[^\n]*", "", cuda.source())
     found = {}
-    for name, params in re.findall(r"__global__\s+void\s+(?:__launch_bounds__\(\w+\)\s*)?"
+    for name, params in re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([\w, ]+\)\s*)?"
                                    r"(\w+)\s*\(([^)]*)\)", source):
         parsed = []
         for param in params.split(","):

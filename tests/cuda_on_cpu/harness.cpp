@@ -53,7 +53,7 @@ static T atomicAdd(T* address, T value) { return std::atomic_ref<T>(*address).fe
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
 #define DYNAMIC_SHARED_MEMORY(name) unsigned char* name = dynamic_shared

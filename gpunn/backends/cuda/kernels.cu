@@ -386,6 +386,9 @@ __global__ void hold_device(long long nanoseconds) {
 
 // 1024 threads (at most 64 registers each) took longer on an H200: 21.6 us an epoch against 19.0.
 #define ONE_KERNEL_THREADS 512
+// Networks with at most this many inputs have dW1 summed in the hidden gradient's pass, in
+// registers; the shared scratch then holds (n_in + 1) values per thread, not one.
+#define FOLDED_INPUTS 3
 
 // The trainer runs one block on one multiprocessor, so an epoch's time is its longest chain of
 // dependent steps and the instructions its 16 warps issue, not its arithmetic (about half a
@@ -436,18 +439,22 @@ __device__ void block_tn(const T* A, int a_cols, int lda, int ones, const T* B, 
         int r = cell.j / b_cols, c = cell.j - r * b_cols;
         // Four partial sums over alternate rows of the stripe: four chains of adds in flight
         // rather than one (on an H200 this halved the book's dW2 and took a fifth off dW1).
-        const T* a = r < a_cols ? A + r : nullptr;  // nullptr: the column of ones
-        auto term = [&](int row) { return (a ? a[row * lda] : T(1)) * B[row * ldb + c]; };
-        T acc0 = T(0), acc1 = T(0), acc2 = T(0), acc3 = T(0);
-        int i = cell.i;
-        for (; i + 3 * parts < n; i += 4 * parts) {
-            acc0 += term(i);
-            acc1 += term(i + parts);
-            acc2 += term(i + 2 * parts);
-            acc3 += term(i + 3 * parts);
-        }
-        for (; i < n; i += parts) acc0 += term(i);
-        T acc = (acc0 + acc1) + (acc2 + acc3);
+        auto stripe_sum = [&](auto term) {
+            T acc0 = T(0), acc1 = T(0), acc2 = T(0), acc3 = T(0);
+            int i = cell.i;
+            for (; i + 3 * parts < n; i += 4 * parts) {
+                acc0 += term(i);
+                acc1 += term(i + parts);
+                acc2 += term(i + 2 * parts);
+                acc3 += term(i + 3 * parts);
+            }
+            for (; i < n; i += parts) acc0 += term(i);
+            return (acc0 + acc1) + (acc2 + acc3);
+        };
+        // A loop each for A's columns and the ones, not a test of which in every term.
+        const T* b = B + c;
+        T acc = r < a_cols ? stripe_sum([&](int row) { return A[row * lda + r] * b[row * ldb]; })
+                           : stripe_sum([&](int row) { return b[row * ldb]; });
         if (parts == 1) out[cell.j] = acc; else scratch[cell.i * outputs + cell.j] = acc;
     }
     __syncthreads();
@@ -535,11 +542,14 @@ __device__ void copy_rows(const T* from, int ld, T* out, int n, int cols) {
 // Shared memory, in order: doubles [64 block-sum scratch | SCHEDULE_SIZE schedule], then T:
 // X (n x n_in) | H (n x hidden, rows ldh = hidden | 1 apart: an odd stride, so threads reading one
 // column of different rows hit different banks) | Z (n x k) | params | grads | state_1 | state_2 |
-// blockDim scratch.
+// scratch (blockDim values, (n_in + 1) x blockDim with at most FOLDED_INPUTS inputs).
 // The last epoch also writes what the planned step leaves behind: the hidden layer's output and
 // its gradient, logits, probabilities, dlogits and per-sample losses.
+// One block runs (and one fits a multiprocessor, by its shared memory): the second bound says so,
+// or the compiler may keep to 64 registers a thread for two blocks, and then reload loop
+// constants every iteration (sm_90 SASS: block_tn's loop took 34 instructions instead of 25).
 template <typename T>
-__global__ void __launch_bounds__(ONE_KERNEL_THREADS)
+__global__ void __launch_bounds__(ONE_KERNEL_THREADS, 1)
 train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hidden, int k,
                 T* params, T* grads, T* state_1, T* state_2, double* schedule, double* totals,
                 int epochs, int rule, double hyper, double epsilon, T* hidden_out, T* dhidden_out,
@@ -642,38 +652,61 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         block_tn<T>(sH, hidden, ldh, 1, sZ, k, k, n, sG + off_w2, scratch);
         PHASE_DONE(3)
         // Hidden gradient, in place of H: (dZ @ W2^T) where the ReLU let values through (a
-        // select, not a product: what the ReLU stopped stays 0 whatever dZ holds). And db1, its
-        // column sums, from the values as they are written: each thread adds up its rows of its
-        // column, and where several threads share a column (hidden < blockDim) their sums, one
-        // per thread in scratch[tid], are added in thread order after the barrier. As a block_tn
-        // of its own, db1 took 2,300 of the 37,100 cycles of an H200's epoch; with dW1 it would
-        // have been 192 outputs for 512 threads, two stripes of rows each instead of dW1's four.
-        int shared_columns = hidden < threads;  // then scratch holds each thread's part of one
-        T column_sum = T(0);
+        // select, not a product: what the ReLU stopped stays 0 whatever dZ holds). And, from the
+        // values as they are written, db1 (their column sums) and, with at most FOLDED_INPUTS
+        // inputs, dW1 = X^T dH too: each thread adds up its rows of its column (sums[r] for
+        // input r, sums[FOLDED_INPUTS] for the bias) and, where several threads share a column
+        // (hidden < blockDim), their sums, one per thread and output row in scratch, are added in
+        // thread order after the barrier. As block_tn passes of their own on an H200, dW1 took
+        // 5,500 and db1 2,300 of the 37,100 cycles of the book's epoch: two inputs give each
+        // thread just two products more per value here.
+        int shared_columns = hidden < threads;  // then scratch holds each thread's parts
+        int folded = n_in <= FOLDED_INPUTS;
+        int rows_out = folded ? n_in + 1 : 1;  // of the gradient [dW1; db1] summed here
+        T sums[FOLDED_INPUTS + 1];
+        for (int r = 0; r <= FOLDED_INPUTS; ++r) sums[r] = T(0);
         rows_by_columns<T>(
             sZ, k, sW + off_w2, 1, k, n, hidden,
             [&](int i, int j, T d) {
                 T* h = sH + i * ldh + j;
                 T g = *h > T(0) ? d : T(0);
                 *h = g;
-                column_sum += g;
+                const T* x = sX + i * n_in;
+#pragma unroll
+                for (int r = 0; r < FOLDED_INPUTS; ++r) {
+                    if (folded && r < n_in) sums[r] += x[r] * g;
+                }
+                sums[FOLDED_INPUTS] += g;
             },
             [&](int j) {
-                if (shared_columns) scratch[tid] = column_sum; else sG[off_b1 + j] = column_sum;
-                column_sum = T(0);
+#pragma unroll
+                for (int r = 0; r <= FOLDED_INPUTS; ++r) {
+                    // output row `out_row` of [dW1; db1]: input r, or the bias after the inputs
+                    int out_row = r < FOLDED_INPUTS ? r : rows_out - 1;
+                    if (r == FOLDED_INPUTS || (folded && r < n_in)) {
+                        if (shared_columns) scratch[out_row * threads + tid] = sums[r];
+                        else sG[(folded ? out_row * hidden : off_b1) + j] = sums[r];
+                    }
+                    sums[r] = T(0);
+                }
             });
         __syncthreads();
         if (shared_columns) {
-            for (int j = tid; j < hidden; j += threads) {
+            // Output o of [dW1; db1] (rows_out x hidden, db1 alone when not folded), at
+            // sG[first + o]: the parts of the threads on its column, in thread order.
+            int first = folded ? 0 : off_b1;
+            for (int o = tid; o < rows_out * hidden; o += threads) {
+                int out_row = o / hidden, j = o - out_row * hidden;
+                const T* parts = scratch + out_row * threads;
                 T sum = T(0);
-                for (int part = j; part < threads; part += hidden) sum += scratch[part];
-                sG[off_b1 + j] = sum;
+                for (int part = j; part < threads; part += hidden) sum += parts[part];
+                sG[first + o] = sum;
             }
-            __syncthreads();  // before dW1 writes scratch
+            __syncthreads();  // before scratch is written again
         }
         PHASE_DONE(4)
         if (last) copy_rows(sH, ldh, dhidden_out, n, hidden);
-        block_tn<T>(sX, n_in, n_in, 0, sH, hidden, ldh, n, sG, scratch);
+        if (!folded) block_tn<T>(sX, n_in, n_in, 0, sH, hidden, ldh, n, sG, scratch);
         PHASE_DONE(5)
         T lr = (T)sched[SCHEDULE_LR_T], correct_1 = (T)sched[SCHEDULE_CORRECTION_1],
           correct_2 = (T)sched[SCHEDULE_CORRECTION_2];

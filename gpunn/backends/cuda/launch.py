@@ -18,6 +18,7 @@ from . import NVRTC_OPTIONS, name_expressions, source
 THREADS = 256
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
 ONE_KERNEL_THREADS = 512  # kernels.cu's ONE_KERNEL_THREADS (its __launch_bounds__)
+FOLDED_INPUTS = 3  # kernels.cu's FOLDED_INPUTS (dW1 summed with the hidden gradient up to this)
 COLUMN_SUM_STRIPES = 32  # kernels.cu's COLUMN_SUM_STRIPES (column_sum's block is 32 x this)
 
 
@@ -64,7 +65,8 @@ def one_kernel_bytes(rows: int, sizes: tuple[int, int, int], dtype: Any) -> int:
     ReLU -> Dense(hidden, k), ``sizes`` = (n_in, hidden, k) (the layout is in kernels.cu)."""
     n_in, hidden, k = sizes
     n_params = n_in * hidden + hidden + hidden * k + k
-    elements = rows * (n_in + (hidden | 1) + k) + 4 * n_params + ONE_KERNEL_THREADS
+    scratch = ONE_KERNEL_THREADS * (n_in + 1 if n_in <= FOLDED_INPUTS else 1)
+    elements = rows * (n_in + (hidden | 1) + k) + 4 * n_params + scratch
     return 8 * (64 + schedule.SIZE) + np.dtype(dtype).itemsize * elements  # doubles, then T
 
 

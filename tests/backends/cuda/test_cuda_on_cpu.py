@@ -30,12 +30,14 @@ RULES = {"sgd": ((slots.RULE_SGD, 0.0, 0.0), 0, (0.5, 1e-3)),
 @pytest.mark.parametrize("rule_name", list(RULES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n, sizes", [(37, (2, 9, 3)), (5, (3, 40, 2)), (20, (3, 200, 4)),
-                                      (300, (2, 64, 3)), (6, (2, 600, 3))])
+                                      (300, (2, 64, 3)), (6, (2, 600, 3)), (30, (5, 24, 3)),
+                                      (4, (4, 530, 2))])
 def test_one_kernel_trainer_follows_the_planned_step(emulated, rule_name, dtype, n, sizes, rng):
     """train_in_one_kernel (512 threads) against its NumPy port, from a state 3 steps in. The sizes
     cover partial sums split over row stripes, stripes clamped to few rows, more outputs
-    than threads, columns shared by uneven numbers of threads (hidden 9, 40, 200) and a layer
-    wider than the block (hidden 600: a thread takes several columns)."""
+    than threads, columns shared by uneven numbers of threads (hidden 9, 40, 200), a layer
+    wider than the block (hidden 600, 530: a thread takes several columns), and dW1 summed in
+    the hidden gradient's pass (up to FOLDED_INPUTS inputs) or on its own (5 and 4 inputs)."""
     (code, hyper, epsilon), n_states, (lr, decay) = RULES[rule_name]
     n_in, hidden, k = sizes
     n_params = n_in * hidden + hidden + hidden * k + k

@@ -76,6 +76,8 @@ def test_host_constants_match_the_sources():
     assert threads and int(threads.group(1)) == launch.ONE_KERNEL_THREADS
     stripes = re.search(r"#define COLUMN_SUM_STRIPES (\d+)", cuda.source())
     assert stripes and int(stripes.group(1)) == launch.COLUMN_SUM_STRIPES
+    folded = re.search(r"#define FOLDED_INPUTS (\d+)", cuda.source())
+    assert folded and int(folded.group(1)) == launch.FOLDED_INPUTS
     assert cupy_backend.CUDA_DEV_ATTR_MAX_SHARED_OPTIN == int(
         runtime.cudaDeviceAttr.cudaDevAttrMaxSharedMemoryPerBlockOptin)
 
