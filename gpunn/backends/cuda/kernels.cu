@@ -598,14 +598,32 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         __syncthreads();
         PHASE_DONE(0)
         if (last) copy_rows(sH, ldh, hidden_out, n, hidden);
-        // Logits: Z = H @ W2 + b2.
-        for (Cells cell(tid, threads, k); cell.i < n; cell.next()) {
-            int i = cell.i, c = cell.j;
-            T z = T(0);
-            for (int j = 0; j < hidden; ++j) z += sH[i * ldh + j] * sW[off_w2 + j * k + c];
-            z += sW[off_b2 + c];
-            sZ[i * k + c] = z;
-            if (last) logits_out[i * k + c] = z;
+        // Logits: Z = H @ W2 + b2, a thread per row and four classes: each H value read once
+        // for four products, where a thread per class read it for one (sm_90 SASS, the book's
+        // 3 classes: 256 shared loads a row, not 384; the fourth class's are predicated off).
+        // Each sum runs over j in order from zero, then adds the bias: the same bits as before.
+        for (Cells cell(tid, threads, (k + 3) / 4); cell.i < n; cell.next()) {
+            int i = cell.i, c0 = 4 * cell.j, more = k - c0;  // classes c0 .. c0 + min(more, 4) - 1
+            const T* h = sH + i * ldh;
+            const T* w = sW + off_w2 + c0;
+            T z0 = T(0), z1 = T(0), z2 = T(0), z3 = T(0);
+            for (int j = 0; j < hidden; ++j) {
+                T hj = h[j];
+                const T* wj = w + j * k;
+                z0 += hj * wj[0];
+                if (more > 1) z1 += hj * wj[1];
+                if (more > 2) z2 += hj * wj[2];
+                if (more > 3) z3 += hj * wj[3];
+            }
+            T z[4] = {z0, z1, z2, z3};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                if (q < more) {
+                    T out = z[q] + sW[off_b2 + c0 + q];
+                    sZ[i * k + c0 + q] = out;
+                    if (last) logits_out[i * k + c0 + q] = out;
+                }
+            }
         }
         __syncthreads();
         PHASE_DONE(1)
