@@ -471,28 +471,38 @@ __device__ void block_tn(const T* A, int a_cols, int lda, int ones, const T* B, 
     __syncthreads();
 }
 
-// out(i, j, sum_c A[i * inner + c] * W[c * w_c + j * w_j]) for every row i < n and column
-// j < cols, the sum taken in order of c from zero (`finish` adds the bias or applies the mask and
-// stores). When one thread took one cell after another, these two layers took 45% of the book's
-// epoch on an H200 (12,200 and 14,100 cycles): about 60 instructions a cell went on finding the
-// cell and its operands, not on its two or three products. Here a thread keeps one column and
-// takes four of its rows at a time, so each weight read serves four rows, the four sums are
-// independent, and the row pointers step by a constant: 6,400 cycles each. `done(j)` is called
-// when the thread has finished its rows of column j: all of them where cols >= blockDim.x, else
-// those of its stripe (thread tid takes the rows tid / cols, + threads on the column, ...).
+// out(i, j, sum_c A[i * inner + c] * W[c * w_c + j * w_j] (+ bias[j] when `bias` is given)) for
+// every row i < n and column j < cols, the sum taken in order of c from zero, then the bias added
+// (`finish` applies the ReLU or its mask and stores). When one thread took one cell after another,
+// these two layers took 45% of the book's epoch on an H200 (12,200 and 14,100 cycles): about 60
+// instructions a cell went on finding the cell and its operands, not on its two or three
+// products. Here a thread keeps one column and takes four of its rows at a time, so each weight
+// read serves four rows, the four sums are independent, and the row pointers step by a constant:
+// 6,400 cycles each. With at most SMALL_INNER terms (the book's 2 inputs and 3 classes) the
+// column's weights and bias stay in registers for all its rows: read from shared memory in the
+// loop, they were read again for every four rows (sm_90 SASS), as the compiler cannot tell that
+// `finish`'s stores leave them alone. `done(j)` is called when the thread has finished its rows of
+// column j: all of them where cols >= blockDim.x, else those of its stripe (thread tid takes the
+// rows tid / cols, + threads on the column, ...).
+#define SMALL_INNER 4
 struct NoColumnDone {
     __device__ void operator()(int) const {}
 };
 template <typename T, typename Finish, typename Done = NoColumnDone>
 __device__ __forceinline__ void rows_by_columns(const T* A, int inner, const T* W, int w_c, int w_j,
-                                                int n, int cols, Finish finish,
+                                                int n, int cols, const T* bias, Finish finish,
                                                 Done done = Done()) {
     int tid = threadIdx.x, threads = blockDim.x;
     int shared = cols < threads;  // then several threads share a column, over alternate rows
     int first_row = shared ? tid / cols : 0;
     int row_step = shared ? (threads - 1 - tid % cols) / cols + 1 : 1;  // threads on this column
+    int small = inner <= SMALL_INNER;
     for (int j = shared ? tid % cols : tid; j < cols; j += shared ? cols : threads) {
         const T* w = W + j * w_j;
+        T w_small[SMALL_INNER];
+#pragma unroll
+        for (int c = 0; c < SMALL_INNER; ++c) w_small[c] = small && c < inner ? w[c * w_c] : T(0);
+        T b = bias ? bias[j] : T(0);
         for (int i = first_row; i < n; i += 4 * row_step) {
             // Rows past the end repeat row i (a row that exists), and are not finished.
             int i1 = i + row_step, i2 = i1 + row_step, i3 = i2 + row_step;
@@ -501,13 +511,26 @@ __device__ __forceinline__ void rows_by_columns(const T* A, int inner, const T* 
             const T* a2 = A + (i2 < n ? i2 : i) * inner;
             const T* a3 = A + (i3 < n ? i3 : i) * inner;
             T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
-            for (int c = 0; c < inner; ++c) {
-                T wc = w[c * w_c];
-                s0 += a0[c] * wc;
-                s1 += a1[c] * wc;
-                s2 += a2[c] * wc;
-                s3 += a3[c] * wc;
+            if (small) {
+#pragma unroll
+                for (int c = 0; c < SMALL_INNER; ++c) {
+                    if (c < inner) {
+                        s0 += a0[c] * w_small[c];
+                        s1 += a1[c] * w_small[c];
+                        s2 += a2[c] * w_small[c];
+                        s3 += a3[c] * w_small[c];
+                    }
+                }
+            } else {
+                for (int c = 0; c < inner; ++c) {
+                    T wc = w[c * w_c];
+                    s0 += a0[c] * wc;
+                    s1 += a1[c] * wc;
+                    s2 += a2[c] * wc;
+                    s3 += a3[c] * wc;
+                }
             }
+            if (bias) { s0 += b; s1 += b; s2 += b; s3 += b; }
             finish(i, j, s0);
             if (i1 < n) finish(i1, j, s1);
             if (i2 < n) finish(i2, j, s2);
@@ -591,8 +614,7 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         double loss_before = 0.0, correct_before = 0.0;
         if (tid == 0) { loss_before = totals[2 * epoch]; correct_before = totals[2 * epoch + 1]; }
         // Hidden layer: H = max(X @ W1 + b1, 0).
-        rows_by_columns<T>(sX, n_in, sW, hidden, 1, n, hidden, [&](int i, int j, T z) {
-            z += sW[off_b1 + j];
+        rows_by_columns<T>(sX, n_in, sW, hidden, 1, n, hidden, sW + off_b1, [&](int i, int j, T z) {
             sH[i * ldh + j] = z < T(0) ? T(0) : z;
         });
         __syncthreads();
@@ -684,7 +706,7 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         T sums[FOLDED_INPUTS + 1];
         for (int r = 0; r <= FOLDED_INPUTS; ++r) sums[r] = T(0);
         rows_by_columns<T>(
-            sZ, k, sW + off_w2, 1, k, n, hidden,
+            sZ, k, sW + off_w2, 1, k, n, hidden, static_cast<const T*>(nullptr),
             [&](int i, int j, T d) {
                 T* h = sH + i * ldh + j;
                 T g = *h > T(0) ? d : T(0);
