@@ -269,10 +269,13 @@ class Epilogues:
     def _tune(self, problem: _Problem, call: Callable[[], None], spec: Spec) -> None:
         """Time each algorithm the heuristics offered and keep the fastest. Each run writes the
         same outputs from the same inputs (beta is 0), so timing them changes nothing the final
-        call does not write again. One that fails is passed over; with none left, the problem
-        is unsupported and the backend takes its other path."""
+        call does not write again. One that fails, or that the heuristics marked with a status
+        other than success, is passed over; with none left, the problem is unsupported and the
+        backend takes its other path."""
         times = problem.timings
         for index in range(problem.count):
+            if problem.results["state"][index] != 0:  # not CUBLAS_STATUS_SUCCESS: not offered
+                continue
             problem.chosen = index
             try:
                 times[index] = self.time(call)

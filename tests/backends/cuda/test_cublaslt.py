@@ -37,7 +37,8 @@ class FakeLt:
     """Just enough of nvmath.bindings.cublasLt, computing in NumPy. The ReLU mask format is this
     stand-in's own (bit i % 8 of byte i // 8 of column j, columns aux_ld bits apart). It offers
     ``algorithms`` algorithms per problem, numbered from 1 in the first word of each heuristic
-    result; ``algos`` lists the one each matmul ran, and one in ``failing`` raises."""
+    result; ``algos`` lists the one each matmul ran, and one in ``failing`` raises; one in
+    ``not_offered`` comes with a state other than success."""
 
     Epilogue, MatmulDescAttribute, MatmulPreferenceAttribute = EPILOGUE, DESC, PREF
     cuBLASLtError = RuntimeError
@@ -45,9 +46,9 @@ class FakeLt:
                                               ("state", "<i4"), ("waves_count", "<f4"),
                                               ("reserved", "<i4", (4,))])
 
-    def __init__(self, unsupported=(), algorithms=1, failing=()) -> None:
+    def __init__(self, unsupported=(), algorithms=1, failing=(), not_offered=()) -> None:
         self.unsupported = set(unsupported)
-        self.algorithms, self.failing = algorithms, set(failing)
+        self.algorithms, self.failing, self.not_offered = algorithms, set(failing), set(not_offered)
         self.algos: list[int] = []
         self.objects: dict[int, dict] = {}
         self.calls: list[tuple] = []
@@ -106,8 +107,11 @@ class FakeLt:
         supported = self.objects[desc][DESC.EPILOGUE] not in self.unsupported
         offered = min(count, self.algorithms) if supported else 0
         size = self.matmul_heuristic_result_dtype.itemsize
+        state = self.matmul_heuristic_result_dtype.fields["state"][1]
         for i in range(offered):
             ctypes.c_uint64.from_address(results + i * size).value = i + 1
+            ctypes.c_int32.from_address(results + i * size + state).value = \
+                15 if i + 1 in self.not_offered else 0  # CUBLAS_STATUS_NOT_SUPPORTED
         ctypes.c_int32.from_address(found).value = offered
 
     def _matrix(self, ptr, layout):
@@ -433,6 +437,18 @@ def test_tuning_passes_over_algorithms_that_fail(rng):
     assert timed == [1, 3, 4] and lt.algos[-1] == 3
 
 
+def test_tuning_skips_algorithms_the_heuristics_did_not_mark_successful(rng):
+    lt = FakeLt(algorithms=3, not_offered={1})
+    e = epilogues(lt)
+    timed = []
+    e.time = lambda fn: (fn(), timed.append(lt.algos[-1]), {2: 2.0, 3: 1.0}[lt.algos[-1]])[2]
+    a, b = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
+    out = aligned(np.empty((4, 5)))
+    assert e.matmul(Dev(a), Dev(b), Dev(out), tune=True)
+    assert timed == [2, 3] and lt.algos[-1] == 3
+    np.testing.assert_allclose(out, a @ b)
+
+
 def test_tuning_with_every_algorithm_failing_declines(rng):
     lt, e, timed = tuned(algorithms=2, failing={1, 2}, costs={})
     a, b = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
@@ -471,6 +487,7 @@ def test_stand_in_matches_the_real_bindings():
     real = lt.matmul_heuristic_result_dtype  # the wrapper passes its address as the algorithm's
     assert real.itemsize == FakeLt.matmul_heuristic_result_dtype.itemsize
     assert real.fields["algo"][1] == 0
+    assert real.fields["state"] == FakeLt.matmul_heuristic_result_dtype.fields["state"]  # tuning reads it
     for name in ("matmul_desc_create", "matmul_desc_set_attribute", "matrix_layout_create",
                  "matmul_preference_create", "matmul_preference_set_attribute",
                  "matmul_preference_destroy", "matmul_algo_get_heuristic", "matmul", "create",
