@@ -67,6 +67,20 @@ def test_dropout_gradient_with_fixed_mask(bk, rng):
     assert np.array_equal(to_host(layer.forward(bk.asarray(x), training=False)), x)
 
 
+def test_dropout_masks_repeat_from_the_same_generator_state(bk):
+    """The same state of a layer's generator gives the same mask, on every backend (CuPy draws
+    it on the device, seeded from that generator), and the next mask is another."""
+    a, b = nn.Dropout(0.3), nn.Dropout(0.3)
+    b.rng.bit_generator.state = a.rng.bit_generator.state
+    masks = []
+    for layer in (a, b):
+        layer.move_to(bk)
+        masks.append(to_host(layer.forward(bk.asarray(np.ones((50, 40))), training=True)))
+    assert np.array_equal(masks[0], masks[1])
+    again = to_host(a.forward(bk.asarray(np.ones((50, 40))), training=True))
+    assert not np.array_equal(masks[0], again)
+
+
 def test_dropout_keeps_each_unit_with_probability_one_minus_rate(bk):
     """Rate 0.2 drops a fifth: of 200 000 units about 160 000 are kept (5 standard deviations
     are 0.0045 of the fraction), each scaled by 1 / 0.8."""
