@@ -106,31 +106,30 @@ class CupyBackend(Backend):
         return PinnedUploader(CupyRuntime(self.xp), rows, x_tail, x_dtype, y_tail, y_dtype,
                               background=self.options.upload_thread)
 
-    #: The device generator shuffles are drawn from, made once and reseeded for each (making
-    #: and destroying a cuRAND generator every epoch cost more than the shuffle).
-    _shuffler: Any = None
+    #: The device generator shuffle orders and dropout masks are drawn from, made once and
+    #: reseeded from a host generator for each draw (making and destroying a cuRAND generator
+    #: every epoch cost more than the shuffle).
+    _device_rng: Any = None
+
+    def _seeded(self, rng: np.random.Generator) -> Any:
+        """The device generator, seeded by one draw of ``rng``: the same host state gives the
+        same draws on the device, and the host generator moves one draw."""
+        if self._device_rng is None:
+            self._device_rng = self.xp.random.RandomState()
+        self._device_rng.seed(int(rng.integers(2**32)))  # as a new RandomState(seed) would start
+        return self._device_rng
 
     def permutation(self, n: int, rng: np.random.Generator) -> Any:
         """A shuffle order made on the device (sorting random keys), seeded from the host
         generator: the same seed gives the same order, and no index array crosses the bus."""
-        if self._shuffler is None:
-            self._shuffler = self.xp.random.RandomState()
-        self._shuffler.seed(int(rng.integers(2**32)))  # as a new RandomState(seed) would start
-        return self.xp.argsort(self._shuffler.random_sample(n))
-
-    #: The device generator dropout masks are drawn from, made once and reseeded for each mask
-    #: from the layer's host generator, as shuffles are: a mask drawn on the host (a random
-    #: number per unit) and copied over cost more than the layer's GEMM on large layers.
-    _masker: Any = None
+        return self.xp.argsort(self._seeded(rng).random_sample(n))
 
     def dropout_mask(self, shape: tuple[int, ...], rate: float, rng: np.random.Generator,
                      dtype: Any) -> Any:
-        """base.py's inverted-dropout mask, its uniforms drawn on the device: the same seed gives
-        the same mask (a resumed run's too), and the host generator moves one draw a mask."""
-        if self._masker is None:
-            self._masker = self.xp.random.RandomState()
-        self._masker.seed(int(rng.integers(2**32)))
-        keep = self._masker.random_sample(shape) >= rate
+        """base.py's inverted-dropout mask, its uniforms drawn on the device (not one per unit on
+        the host, copied over every step): the same seed gives the same mask (a resumed run's
+        too), and the host generator moves one draw a mask."""
+        keep = self._seeded(rng).random_sample(shape) >= rate
         return self.xp.multiply(keep, 1.0 / (1.0 - rate), dtype=dtype)
 
     def device_name(self) -> str:
