@@ -51,6 +51,18 @@ class Options:
     tune_gemms: bool = False
 
 
+def _option(name: str, doc: str) -> property:
+    """A backend property for the ``Options`` field ``name``: read from the model's options,
+    and set by checking a copy with the new value first (a refused value changes nothing)."""
+    def get(self: Backend) -> Any:
+        return getattr(self.options, name)
+
+    def set_(self: Backend, value: Any) -> None:
+        self.options = self._checked(dataclasses.replace(self.options, **{name: value}))
+
+    return property(get, set_, doc=doc)
+
+
 class Backend:
     """A complete backend over an array module ``xp``; subclasses override only hot ops."""
 
@@ -116,48 +128,24 @@ class Backend:
     def precision(self) -> str:
         return self.options.precision
 
-    @property
-    def epilogue_policy(self) -> str:
+    epilogue_policy = _option(
+        "epilogue_policy",
         """"auto": per problem, the cuBLASLt epilogue or the separate kernels, whichever measured
-        faster the first time; "always" / "never": one or the other."""
-        return self.options.epilogue_policy
-
-    @epilogue_policy.setter
-    def epilogue_policy(self, value: str) -> None:
-        self.options = self._checked(dataclasses.replace(self.options, epilogue_policy=value))
-
-    @property
-    def one_kernel_trainer(self) -> bool:
+        faster the first time; "always" / "never": one or the other.""")
+    one_kernel_trainer = _option(
+        "one_kernel_trainer",
         """Whether planned steps of a small Dense -> ReLU -> Dense network run many epochs per
-        kernel launch (``train_in_one_kernel``), where ``why_not("one_kernel_trainer", ...)`` allows."""
-        return self.options.one_kernel_trainer
-
-    @one_kernel_trainer.setter
-    def one_kernel_trainer(self, value: bool) -> None:
-        self.options = self._checked(dataclasses.replace(self.options, one_kernel_trainer=value))
-
+        kernel launch (``train_in_one_kernel``), where ``why_not("one_kernel_trainer", ...)`` allows.""")
     #: The name ``one_kernel_trainer`` had before.
     small_net_kernel = one_kernel_trainer
-
-    @property
-    def upload_thread(self) -> bool:
+    upload_thread = _option(
+        "upload_thread",
         """Whether streamed batches are read and copied into pinned memory on a background
-        thread (the CuPy backend; elsewhere they are read as each step needs them)."""
-        return self.options.upload_thread
-
-    @upload_thread.setter
-    def upload_thread(self, value: bool) -> None:
-        self.options = self._checked(dataclasses.replace(self.options, upload_thread=value))
-
-    @property
-    def tune_gemms(self) -> bool:
+        thread (the CuPy backend; elsewhere they are read as each step needs them).""")
+    tune_gemms = _option(
+        "tune_gemms",
         """Whether GEMMs run the fastest of the algorithms cuBLASLt offers for their problem,
-        timed on its first call (the CuPy backend; elsewhere the BLAS chooses)."""
-        return self.options.tune_gemms
-
-    @tune_gemms.setter
-    def tune_gemms(self, value: bool) -> None:
-        self.options = self._checked(dataclasses.replace(self.options, tune_gemms=value))
+        timed on its first call (the CuPy backend; elsewhere the BLAS chooses).""")
 
     # ---- arrays and data movement -------------------------------------------------------
 
