@@ -222,10 +222,9 @@ class CupyBackend(Backend):
 
     def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
                            below_dbiases: Any, mask: Any = None, out16: Any = None) -> Any:
-        def separate(out16: Any) -> None:  # the ReLU gradient pass writes any bf16 copy too
-            self.gemm(dvalues, weights, out=out, trans_b=True)
-            self.kernels.relu_backward(out, below_output, out16)
-            self.bias_grad(out, out=below_dbiases)
+        def separate(out16: Any) -> None:  # one pass: the ReLU gradient, the bias gradient,
+            self.gemm(dvalues, weights, out=out, trans_b=True)  # any bf16 copy
+            self.kernels.relu_backward_column_sum(out, below_output, below_dbiases, out16)
 
         if mask is None:  # the forward pass kept no mask: the separate kernels read the output
             separate(out16)

@@ -112,6 +112,7 @@ static long long run(void (*kernel)(Args...), unsigned grid, unsigned bx, unsign
 TEMPLATED(bias_act)
 TEMPLATED(relu_backward)
 TEMPLATED(column_sum)
+TEMPLATED(relu_backward_column_sum)
 TEMPLATED(take_rows)
 TEMPLATED(softmax_cross_entropy)
 TEMPLATED(sgd_update)

@@ -94,17 +94,10 @@ __global__ void relu_backward(T* dvalues, const T* output, long long size, unsig
 // take to read: ptxas made 4 reads in flight per thread, so 32 round trips down 128 rows; now 8,
 // 4 round trips down 32 rows, and 4 times the warps.
 #define COLUMN_SUM_STRIPES 32
+// The stripes' sums added pairwise through shared memory in a fixed order; out[col] = the total.
 template <typename T>
-__global__ void column_sum(const T* dvalues, T* out, int n, int k) {
+__device__ __forceinline__ void add_stripes(T acc, T* out, int col, int k) {
     __shared__ T partial[COLUMN_SUM_STRIPES][33];
-    int col = blockIdx.x * 32 + threadIdx.x;
-    T acc = T(0);
-    if (col < k) {
-#pragma unroll 8
-        for (int row = threadIdx.y; row < n; row += COLUMN_SUM_STRIPES) {
-            acc += dvalues[(long long)row * k + col];
-        }
-    }
     partial[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     for (int half = COLUMN_SUM_STRIPES / 2; half > 0; half /= 2) {
@@ -114,6 +107,64 @@ __global__ void column_sum(const T* dvalues, T* out, int n, int k) {
         __syncthreads();
     }
     if (threadIdx.y == 0 && col < k) out[col] = partial[0][threadIdx.x];
+}
+
+template <typename T>
+__global__ void column_sum(const T* dvalues, T* out, int n, int k) {
+    int col = blockIdx.x * 32 + threadIdx.x;
+    T acc = T(0);
+    if (col < k) {
+#pragma unroll 8
+        for (int row = threadIdx.y; row < n; row += COLUMN_SUM_STRIPES) {
+            acc += dvalues[(long long)row * k + col];
+        }
+    }
+    add_stripes(acc, out, col, k);
+}
+
+// relu_backward, then column_sum of its result into sums, in one pass: the gradient is read once
+// where the two kernels read it twice (a Dense -> ReLU -> Dense pair's separate backward, where
+// no cuBLASLt epilogue does both). The same operations in the same order as those two kernels,
+// so the same bits. Each stripe reads 8 rows before it writes any: a write to dvalues might be
+// the next row's read as far as the compiler knows (k could be 0), so written row by row, each
+// row's reads would wait for the row before (checked in the sm_90 SASS).
+// __launch_bounds__: a block of 1024 threads may use at most 64 registers a thread (ptxas chose 80
+// unbounded, which would not launch).
+#define RELU_SUM_ROWS 8
+#define COLUMN_SUM_THREADS 1024  // 32 x COLUMN_SUM_STRIPES
+template <typename T>
+__global__ void __launch_bounds__(COLUMN_SUM_THREADS)
+relu_backward_column_sum(T* dvalues, const T* output, T* sums, int n, int k, unsigned short* d16,
+                         int write16) {
+    int col = blockIdx.x * 32 + threadIdx.x;
+    T acc = T(0);
+    if (col < k) {
+        for (int first = threadIdx.y; first < n; first += RELU_SUM_ROWS * COLUMN_SUM_STRIPES) {
+            T d[RELU_SUM_ROWS], o[RELU_SUM_ROWS];
+#pragma unroll
+            for (int r = 0; r < RELU_SUM_ROWS; ++r) {
+                int row = first + r * COLUMN_SUM_STRIPES;
+                long long i = (long long)row * k + col;
+                d[r] = row < n ? dvalues[i] : T(0);
+                o[r] = row < n ? output[i] : T(0);
+            }
+#pragma unroll
+            for (int r = 0; r < RELU_SUM_ROWS; ++r) {
+                int row = first + r * COLUMN_SUM_STRIPES;
+                if (row >= n) break;
+                long long i = (long long)row * k + col;
+                if (!(o[r] > T(0))) {
+                    d[r] = T(0);
+                    dvalues[i] = T(0);
+                    if (write16) d16[i] = 0;  // +0 in bf16
+                } else if (write16) {
+                    d16[i] = bf16_bits((float)d[r]);
+                }
+                acc += d[r];
+            }
+        }
+    }
+    add_stripes(acc, sums, col, k);
 }
 
 // Gather rows: out[r, :] = x[rows[r], :] (shuffled batches, on the device).

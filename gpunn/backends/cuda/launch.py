@@ -107,6 +107,16 @@ class Kernels:
                                                  (dvalues, out, np.int32(n), np.int32(k)))
         return out
 
+    def relu_backward_column_sum(self, dvalues: Any, output: Any, sums: Any,
+                                 d16: Any = None) -> Any:
+        """relu_backward(dvalues, output, d16), then column_sum(dvalues, sums), in one pass: the
+        same bits as the two calls."""
+        n, k = dvalues.shape
+        self.lookup("relu_backward_column_sum", dvalues.dtype)(
+            ((k + 31) // 32,), (32, COLUMN_SUM_STRIPES),
+            (dvalues, output, sums, np.int32(n), np.int32(k), *self._bf16_out(d16)))
+        return dvalues
+
     def float_to_bf16(self, x: Any, out: Any) -> Any:
         """out (bfloat16 bits, uint16) = float32 x rounded to nearest even; both contiguous."""
         self.lookup("float_to_bf16")((blocks(x.size),), (THREADS,), (x, out, np.int64(x.size)))

@@ -76,6 +76,8 @@ def test_host_constants_match_the_sources():
     assert threads and int(threads.group(1)) == launch.ONE_KERNEL_THREADS
     stripes = re.search(r"#define COLUMN_SUM_STRIPES (\d+)", cuda.source())
     assert stripes and int(stripes.group(1)) == launch.COLUMN_SUM_STRIPES
+    threads = re.search(r"#define COLUMN_SUM_THREADS (\d+)", cuda.source())
+    assert threads and int(threads.group(1)) == 32 * launch.COLUMN_SUM_STRIPES
     folded = re.search(r"#define FOLDED_INPUTS (\d+)", cuda.source())
     assert folded and int(folded.group(1)) == launch.FOLDED_INPUTS
     assert cupy_backend.CUDA_DEV_ATTR_MAX_SHARED_OPTIN == int(
@@ -123,3 +125,28 @@ def test_the_one_kernel_trainer_builds_with_its_phase_stamps(arch):
                                       options=(*cuda.NVRTC_OPTIONS, script.STAMPS))
     assert ok, log
     assert lowered["train_in_one_kernel<float>"]
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_the_largest_blocks_fit_the_register_file(arch):
+    """A block launches only if its threads' registers fit one SM's 65,536: the kernels launched
+    with 1024 threads (the column sums) may use 64 a thread, the one-kernel trainer's 512 threads
+    128. ptxas picks more than that where nothing bounds it (relu_backward_column_sum took 80),
+    and then the launch fails on the device alone; its report (-v) says here."""
+    import re
+
+    from gpunn.backends.cuda import launch
+
+    blocks = {"column_sum": 32 * launch.COLUMN_SUM_STRIPES,
+              "relu_backward_column_sum": 32 * launch.COLUMN_SUM_STRIPES,
+              "train_in_one_kernel": launch.ONE_KERNEL_THREADS}
+    expressions = [f"{name}<{t}>" for name in blocks for t in ("float", "double")]
+    ok, log, lowered = compile_source(cuda.source(), "kernels.cu", arch, expressions,
+                                      options=(*cuda.NVRTC_OPTIONS, "--ptxas-options=-v"))
+    assert ok, log
+    used = dict(re.findall(r"Function properties for (\w+)\n.*?\n.*?Used (\d+) registers", log))
+    for expr in expressions:
+        registers = int(used[lowered[expr].decode()])
+        assert registers * blocks[expr.split("<")[0]] <= 65536, \
+            f"{expr} uses {registers} registers a thread: a block of {blocks[expr.split('<')[0]]} " \
+            f"would not launch"

@@ -263,7 +263,7 @@ def test_bias_and_relu_gradient_passes_write_bf16_copies(backends, relu, rng):
     z.flat[:len(specials)] = specials
     b = rng.standard_normal((1, k)).astype(np.float32)
     b[0, :len(specials)] = 0.0
-    plain, fused = cp.asarray(z), cp.asarray(z)
+    plain, fused = cp.array(z), cp.array(z)  # copies (np.asarray would not copy)
     z16 = cp.full((n, k), 0xFFFF, np.uint16)
     fast.kernels.bias_act(plain, cp.asarray(b), relu)
     fast.kernels.bias_act(fused, cp.asarray(b), relu, z16)
@@ -274,9 +274,37 @@ def test_bias_and_relu_gradient_passes_write_bf16_copies(backends, relu, rng):
     d.flat[:len(specials)] = specials
     output = np.maximum(rng.standard_normal((n, k)), 0).astype(np.float32)
     output.flat[len(specials):2 * len(specials)] = [np.nan, -0.0, 0.0, 1e-45, -1.0, 2.0, np.inf]
-    plain, fused = cp.asarray(d), cp.asarray(d)
+    plain, fused = cp.array(d), cp.array(d)
     d16 = cp.full((n, k), 0xFFFF, np.uint16)
     fast.kernels.relu_backward(plain, cp.asarray(output))
     fast.kernels.relu_backward(fused, cp.asarray(output), d16)
     np.testing.assert_array_equal(host(fused), host(plain))
     np.testing.assert_array_equal(host(d16), host(ref.to_bf16(plain, out=cp.empty((n, k), np.uint16))))
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(40, 33)])
+@pytest.mark.parametrize("dtype, write16", [(np.float32, False), (np.float32, True),
+                                            (np.float64, False)])  # bf16 copies: float32 only
+def test_relu_backward_column_sum_is_the_two_kernels_in_one_pass(backends, shape, dtype, write16,
+                                                                 rng):
+    """The ReLU gradient, its bias gradient and any bf16 copy in one pass (a Dense -> ReLU ->
+    Dense pair's separate backward): the same bits as relu_backward then column_sum, NaNs and
+    signed zeros in both inputs included, with every output poisoned first."""
+    fast, _, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    n, k = shape
+    d = rng.standard_normal(shape).astype(dtype)
+    output = np.maximum(rng.standard_normal(shape), 0).astype(dtype)
+    specials = [np.nan, -0.0, 0.0, 1e-300 if dtype == np.float64 else 1e-45, -1.0, np.inf, -np.nan]
+    d.flat[:len(specials)] = specials[:d.size]
+    output.flat[::5] = (specials * d.size)[:len(output.flat[::5])]
+    plain, fused = cp.array(d), cp.array(d)
+    want16, got16 = (cp.full(shape, 0xFFFF, np.uint16) if write16 else None for _ in range(2))
+    want_sums, got_sums = poisoned(cp, (1, k), dtype), poisoned(cp, (1, k), dtype)
+    fast.kernels.relu_backward(plain, cp.asarray(output), want16)
+    fast.kernels.column_sum(plain, want_sums)
+    fast.kernels.relu_backward_column_sum(fused, cp.asarray(output), got_sums, got16)
+    for got, want in [(fused, plain), (got_sums, want_sums)] + \
+            ([(got16, want16)] if write16 else []):
+        np.testing.assert_array_equal(host(got).view(f"u{host(got).itemsize}"),
+                                      host(want).view(f"u{host(want).itemsize}"))
