@@ -115,7 +115,7 @@ class Buffered:
 #: What a pickled layer or loss leaves out: the last pass's arrays, remade by the next one, and
 #: the model it belonged to.
 TRANSIENT = ("output", "dinputs", "inputs", "relu_mask", "mask", "dweights", "dbiases", "owner",
-             "operands")
+             "operands", "dinputs16")
 
 
 def _is_array(value: Any) -> bool:

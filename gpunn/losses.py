@@ -14,6 +14,7 @@ import numpy as np
 
 from . import checks
 from .backends.base import CLIP
+from .backends.bf16 import BF16_BITS
 from .layers import Buffered, Layer, Sigmoid, Softmax
 
 
@@ -176,6 +177,7 @@ class SoftmaxCrossEntropy(CategoricalCrossEntropy):
         super().__init__()
         self.activation = Softmax()
         self.loss = CategoricalCrossEntropy()
+        self.dinputs16: Any = None  # precision "bf16": dinputs in bfloat16, when written with it
 
     def forward(self, inputs: Any, y_true: Any) -> float:
         """The book's combined class: sets ``.output`` (probabilities), returns the mean loss."""
@@ -191,6 +193,7 @@ class SoftmaxCrossEntropy(CategoricalCrossEntropy):
         xp = bk.xp
         y_true = self._labels(y_true)
         n = dvalues.shape[0]
+        self.dinputs16 = None  # no bf16 copy of this gradient
         self.dinputs = self.buffer("dinputs", dvalues.shape, dvalues.dtype)
         xp.copyto(self.dinputs, dvalues)
         self.dinputs[xp.arange(n), y_true] -= 1
@@ -222,7 +225,8 @@ class SoftmaxCrossEntropy(CategoricalCrossEntropy):
         self.output = self.buffer("probs", logits.shape, logits.dtype)
         self.dinputs = self.buffer("dinputs", logits.shape, logits.dtype)
         return self.backend.softmax_cross_entropy_totals(logits, y, self.output, self.dinputs,
-                                                         self.losses_buffer(n, logits.dtype), totals)
+                                                         self.losses_buffer(n, logits.dtype), totals,
+                                                         self._dinputs16(logits))
 
     def predictions(self, outputs: Any) -> Any:
         return self.backend.softmax(outputs, out=self.buffer("probs", outputs.shape, outputs.dtype))
@@ -230,11 +234,20 @@ class SoftmaxCrossEntropy(CategoricalCrossEntropy):
     def _run(self, logits: Any, y: Any, need_grad: bool) -> Any:
         n = logits.shape[0]
         self.output = self.buffer("probs", logits.shape, logits.dtype)
-        dlogits = None
+        dlogits = dlogits16 = None
         if need_grad:
             dlogits = self.dinputs = self.buffer("dinputs", logits.shape, logits.dtype)
+            dlogits16 = self._dinputs16(logits)
         return self.backend.softmax_cross_entropy(logits, y, self.output, dlogits,
-                                                  self.losses_buffer(n, logits.dtype))
+                                                  self.losses_buffer(n, logits.dtype), dlogits16)
+
+    def _dinputs16(self, logits: Any) -> Any:
+        """Precision "bf16": a buffer for dinputs rounded to bfloat16, written with it (the last
+        Dense layer's weight-gradient GEMM reads it; Network.backward hands it over); else None."""
+        self.dinputs16 = None
+        if self.backend.precision == "bf16":
+            self.dinputs16 = self.buffer("dinputs16", logits.shape, BF16_BITS)
+        return self.dinputs16
 
     def count_correct(self, outputs: Any, y: Any) -> Any:
         # argmax of the logits is argmax of the probabilities

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import checks
 from .backends import Backend
+from .backends.bf16 import BF16_BITS
 from .layers import Dense, Layer, ReLU, Softmax
 from .losses import Loss, SoftmaxCrossEntropy
 from .optimizers import Optimizer
@@ -144,12 +145,18 @@ class Network(LayerStack):
         self.params = backend.asarray(np.concatenate([a.ravel() for a in weights]), dtype=self.dtype)
         self.grads = backend.zeros((total,), self.dtype)
         optimizer.build(backend, total, self.dtype)
+        #: Where each Dense layer's weights lie in ``params``; under precision "bf16" also in
+        #: ``params16``, their bfloat16 copies, rounded in one pass per forward (``forward``).
+        self.weight_parts: list[tuple[Dense, Any, slice]] = []
+        self.params16: Any = None
         offset = 0
         for layer in self.dense_layers:
             views = {}
             for kind, shape in (("weight", layer.weights.shape), ("bias", layer.biases.shape)):
                 part = slice(offset, offset + shape[0] * shape[1])
                 views[kind] = self.params[part].reshape(shape)
+                if kind == "weight":
+                    self.weight_parts.append((layer, views[kind], part))
                 views["d" + kind] = self.grads[part].reshape(shape)
                 for name, buf in optimizer.state.items():  # the book's weight_momentums, ...
                     setattr(layer, f"{kind}_{name}", buf[part].reshape(shape))
@@ -208,6 +215,8 @@ class Network(LayerStack):
 
     def forward(self, x: Any, training: bool) -> Any:
         """The outputs of the last layer (ReLUs folded into the Dense before them are skipped)."""
+        if self.backend.precision == "bf16":
+            self.round_weights()
         for layer in self.layers:
             if isinstance(layer, ReLU) and layer.folded:
                 layer.output = x  # the Dense before already applied it
@@ -215,8 +224,24 @@ class Network(LayerStack):
             x = layer.forward(x, training)
         return x
 
+    def round_weights(self) -> None:
+        """Precision "bf16": every weight's bfloat16 copy (the GEMM operand) in one pass over the
+        flat parameters, where each Dense layer would round its own (a kernel each), handed to
+        the layers as copies written along with their weights (``Dense.rounded``). Rounded from
+        the current values every forward pass, so a copy is never older than its weights."""
+        if self.params16 is None:
+            self.params16 = self.backend.empty(self.params.shape, BF16_BITS)
+        self.backend.to_bf16(self.params, out=self.params16)
+        for layer, weights, part in self.weight_parts:  # taken while layer.weights is that view
+            layer.rounded["weights16"] = (weights, self.params16[part].reshape(weights.shape))
+
     def backward(self, dvalues: Any) -> None:
         """Gradients of every trainable layer into the flat gradient buffer."""
+        # The loss's gradient in bf16, where the pass that wrote dvalues wrote one (taken once).
+        copy, last = getattr(self.loss, "dinputs16", None), self.layers[-1]
+        if copy is not None and dvalues is self.loss.dinputs and isinstance(last, Dense):
+            last.rounded["dvalues16"] = (dvalues, copy)
+            self.loss.dinputs16 = None
         for layer in reversed(self.layers[self.first_trainable:]):
             if isinstance(layer, ReLU) and layer.folded:
                 continue

@@ -143,23 +143,70 @@ def test_hidden_layers_bf16_copies_come_from_the_bias_and_relu_gradient_passes(e
                                                                                 monkeypatch):
     """On the CuPy backend the bias + ReLU pass of a hidden layer also writes its output's bf16
     copy (the GEMM operand of the layer above), and the ReLU gradient pass the copy of its
-    gradient (the operand of its weight-gradient GEMM): of the nine copies a step of three Dense
-    layers reads, four are no separate conversion any more. They are the exact roundings."""
+    gradient (the operand of its weight-gradient GEMM), the loss's pass the copy of dlogits;
+    the three weights are rounded in one pass over the flat parameters: of the nine copies a
+    step of three Dense layers reads, the data's is the only other conversion. They are the
+    exact roundings."""
     converted = []
     convert = emulated.kernels.float_to_bf16
     monkeypatch.setattr(emulated.kernels, "float_to_bf16",
                         lambda x, out: converted.append(x.shape) or convert(x, out))
     X, y = spiral()  # 120 rows
     model = network(emulated)  # Dense(2, 32), Dense(32, 16), Dense(16, 3)
+    weights = model.get_params()[::2]  # what the step's forward pass reads
     model.train_step(X, y)
-    # The data, the three weights and dlogits; not the hidden outputs (120, 32), (120, 16), nor
-    # their gradients.
-    assert sorted(converted) == sorted([(120, 2), (2, 32), (32, 16), (16, 3), (120, 3)])
+    # The data and all 675 parameters at once; not the hidden outputs (120, 32), (120, 16), nor
+    # their gradients, nor dlogits (120, 3).
+    assert sorted(converted) == sorted([(120, 2), (675,)])
     dense = [layer for layer in model.layers if isinstance(layer, nn.Dense)]
+    flat16 = model.network.params16
+    for layer, w in zip(dense, weights):
+        assert layer.operands[1].base is flat16 or layer.operands[1].base is flat16.base
+        np.testing.assert_array_equal(to_host(layer.operands[1]), bits(w))
     for lower, upper in zip(dense, dense[1:]):
         np.testing.assert_array_equal(to_host(upper.operands[0]), bits(to_host(lower.output)))
         (dvalues16,) = [buf for (name, _, _), buf in lower.buffers.items() if name == "dvalues16"]
         np.testing.assert_array_equal(to_host(dvalues16), bits(to_host(upper.dinputs)))
+    (dlogits16,) = [buf for (name, _, _), buf in model.network.loss.buffers.items()
+                    if name == "dinputs16"]
+    np.testing.assert_array_equal(to_host(dlogits16), bits(to_host(model.network.loss.dinputs)))
+
+
+def test_the_weights_bf16_copies_follow_weights_set_between_steps(emulated):
+    """The flat copy is rounded every forward pass: weights set (set_params) or written in
+    place between steps are what the next step's GEMMs read, and a Dense given a new weights
+    array rounds that array itself."""
+    X, y = spiral()
+    model = network(emulated)
+    model.train_step(X, y)
+    params = [p * 1.5 + 0.25 for p in model.get_params()]
+    model.set_params(params)
+    dense = [layer for layer in model.layers if isinstance(layer, nn.Dense)]
+    dense[1].weights[0, 0] = 7.0  # in place, as the book's code may
+    model.predict(X)
+    for layer in dense:
+        np.testing.assert_array_equal(to_host(layer.operands[1]), bits(to_host(layer.weights)))
+    assert to_host(dense[1].operands[1])[0, 0] == bits(7.0)
+    dense[0].weights = dense[0].weights * 2  # a new array: not the flat buffer's view
+    model.network.forward(model.network.backend.asarray(X.astype(np.float32)), training=False)
+    np.testing.assert_array_equal(to_host(dense[0].operands[1]), bits(to_host(dense[0].weights)))
+
+
+def test_a_loss_gradient_written_without_its_copy_is_rounded_afresh(emulated):
+    """The loss hands its bf16 copy of dlogits to the last Dense layer only with the gradient
+    written along with it: rewritten by the book's ``backward`` (into the same buffer), the
+    gradient is rounded again, so no step reads a copy older than its gradient."""
+    X, y = spiral()
+    model = network(emulated)
+    net = model.network
+    x, labels = net.prepare(X, y)
+    net.loss.train(net.forward(x, training=True), labels)  # dlogits and its copy
+    net.loss.backward(net.loss.output * 0.5, labels)  # dlogits again, no copy
+    assert net.loss.dinputs16 is None
+    net.backward(net.loss.dinputs)
+    last = [layer for layer in model.layers if isinstance(layer, nn.Dense)][-1]
+    (own,) = [buf for (name, _, _), buf in last.buffers.items() if name == "dvalues16"]
+    np.testing.assert_array_equal(to_host(own), bits(to_host(net.loss.dinputs)))
 
 
 def test_the_one_kernel_trainer_leaves_bf16_to_the_planned_steps(emulated):
@@ -184,15 +231,18 @@ def test_a_bf16_model_saves_its_precision_and_loads_on_the_cpu_in_fp32(tmp_path)
 
 def test_plan_bytes_counts_the_bf16_operands():
     """What a planned bf16 step allocates besides the float32 plan, counted from the buffers one
-    step leaves: the bfloat16 inputs, weights and incoming gradient of each Dense layer."""
+    step leaves: the bfloat16 inputs and incoming gradient of each Dense layer, and the copy of
+    the flat parameters."""
     X, y = spiral(samples=10)
     fp32, bf16 = network(Bf16Numpy(), "fp32"), network(Bf16Numpy(), "bf16")
     for model in (fp32, bf16):
         model.train_step(X, y)
 
     def halves(model):
-        return sum(buf.nbytes for layer in model.layers for buf in layer.buffers.values()
-                   if buf.dtype == np.uint16)
+        flat = model.network.params16  # every weight's copy, in one buffer
+        return sum(buf.nbytes for part in [*model.layers, model.network.loss]
+                   for buf in part.buffers.values()
+                   if buf.dtype == np.uint16) + (0 if flat is None else flat.nbytes)
 
     assert halves(fp32) == 0 and halves(bf16) > 0
     assert steps.plan_bytes(bf16.network, 30) - steps.plan_bytes(fp32.network, 30) == halves(bf16)

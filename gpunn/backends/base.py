@@ -346,8 +346,10 @@ class Backend:
     # ---- loss -----------------------------------------------------------------------------
 
     def softmax_cross_entropy(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
-                              losses: Any) -> Any:
-        """Softmax, per-sample loss -log(clip(p[label])) and the fused gradient (p - onehot) / n."""
+                              losses: Any, dlogits16: Any = None) -> Any:
+        """Softmax, per-sample loss -log(clip(p[label])) and the fused gradient (p - onehot) / n.
+        ``dlogits16`` (precision "bf16"): dlogits rounded to bfloat16 as well, the last Dense
+        layer's weight-gradient GEMM operand (a GPU writes it in the same pass)."""
         xp = self.xp
         n = logits.shape[0]
         rows = xp.arange(n)
@@ -358,13 +360,15 @@ class Backend:
             xp.copyto(dlogits, probs)
             dlogits[rows, labels] -= 1
             xp.multiply(dlogits, 1.0 / n, out=dlogits)
+            if dlogits16 is not None:
+                self.to_bf16(dlogits, dlogits16)
         return losses
 
     def softmax_cross_entropy_totals(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
-                                     losses: Any, totals: Any) -> Any:
+                                     losses: Any, totals: Any, dlogits16: Any = None) -> Any:
         """As softmax_cross_entropy, also adding the loss sum and the correct count into
         ``totals`` (two float64), so epoch metrics stay on the device until the host reads them."""
-        self.softmax_cross_entropy(logits, labels, probs, dlogits, losses)
+        self.softmax_cross_entropy(logits, labels, probs, dlogits, losses, dlogits16)
         totals[0] += losses.sum(dtype=np.float64)
         totals[1] += self.count_correct(logits, labels)
         return losses

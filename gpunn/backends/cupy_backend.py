@@ -249,14 +249,16 @@ class CupyBackend(Backend):
     # ---- loss -----------------------------------------------------------------------------
 
     def softmax_cross_entropy(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
-                              losses: Any) -> Any:
-        return self.softmax_cross_entropy_totals(logits, labels, probs, dlogits, losses, None)
+                              losses: Any, dlogits16: Any = None) -> Any:
+        return self.softmax_cross_entropy_totals(logits, labels, probs, dlogits, losses, None,
+                                                 dlogits16)
 
     def softmax_cross_entropy_totals(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
-                                     losses: Any, totals: Any) -> Any:
+                                     losses: Any, totals: Any, dlogits16: Any = None) -> Any:
         if labels.dtype != np.int64:  # the kernel reads 64-bit labels (models always give them)
             labels = labels.astype(np.int64)
-        return self.kernels.softmax_cross_entropy(logits, labels, probs, dlogits, losses, totals)
+        return self.kernels.softmax_cross_entropy(logits, labels, probs, dlogits, losses, totals,
+                                                  dlogits16)
 
     # ---- optimizer updates ------------------------------------------------------------------
 

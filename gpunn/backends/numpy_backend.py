@@ -193,7 +193,7 @@ class NumpyBackend(Backend):
         return np.divide(out, rows, out=out)
 
     def softmax_cross_entropy(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
-                              losses: Any) -> Any:
+                              losses: Any, dlogits16: Any = None) -> Any:
         n, k = logits.shape
         self.softmax(logits, out=probs)
         # Position of each row's true class in the flattened (n, k) array.
@@ -203,6 +203,8 @@ class NumpyBackend(Backend):
             # (p - onehot) / n: scale every entry, then overwrite the true-class entries.
             np.multiply(probs, 1.0 / n, out=dlogits)
             np.put(dlogits, flat, (losses - 1) * (1.0 / n))
+            if dlogits16 is not None:  # precision "bf16" (tests' reference backend)
+                self.to_bf16(dlogits, dlogits16)
         np.maximum(losses, CLIP, out=losses)
         np.minimum(losses, 1 - CLIP, out=losses)
         np.log(losses, out=losses)

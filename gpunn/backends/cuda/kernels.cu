@@ -211,11 +211,13 @@ __device__ __forceinline__ T warp_sum(T value) {
 //   probs = softmax(logits);  losses = -log(clip(p[label]));
 //   dlogits = (probs - onehot) * inv_n  (when need_grad);
 //   totals[0] += losses, totals[1] += (argmax == label)  (when accumulate: epoch totals that stay
-//   on the device until the host reads them once per epoch).
+//   on the device until the host reads them once per epoch);
+//   d16 = dlogits rounded to bf16 (when write16: the last Dense layer's GEMM operand).
 template <typename T>
 __global__ void softmax_cross_entropy(const T* logits, const long long* labels, T* probs,
                                       T* dlogits, T* losses, double* totals, int n, int k,
-                                      T inv_n, int need_grad, int accumulate) {
+                                      T inv_n, int need_grad, int accumulate, unsigned short* d16,
+                                      int write16) {
     __shared__ T shared_value[32];
     __shared__ int shared_index[32];
     int row = blockIdx.x;
@@ -263,7 +265,11 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
     for (int j = threadIdx.x; j < k; j += blockDim.x) {
         T pj = dev_exp(z[j] - row_max) * inv_total;
         p[j] = pj;
-        if (need_grad) d[j] = (pj - (j == label ? T(1) : T(0))) * inv_n;
+        if (need_grad) {
+            T dj = (pj - (j == label ? T(1) : T(0))) * inv_n;
+            d[j] = dj;
+            if (write16) d16[(long long)row * k + j] = bf16_bits((float)dj);
+        }
     }
     if (threadIdx.x == 0) {
         T loss = clipped_nll(dev_exp(z[label] - row_max) * inv_total);

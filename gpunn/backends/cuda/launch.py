@@ -136,14 +136,15 @@ class Kernels:
         return out
 
     def softmax_cross_entropy(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
-                              losses: Any, totals: Any) -> Any:
+                              losses: Any, totals: Any, dlogits16: Any = None) -> Any:
+        """``dlogits16``: dlogits rounded to bfloat16 as well, as for ``bias_act``."""
         n, k = logits.shape
         self.lookup("softmax_cross_entropy", logits.dtype)(
             (n,), (row_threads(k),),
             (logits, labels, probs, probs if dlogits is None else dlogits, losses,
              self._no_totals if totals is None else totals, np.int32(n), np.int32(k),
              logits.dtype.type(1.0 / n), np.int32(dlogits is not None),
-             np.int32(totals is not None)))
+             np.int32(totals is not None), *self._bf16_out(dlogits16)))
         return losses
 
     def advance_schedule(self, schedule: Any) -> None:

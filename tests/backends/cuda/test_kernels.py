@@ -308,3 +308,25 @@ def test_relu_backward_column_sum_is_the_two_kernels_in_one_pass(backends, shape
             ([(got16, want16)] if write16 else []):
         np.testing.assert_array_equal(host(got).view(f"u{host(got).itemsize}"),
                                       host(want).view(f"u{host(want).itemsize}"))
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (300, 3), (64, 1000), (33, 65)])
+def test_softmax_cross_entropy_writes_the_bf16_copy_of_its_gradient(backends, shape, rng):
+    """dlogits16 (precision "bf16"): the same dlogits, probabilities and losses as without it,
+    and dlogits rounded as to_bf16 rounds it, every element of the poisoned copy written."""
+    fast, ref, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    n, k = shape
+    logits = rand(cp, rng, shape, np.float32) * 3
+    labels = cp.asarray(rng.integers(0, k, n))
+    plain = [poisoned(cp, shape, np.float32), poisoned(cp, shape, np.float32),
+             poisoned(cp, (n,), np.float32)]
+    fused = [poisoned(cp, shape, np.float32), poisoned(cp, shape, np.float32),
+             poisoned(cp, (n,), np.float32)]
+    dlogits16 = cp.full(shape, 0xFFFF, np.uint16)
+    fast.softmax_cross_entropy(logits, labels, *plain)
+    fast.softmax_cross_entropy(logits, labels, *fused, dlogits16)
+    for got, want in zip(fused, plain):
+        np.testing.assert_array_equal(host(got), host(want))
+    np.testing.assert_array_equal(host(dlogits16),
+                                  host(ref.to_bf16(plain[1], out=cp.empty(shape, np.uint16))))
