@@ -195,7 +195,8 @@ class Backend:
                  y_tail: tuple[int, ...] | None, y_dtype: Any) -> Any:
         """What moves batches of at most ``rows`` rows (each ``x_tail`` of ``x_dtype``; labels
         ``y_tail`` of ``y_dtype``, None for none) from host memory to this backend's device:
-        ``start(read)`` begins a batch (``read()`` gives its host rows x and y or None),
+        ``start(read)`` begins a batch (``read(out)`` gives its host rows x and y or None,
+        written into ``out``, the uploader's host buffers, where given),
         ``finish(ticket)`` gives its device arrays, ``release(ticket)`` says the step that used
         them is queued, ``close()`` ends. Here a plain copy; the CuPy backend's overlaps the
         copies with compute."""
@@ -485,7 +486,7 @@ class HostUploader:
         self.backend = backend
 
     def start(self, read: Any) -> tuple[Any, Any]:
-        x, y = read()
+        x, y = read(None)  # new arrays (on the CPU, a slice of the data is not even copied)
         return self.backend.asarray(x), None if y is None else self.backend.asarray(y)
 
     def finish(self, ticket: tuple[Any, Any]) -> tuple[Any, Any]:

@@ -60,6 +60,17 @@ class Resident:
                 Resident(self.X[keep:], None if y is None else y[keep:]))
 
 
+def _gather(source: np.ndarray, index: Any, out: np.ndarray) -> np.ndarray:
+    """out = source[index] in out's dtype (as astype casts), in one pass where the dtypes agree.
+    np.take's "clip" mode: the indices are a permutation's, always in range, and its default
+    ("raise") buffers the whole output before copying it to ``out``."""
+    if isinstance(index, slice) or source.dtype != out.dtype:
+        np.copyto(out, source[index], casting="unsafe")
+    else:
+        np.take(source, index, axis=0, out=out, mode="clip")
+    return out
+
+
 class Streamed:
     """Host (X, y), read and sent to the device a batch at a time."""
 
@@ -83,10 +94,17 @@ class Streamed:
             y = checks.finite_in(y, network.loss.targets_dtype(network.dtype), f"{name}y")
         return cls(network, X, y)
 
-    def _rows(self, index: Any) -> tuple[np.ndarray, Any]:
-        """Host rows ``index`` (a slice, or part of a shuffle order) in working form."""
-        x = np.ascontiguousarray(self.X[index], dtype=self.network.dtype)
-        return x, None if self.y is None else np.ascontiguousarray(self.y[index])
+    def rows(self, index: Any, out: list[np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+        """Host rows ``index`` (a slice, or part of a shuffle order) in working form: written
+        into ``out`` (the uploader's pinned buffers, x's then y's, rows first) where given, so a
+        shuffled batch is gathered straight into them (on the CPU here, half the time of a
+        gather and then a copy), else new arrays."""
+        if out is None:
+            x = np.ascontiguousarray(self.X[index], dtype=self.network.dtype)
+            return x, None if self.y is None else np.ascontiguousarray(self.y[index])
+        n = len(range(self.n)[index]) if isinstance(index, slice) else len(index)
+        x = _gather(self.X, index, out[0][:n])
+        return x, None if self.y is None else _gather(self.y, index, out[1][:n])
 
     def feed(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, tuple | None]]:
         """Each batch with what a step's ``load`` takes for it (None for an empty one), the next
@@ -114,7 +132,7 @@ class Streamed:
                     uploader = bk.uploader(max(batch.rows, 1), self.X.shape[1:], self.network.dtype,
                                            None if y is None else y.shape[1:],
                                            None if y is None else y.dtype)
-                ticket = uploader.start(lambda index=index: self._rows(index))
+                ticket = uploader.start(lambda out, index=index: self.rows(index, out))
                 if pending is not None:
                     yield from self._hand_over(uploader, *pending)
                 pending = (batch, ticket)

@@ -266,18 +266,18 @@ def test_the_streamed_thread_row_reads_on_a_worker_and_trains_as_the_streamed_ro
     contenders = sys.modules["gpunn.bench.contenders"]
     monkeypatch.setattr(contenders, "get_backend", lambda _: emulated)
     readers = []
-    rows_of = vars(Streamed)["_rows"]
+    rows_of = Streamed.rows
 
     def uploader(self, *shapes):
         return transfer.PinnedUploader(Runtime(), *shapes, background=self.options.upload_thread)
 
-    def read(self, index):
+    def read(self, index, out=None):
         readers.append(threading.current_thread().name)
-        return rows_of(self, index)
+        return rows_of(self, index, out)
 
     monkeypatch.delattr(emulated, "uploader")  # the emulator's plain copies: here the real uploader
     monkeypatch.setattr(type(emulated), "uploader", uploader)
-    monkeypatch.setattr(Streamed, "_rows", read)
+    monkeypatch.setattr(Streamed, "rows", read)
     rows = contenders.contenders(["cupy"], [], "gpu")
     w = bench.Workload((2, 16, 3), 20)
     X, y = bench.workload_data(w)

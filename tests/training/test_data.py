@@ -197,3 +197,23 @@ def test_npy_parts_say_what_is_wrong_with_the_files(in_parts):
     with pytest.raises(ValueError, match=r"X must be finite; got nan at row 150, column 1"):
         m.fit(nn.datasets.NpyParts(str(folder / "X-*.npy")), np.zeros(300, np.int64),
               verbose=0, stream=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_streamed_rows_gathered_into_the_uploaders_buffers_are_the_rows_read_anew(on_disk, dtype):
+    """What a pinned uploader's slot gets (rows written straight into its buffers: a slice, a
+    shuffled part; cast from the memmap's float64, or not) is what a plain read gives, bit for
+    bit, and lies at the start of those buffers."""
+    X, y = on_disk
+    m = model(dtype)
+    streamed = data_module.Streamed.checked(m.network, X, y)
+    out = [np.full((40, 2), np.nan, dtype), np.full((40,), -1, np.int64)]
+    order = np.random.default_rng(3).permutation(X.shape[0])
+    for index in (slice(10, 45), order[:40], order[100:137]):
+        want_x, want_y = streamed.rows(index)
+        got_x, got_y = streamed.rows(index, out)
+        assert got_x.dtype == want_x.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got_x, want_x)
+        np.testing.assert_array_equal(got_y, want_y)
+        assert np.shares_memory(got_x, out[0]) and got_x.ctypes.data == out[0].ctypes.data
+        assert np.shares_memory(got_y, out[1]) and got_y.ctypes.data == out[1].ctypes.data

@@ -5,7 +5,9 @@ Two slots, each a pinned host buffer and a device buffer. ``start`` fills a slot
 (after its previous copy has left it) and queues the copy to its device buffer on a copy stream
 (after the step that last read that device buffer); ``finish`` makes the compute stream wait for
 the copy; ``release`` marks where the step that read it was queued. So batch i + 1 crosses the
-bus while step i runs, and no buffer is overwritten while something still reads it.
+bus while step i runs, and no buffer is overwritten while something still reads it. The read is
+given the slot's pinned buffers and may write the rows there itself (``Streamed`` gathers a
+shuffled batch straight into them), which then need no copy of their own.
 
 With ``background`` (the backend option ``upload_thread``), a worker thread reads each batch and
 fills its pinned buffer while the calling thread launches steps, over three slots; the copy to
@@ -69,6 +71,12 @@ class Slot:
         self.last: Ticket | None = None  # the batch it holds or last held
 
 
+def _starts_at(array: np.ndarray, host: np.ndarray) -> bool:
+    """Whether ``array`` is the first rows of ``host`` (written there by the read)."""
+    return array.__array_interface__["data"][0] == host.__array_interface__["data"][0] \
+        and array.dtype == host.dtype and array.flags.c_contiguous
+
+
 class Ticket:
     """One batch handed to ``start``: its slot, its rows once read, and whether its copy is queued."""
 
@@ -91,8 +99,10 @@ class PinnedUploader:
         self.next = 0
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="gpunn-upload") if background else None
 
-    def start(self, read: Callable[[], tuple[np.ndarray, np.ndarray | None]]) -> Ticket:
-        """Begin a batch: ``read()`` gives its host rows (x, y or None), read on the worker
+    def start(self, read: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]]
+              ) -> Ticket:
+        """Begin a batch: ``read(out)`` gives its host rows (x, y or None), written straight
+        into ``out`` (the slot's pinned buffers, x's then y's) where it can; read on the worker
         with ``background``, else here, where the copy to the device is queued at once."""
         slot = self.slots[self.next]
         self.next = (self.next + 1) % len(self.slots)
@@ -110,15 +120,17 @@ class PinnedUploader:
             slot.last = Ticket(slot, self.worker.submit(self._fill, slot, read))
         return slot.last
 
-    def _fill(self, slot: Slot, read: Callable[[], tuple[np.ndarray, np.ndarray | None]]) -> tuple[int, int]:
+    def _fill(self, slot: Slot, read: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]]
+              ) -> tuple[int, int]:
         """Read the batch into the slot's pinned buffers: (rows, arrays)."""
-        x, y = read()
+        x, y = read(slot.host)
         n = x.shape[0]
         if n > self.rows:
             raise ValueError(f"a batch of {n} rows does not fit this uploader's {self.rows}")
         arrays = [x] if y is None else [x, y]
         for host, array in zip(slot.host, arrays):
-            np.copyto(host[:n], array)
+            if not _starts_at(array, host):  # rows the read did not write there itself
+                np.copyto(host[:n], array)
         return n, len(arrays)
 
     def _send(self, ticket: Ticket) -> None:

@@ -31,7 +31,7 @@ def run_batches(up, batches, pause=0.0):
 
     tickets, got = [], []
     for i, (x, y) in enumerate(batches):
-        tickets.append(up.start(lambda i=i, x=x, y=y: read(i, x, y)))
+        tickets.append(up.start(lambda out, i=i, x=x, y=y: read(i, x, y)))
         if i:
             got.append(tuple(a.copy() for a in up.finish(tickets[i - 1])))
             up.release(tickets[i - 1])
@@ -91,10 +91,10 @@ def test_a_read_that_fails_on_the_worker_fails_the_batchs_finish_and_queues_noth
     up = PinnedUploader(runtime, 4, (3,), np.float32, (), np.int64, background=True)
     (x, y), = some_batches((4,))
 
-    def bad():
+    def bad(out):
         raise OSError("the disk went away")
 
-    good = up.start(lambda: (x, y))
+    good = up.start(lambda out: (x, y))
     broken = up.start(bad)
     np.testing.assert_array_equal(up.finish(good)[0], x)
     copies = runtime.log.count(("copy", "copy"))
@@ -127,3 +127,32 @@ def test_streamed_fit_through_the_pinned_uploader_equals_resident_fit(background
     assert histories[0] == histories[1] and ("copy", "copy") in runtime.log
     assert made and not upload_threads()  # each feed closed its uploader
     assert runtime.threads == {threading.get_ident()}
+
+
+def test_rows_a_read_wrote_into_the_pinned_buffers_are_not_copied_again(monkeypatch):
+    """A read that gathers straight into the slot's pinned buffers (as Streamed's does) costs
+    no second copy; a read that gives arrays of its own is copied in."""
+    from types import SimpleNamespace
+
+    from gpunn.backends.cuda import transfer
+
+    copies = []
+    monkeypatch.setattr(transfer, "np", SimpleNamespace(
+        copyto=lambda dst, src: copies.append(dst.shape) or np.copyto(dst, src)))
+    up = PinnedUploader(Runtime(), 4, (3,), np.float32, (), np.int64)
+    (x, y), = some_batches((3,))
+
+    def into(out):
+        np.copyto(out[0][:3], x)
+        np.copyto(out[1][:3], y)
+        return out[0][:3], out[1][:3]
+
+    got = up.finish(up.start(into))
+    np.testing.assert_array_equal(got[0], x)
+    np.testing.assert_array_equal(got[1], y)
+    assert copies == []
+    got = up.finish(up.start(lambda out: (x * 2, y + 1)))
+    np.testing.assert_array_equal(got[0], x * 2)
+    np.testing.assert_array_equal(got[1], y + 1)
+    assert copies == [(3, 3), (3,)]
+    up.close()
