@@ -49,6 +49,17 @@ def test_gemm(benchmark, bk, shape, impl):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_take_rows(benchmark, bk, shape, impl):
+    """A shuffled batch gathered from data of 8 batches (fit's shuffled steps)."""
+    rows, n_in, _ = SHAPES[shape]
+    data = bk.asarray(np.random.default_rng(0).standard_normal((8 * rows, n_in)).astype(np.float32))
+    order = bk.asarray(np.random.default_rng(1).permutation(8 * rows)[:rows])
+    out = bk.empty((rows, n_in), np.float32)
+    _run(benchmark, bk, impl, f"take_rows {shape}", lambda ops: ops.take_rows(data, order, out=out))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 def test_bias_relu(benchmark, bk, shape, impl):
     d = _data(bk, *SHAPES[shape])
     _run(benchmark, bk, impl, f"bias_relu {shape}", lambda ops: ops.bias_relu(d["z"], d["b"]))

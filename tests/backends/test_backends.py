@@ -130,6 +130,12 @@ def test_numpy_ops_match_reference(rng):
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
         np.testing.assert_allclose(fast.bias_grad(d, out=np.empty((1, k), dtype)),
                                    ref.bias_grad(d, out=np.empty((1, k), dtype)), rtol=tol, atol=tol)
+        order = rng.permutation(n)[:max(1, n - 2)]
+        for data in (z, labels):
+            got = fast.take_rows(data, order, out=np.full((len(order), *data.shape[1:]), -7,
+                                                          data.dtype))
+            np.testing.assert_array_equal(got, ref.take_rows(data, order, out=np.empty_like(got)))
+            np.testing.assert_array_equal(got, data[order])
 
 
 @pytest.mark.parametrize("rule", ["sgd", "sgd-momentum", "adagrad", "rmsprop", "adam"])
