@@ -46,7 +46,8 @@ def _ratio(gpunn: dict[str, Any] | None, peer: str) -> str:
 
 def machine_text(doc: dict[str, Any]) -> str:
     m = doc["machine"]
-    blas = next((b for b in m["blas"] if b.get("internal_api") not in (None, "openmp")), {})
+    blas = next((b for b in m["blas"] if b.get("numpy")), None) or \
+        next((b for b in m["blas"] if b.get("internal_api") not in (None, "openmp")), {})
     kernel = f", {blas['architecture']} kernel" if blas.get("architecture") else ""
     versions = ", ".join(f"{'PyTorch' if k == 'torch' else k} {v}" for k, v in m["versions"].items())
     ceiling = m["gemm_ceiling"].get("cpu-fp32")

@@ -13,17 +13,32 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 #: OpenBLAS kernels that use AVX-512.
 AVX512_KERNELS = ("SkylakeX", "Cooperlake", "SapphireRapids")
 
 
+def is_numpys(entry: dict[str, Any]) -> bool:
+    """Whether a threadpoolctl entry is NumPy's own BLAS: a library inside NumPy's install (a
+    wheel's numpy.libs, or numpy/ itself). Others may be loaded beside it (SciPy's wheel brings
+    its own OpenBLAS, of another version), and threadpoolctl may list them first."""
+    path, numpy_dir = entry.get("filepath") or "", os.path.dirname(np.__file__)
+    return path.startswith((numpy_dir + os.sep, numpy_dir + ".libs" + os.sep))
+
+
+def numpy_first(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(entries, key=lambda entry: not is_numpys(entry))
+
+
 def blas_entries() -> list[dict[str, Any]]:
-    """threadpoolctl's view of the BLAS libraries loaded (empty without threadpoolctl)."""
+    """threadpoolctl's view of the BLAS libraries loaded, NumPy's first (empty without
+    threadpoolctl)."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return []
-    return [info for info in threadpool_info() if info.get("user_api") == "blas"]
+    return numpy_first([info for info in threadpool_info() if info.get("user_api") == "blas"])
 
 
 def cpu_flags() -> set[str]:

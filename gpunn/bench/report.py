@@ -193,7 +193,8 @@ def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     gpu = f", GPU {m['gpu']}" if m["gpu"] else ""
     # NumPy's GEMMs are gpunn's on the CPU: which BLAS and kernel ran them belongs with the figures.
-    blas_used = f"; BLAS {describe(m['blas'])}" if m.get("blas") else ""
+    blas = [b for b in m.get("blas") or [] if b.get("numpy")] or m.get("blas")
+    blas_used = f"; BLAS {describe(blas)}" if blas else ""
     lines = [f"Machine: {m['cpu']} ({m['cpu_cores']} cores){gpu}{blas_used}"
              + f"; versions {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.", "",
              "GEMM ceiling (TFLOP/s): " + ", ".join(f"{k} {v:.3f}" for k, v in m["gemm_ceiling"].items()),

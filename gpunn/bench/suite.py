@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backends import available, cupy_problem, get_backend
 from ..backends.bf16 import BF16_BITS
-from ..backends.blas import describe, forced_kernel_warning
+from ..backends.blas import describe, forced_kernel_warning, is_numpys, numpy_first
 from ..distributed import mpiexec
 from ..files import check_writable, write_atomic
 from ..plot import require_matplotlib
@@ -96,10 +96,12 @@ def machine_info(device_names: dict[str, str], ceilings: dict[str, float]) -> di
         except Exception:
             pass
     # "architecture": the BLAS kernel OpenBLAS chose (SkylakeX, Haswell, ...), which sets its
-    # GEMM rate as much as the CPU does.
-    blas = [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
-                                      "architecture")}
-            for info in threadpool_info()]
+    # GEMM rate as much as the CPU does; "numpy": NumPy's own (listed first), whose GEMMs are
+    # gpunn's on the CPU, where a peer's or SciPy's may be loaded too.
+    blas = [{**{k: info.get(k) for k in ("internal_api", "version", "num_threads",
+                                         "threading_layer", "architecture")},
+             "numpy": is_numpys(info)}
+            for info in numpy_first(threadpool_info())]
     return {"date": time.strftime("%Y-%m-%d"), "blas_warning": forced_kernel_warning(),
             "cpu": get_backend("numpy").device_name(), "cpu_cores": os.cpu_count() or 1,
             "gpu": device_names.get("gpu"), "python": platform.python_version(),

@@ -221,3 +221,25 @@ def test_info_names_the_blas_kernel(capsys):
     out = capsys.readouterr().out
     assert f"BLAS: {blas.describe()};" in out
     assert ("warning: " in out) == (blas.forced_kernel_warning() is not None)
+
+
+def test_numpys_blas_is_told_from_others_loaded_beside_it():
+    """SciPy's wheel brings an OpenBLAS of its own (another version); threadpoolctl may list it
+    first. NumPy's is the one inside NumPy's install, and comes first."""
+    import os
+
+    from gpunn.backends import blas
+
+    numpy_dir = os.path.dirname(np.__file__)
+    site = os.path.dirname(numpy_dir)
+    scipys = {"internal_api": "openblas", "version": "0.3.30",
+              "filepath": os.path.join(site, "scipy.libs", "libscipy_openblas-6cdc3b4a.so")}
+    wheel = {"internal_api": "openblas", "version": "0.3.31.188.0",
+             "filepath": os.path.join(numpy_dir + ".libs", "libscipy_openblas64_-32a4b2a6.so")}
+    inside = {"internal_api": "openblas", "version": "0.3.29",
+              "filepath": os.path.join(numpy_dir, "core", "libopenblas.so")}
+    lookalike = {"internal_api": "openblas", "filepath": numpy_dir + "x.libs/libopenblas.so"}
+    assert [blas.is_numpys(e) for e in (scipys, wheel, inside, lookalike, {})] == \
+        [False, True, True, False, False]
+    assert blas.numpy_first([scipys, wheel]) == [wheel, scipys]
+    assert blas.numpy_first([lookalike, scipys]) == [lookalike, scipys]  # none: as listed

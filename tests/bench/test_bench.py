@@ -117,8 +117,29 @@ def test_spread_is_the_interquartile_range_and_overlaps_are_flagged():
              "num_threads": 2, "architecture": "SkylakeX"}]
     assert markdown({**doc, "machine": {**doc["machine"], "blas": blas}}).startswith(
         "Machine: x (2 cores); BLAS openblas 0.3.31 (2 threads, SkylakeX kernel); versions")
+    scipys = {**blas[0], "version": "0.3.30", "numpy": False}  # SciPy's, loaded too: not named
+    both = [scipys, {**blas[0], "numpy": True}]
+    assert markdown({**doc, "machine": {**doc["machine"], "blas": both}}).startswith(
+        "Machine: x (2 cores); BLAS openblas 0.3.31 (2 threads, SkylakeX kernel); versions")
     assert noise_note(doc).startswith("1 of 2 speed-ups (marked ~) are within run-to-run noise")
     jsonschema.validate({**doc, "machine": {**doc["machine"], "python": "3", "blas": []}}, bench.SCHEMA)
+
+
+def test_the_machine_block_lists_numpys_blas_first_and_marks_it(monkeypatch):
+    import os
+
+    import threadpoolctl
+
+    from gpunn.bench.suite import machine_info
+
+    numpy_dir = os.path.dirname(np.__file__)
+    scipys = {"user_api": "blas", "internal_api": "openblas", "version": "0.3.30",
+              "filepath": os.path.join(os.path.dirname(numpy_dir), "scipy.libs", "libopenblas.so")}
+    numpys = {**scipys, "version": "0.3.31", "filepath": os.path.join(numpy_dir + ".libs", "lib.so")}
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [scipys, numpys])
+    listed = machine_info({}, {})["blas"]
+    assert [(b["version"], b["numpy"]) for b in listed] == [("0.3.31", True), ("0.3.30", False)]
+    assert "filepath" not in listed[0]
 
 
 def test_a_precision_gpunn_cannot_run_here_skips_its_row_not_the_suite():

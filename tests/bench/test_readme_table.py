@@ -34,3 +34,14 @@ def test_rewrite_replaces_only_the_block():
     assert new.endswith(f"{readme_table.END}\nafter\n") and "| small, per step | " in new
     with pytest.raises(ValueError, match="no .* block to rewrite"):
         readme_table.rewrite("no markers here", doc)
+
+
+def test_the_table_names_numpys_blas_where_another_is_listed_first():
+    doc = json.loads((ROOT / "benchmarks" / "cpu-bench.json").read_text())
+    doc["machine"]["blas"] = [
+        {"internal_api": "openblas", "version": "0.3.30", "num_threads": 2,
+         "architecture": "SkylakeX", "numpy": False},
+        {"internal_api": "openblas", "version": "0.3.31.188.0", "num_threads": 2,
+         "architecture": "SkylakeX", "numpy": True}]
+    text = readme_table.machine_text(doc)
+    assert "openblas 0.3.31.188.0 with 2 threads, SkylakeX kernel" in text and "0.3.30" not in text
