@@ -180,12 +180,26 @@ __global__ void take_rows(const T* x, const long long* rows, T* out, long long n
 
 // ---- bf16 GEMM operands (precision "bf16") --------------------------------------------------
 
-// out = x rounded to bfloat16 (bf16_bits), for operands no kernel above wrote already.
+// out = x rounded to bfloat16 (bf16_bits), for operands no kernel above wrote already: the data
+// and the flat parameters. Four values a thread at a time where both pointers allow it (a 16-byte
+// read, an 8-byte write): one value a thread, 6 bytes, ran at about 2.3 TB/s on an H200 where
+// kernels moving 8 and 12 bytes a thread ran at 3.1 and 3.7. The rest, or all of a misaligned
+// pair, one at a time.
 __global__ void float_to_bf16(const float* x, unsigned short* out, long long size) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
-         i += (long long)gridDim.x * blockDim.x) {
-        out[i] = bf16_bits(x[i]);
+    long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    bool aligned = ((unsigned long long)x % 16 == 0) && ((unsigned long long)out % 8 == 0);
+    long long quads = aligned ? size / 4 : 0;
+    for (long long q = first; q < quads; q += stride) {
+        float4 v = reinterpret_cast<const float4*>(x)[q];
+        ushort4 r;
+        r.x = bf16_bits(v.x);
+        r.y = bf16_bits(v.y);
+        r.z = bf16_bits(v.z);
+        r.w = bf16_bits(v.w);
+        reinterpret_cast<ushort4*>(out)[q] = r;
     }
+    for (long long i = 4 * quads + first; i < size; i += stride) out[i] = bf16_bits(x[i]);
 }
 
 // ---- softmax cross-entropy, forward and backward in one pass ----------------------------------

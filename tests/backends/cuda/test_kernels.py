@@ -330,3 +330,22 @@ def test_softmax_cross_entropy_writes_the_bf16_copy_of_its_gradient(backends, sh
         np.testing.assert_array_equal(host(got), host(want))
     np.testing.assert_array_equal(host(dlogits16),
                                   host(ref.to_bf16(plain[1], out=cp.empty(shape, np.uint16))))
+
+
+@pytest.mark.parametrize("x_offset, out_offset", [(0, 0), (1, 0), (0, 1), (4, 4), (2, 8)])
+def test_float_to_bf16_at_any_size_and_alignment(backends, x_offset, out_offset, rng):
+    """Four values a thread where both arrays are aligned for it, one at a time for the rest or
+    for a misaligned pair: the same roundings at every size and offset, and nothing written
+    outside the output."""
+    fast, ref, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    base = cp.asarray(rng.standard_normal(1100).astype(np.float32))
+    for size in [*range(10), 1001]:
+        x = base[x_offset:x_offset + size]
+        out_base = cp.full(size + 16, 0xABCD, np.uint16)
+        out = out_base[out_offset:out_offset + size]
+        fast.to_bf16(x, out=out)
+        want = ref.to_bf16(x, out=cp.empty(size, np.uint16))
+        np.testing.assert_array_equal(host(out), host(want))
+        rest = np.delete(host(out_base), np.arange(out_offset, out_offset + size))
+        assert (rest == 0xABCD).all(), f"size {size}: written outside the output"
