@@ -28,6 +28,7 @@ def is_numpys(entry: dict[str, Any]) -> bool:
 
 
 def numpy_first(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``entries`` with NumPy's own first, the others in the order given."""
     return sorted(entries, key=lambda entry: not is_numpys(entry))
 
 

@@ -254,8 +254,10 @@ def plan_bytes(network: Network, rows: int) -> int:
     floats = rows * (network.n_inputs + 2 * sum(widths) + 2 * network.n_outputs + 1)
     masks = [network.backend.relu_mask_shape(rows, layer.n_neurons)
              for layer in network.dense_layers if layer.grads_from_above]
-    halves = 0  # precision "bf16": each Dense's GEMM operands in bfloat16 (2 bytes), the
-    if network.backend.precision == "bf16":  # weights' among a copy of all the parameters
+    # Precision "bf16": each Dense's GEMM operands in bfloat16 (2 bytes), its inputs and incoming
+    # gradient, and a copy of all the parameters for the weights.
+    halves = 0
+    if network.backend.precision == "bf16":
         halves = network.params.size + sum(rows * (layer.n_inputs + layer.n_neurons)
                                            for layer in network.dense_layers)
     return floats * itemsize + rows * 8 + sum(r * c for r, c in filter(None, masks)) + 2 * halves
