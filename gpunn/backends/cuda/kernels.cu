@@ -70,19 +70,13 @@ __global__ void bias_act(T* z, const T* biases, long long n, int k, int relu, un
     }
 }
 
-// dvalues = dvalues where the ReLU passed its input (output > 0), else 0; in place. With write16,
-// d16 gets the result rounded to bf16 (the layer's weight-gradient GEMM operand), as bias_act's z16.
+// dvalues = dvalues where the ReLU passed its input (output > 0), else 0; in place. (Below a
+// Dense layer, relu_backward_column_sum does this with the bias gradient and any bf16 copy.)
 template <typename T>
-__global__ void relu_backward(T* dvalues, const T* output, long long size, unsigned short* d16,
-                              int write16) {
+__global__ void relu_backward(T* dvalues, const T* output, long long size) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
          i += (long long)gridDim.x * blockDim.x) {
-        if (!(output[i] > T(0))) {
-            dvalues[i] = T(0);
-            if (write16) d16[i] = 0;  // +0 in bf16
-        } else if (write16) {
-            d16[i] = bf16_bits((float)dvalues[i]);
-        }
+        if (!(output[i] > T(0))) dvalues[i] = T(0);
     }
 }
 
@@ -125,7 +119,8 @@ __global__ void column_sum(const T* dvalues, T* out, int n, int k) {
 // relu_backward, then column_sum of its result into sums, in one pass: the gradient is read once
 // where the two kernels read it twice (a Dense -> ReLU -> Dense pair's separate backward, where
 // no cuBLASLt epilogue does both). The same operations in the same order as those two kernels,
-// so the same bits. Each stripe reads 8 rows before it writes any: a write to dvalues might be
+// so the same bits. With write16, d16 gets the result rounded to bf16 (the weight-gradient GEMM
+// operand of the layer below), as bias_act's z16. Each stripe reads 8 rows before it writes any: a write to dvalues might be
 // the next row's read as far as the compiler knows (k could be 0), so written row by row, each
 // row's reads would wait for the row before (checked in the sm_90 SASS).
 // __launch_bounds__: a block of 1024 threads may use at most 64 registers a thread (ptxas chose 80

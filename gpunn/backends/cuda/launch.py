@@ -88,12 +88,10 @@ class Kernels:
                                           *self._bf16_out(z16)))
         return z
 
-    def relu_backward(self, dvalues: Any, output: Any, d16: Any = None) -> Any:
-        """dvalues = 0 where the ReLU's output was not positive; in place. ``d16``: the result
-        rounded to bfloat16 as well, as for ``bias_act``."""
+    def relu_backward(self, dvalues: Any, output: Any) -> Any:
+        """dvalues = 0 where the ReLU's output was not positive; in place."""
         self.lookup("relu_backward", dvalues.dtype)((blocks(dvalues.size),), (THREADS,),
-                                                    (dvalues, output, np.int64(dvalues.size),
-                                                     *self._bf16_out(d16)))
+                                                    (dvalues, output, np.int64(dvalues.size)))
         return dvalues
 
     def _bf16_out(self, out16: Any) -> tuple[Any, np.int32]:
@@ -109,8 +107,9 @@ class Kernels:
 
     def relu_backward_column_sum(self, dvalues: Any, output: Any, sums: Any,
                                  d16: Any = None) -> Any:
-        """relu_backward(dvalues, output, d16), then column_sum(dvalues, sums), in one pass: the
-        same bits as the two calls."""
+        """relu_backward(dvalues, output), then column_sum(dvalues, sums), in one pass: the
+        same bits as the two calls. ``d16``: the result rounded to bfloat16 as well, as for
+        ``bias_act``."""
         n, k = dvalues.shape
         self.lookup("relu_backward_column_sum", dvalues.dtype)(
             ((k + 31) // 32,), (32, COLUMN_SUM_STRIPES),

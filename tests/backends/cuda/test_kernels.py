@@ -252,9 +252,9 @@ def test_float_to_bf16_rounds_as_ml_dtypes(backends, rng):
 
 @pytest.mark.parametrize("relu", [True, False])
 def test_bias_and_relu_gradient_passes_write_bf16_copies(backends, relu, rng):
-    """bias_act's z16 and relu_backward's d16 (precision "bf16"): the float32 results, the same
-    as without them, rounded as to_bf16 rounds them: NaNs, signed zeros, a tie and the largest
-    float32 included, with the poison of the outputs written over everywhere."""
+    """bias_act's z16 and relu_backward_column_sum's d16 (precision "bf16"): the float32
+    results, the same as without them, rounded as to_bf16 rounds them: NaNs, signed zeros, a tie
+    and the largest float32 included, with the poison of the outputs written over everywhere."""
     fast, ref, cp = backends
     host = np.asarray if cp is np else cp.asnumpy
     n, k = 67, 65
@@ -277,7 +277,8 @@ def test_bias_and_relu_gradient_passes_write_bf16_copies(backends, relu, rng):
     plain, fused = cp.array(d), cp.array(d)
     d16 = cp.full((n, k), 0xFFFF, np.uint16)
     fast.kernels.relu_backward(plain, cp.asarray(output))
-    fast.kernels.relu_backward(fused, cp.asarray(output), d16)
+    fast.kernels.relu_backward_column_sum(fused, cp.asarray(output), cp.empty((1, k), np.float32),
+                                          d16)
     np.testing.assert_array_equal(host(fused), host(plain))
     np.testing.assert_array_equal(host(d16), host(ref.to_bf16(plain, out=cp.empty((n, k), np.uint16))))
 
@@ -289,8 +290,9 @@ def test_relu_backward_column_sum_is_the_two_kernels_in_one_pass(backends, shape
                                                                  rng):
     """The ReLU gradient, its bias gradient and any bf16 copy in one pass (a Dense -> ReLU ->
     Dense pair's separate backward): the same bits as relu_backward then column_sum, NaNs and
-    signed zeros in both inputs included, with every output poisoned first."""
-    fast, _, cp = backends
+    signed zeros in both inputs included, with every output poisoned first (the bf16 copy: the
+    result rounded as to_bf16 rounds it)."""
+    fast, ref, cp = backends
     host = np.asarray if cp is np else cp.asnumpy
     n, k = shape
     d = rng.standard_normal(shape).astype(dtype)
@@ -299,10 +301,11 @@ def test_relu_backward_column_sum_is_the_two_kernels_in_one_pass(backends, shape
     d.flat[:len(specials)] = specials[:d.size]
     output.flat[::5] = (specials * d.size)[:len(output.flat[::5])]
     plain, fused = cp.array(d), cp.array(d)
-    want16, got16 = (cp.full(shape, 0xFFFF, np.uint16) if write16 else None for _ in range(2))
+    got16 = cp.full(shape, 0xFFFF, np.uint16) if write16 else None
     want_sums, got_sums = poisoned(cp, (1, k), dtype), poisoned(cp, (1, k), dtype)
-    fast.kernels.relu_backward(plain, cp.asarray(output), want16)
+    fast.kernels.relu_backward(plain, cp.asarray(output))
     fast.kernels.column_sum(plain, want_sums)
+    want16 = ref.to_bf16(plain, out=cp.empty(shape, np.uint16)) if write16 else None
     fast.kernels.relu_backward_column_sum(fused, cp.asarray(output), got_sums, got16)
     for got, want in [(fused, plain), (got_sums, want_sums)] + \
             ([(got16, want16)] if write16 else []):
