@@ -51,6 +51,10 @@ class Options:
     tune_gemms: bool = False
 
 
+#: The options that are on or off (checked to be bools).
+SWITCHES = tuple(field.name for field in dataclasses.fields(Options) if field.type == "bool")
+
+
 def _option(name: str, doc: str) -> property:
     """A backend property for the ``Options`` field ``name``: read from the model's options,
     and set by checking a copy with the new value first (a refused value changes nothing)."""
@@ -119,7 +123,7 @@ class Backend:
         if options.epilogue_policy not in EPILOGUE_POLICIES:
             raise ValueError(f"epilogue_policy must be one of "
                              f"{', '.join(map(repr, EPILOGUE_POLICIES))}; got {options.epilogue_policy!r}")
-        for name in ("one_kernel_trainer", "upload_thread", "tune_gemms"):
+        for name in SWITCHES:
             if not isinstance(getattr(options, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False; got {getattr(options, name)!r}")
         return options
