@@ -7,7 +7,8 @@ For each workload and precision, one bench step of gpunn's network with ``tune_g
 each cuBLASLt problem it tuned: the epilogue, the column-major sizes m, n, k and transposes, the
 operand type, how many algorithms the heuristics offered, and each one's device time for
 ``timing.TIMED_CALLS`` calls (the heuristics' first choice first, the one kept marked). What
-``gpunn bench`` shows as gpunn-cupy-tuned against gpunn-cupy, this shows GEMM by GEMM.
+``gpunn bench`` shows as gpunn-cupy (tuned, the default) against gpunn-cupy-untuned, this
+shows GEMM by GEMM.
 """
 
 from __future__ import annotations

@@ -374,7 +374,7 @@ def gpu_paths(bk) -> str:
         reason = bk.why_not(feature)
         parts.append(f"{label}: {'yes' if reason is None else f'no ({reason})'}")
     if bk.why_not("epilogues") is None:
-        parts[1] += f", policy {bk.epilogue_policy!r}"
+        parts[1] += f", policy {bk.epilogue_policy!r}, GEMMs {'' if bk.tune_gemms else 'un'}tuned"
     return "; ".join(parts)
 
 

@@ -46,8 +46,8 @@ class Options:
     #: until a GPU measures it faster).
     upload_thread: bool = False
     #: GEMMs through cuBLASLt with each problem's candidate algorithms timed on its first call
-    #: and the fastest kept (CuPy backend; off until a GPU measures it faster than cuBLAS's own
-    #: choice).
+    #: and the fastest kept (on by default on the CuPy backend, where it measured faster than
+    #: cuBLAS's own choice; the NumPy backend's BLAS chooses for itself).
     tune_gemms: bool = False
 
 

@@ -27,7 +27,10 @@ class CupyBackend(Backend):
     name = "cupy"
     #: The one-kernel trainer on by default: on an H200 (2026-11-27) it took the book's run in
     #: 0.316 s against the planned steps' 0.542 s, and a small step in 0.0345 ms against 0.0424.
-    default_options = Options(one_kernel_trainer=True)
+    #: Tuned GEMMs on by default: on an H200 (2026-11-27, tenth session) a large tf32 step took
+    #: 8.37 ms against 8.99 untuned, small 0.0363 against 0.0398 (fp32); of the nine workloads
+    #: and precisions measured, medium tf32 alone was slower (0.152 ms against 0.147).
+    default_options = Options(one_kernel_trainer=True, tune_gemms=True)
 
     def __init__(self) -> None:
         import cupy

@@ -35,10 +35,11 @@ class Skip(Exception):
 
 
 def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False,
-              tune_gemms: bool = False):
+              tune_gemms: bool | None = None):
     """gpunn on ``backend``; on CuPy, ``epilogues`` is the model's epilogue_policy ("never": the
     separate kernels only, to show what the cuBLASLt epilogues add) and ``tune_gemms`` its
-    option of that name (each GEMM's cuBLASLt algorithm timed and chosen); ``one_kernel`` its
+    option of that name where given (None: the backend's default, tuned; False: cuBLAS's own
+    choice, to show what tuning adds); ``one_kernel`` its
     one_kernel_trainer (Dense -> ReLU -> Dense only; on NumPy the numba-compiled one), all set
     before the step is planned."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
@@ -46,7 +47,8 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False,
         bk = model.backend
         if backend == "cupy":
             bk.epilogue_policy = epilogues
-            bk.tune_gemms = tune_gemms
+            if tune_gemms is not None:
+                bk.tune_gemms = tune_gemms
         use_one_kernel(model, one_kernel, len(y))
         step = model.prepare_step(X, y)
         return Run(step, bk.synchronize, lambda: model.evaluate(X, y)["loss"])
@@ -292,7 +294,7 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
             out[f"gpunn-{b}-streamed"] = (b, gpunn_streamed_run(b))
     if device == "gpu" and "cupy" in backends:
         out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
-        out["gpunn-cupy-tuned"] = ("cupy", gpunn_run("cupy", tune_gemms=True))
+        out["gpunn-cupy-untuned"] = ("cupy", gpunn_run("cupy", tune_gemms=False))
         out["gpunn-cupy-one-kernel"] = ("cupy", gpunn_run("cupy", one_kernel=True))
         out["gpunn-cupy-streamed-thread"] = ("cupy", gpunn_streamed_run("cupy", upload_thread=True))
     if device == "cpu" and "numpy" in backends:

@@ -411,9 +411,10 @@ def test_bench_ops_profiles_the_books_run_with_the_one_kernel_trainer():
     assert f"Op profile: {title}" in bench.markdown(doc)
 
 
-def test_only_the_tuned_row_tunes_its_gemms(emulated, monkeypatch):
-    """gpunn-cupy-tuned sends its GEMMs to cuBLASLt to be tuned (a stand-in here, which declines
-    them, so they fall back to the same GEMMs); gpunn-cupy leaves cuBLAS to choose."""
+def test_the_untuned_row_alone_leaves_cublas_to_choose(emulated, monkeypatch):
+    """gpunn-cupy (tuned GEMMs: the CuPy backend's default) sends its GEMMs to cuBLASLt to be
+    tuned (a stand-in here, which declines them, so they fall back to the same GEMMs);
+    gpunn-cupy-untuned leaves cuBLAS to choose."""
     contenders = sys.modules["gpunn.bench.contenders"]
     monkeypatch.setattr(contenders, "get_backend", lambda _: emulated)
     asked = []
@@ -428,15 +429,15 @@ def test_only_the_tuned_row_tunes_its_gemms(emulated, monkeypatch):
     w = bench.Workload((2, 16, 3), 20)
     X, y = bench.workload_data(w)
     losses, calls = {}, {}
-    for impl in ("gpunn-cupy", "gpunn-cupy-tuned"):
+    for impl in ("gpunn-cupy", "gpunn-cupy-untuned"):
         asked.clear()
         run = rows[impl][1](w, bench.initial_params(w.sizes), X, y, "fp32", "gpu")
         for _ in range(3):
             run.step()
         losses[impl], calls[impl] = run.loss(), list(asked)
-    assert calls["gpunn-cupy"] == [] and calls["gpunn-cupy-tuned"]
-    assert set(calls["gpunn-cupy-tuned"]) == {True}
-    assert losses["gpunn-cupy"] == losses["gpunn-cupy-tuned"]
+    assert calls["gpunn-cupy-untuned"] == [] and calls["gpunn-cupy"]
+    assert set(calls["gpunn-cupy"]) == {True}
+    assert losses["gpunn-cupy"] == losses["gpunn-cupy-untuned"]
 
 
 def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):

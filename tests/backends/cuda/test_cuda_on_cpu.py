@@ -136,6 +136,15 @@ def test_info_names_the_gpu_paths_and_why_not(emulated):
     assert "one-kernel trainer: yes" in gpu_paths(emulated)  # on by default on a GPU
 
 
+def test_info_says_whether_the_cublaslt_gemms_are_tuned(emulated, monkeypatch):
+    """Where cuBLASLt runs, info names the epilogue policy and whether GEMMs are tuned (the
+    default on a GPU)."""
+    monkeypatch.setattr(type(emulated), "why_not", lambda self, feature: None)
+    assert "cuBLASLt epilogues: yes, policy 'auto', GEMMs tuned;" in gpu_paths(emulated)
+    untuned = emulated.configured(tune_gemms=False, epilogue_policy="never")
+    assert "cuBLASLt epilogues: yes, policy 'never', GEMMs untuned;" in gpu_paths(untuned)
+
+
 def test_the_one_kernel_trainer_says_when_a_batch_does_not_fit(emulated):
     model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
     model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend=emulated)
