@@ -41,9 +41,10 @@ class Options:
     #: Train Dense -> ReLU -> Dense networks small enough with one kernel launch per many epochs
     #: (on by default on a GPU, where it measured faster; off on the CPU, where it needs numba).
     one_kernel_trainer: bool = False
-    #: Streamed data (``fit`` and the rest on data over the budget): read each batch and copy it
-    #: into pinned memory on a background thread while the steps are launched (CuPy backend; off
-    #: until a GPU measures it faster).
+    #: Streamed data (``fit`` and the rest on data over the budget): read the next batches into
+    #: pinned memory on worker threads, several at once, while the steps are launched (CuPy
+    #: backend; it measured faster on an H200, and stays off until its GPU test has passed with
+    #: several workers).
     upload_thread: bool = False
     #: GEMMs through cuBLASLt with each problem's candidate algorithms timed on its first call
     #: and the fastest kept (on by default on the CuPy backend, where it measured faster than
@@ -144,8 +145,8 @@ class Backend:
     small_net_kernel = one_kernel_trainer
     upload_thread = _option(
         "upload_thread",
-        """Whether streamed batches are read and copied into pinned memory on a background
-        thread (the CuPy backend; elsewhere they are read as each step needs them).""")
+        """Whether streamed batches are read and copied into pinned memory on worker threads,
+        several at once (the CuPy backend; elsewhere they are read as each step needs them).""")
     tune_gemms = _option(
         "tune_gemms",
         """Whether GEMMs run the fastest of the algorithms cuBLASLt offers for their problem,
@@ -485,6 +486,8 @@ class Backend:
 
 class HostUploader:
     """Batches to the device as plain copies (on the CPU, no copy: the batch is already there)."""
+
+    ahead = 1  # batches started before the first of them is handed over
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

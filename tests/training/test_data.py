@@ -5,6 +5,8 @@ before training, and is never read whole."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -217,3 +219,52 @@ def test_streamed_rows_gathered_into_the_uploaders_buffers_are_the_rows_read_ane
         np.testing.assert_array_equal(got_y, want_y)
         assert np.shares_memory(got_x, out[0]) and got_x.ctypes.data == out[0].ctypes.data
         assert np.shares_memory(got_y, out[1]) and got_y.ctypes.data == out[1].ctypes.data
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_large_streamed_batches_are_gathered_in_parts_on_threads_with_the_same_rows(
+        on_disk, dtype, monkeypatch):
+    """A batch over PART_BYTES is gathered in parts, each on a thread of the gather pool: the
+    rows written are those a plain read gives, bit for bit, whatever the index (slices forwards,
+    stepped and reversed, shuffled parts; cast from the memmap's float64 or not); an error in
+    one part comes out of the read once every part has stopped."""
+    X, y = on_disk
+    streamed = data_module.Streamed.checked(model(dtype).network, X, y)
+    monkeypatch.setattr(data_module, "PART_BYTES", 64)  # 40 rows of 2 float32: 5 parts, 4 threads
+    monkeypatch.setattr(data_module, "GATHER_THREADS", 4)
+    plain_part = data_module.gather_rows
+    threads: list[tuple[str, int, int]] = []
+
+    def part(source, index, out):
+        threads.append((threading.current_thread().name, out.ndim, len(out)))
+        return plain_part(source, index, out)
+
+    monkeypatch.setattr(data_module, "gather_rows", part)
+    order = np.random.default_rng(5).permutation(X.shape[0])
+    for index in (slice(10, 50), slice(273, None, -7), slice(None, 40, None), order[:40], order[7:47]):
+        out = [np.full((40, 2), np.nan, dtype), np.full((40,), -1, np.int64)]
+        threads.clear()
+        got_x, got_y = streamed.rows(index, out)
+        want_x = np.asarray(X[index], dtype)
+        np.testing.assert_array_equal(got_x, want_x)
+        np.testing.assert_array_equal(got_y, y[index])
+        assert got_x.ctypes.data == out[0].ctypes.data
+        assert sorted((ndim, rows) for _, ndim, rows in threads) == [(1, 10)] * 4 + [(2, 10)] * 4
+        assert all(name.startswith("gpunn-gather") for name, _, _ in threads)
+
+    stopped: list[str] = []
+    first = threading.Lock()
+
+    def failing(source, index, out):
+        if first.acquire(blocking=False):  # the first part to start fails at once
+            stopped.append("failed")
+            raise RuntimeError("a part failed")
+        time.sleep(0.05)
+        stopped.append("done")
+        return plain_part(source, index, out)
+
+    monkeypatch.setattr(data_module, "gather_rows", failing)
+    out = [np.empty((40, 2), dtype), np.empty((40,), np.int64)]
+    with pytest.raises(RuntimeError, match="a part failed"):
+        streamed.rows(order[:40], out)
+    assert sorted(stopped) == ["done"] * 3 + ["failed"]  # x's four parts had all stopped

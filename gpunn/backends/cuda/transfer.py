@@ -9,13 +9,14 @@ bus while step i runs, and no buffer is overwritten while something still reads 
 given the slot's pinned buffers and may write the rows there itself (``Streamed`` gathers a
 shuffled batch straight into them), which then need no copy of their own.
 
-With ``background`` (the backend option ``upload_thread``), a worker thread reads each batch and
-fills its pinned buffer while the calling thread launches steps, over three slots; the copy to
-the device is queued when the batch is handed over. Every CUDA call stays on the calling thread:
-the worker only reads host rows and writes the pinned buffer of a slot whose last copy has left.
-On an H200 a medium batch (3.2 MB) took 0.25 ms to reach pinned memory and its step 0.13-0.35
-ms, so filling on the calling thread kept the device waiting; whether the worker helps is for a
-GPU to measure (README, GPU section).
+With ``background`` (the backend option ``upload_thread``), READ_AHEAD worker threads read the
+next batches, each into a slot's pinned buffer, while the calling thread launches steps, over
+READ_AHEAD + 2 slots (being filled, crossing, being read); ``ahead`` tells the caller how many
+batches to start before it hands one over. The copy to the device is queued when the batch is
+handed over. Every CUDA call stays on the calling thread: a worker only reads host rows and writes
+the pinned buffer of a slot whose last copy has left. Why several: on an H200's host one thread
+took 0.31 ms to read a medium batch (3.2 MB) into pinned memory, a tf32 step 0.15 ms; splitting
+one batch over threads cost more in hand-overs than it saved, reading several at once does not.
 
 The CUDA calls go through ``runtime`` (``CupyRuntime`` on a GPU; the tests pass a stand-in that
 records them), so the order of waits is checked without a device.
@@ -30,7 +31,9 @@ from typing import Any
 import numpy as np
 
 SLOTS = 2
-BACKGROUND_SLOTS = 3  # one being filled, one crossing, one being read
+#: Batches read at once by the workers of a background uploader.
+READ_AHEAD = 3
+BACKGROUND_SLOTS = READ_AHEAD + 2  # READ_AHEAD being filled, one crossing, one being read
 
 
 class CupyRuntime:
@@ -97,13 +100,17 @@ class PinnedUploader:
         self.stream = runtime.stream()
         self.slots = [Slot(runtime, shapes) for _ in range(BACKGROUND_SLOTS if background else SLOTS)]
         self.next = 0
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="gpunn-upload") if background else None
+        #: Batches the caller starts before it hands the first of them over.
+        self.ahead = READ_AHEAD if background else 1
+        self.worker = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="gpunn-upload") \
+            if background else None
 
     def start(self, read: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]]
               ) -> Ticket:
         """Begin a batch: ``read(out)`` gives its host rows (x, y or None), written straight
-        into ``out`` (the slot's pinned buffers, x's then y's) where it can; read on the worker
-        with ``background``, else here, where the copy to the device is queued at once."""
+        into ``out`` (the slot's pinned buffers, x's then y's) where it can; read on a worker
+        with ``background``, else here, where the copy to the device is queued at
+        once."""
         slot = self.slots[self.next]
         self.next = (self.next + 1) % len(self.slots)
         if slot.last is not None:

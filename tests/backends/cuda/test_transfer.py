@@ -14,7 +14,7 @@ from support.cuda_runtime import Runtime
 
 import gpunn as nn
 from gpunn.backends import get_backend
-from gpunn.backends.cuda.transfer import PinnedUploader
+from gpunn.backends.cuda.transfer import READ_AHEAD, PinnedUploader
 
 
 def upload_threads():
@@ -22,21 +22,25 @@ def upload_threads():
 
 
 def run_batches(up, batches, pause=0.0):
-    """The batches through ``up`` as Streamed.feed runs them (one batch ahead), each read taking
-    ``pause`` seconds and logged as ("read", i) when it begins; what each finish gave, copied."""
+    """The batches through ``up`` as Streamed.feed runs them (``up.ahead`` batches started before
+    the first of them is handed over), each read taking ``pause`` seconds and logged as
+    ("read", i) when it begins; what each finish gave, copied."""
     def read(i, x, y):
         up.runtime.log.append(("read", i))
         time.sleep(pause)
         return x, y
 
+    def hand_over(ticket):
+        got.append(tuple(a.copy() for a in up.finish(ticket)))
+        up.release(ticket)
+
     tickets, got = [], []
     for i, (x, y) in enumerate(batches):
         tickets.append(up.start(lambda out, i=i, x=x, y=y: read(i, x, y)))
-        if i:
-            got.append(tuple(a.copy() for a in up.finish(tickets[i - 1])))
-            up.release(tickets[i - 1])
-    got.append(tuple(a.copy() for a in up.finish(tickets[-1])))
-    up.release(tickets[-1])
+        if i >= up.ahead:
+            hand_over(tickets[i - up.ahead])
+    for ticket in tickets[max(0, len(tickets) - up.ahead):]:
+        hand_over(ticket)
     up.close()
     return got
 
@@ -65,24 +69,25 @@ def test_batches_arrive_whole_and_no_buffer_is_reused_before_it_is_free():
 
 @pytest.mark.parametrize("pause", [0.0, 0.002])
 def test_with_a_worker_reading_batches_arrive_whole_and_cuda_stays_on_the_calling_thread(pause):
-    """upload_thread: three slots, the reads and the pinned copies on the worker (slowed by
-    ``pause`` so that the calling thread runs ahead), every CUDA call on the calling thread, and
-    a slot's device buffer overwritten only after the step that read it was queued."""
+    """upload_thread: READ_AHEAD + 2 slots, the reads and the pinned copies on the workers
+    (slowed by ``pause`` so that the calling thread runs ahead), every CUDA call on the calling
+    thread, and a slot's device buffer overwritten only after the step that read it was queued."""
     runtime = Runtime(wait=0.002)
     up = PinnedUploader(runtime, 4, (3,), np.float32, (), np.int64, background=True)
-    assert len(up.slots) == 3
+    assert up.ahead == READ_AHEAD and len(up.slots) == READ_AHEAD + 2
     copied0, consumed0 = up.slots[0].copied.name, up.slots[0].consumed.name
-    batches = some_batches((4, 4, 4, 4, 3, 4, 1))
+    batches = some_batches((4, 4, 4, 4, 3, 4, 1, 2, 4))
     got = run_batches(up, batches, pause)
     for (x, y), (gx, gy) in zip(batches, got):
         np.testing.assert_array_equal(gx, x)
         np.testing.assert_array_equal(gy, y)
     assert runtime.threads == {threading.get_ident()}
     log = runtime.log
-    fourth = log.index(("sync", copied0))  # batch 3 reuses slot 0
-    assert log.index(("record", consumed0, "compute")) < fourth < log.index(("read", 3))
+    reuse = len(up.slots)  # the first batch in slot 0 again
+    again = log.index(("sync", copied0))
+    assert log.index(("record", consumed0, "compute")) < again < log.index(("read", reuse))
     copies = [i for i, entry in enumerate(log) if entry == ("copy", "copy")]
-    assert log[copies[6] - 1] == ("wait", "copy", consumed0)  # batch 3's copy (x then y: 7th)
+    assert log[copies[2 * reuse] - 1] == ("wait", "copy", consumed0)  # its copy (x, then y)
     assert not upload_threads()  # close() waited for the worker to end
 
 
@@ -156,3 +161,81 @@ def test_rows_a_read_wrote_into_the_pinned_buffers_are_not_copied_again(monkeypa
     np.testing.assert_array_equal(got[1], y + 1)
     assert copies == [(3, 3), (3,)]
     up.close()
+
+
+def test_a_background_uploader_reads_read_ahead_batches_at_once():
+    """upload_thread: the READ_AHEAD batches started before one is handed over are read at the
+    same time, each on a worker of its own, and still arrive whole and in order."""
+    runtime = Runtime()
+    up = PinnedUploader(runtime, 4, (3,), np.float32, (), np.int64, background=True)
+    lock, reading, most, readers = threading.Lock(), [0], [0], set()
+
+    def read(x, y):
+        with lock:
+            reading[0] += 1
+            most[0] = max(most[0], reading[0])
+            readers.add(threading.current_thread().name)
+        time.sleep(0.05)
+        with lock:
+            reading[0] -= 1
+        return x, y
+
+    batches = some_batches((4,) * 7, seed=3)
+    tickets, got = [], []
+    for i, (x, y) in enumerate(batches):
+        tickets.append(up.start(lambda out, x=x, y=y: read(x, y)))
+        if i >= up.ahead:
+            got.append(tuple(a.copy() for a in up.finish(tickets[i - up.ahead])))
+            up.release(tickets[i - up.ahead])
+    for ticket in tickets[-up.ahead:]:
+        got.append(tuple(a.copy() for a in up.finish(ticket)))
+        up.release(ticket)
+    up.close()
+    assert most[0] == READ_AHEAD and len(readers) == READ_AHEAD
+    for (x, y), (gx, gy) in zip(batches, got, strict=True):
+        np.testing.assert_array_equal(gx, x)
+        np.testing.assert_array_equal(gy, y)
+
+
+def test_streamed_feed_starts_the_uploaders_ahead_batches_before_handing_one_over():
+    """Streamed.feed keeps ``ahead`` batches started and not handed over (one for an uploader
+    that reads on the calling thread), hands every batch over in order, and all of them before
+    an empty part (distributed training) or the end."""
+    from gpunn.training.batches import Batch
+    from gpunn.training.data import Streamed
+
+    class Recorder:
+        def __init__(self, ahead):
+            self.ahead, self.log = ahead, []
+
+        def start(self, read):
+            x, _ = read(None)
+            self.log.append(("start", int(x[0, 0])))
+            return int(x[0, 0])
+
+        def finish(self, ticket):
+            self.log.append(("finish", ticket))
+            return None, None
+
+        def release(self, ticket):
+            pass
+
+        def close(self):
+            self.log.append(("close",))
+
+    m = nn.Sequential([nn.Dense(1, 2)]).compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="numpy")
+    X = np.arange(10, dtype=np.float32)[:, None]
+    for ahead in (1, 3):
+        up = Recorder(ahead)
+        m.backend.uploader = lambda *shapes, up=up: up
+        streamed = Streamed(m.network, X, None)
+        batches = [Batch(i, i + 1) for i in range(5)] + [Batch(5, 5)] + [Batch(i, i + 1) for i in (6, 7)]
+        fed = [batch.start for batch, _ in streamed.feed(batches)]
+        assert fed == [0, 1, 2, 3, 4, 5, 6, 7]
+        starts = [e[1] for e in up.log if e[0] == "start"]
+        finishes = [e[1] for e in up.log if e[0] == "finish"]
+        assert starts == finishes == [0, 1, 2, 3, 4, 6, 7] and up.log[-1] == ("close",)
+        for i in range(4 - ahead):  # batch i is handed over once batch i + ahead has started
+            assert up.log.index(("start", i + ahead)) < up.log.index(("finish", i)) \
+                < up.log.index(("start", i + ahead + 1))
+        assert up.log.index(("finish", 4)) < up.log.index(("start", 6))  # the empty part flushes
