@@ -8,6 +8,7 @@ cupy.RawModule, lazily, on first use; tests/cuda_on_cpu gives the same kernels r
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -36,15 +37,18 @@ def compiled(cupy: Any, options: tuple[str, ...] = (), code: str | None = None) 
     Each kernel's function is looked up once and kept: get_function makes a new object and asks
     the driver (cuModuleGetFunction) every time, which launches paid for. ``options``: NVRTC
     options besides the backend's; ``code``: another source in place of kernels.cu (both for
-    benchmarks/one_kernel_phases.py). ``lookup.module()`` gives the RawModule."""
+    benchmarks/one_kernel_phases.py), of which only the kernels it defines are asked for (an
+    older version lacks the newer ones). ``lookup.module()`` gives the RawModule."""
     built: list[Any] = []
     functions: dict[tuple[str, Any], Any] = {}
 
     def module() -> Any:
         if not built:
+            names = name_expressions() if code is None else \
+                [e for e in name_expressions() if re.search(rf"\b{e.split('<')[0]}\s*\(", code)]
             built.append(cupy.RawModule(code=source() if code is None else code,
                                         options=NVRTC_OPTIONS + tuple(options),
-                                        name_expressions=name_expressions()))
+                                        name_expressions=names))
         return built[0]
 
     def lookup(name: str, dtype: Any = None) -> Any:

@@ -235,10 +235,14 @@ def test_a_lookup_over_other_options_and_another_source():
             made.append(kwargs)
 
     launch.compiled(types.SimpleNamespace(RawModule=Module)).module()
+    older = "template <typename T> __global__ void bias_act(T *z) {}\n" \
+            "__global__ void hold_device(int n) {}  // relu_backward_column_sum came later"
     launch.compiled(types.SimpleNamespace(RawModule=Module), ("-DONE_KERNEL_PHASES",),
-                    "// another").module()
+                    older).module()
     assert made[0]["code"] == cuda.source() and made[0]["options"] == cuda.NVRTC_OPTIONS
-    assert made[1]["code"] == "// another"
+    assert made[0]["name_expressions"] == cuda.name_expressions()
+    assert made[1]["code"] == older  # only the kernels it defines are asked for
+    assert made[1]["name_expressions"] == ["bias_act<float>", "bias_act<double>", "hold_device"]
     assert made[1]["options"] == (*cuda.NVRTC_OPTIONS, "-DONE_KERNEL_PHASES")
 
 
