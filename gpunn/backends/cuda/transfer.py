@@ -13,10 +13,12 @@ With ``background`` (the backend option ``upload_thread``), READ_AHEAD worker th
 next batches, each into a slot's pinned buffer, while the calling thread launches steps, over
 READ_AHEAD + 2 slots (being filled, crossing, being read); ``ahead`` tells the caller how many
 batches to start before it hands one over. The copy to the device is queued when the batch is
-handed over. Every CUDA call stays on the calling thread: a worker only reads host rows and writes
-the pinned buffer of a slot whose last copy has left. Why several: on an H200's host one thread
-took 0.31 ms to read a medium batch (3.2 MB) into pinned memory, a tf32 step 0.15 ms; splitting
-one batch over threads cost more in hand-overs than it saved, reading several at once does not.
+handed over. Every CUDA call stays on the calling thread: a worker only reads host rows and
+writes the pinned buffer of a slot whose last copy has left. Each slot holds a batch in pinned
+and in device memory, so a background uploader takes READ_AHEAD + 2 batches of each. Why
+several: on an H200's host one thread took 0.31 ms to read a medium batch (3.2 MB) into pinned
+memory, a tf32 step 0.15 ms; splitting one batch over threads cost more in hand-overs than it
+saved, reading several at once does not.
 
 The CUDA calls go through ``runtime`` (``CupyRuntime`` on a GPU; the tests pass a stand-in that
 records them), so the order of waits is checked without a device.
@@ -109,8 +111,7 @@ class PinnedUploader:
               ) -> Ticket:
         """Begin a batch: ``read(out)`` gives its host rows (x, y or None), written straight
         into ``out`` (the slot's pinned buffers, x's then y's) where it can; read on a worker
-        with ``background``, else here, where the copy to the device is queued at
-        once."""
+        with ``background``, else here, where the copy to the device is queued at once."""
         slot = self.slots[self.next]
         self.next = (self.next + 1) % len(self.slots)
         if slot.last is not None:
