@@ -80,36 +80,43 @@ __global__ void relu_backward(T* dvalues, const T* output, long long size) {
     }
 }
 
-// out[j] = sum_i dvalues[i, j] (the bias gradient). Block (32, COLUMN_SUM_STRIPES): 32
-// neighbouring columns, so each warp reads consecutive addresses, and that many row stripes, each
-// summed down its rows with several reads in flight (unrolled: the reads do not wait on the sum),
-// then added pairwise through shared memory in a fixed order. With 8 stripes one call on medium's
-// 1024 x 1024 gradient took about 11 us on an H200 (bench --ops), several times what its 4 MB
-// take to read: ptxas made 4 reads in flight per thread, so 32 round trips down 128 rows; now 8,
-// 4 round trips down 32 rows, and 4 times the warps.
-#define COLUMN_SUM_STRIPES 32
+// out[j] = sum_i dvalues[i, j] (the bias gradient). A block of COLUMN_SUM_THREADS is (w, stripes):
+// w neighbouring columns (32, 16 or 8: the launch's choice, so that there are blocks enough for
+// the GPU's SMs), each warp reading whole 32-byte sectors, and 1024 / w row stripes, each summed
+// down its rows with several reads in flight (unrolled: the reads do not wait on the sum), then
+// added pairwise through shared memory in a fixed order. History, on an H200 (bench --ops): with
+// 8 stripes one call on medium's 1024 x 1024 gradient took about 11 us, several times what its
+// 4 MB take to read (ptxas made 4 reads in flight per thread: 32 round trips down 128 rows);
+// with 32 it was still 32 blocks, so 32 of the 132 SMs (the ReLU gradient pass's as well: one
+// call 12-15 us); now, not yet timed on a GPU, 8 columns a block there, 128 blocks. Large's 4096
+// columns keep 32 a block.
+#define COLUMN_SUM_THREADS 1024
 // The stripes' sums added pairwise through shared memory in a fixed order; out[col] = the total.
+// Rows of the shared array are w + 1 long, so that a column's stripes fall in different banks.
 template <typename T>
 __device__ __forceinline__ void add_stripes(T acc, T* out, int col, int k) {
-    __shared__ T partial[COLUMN_SUM_STRIPES][33];
-    partial[threadIdx.y][threadIdx.x] = acc;
+    __shared__ T partial[COLUMN_SUM_THREADS + COLUMN_SUM_THREADS / 8];
+    int row = blockDim.x + 1;
+    partial[threadIdx.y * row + threadIdx.x] = acc;
     __syncthreads();
-    for (int half = COLUMN_SUM_STRIPES / 2; half > 0; half /= 2) {
+    for (int half = blockDim.y / 2; half > 0; half /= 2) {
         if (threadIdx.y < half) {
-            partial[threadIdx.y][threadIdx.x] += partial[threadIdx.y + half][threadIdx.x];
+            partial[threadIdx.y * row + threadIdx.x] +=
+                partial[(threadIdx.y + half) * row + threadIdx.x];
         }
         __syncthreads();
     }
-    if (threadIdx.y == 0 && col < k) out[col] = partial[0][threadIdx.x];
+    if (threadIdx.y == 0 && col < k) out[col] = partial[threadIdx.x];
 }
 
 template <typename T>
-__global__ void column_sum(const T* dvalues, T* out, int n, int k) {
-    int col = blockIdx.x * 32 + threadIdx.x;
+__global__ void __launch_bounds__(COLUMN_SUM_THREADS)
+column_sum(const T* dvalues, T* out, int n, int k) {
+    int col = blockIdx.x * blockDim.x + threadIdx.x;
     T acc = T(0);
     if (col < k) {
 #pragma unroll 8
-        for (int row = threadIdx.y; row < n; row += COLUMN_SUM_STRIPES) {
+        for (int row = threadIdx.y; row < n; row += blockDim.y) {
             acc += dvalues[(long long)row * k + col];
         }
     }
@@ -126,26 +133,25 @@ __global__ void column_sum(const T* dvalues, T* out, int n, int k) {
 // __launch_bounds__: a block of 1024 threads may use at most 64 registers a thread (ptxas chose 80
 // unbounded, which would not launch).
 #define RELU_SUM_ROWS 8
-#define COLUMN_SUM_THREADS 1024  // 32 x COLUMN_SUM_STRIPES
 template <typename T>
 __global__ void __launch_bounds__(COLUMN_SUM_THREADS)
 relu_backward_column_sum(T* dvalues, const T* output, T* sums, int n, int k, unsigned short* d16,
                          int write16) {
-    int col = blockIdx.x * 32 + threadIdx.x;
+    int col = blockIdx.x * blockDim.x + threadIdx.x, stripes = blockDim.y;
     T acc = T(0);
     if (col < k) {
-        for (int first = threadIdx.y; first < n; first += RELU_SUM_ROWS * COLUMN_SUM_STRIPES) {
+        for (int first = threadIdx.y; first < n; first += RELU_SUM_ROWS * stripes) {
             T d[RELU_SUM_ROWS], o[RELU_SUM_ROWS];
 #pragma unroll
             for (int r = 0; r < RELU_SUM_ROWS; ++r) {
-                int row = first + r * COLUMN_SUM_STRIPES;
+                int row = first + r * stripes;
                 long long i = (long long)row * k + col;
                 d[r] = row < n ? dvalues[i] : T(0);
                 o[r] = row < n ? output[i] : T(0);
             }
 #pragma unroll
             for (int r = 0; r < RELU_SUM_ROWS; ++r) {
-                int row = first + r * COLUMN_SUM_STRIPES;
+                int row = first + r * stripes;
                 if (row >= n) break;
                 long long i = (long long)row * k + col;
                 if (!(o[r] > T(0))) {

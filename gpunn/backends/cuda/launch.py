@@ -20,11 +20,22 @@ THREADS = 256
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
 ONE_KERNEL_THREADS = 512  # kernels.cu's ONE_KERNEL_THREADS (its __launch_bounds__)
 FOLDED_INPUTS = 3  # kernels.cu's FOLDED_INPUTS (dW1 summed with the hidden gradient up to this)
-COLUMN_SUM_STRIPES = 32  # kernels.cu's COLUMN_SUM_STRIPES (column_sum's block is 32 x this)
+COLUMN_SUM_THREADS = 1024  # kernels.cu's COLUMN_SUM_THREADS (the column sums' blocks)
+#: Blocks a column sum is spread over where its columns allow: one 1024-thread block an SM at
+#: these kernels' registers, and an H100 or H200 has 132 SMs.
+COLUMN_SUM_BLOCKS = 128
 
 
 def blocks(size: int) -> int:
     return max(1, min((size + THREADS - 1) // THREADS, MAX_BLOCKS))
+
+
+def column_sum_block(k: int) -> tuple[int, int]:
+    """The column sums' block for k columns: (columns, row stripes), the widest of 32, 16 and 8
+    columns that still makes COLUMN_SUM_BLOCKS blocks (8 where none does). Both column-sum
+    kernels take the same block for the same k, so they add in the same order."""
+    width = next((w for w in (32, 16) if -(-k // w) >= COLUMN_SUM_BLOCKS), 8)
+    return width, COLUMN_SUM_THREADS // width
 
 
 def row_threads(k: int) -> int:
@@ -105,7 +116,8 @@ class Kernels:
 
     def column_sum(self, dvalues: Any, out: Any) -> Any:
         n, k = dvalues.shape
-        self.lookup("column_sum", dvalues.dtype)(((k + 31) // 32,), (32, COLUMN_SUM_STRIPES),
+        width, stripes = column_sum_block(k)
+        self.lookup("column_sum", dvalues.dtype)((-(-k // width),), (width, stripes),
                                                  (dvalues, out, np.int32(n), np.int32(k)))
         return out
 
@@ -115,8 +127,9 @@ class Kernels:
         same bits as the two calls. ``d16``: the result rounded to bfloat16 as well, as for
         ``bias_act``."""
         n, k = dvalues.shape
+        width, stripes = column_sum_block(k)
         self.lookup("relu_backward_column_sum", dvalues.dtype)(
-            ((k + 31) // 32,), (32, COLUMN_SUM_STRIPES),
+            (-(-k // width),), (width, stripes),
             (dvalues, output, sums, np.int32(n), np.int32(k), *self._bf16_out(d16)))
         return dvalues
 

@@ -74,10 +74,8 @@ def test_host_constants_match_the_sources():
 
     threads = re.search(r"#define ONE_KERNEL_THREADS (\d+)", cuda.source())
     assert threads and int(threads.group(1)) == launch.ONE_KERNEL_THREADS
-    stripes = re.search(r"#define COLUMN_SUM_STRIPES (\d+)", cuda.source())
-    assert stripes and int(stripes.group(1)) == launch.COLUMN_SUM_STRIPES
     threads = re.search(r"#define COLUMN_SUM_THREADS (\d+)", cuda.source())
-    assert threads and int(threads.group(1)) == 32 * launch.COLUMN_SUM_STRIPES
+    assert threads and int(threads.group(1)) == launch.COLUMN_SUM_THREADS
     folded = re.search(r"#define FOLDED_INPUTS (\d+)", cuda.source())
     assert folded and int(folded.group(1)) == launch.FOLDED_INPUTS
     assert cupy_backend.CUDA_DEV_ATTR_MAX_SHARED_OPTIN == int(
@@ -137,8 +135,8 @@ def test_the_largest_blocks_fit_the_register_file(arch):
 
     from gpunn.backends.cuda import launch
 
-    blocks = {"column_sum": 32 * launch.COLUMN_SUM_STRIPES,
-              "relu_backward_column_sum": 32 * launch.COLUMN_SUM_STRIPES,
+    blocks = {"column_sum": launch.COLUMN_SUM_THREADS,
+              "relu_backward_column_sum": launch.COLUMN_SUM_THREADS,
               "train_in_one_kernel": launch.ONE_KERNEL_THREADS}
     expressions = [f"{name}<{t}>" for name in blocks for t in ("float", "double")]
     ok, log, lowered = compile_source(cuda.source(), "kernels.cu", arch, expressions,

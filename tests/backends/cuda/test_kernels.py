@@ -283,7 +283,31 @@ def test_bias_and_relu_gradient_passes_write_bf16_copies(backends, relu, rng):
     np.testing.assert_array_equal(host(d16), host(ref.to_bf16(plain, out=cp.empty((n, k), np.uint16))))
 
 
-@pytest.mark.parametrize("shape", SHAPES + [(40, 33)])
+#: Shapes whose column sums take blocks 32, 16 and 8 columns wide (launch.column_sum_block).
+WIDE_SHAPES = [(37, 4100), (9, 2050), (300, 1000)]
+
+
+@pytest.mark.parametrize("shape, width", [((37, 4100), 32), ((9, 2050), 16), ((300, 1000), 8),
+                                          ((1, 1), 8), ((5, 4065), 32), ((3, 4064), 16),
+                                          ((2, 2033), 16), ((2, 2032), 8)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_sums_in_blocks_of_each_width_match_the_sum(backends, shape, width, dtype, rng):
+    """bias_grad (column_sum) spreads its columns over blocks 32, 16 or 8 wide, the widest that
+    still makes COLUMN_SUM_BLOCKS blocks: each column's sum is the float64 sum of its rows to
+    the dtype's rounding, every column written."""
+    from gpunn.backends.cuda import launch
+
+    fast, _, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    n, k = shape
+    assert launch.column_sum_block(k) == (width, launch.COLUMN_SUM_THREADS // width)
+    d = rand(cp, rng, shape, dtype)
+    got = host(fast.bias_grad(d, out=poisoned(cp, (1, k), dtype)))
+    want = host(d).astype(np.float64).sum(axis=0, keepdims=True)
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(40, 33)] + WIDE_SHAPES)
 @pytest.mark.parametrize("dtype, write16", [(np.float32, False), (np.float32, True),
                                             (np.float64, False)])  # bf16 copies: float32 only
 def test_relu_backward_column_sum_is_the_two_kernels_in_one_pass(backends, shape, dtype, write16,
