@@ -108,6 +108,16 @@ def _gather_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads are not there, and a pool that believes it
+    has them would queue parts that never run; the child makes a pool of its own when needed."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def gather_rows(source: np.ndarray, index: Any, out: np.ndarray) -> np.ndarray:
     """out = source[index] in out's dtype, in one pass where the dtypes agree. np.take's "clip"
     mode: the indices are a permutation's, always in range, and its default ("raise") buffers

@@ -5,8 +5,11 @@ before training, and is never read whole."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -268,3 +271,34 @@ def test_large_streamed_batches_are_gathered_in_parts_on_threads_with_the_same_r
     with pytest.raises(RuntimeError, match="a part failed"):
         streamed.rows(order[:40], out)
     assert sorted(stopped) == ["done"] * 3 + ["failed"]  # x's four parts had all stopped
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
+def test_a_forked_child_gathers_large_batches_on_threads_of_its_own(on_disk, monkeypatch):
+    """A process forked after the gather pool has run (multiprocessing's default on Linux)
+    gathers in parts too: the parent's pool threads are not in the child, and a child that used
+    the parent's pool would wait for them for ever (SIGALRM ends it here after 20 s)."""
+    X, y = on_disk
+    streamed = data_module.Streamed.checked(model().network, X, y)
+    monkeypatch.setattr(data_module, "PART_BYTES", 64)
+    monkeypatch.setattr(data_module, "GATHER_THREADS", 4)
+    out = [np.empty((40, 2), np.float32), np.empty((40,), np.int64)]
+    streamed.rows(slice(0, 40), out)  # the parent's pool exists now
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
+        pid = os.fork()
+    if pid == 0:  # the child: exit 0 if its rows are right
+        signal.alarm(20)
+        try:
+            got, _ = streamed.rows(slice(5, 45), [np.zeros((40, 2), np.float32),
+                                                  np.zeros((40,), np.int64)])
+            os._exit(0 if np.array_equal(got, np.asarray(X[5:45], np.float32)) else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, done
