@@ -233,7 +233,7 @@ def test_large_streamed_batches_are_gathered_in_parts_on_threads_with_the_same_r
     one part comes out of the read once every part has stopped."""
     X, y = on_disk
     streamed = data_module.Streamed.checked(model(dtype).network, X, y)
-    monkeypatch.setattr(data_module, "PART_BYTES", 64)  # 40 rows of 2 float32: 5 parts, 4 threads
+    monkeypatch.setattr(data_module, "PART_BYTES", 64)  # 40 rows: 5 or 10 parts of 64 bytes, capped at 4
     monkeypatch.setattr(data_module, "GATHER_THREADS", 4)
     plain_part = data_module.gather_rows
     threads: list[tuple[str, int, int]] = []
