@@ -21,14 +21,17 @@ def upload_threads():
     return [t for t in threading.enumerate() if t.name.startswith("gpunn-upload")]
 
 
-def run_batches(up, batches, pause=0.0):
+def run_batches(up, batches, pause=0.0, read=None):
     """The batches through ``up`` as Streamed.feed runs them (``up.ahead`` batches started before
     the first of them is handed over), each read taking ``pause`` seconds and logged as
-    ("read", i) when it begins; what each finish gave, copied."""
-    def read(i, x, y):
+    ("read", i) when it begins, or done by ``read(i, x, y)`` where given; what each finish gave,
+    copied."""
+    def logged(i, x, y):
         up.runtime.log.append(("read", i))
         time.sleep(pause)
         return x, y
+
+    read = read or logged
 
     def hand_over(ticket):
         got.append(tuple(a.copy() for a in up.finish(ticket)))
@@ -170,7 +173,7 @@ def test_a_background_uploader_reads_read_ahead_batches_at_once():
     up = PinnedUploader(runtime, 4, (3,), np.float32, (), np.int64, background=True)
     lock, reading, most, readers = threading.Lock(), [0], [0], set()
 
-    def read(x, y):
+    def read(i, x, y):
         with lock:
             reading[0] += 1
             most[0] = max(most[0], reading[0])
@@ -181,16 +184,7 @@ def test_a_background_uploader_reads_read_ahead_batches_at_once():
         return x, y
 
     batches = some_batches((4,) * 7, seed=3)
-    tickets, got = [], []
-    for i, (x, y) in enumerate(batches):
-        tickets.append(up.start(lambda out, x=x, y=y: read(x, y)))
-        if i >= up.ahead:
-            got.append(tuple(a.copy() for a in up.finish(tickets[i - up.ahead])))
-            up.release(tickets[i - up.ahead])
-    for ticket in tickets[-up.ahead:]:
-        got.append(tuple(a.copy() for a in up.finish(ticket)))
-        up.release(ticket)
-    up.close()
+    got = run_batches(up, batches, read=read)
     assert most[0] == READ_AHEAD and len(readers) == READ_AHEAD
     for (x, y), (gx, gy) in zip(batches, got, strict=True):
         np.testing.assert_array_equal(gx, x)
