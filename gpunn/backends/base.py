@@ -43,8 +43,8 @@ class Options:
     one_kernel_trainer: bool = False
     #: Streamed data (``fit`` and the rest on data over the budget): read the next batches into
     #: pinned memory on worker threads, several at once, while the steps are launched (CuPy
-    #: backend; it measured faster on an H200, and stays off until its GPU test has passed with
-    #: several workers).
+    #: backend, on by default there, for batches of 1 MiB or more: smaller ones cost more to
+    #: hand over than to read; see ``transfer.WORKER_MIN_BYTES``).
     upload_thread: bool = False
     #: GEMMs through cuBLASLt with each problem's candidate algorithms timed on its first call
     #: and the fastest kept (on by default on the CuPy backend, where it measured faster than
@@ -145,8 +145,9 @@ class Backend:
     small_net_kernel = one_kernel_trainer
     upload_thread = _option(
         "upload_thread",
-        """Whether streamed batches are read and copied into pinned memory on worker threads,
-        several at once (the CuPy backend; elsewhere they are read as each step needs them).""")
+        """Whether streamed batches of 1 MiB or more are read and copied into pinned memory on
+        worker threads, several at once (the CuPy backend; elsewhere, and for smaller batches,
+        they are read as each step needs them).""")
     tune_gemms = _option(
         "tune_gemms",
         """Whether GEMMs run the fastest of the algorithms cuBLASLt offers for their problem,

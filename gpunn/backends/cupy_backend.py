@@ -30,7 +30,10 @@ class CupyBackend(Backend):
     #: Tuned GEMMs on by default: on an H200 (2026-11-27, tenth session) a large tf32 step took
     #: 8.37 ms against 8.99 untuned, small 0.0363 against 0.0398 (fp32); of the nine workloads
     #: and precisions measured, medium tf32 alone was slower (0.152 ms against 0.147).
-    default_options = Options(one_kernel_trainer=True, tune_gemms=True)
+    #: Streamed batches read on worker threads by default (those of 1 MiB or more): on an H200
+    #: (2026-11-27, eleventh session) streamed medium tf32 steps took 0.220 ms against 0.414,
+    #: large tf32 8.46 ms against 8.63 (resident: 0.148 and 8.32).
+    default_options = Options(one_kernel_trainer=True, upload_thread=True, tune_gemms=True)
 
     def __init__(self) -> None:
         import cupy
@@ -104,10 +107,12 @@ class CupyBackend(Backend):
 
     def uploader(self, rows: int, x_tail: tuple[int, ...], x_dtype: Any,
                  y_tail: tuple[int, ...] | None, y_dtype: Any) -> Any:
-        from .cuda.transfer import CupyRuntime, PinnedUploader
+        from .cuda import transfer
 
-        return PinnedUploader(CupyRuntime(self.xp), rows, x_tail, x_dtype, y_tail, y_dtype,
-                              background=self.options.upload_thread)
+        background = self.options.upload_thread and transfer.worth_workers(
+            rows, x_tail, x_dtype, y_tail, y_dtype)
+        return transfer.PinnedUploader(transfer.CupyRuntime(self.xp), rows, x_tail, x_dtype,
+                                       y_tail, y_dtype, background=background)
 
     #: The device generator shuffle orders and dropout masks are drawn from, made once and
     #: reseeded from a host generator for each draw (making and destroying a cuRAND generator

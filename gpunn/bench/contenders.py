@@ -102,13 +102,15 @@ def book_model(backend: str, one_kernel: bool, rows: int) -> Sequential:
 STREAMED_BATCHES = 4
 
 
-def gpunn_streamed_run(backend: str, upload_thread: bool = False):
+def gpunn_streamed_run(backend: str, upload_thread: bool | None = None):
     """gpunn on ``backend`` with its data in host memory, streamed a batch at a time (fit's path
     for data bigger than the device): what the copies cost on top of the step. ``upload_thread``:
-    the batches read and copied into pinned memory on a background thread."""
+    the batches read and copied into pinned memory on worker threads or not (None: the
+    backend's default)."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
         model = gpunn_model(w, params, backend, precision)
-        model.backend.upload_thread = upload_thread
+        if upload_thread is not None:
+            model.backend.upload_thread = upload_thread
         Xh = np.ascontiguousarray(np.tile(X, (STREAMED_BATCHES, 1)))
         yh = np.tile(y, STREAMED_BATCHES)
         data = data_for(model.network, Xh, yh, stream=True)
@@ -296,7 +298,7 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
         out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
         out["gpunn-cupy-untuned"] = ("cupy", gpunn_run("cupy", tune_gemms=False))
         out["gpunn-cupy-one-kernel"] = ("cupy", gpunn_run("cupy", one_kernel=True))
-        out["gpunn-cupy-streamed-thread"] = ("cupy", gpunn_streamed_run("cupy", upload_thread=True))
+        out["gpunn-cupy-streamed-unthreaded"] = ("cupy", gpunn_streamed_run("cupy", upload_thread=False))
     if device == "cpu" and "numpy" in backends:
         out["gpunn-numpy-one-kernel"] = ("numpy", gpunn_run("numpy", one_kernel=True))
     if device == "cpu" and "numpy-book" in peers:

@@ -49,8 +49,8 @@ SCHEMA: dict[str, Any] = {
                     "impl": {"type": "string",
                              "description": "gpunn-numpy, gpunn-cupy, gpunn-*-streamed (data "
                                             "in host memory, sent a batch at a time), "
-                                            "gpunn-cupy-streamed-thread (read and copied "
-                                            "on a background thread), "
+                                            "gpunn-cupy-streamed-unthreaded (upload_thread "
+                                            "off: each batch read on the calling thread), "
                                             "gpunn-cupy-separate "
                                             "(no cuBLASLt epilogues), gpunn-cupy-untuned "
                                             "(tune_gemms off: cuBLAS chooses each GEMM's "

@@ -275,10 +275,10 @@ def test_the_gpunn_cupy_rows_time_planned_steps_where_the_one_kernel_trainer_cou
     assert bench.op_profile(w, "tiny", "cupy", "fp32", "gpu", steps=1)["path"] == "planned"
 
 
-def test_the_streamed_thread_row_reads_on_a_worker_and_trains_as_the_streamed_row(
-        emulated, monkeypatch):
-    """gpunn-cupy-streamed-thread: the same steps as gpunn-cupy-streamed, its batches read and
-    copied into pinned buffers (a stand-in runtime here) on the uploader's worker thread."""
+def test_the_streamed_row_reads_on_workers_and_trains_as_the_unthreaded_row(emulated, monkeypatch):
+    """gpunn-cupy-streamed (upload_thread on, the CuPy default): the same steps as
+    gpunn-cupy-streamed-unthreaded, its batches read and copied into pinned buffers (a stand-in
+    runtime here) on the uploader's workers; the unthreaded row's, on the calling thread."""
     from support.cuda_runtime import Runtime
 
     from gpunn.backends.cuda import transfer
@@ -286,33 +286,31 @@ def test_the_streamed_thread_row_reads_on_a_worker_and_trains_as_the_streamed_ro
 
     contenders = sys.modules["gpunn.bench.contenders"]
     monkeypatch.setattr(contenders, "get_backend", lambda _: emulated)
-    readers = []
-    rows_of = Streamed.rows
-
-    def uploader(self, *shapes):
-        return transfer.PinnedUploader(Runtime(), *shapes, background=self.options.upload_thread)
-
-    def read(self, index, out=None):
-        readers.append(threading.current_thread().name)
-        return rows_of(self, index, out)
-
+    monkeypatch.setattr(transfer, "CupyRuntime", lambda xp: Runtime())
+    monkeypatch.setattr(transfer, "WORKER_MIN_BYTES", 0)  # this workload's batches are tiny
     monkeypatch.delattr(emulated, "uploader")  # the emulator's plain copies: here the real uploader
-    monkeypatch.setattr(type(emulated), "uploader", uploader)
-    monkeypatch.setattr(Streamed, "rows", read)
+    readers = {}
+    rows_of = Streamed.rows
     rows = contenders.contenders(["cupy"], [], "gpu")
     w = bench.Workload((2, 16, 3), 20)
     X, y = bench.workload_data(w)
     losses = {}
-    for impl in ("gpunn-cupy-streamed", "gpunn-cupy-streamed-thread"):
+    for impl in ("gpunn-cupy-streamed", "gpunn-cupy-streamed-unthreaded"):
+        def read(self, index, out=None, impl=impl):
+            readers.setdefault(impl, set()).add(threading.current_thread().name.split("_")[0])
+            return rows_of(self, index, out)
+
+        monkeypatch.setattr(Streamed, "rows", read)
         run = rows[impl][1](w, bench.initial_params(w.sizes), X, y, "fp32", "gpu")
         for _ in range(6):
             run.step()
         run.sync()
         losses[impl] = run.loss()
         del run
-        gc.collect()  # the row's feed ends, and with it the worker
-    assert losses["gpunn-cupy-streamed"] == losses["gpunn-cupy-streamed-thread"]
-    assert {name.split("_")[0] for name in readers} == {"MainThread", "gpunn-upload"}
+        gc.collect()  # the row's feed ends, and with it the workers
+    assert losses["gpunn-cupy-streamed"] == losses["gpunn-cupy-streamed-unthreaded"]
+    assert readers == {"gpunn-cupy-streamed": {"gpunn-upload"},
+                       "gpunn-cupy-streamed-unthreaded": {"MainThread"}}
     assert not [t for t in threading.enumerate() if t.name.startswith("gpunn-upload")]
 
 

@@ -251,15 +251,19 @@ def test_the_books_run_with_the_one_kernel_trainer_the_gpus_default():
     assert model.evaluate(X, y)["accuracy"] >= 0.93
 
 
-@pytest.mark.parametrize("upload_thread", [False, True])
+@pytest.mark.parametrize("upload_thread", [False, True, None])
 def test_a_memmap_over_the_data_budget_streams_through_pinned_buffers_and_trains_as_resident(
         tmp_path, monkeypatch, upload_thread):
     """A float64 .npy memmap over a data budget set for the test: fit (shuffled batches, a
     validation split), evaluate and predict send it through the pinned uploader on its copy
-    stream (two slots; with ``upload_thread``, READ_AHEAD reading workers over READ_AHEAD + 2),
-    and give what the same data kept on the device gives, to float32's tolerance (the same
-    kernels in the same order: the bits should agree)."""
+    stream (two slots; with ``upload_thread``, here for batches of any size, READ_AHEAD reading
+    workers over READ_AHEAD + 2; None: the default, which reads these small batches on the
+    calling thread), and give what the same data kept on the device gives, to float32's
+    tolerance (the same kernels in the same order: the bits should agree)."""
     from gpunn.backends.cuda import transfer
+
+    if upload_thread:
+        monkeypatch.setattr(transfer, "WORKER_MIN_BYTES", 0)
 
     X, y = nn.datasets.spiral_data(samples=200, classes=3, seed=0)
     np.save(tmp_path / "X.npy", X)
@@ -278,7 +282,8 @@ def test_a_memmap_over_the_data_budget_streams_through_pinned_buffers_and_trains
         nn.set_seed(0)
         model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 3)])
         model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend="cupy")
-        model.backend.upload_thread = upload_thread
+        if upload_thread is not None:
+            model.backend.upload_thread = upload_thread
         history = model.fit(X, y, epochs=4, batch_size=64, seed=1, verbose=0,
                             validation_split=0.2, stream=stream)
         runs.append((model.get_params(), history.history, model.evaluate(X, y, stream=stream),

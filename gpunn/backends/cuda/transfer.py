@@ -9,16 +9,16 @@ bus while step i runs, and no buffer is overwritten while something still reads 
 given the slot's pinned buffers and may write the rows there itself (``Streamed`` gathers a
 shuffled batch straight into them), which then need no copy of their own.
 
-With ``background`` (the backend option ``upload_thread``), READ_AHEAD worker threads read the
-next batches, each into a slot's pinned buffer, while the calling thread launches steps, over
-READ_AHEAD + 2 slots (being filled, crossing, being read); ``ahead`` tells the caller how many
-batches to start before it hands one over. The copy to the device is queued when the batch is
-handed over. Every CUDA call stays on the calling thread: a worker only reads host rows and
-writes the pinned buffer of a slot whose last copy has left. Each slot holds a batch in pinned
-and in device memory, so a background uploader takes READ_AHEAD + 2 batches of each. Why
-several: on an H200's host one thread took 0.31 ms to read a medium batch (3.2 MB) into pinned
-memory, a tf32 step 0.15 ms; splitting one batch over threads cost more in hand-overs than it
-saved, reading several at once does not.
+With ``background`` (the backend option ``upload_thread``, for batches of WORKER_MIN_BYTES or
+more), READ_AHEAD worker threads read the next batches, each into a slot's pinned buffer, while
+the calling thread launches steps, over READ_AHEAD + 2 slots (being filled, crossing, being
+read); ``ahead`` tells the caller how many batches to start before it hands one over. The copy
+to the device is queued when the batch is handed over. Every CUDA call stays on the calling
+thread: a worker only reads host rows and writes the pinned buffer of a slot whose last copy has
+left. Each slot holds a batch in pinned and in device memory, so a background uploader takes
+READ_AHEAD + 2 batches of each. Why several: on an H200's host one thread took 0.31 ms to read a
+medium batch (3.2 MB) into pinned memory, a tf32 step 0.15 ms; splitting one batch over threads
+cost more in hand-overs than it saved, reading several at once does not.
 
 The CUDA calls go through ``runtime`` (``CupyRuntime`` on a GPU; the tests pass a stand-in that
 records them), so the order of waits is checked without a device.
@@ -26,6 +26,7 @@ records them), so the order of waits is checked without a device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -36,6 +37,21 @@ SLOTS = 2
 #: Batches read at once by the workers of a background uploader.
 READ_AHEAD = 3
 BACKGROUND_SLOTS = READ_AHEAD + 2  # READ_AHEAD being filled, one crossing, one being read
+#: The smallest batch (bytes of x and y) ``upload_thread`` reads on workers; smaller ones are read
+#: on the calling thread. On an H200's host a hand-over to a worker and back cost about 0.07 ms
+#: (small's 2.4 KB batches: 0.145 ms a streamed step with workers, 0.069 without), what one thread
+#: takes to read about 0.7 MB (medium's 3.2 MB batch: 0.31 ms); medium gained (0.22 ms a step
+#: with workers against 0.41 without), and so did large.
+WORKER_MIN_BYTES = 1 << 20
+
+
+def worth_workers(rows: int, x_tail: tuple[int, ...], x_dtype: Any,
+                  y_tail: tuple[int, ...] | None, y_dtype: Any) -> bool:
+    """Whether batches of ``rows`` rows are big enough to read on workers (WORKER_MIN_BYTES)."""
+    size = rows * math.prod(x_tail) * np.dtype(x_dtype).itemsize
+    if y_tail is not None:
+        size += rows * math.prod(y_tail) * np.dtype(y_dtype).itemsize
+    return size >= WORKER_MIN_BYTES
 
 
 class CupyRuntime:

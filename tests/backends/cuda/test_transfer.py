@@ -233,3 +233,30 @@ def test_streamed_feed_starts_the_uploaders_ahead_batches_before_handing_one_ove
             assert up.log.index(("start", i + ahead)) < up.log.index(("finish", i)) \
                 < up.log.index(("start", i + ahead + 1))
         assert up.log.index(("finish", 4)) < up.log.index(("start", 6))  # the empty part flushes
+
+
+def test_workers_read_batches_of_a_mebibyte_or_more_by_default_on_cupy(emulated, monkeypatch):
+    """upload_thread is on by default on the CuPy backend, and the uploader it makes reads on
+    workers only batches (x and y together) of WORKER_MIN_BYTES or more: a hand-over costs
+    more than a small read. Off, no batch is read on a worker."""
+    from gpunn.backends.cuda import transfer
+    from gpunn.backends.cupy_backend import CupyBackend
+
+    monkeypatch.setattr(transfer, "CupyRuntime", lambda xp: Runtime())
+    bk = emulated.configured()
+    assert bk.upload_thread and bk.options_set() == {}
+    float_rows = transfer.WORKER_MIN_BYTES // (4 * 64 + 8)  # float32 rows of 64, int64 labels
+    cases = [(float_rows + 1, (64,), (), True), (float_rows, (64,), (), False),
+             (transfer.WORKER_MIN_BYTES // 256, (64,), None, True),  # x alone: 1 MiB exactly
+             (transfer.WORKER_MIN_BYTES // 256 - 1, (64,), None, False),
+             (1024, (784,), (), True),  # medium's batch, 3.2 MB
+             (300, (2,), (), False)]  # small's, 4.8 KB
+    for rows, x_tail, y_tail, workers in cases:
+        for option in (True, False):
+            bk.upload_thread = option
+            up = CupyBackend.uploader(bk, rows, x_tail, np.float32, y_tail, np.int64)
+            on_workers = option and workers
+            assert (up.worker is not None, up.ahead, len(up.slots)) == \
+                ((True, READ_AHEAD, READ_AHEAD + 2) if on_workers else (False, 1, 2)), (rows, option)
+            up.close()
+    assert not upload_threads()
