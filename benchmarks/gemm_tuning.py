@@ -6,9 +6,9 @@ and a device).
 For each workload and precision, one bench step of gpunn's network with ``tune_gemms`` on, then
 each cuBLASLt problem it tuned: the epilogue, the column-major sizes m, n, k and transposes, the
 operand type, how many algorithms the heuristics offered, and each one's device time for
-``timing.TIMED_CALLS`` calls (the heuristics' first choice first, the one kept marked). What
-``gpunn bench`` shows as gpunn-cupy (tuned, the default) against gpunn-cupy-untuned, this
-shows GEMM by GEMM.
+``timing.TIMED_CALLS`` calls (the heuristics' first choice first, then cuBLAS's own for plain
+GEMMs, the one kept marked). What ``gpunn bench`` shows as gpunn-cupy (tuned, the default) against
+gpunn-cupy-untuned, this shows GEMM by GEMM.
 """
 
 from __future__ import annotations
@@ -40,12 +40,15 @@ def tuned(workload: str, precision: str) -> list[str]:
     for spec, problem in problems.items():
         if spec in before or spec.candidates == 1:
             continue
-        times = " ".join(f"{problem.timings[i]:.4f}{'*' if i == problem.chosen else ''}"
+        kept = -1 if problem.declined else problem.chosen
+        times = " ".join(f"{problem.timings[i]:.4f}{'*' if i == kept else ''}"
                          if i in problem.timings else "failed" for i in range(problem.count))
         lines.append(f"{workload:6} {precision} {EPILOGUES.get(spec.epilogue, spec.epilogue):13} "
                      f"m={spec.m} n={spec.n} k={spec.k} T={int(spec.trans_a)}{int(spec.trans_b)} "
                      f"{spec.operands.name if spec.operands.name != 'uint16' else 'bf16'}: "
-                     f"{problem.count} offered; ms {times}")
+                     f"{problem.count} offered; ms {times}"
+                     + ("" if problem.fallback_ms is None else
+                        f"; cuBLAS {problem.fallback_ms:.4f}{'*' if problem.declined else ''}"))
     return lines
 
 
@@ -55,7 +58,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32,tf32,bf16")
     args = parser.parse_args()
     print("ms: device time of the timed calls of each algorithm, the heuristics' first choice "
-          "first; * the one kept")
+          "first, then (plain GEMMs) cuBLAS's own; * the one kept")
     for workload in args.workloads.split(","):
         for precision in args.precision.split(","):
             for line in tuned(workload, precision):

@@ -29,7 +29,8 @@ class CupyBackend(Backend):
     #: 0.316 s against the planned steps' 0.542 s, and a small step in 0.0345 ms against 0.0424.
     #: Tuned GEMMs on by default: on an H200 (2026-11-27, tenth session) a large tf32 step took
     #: 8.37 ms against 8.99 untuned, small 0.0363 against 0.0398 (fp32); of the nine workloads
-    #: and precisions measured, medium tf32 alone was slower (0.152 ms against 0.147).
+    #: and precisions measured, medium tf32 alone was slower (0.152 ms against 0.147). With
+    #: cuBLAS's own choice timed beside cuBLASLt's (eleventh session): 0.1360 against 0.1374.
     #: Streamed batches read on worker threads by default (those of 1 MiB or more): on an H200
     #: (2026-11-27, eleventh session) streamed medium tf32 steps took 0.220 ms against 0.414,
     #: large tf32 8.46 ms against 8.63 (resident: 0.148 and 8.32).
@@ -177,11 +178,15 @@ class CupyBackend(Backend):
 
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool = False, trans_b: bool = False) -> Any:
         # Tuned, a GEMM goes through cuBLASLt, whose algorithms can be timed one by one; cuBLAS
-        # picks its own and keeps its choice to itself.
-        if self.tune_gemms and self.epilogues.available \
-                and self.epilogues.matmul(a, b, out, trans_a, trans_b, self._tf32, tune=True):
+        # picks its own and keeps its choice to itself, so it is timed beside them, and kept
+        # where it is the fastest.
+        def by_cublas() -> Any:
+            return self.blas.gemm(a, b, out, trans_a, trans_b, tf32=self._tf32)
+
+        if self.tune_gemms and self.epilogues.available and self.epilogues.matmul(
+                a, b, out, trans_a, trans_b, self._tf32, tune=True, fallback=by_cublas):
             return out
-        return self.blas.gemm(a, b, out, trans_a, trans_b, tf32=self._tf32)
+        return by_cublas()
 
     def to_bf16(self, x: Any, out: Any) -> Any:
         if x.dtype != np.float32 or not (x.flags.c_contiguous and out.flags.c_contiguous):

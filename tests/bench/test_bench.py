@@ -411,14 +411,15 @@ def test_bench_ops_profiles_the_books_run_with_the_one_kernel_trainer():
 
 def test_the_untuned_row_alone_leaves_cublas_to_choose(emulated, monkeypatch):
     """gpunn-cupy (tuned GEMMs: the CuPy backend's default) sends its GEMMs to cuBLASLt to be
-    tuned (a stand-in here, which declines them, so they fall back to the same GEMMs);
+    tuned, cuBLAS's own choice given to be timed beside cuBLASLt's (a stand-in here, which
+    declines them, as where cuBLAS timed fastest, so they fall back to the same GEMMs);
     gpunn-cupy-untuned leaves cuBLAS to choose."""
     contenders = sys.modules["gpunn.bench.contenders"]
     monkeypatch.setattr(contenders, "get_backend", lambda _: emulated)
     asked = []
 
-    def matmul(a, b, out, trans_a, trans_b, tf32, tune):
-        asked.append(tune)
+    def matmul(a, b, out, trans_a, trans_b, tf32, tune, fallback=None):
+        asked.append((tune, callable(fallback)))
         return False
 
     monkeypatch.setattr(emulated, "epilogues",
@@ -434,14 +435,14 @@ def test_the_untuned_row_alone_leaves_cublas_to_choose(emulated, monkeypatch):
             run.step()
         losses[impl], calls[impl] = run.loss(), list(asked)
     assert calls["gpunn-cupy-untuned"] == [] and calls["gpunn-cupy"]
-    assert set(calls["gpunn-cupy"]) == {True}
+    assert set(calls["gpunn-cupy"]) == {(True, True)}
     assert losses["gpunn-cupy"] == losses["gpunn-cupy-untuned"]
 
 
 def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     """benchmarks/gemm_tuning.py (run by make gpu-check): one line per problem a tuned step
-    planned, each algorithm's time with the kept one starred, failures named, untuned and
-    earlier problems left out. Stand-ins for the GPU here."""
+    planned, each algorithm's time (and cuBLAS's, for plain GEMMs) with the kept one starred,
+    failures named, untuned and earlier problems left out. Stand-ins for the GPU here."""
     import importlib.util
     from pathlib import Path
 
@@ -458,11 +459,13 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
 
     earlier = spec(1, 7, 8)
     problems = {earlier: types.SimpleNamespace()}
-    made = {spec(6, 1024, 8): types.SimpleNamespace(count=3, chosen=1,
-                                                    timings={0: 0.25, 1: 0.125}),
+    made = {spec(6, 1024, 8): types.SimpleNamespace(count=3, chosen=1, timings={0: 0.25, 1: 0.125},
+                                                    fallback_ms=None, declined=False),
             spec(1, 10, 1): types.SimpleNamespace(),
-            spec(1, 1024, 8, np.uint16): types.SimpleNamespace(count=1, chosen=0,
-                                                               timings={0: 0.5})}
+            spec(1, 1024, 8, np.uint16): types.SimpleNamespace(count=1, chosen=0, timings={0: 0.5},
+                                                               fallback_ms=0.75, declined=False),
+            spec(1, 512, 8): types.SimpleNamespace(count=2, chosen=1, timings={0: 0.5, 1: 0.25},
+                                                   fallback_ms=0.125, declined=True)}
     monkeypatch.setattr(script, "get_backend",
                         lambda name: types.SimpleNamespace(
                             epilogues=types.SimpleNamespace(problems=problems)))
@@ -483,5 +486,8 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     assert script.tuned("small", "tf32") == [
         "small  tf32 relu_bias     m=1024 n=1024 k=784 T=01 float32: 3 offered; "
         "ms 0.2500 0.1250* failed",
-        "small  tf32 plain         m=1024 n=1024 k=784 T=01 bf16: 1 offered; ms 0.5000*"]
+        "small  tf32 plain         m=1024 n=1024 k=784 T=01 bf16: 1 offered; ms 0.5000*; "
+        "cuBLAS 0.7500",
+        "small  tf32 plain         m=512 n=1024 k=784 T=01 float32: 2 offered; ms 0.5000 0.2500; "
+        "cuBLAS 0.1250*"]
     assert steps == ["tf32", "tf32"]

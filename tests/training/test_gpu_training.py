@@ -188,13 +188,17 @@ def test_epilogue_and_separate_paths_train_alike(monkeypatch):
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_tuned_gemms_train_as_cublas_does(precision):
     """tune_gemms (every GEMM through cuBLASLt, each problem's algorithms timed and the fastest
-    kept) against cuBLAS's own choice: the same training within the precision's tolerance, and
-    the tuned problems really ran, plain GEMMs among them."""
+    kept, cuBLAS's own choice timed beside a plain GEMM's) against cuBLAS's own choice: the same
+    training within the precision's tolerance, and the tuned problems really ran, plain GEMMs
+    among them."""
     from gpunn.backends import get_backend
 
     bk = get_backend("cupy")
     if precision != "fp32" and bk.why_not(precision):
         pytest.skip(bk.why_not(precision))
+    for problem in bk.epilogues.problems.values():  # shared by every model and test: start
+        problem.destroy()                            # with none, so those below are this test's
+    bk.epilogues.problems.clear()                    # (direct calls elsewhere time no cuBLAS)
     X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
     results = []
     for tune in (True, False):
@@ -206,14 +210,16 @@ def test_tuned_gemms_train_as_cublas_does(precision):
         model.backend.tune_gemms = tune
         history = model.fit(X, y, epochs=30, batch_size=64, seed=0, verbose=0)
         results.append((model.get_params(), history["loss"]))
-    tuned = [(spec, p) for spec, p in bk.epilogues.problems.items() if spec.candidates > 1]
-    assert any(spec.epilogue == 1 for spec, _ in tuned), "no plain GEMM went through cuBLASLt"
-    assert all(p.tuned and 0 <= p.chosen < p.count for _, p in tuned if p.supported)
     (p_tuned, l_tuned), (p_plain, l_plain) = results
     rtol = 1e-4 if precision == "fp32" else 2e-2
     np.testing.assert_allclose(l_tuned, l_plain, rtol=rtol, atol=1e-5)
     for a, b in zip(p_tuned, p_plain):
         np.testing.assert_allclose(a, b, rtol=10 * rtol, atol=10 * rtol)
+    tuned = [(spec, p) for spec, p in bk.epilogues.problems.items() if spec.candidates > 1]
+    assert any(spec.epilogue == 1 for spec, _ in tuned), "no plain GEMM went through cuBLASLt"
+    assert all(p.tuned and 0 <= p.chosen < p.count for _, p in tuned if p.supported)
+    # cuBLAS's own choice was timed beside every plain problem's algorithms, and no epilogue's
+    assert all((p.fallback_ms is not None) == (spec.epilogue == 1) for spec, p in tuned if p.supported)
 
 
 @pytest.mark.parametrize("make_opt", [lambda: nn.SGD(lr=0.5, decay=1e-3),

@@ -18,9 +18,12 @@ epilogue) gets one descriptor and an algorithm, asked of cuBLASLt's heuristics o
 (``tune=True``, the backend option ``tune_gemms``), the heuristics are asked for up to
 ``CANDIDATES`` algorithms and each is timed on the first eager call (``timing.py``: the device's
 work, behind a hold), and the fastest kept, as XLA does for its GEMMs; untuned, their first choice
-runs. Every algorithm computes the same product, with its own order of summation. Where cuBLASLt
-has none (an epilogue it does not offer for that case, float64 on some versions), the calls return
-False and write nothing, and the backend takes its separate path.
+runs. A tuned plain GEMM times cuBLAS's own choice beside them (``fallback``): where cuBLAS is
+faster, ``matmul`` declines the problem from then on, and the backend calls cuBLAS (on an H200,
+tuned medium tf32 steps had been 4% slower than untuned ones, where cuBLAS runs every plain GEMM).
+Every algorithm computes the same product, with its own order of summation. Where cuBLASLt has none
+(an epilogue it does not offer for that case, float64 on some versions), the calls return False and
+write nothing, and the backend takes its separate path.
 """
 
 from __future__ import annotations
@@ -142,6 +145,8 @@ class _Problem:
         self.chosen = 0
         self.tuned = spec.candidates == 1  # nothing to choose between
         self.timings: dict[int, float] = {}  # algorithm index -> device ms, once tuned
+        self.fallback_ms: float | None = None  # the caller's own path's time, where it was timed
+        self.declined = False  # that path was faster: the caller takes it
 
     @property
     def algo(self) -> int:
@@ -212,16 +217,21 @@ class Epilogues:
                             mask=mask, tf32=tf32, tune=tune)
 
     def matmul(self, a: Any, b: Any, out: Any, trans_a: bool = False, trans_b: bool = False,
-               tf32: bool = False, tune: bool = False) -> bool:
+               tf32: bool = False, tune: bool = False,
+               fallback: Callable[[], None] | None = None) -> bool:
         """Row-major out = op(a) @ op(b), as ``cublas.Gemm.gemm`` (bfloat16 operands give a
-        float32 out), with no epilogue. False, with nothing written, where cuBLASLt cannot."""
+        float32 out), with no epilogue. False, with nothing written, where cuBLASLt cannot.
+        Tuned, ``fallback`` (the same product through the caller's other path) is timed with the
+        algorithms; False from then on where it was the fastest."""
         # Column-major: out^T = op(b)^T @ op(a)^T, the swap of cublas.py.
         return self._matmul(self.lt.Epilogue.DEFAULT, a=b, b=a, d=out,
                             k=a.shape[0] if trans_a else a.shape[1], trans_a=trans_b,
-                            trans_b=trans_a, bias=None, mask=None, tf32=tf32, tune=tune)
+                            trans_b=trans_a, bias=None, mask=None, tf32=tf32, tune=tune,
+                            fallback=fallback)
 
     def _matmul(self, epilogue: Any, a: Any, b: Any, d: Any, k: int, trans_a: bool,
-                trans_b: bool, bias: Any, mask: Any, tf32: bool, tune: bool) -> bool:
+                trans_b: bool, bias: Any, mask: Any, tf32: bool, tune: bool,
+                fallback: Callable[[], None] | None = None) -> bool:
         operands, out = a.dtype, d.dtype
         if not _takes(a, b, d, bias, mask) or (operands == BF16_BITS and bias is not None):
             return False
@@ -260,18 +270,22 @@ class Epilogues:
                            self.cupy.cuda.get_current_stream().ptr)
 
         if not problem.tuned and not self.cupy.cuda.get_current_stream().is_capturing():
-            self._tune(problem, call, spec)
+            self._tune(problem, call, spec, fallback)
             if not problem.supported:
                 return False
+        if problem.declined:
+            return False
         call()
         return True
 
-    def _tune(self, problem: _Problem, call: Callable[[], None], spec: Spec) -> None:
+    def _tune(self, problem: _Problem, call: Callable[[], None], spec: Spec,
+              fallback: Callable[[], None] | None = None) -> None:
         """Time each algorithm the heuristics offered and keep the fastest. Each run writes the
         same outputs from the same inputs (beta is 0), so timing them changes nothing the final
         call does not write again. One that fails, or that the heuristics marked with a status
         other than success, is passed over; with none left, the problem is unsupported and the
-        backend takes its other path."""
+        backend takes its other path. ``fallback``, timed too, makes the problem declined where
+        it beats every algorithm."""
         times = problem.timings
         for index in range(problem.count):
             if problem.results["state"][index] != 0:  # not CUBLAS_STATUS_SUCCESS: not offered
@@ -286,9 +300,13 @@ class Epilogues:
             problem.supported = False
             return
         problem.chosen = min(times, key=times.__getitem__)  # the first of equals: the heuristics'
+        if fallback is not None:
+            problem.fallback_ms = self.time(fallback)
+            problem.declined = problem.fallback_ms < times[problem.chosen]
         _log.debug("gpunn: cuBLASLt %s: algorithm %d of %d, %.4f ms against %.4f for the "
-                   "heuristics' first", spec, problem.chosen, problem.count, times[problem.chosen],
-                   times.get(0, math.nan))
+                   "heuristics' first and %s for the caller's own path%s", spec, problem.chosen,
+                   problem.count, times[problem.chosen], times.get(0, math.nan),
+                   problem.fallback_ms, " (kept)" if problem.declined else "")
 
 
 def _takes(a: Any, b: Any, d: Any, bias: Any, mask: Any) -> bool:

@@ -428,6 +428,34 @@ def test_tuning_keeps_the_fastest_algorithm(rng):
     assert lt.algos[-1] == 1 and len(timed) == 4 and lt.planned[-1]["count"] == 1
 
 
+def test_a_tuned_plain_gemm_keeps_cublas_where_its_own_choice_is_faster(rng):
+    """The caller's other path (cuBLAS, for the backend) is timed once beside the algorithms: where
+    it is the fastest, matmul declines the problem from then on, writing nothing; where it is
+    not, the fastest algorithm runs. Epilogue problems are not given one."""
+    a, b = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
+    for cublas_ms, declined in ((0.5, True), (1.5, False)):
+        lt, e, timed = tuned(costs={1: 3.0, 2: 1.0, 3: 2.0, 4: 5.0})
+        fallbacks = []
+
+        def fallback(fallbacks=fallbacks):
+            fallbacks.append("ran")
+
+        e.time = lambda fn, t=e.time, f=fallback, ms=cublas_ms: ms if fn is f else t(fn)
+
+        for call in range(3):
+            out = aligned(np.full((4, 5), np.nan))
+            assert e.matmul(Dev(a), Dev(b), Dev(out), tune=True, fallback=fallback) is not declined
+            if declined and call:
+                assert np.isnan(out).all()  # the caller computes it
+            else:  # (the first call's timing runs wrote it, as the final call would have)
+                np.testing.assert_allclose(out, a @ b)
+        (problem,) = e.problems.values()
+        assert timed == [1, 2, 3, 4] and problem.chosen == 1 and problem.fallback_ms == cublas_ms
+        assert problem.declined is declined
+        assert lt.algos[4:] == ([] if declined else [2, 2, 2])
+        assert fallbacks == []  # timed (by the stand-in timer), never run by matmul itself
+
+
 def test_tuning_passes_over_algorithms_that_fail(rng):
     lt, e, timed = tuned(failing={2}, costs={1: 3.0, 3: 2.0, 4: 5.0})
     a, b = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))

@@ -131,10 +131,11 @@ class RecordingLt:
     available = True
 
     def __init__(self, takes=True):
-        self.calls, self.takes = [], takes
+        self.calls, self.takes, self.fallbacks = [], takes, []
 
-    def matmul(self, a, b, out, trans_a, trans_b, tf32, tune):
+    def matmul(self, a, b, out, trans_a, trans_b, tf32, tune, fallback=None):
         self.calls.append(("matmul", tune))
+        self.fallbacks.append(fallback)
         if self.takes:
             out[...] = (a.T if trans_a else a) @ (b.T if trans_b else b)
         return self.takes
@@ -146,8 +147,9 @@ class RecordingLt:
 
 @pytest.mark.parametrize("tune, takes", [(False, True), (True, True), (True, False)])
 def test_tuned_gemms_go_through_cublaslt(emulated, tune, takes, rng):
-    """With tune_gemms a model's GEMMs go to cuBLASLt, tuned, and to cuBLAS where cuBLASLt
-    declines; without it to cuBLAS alone. Its epilogue calls carry the option too."""
+    """With tune_gemms a model's GEMMs go to cuBLASLt, tuned, with cuBLAS's own choice to time
+    beside its algorithms, and to cuBLAS where cuBLASLt declines; without it to cuBLAS alone. Its
+    epilogue calls carry the option too."""
     bk = emulated.configured(tune_gemms=tune)
     lt = RecordingLt(takes)
     bk.epilogues, bk.epilogue_choice = lt, choice()
@@ -160,6 +162,11 @@ def test_tuned_gemms_go_through_cublaslt(emulated, tune, takes, rng):
     np.testing.assert_allclose(out, a @ b.T)
     assert lt.calls == ([("matmul", True)] if tune else [])
     assert blas == ([] if tune and takes else [1])
+    if tune:  # cuBLAS's own choice, given to be timed beside cuBLASLt's: the same product
+        out[...] = np.nan
+        lt.fallbacks[0]()
+        np.testing.assert_allclose(out, a @ b.T)
+        assert len(blas) == 1 + (not takes)
     before = len(lt.calls)
     bk.dense_forward(a, b.T.copy(), np.zeros((1, 5)), np.empty((4, 5)), relu=True)
     assert lt.calls[before] == ("forward", tune)  # declined: then the separate path's GEMM
