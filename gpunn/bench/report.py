@@ -215,7 +215,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for profile in doc.get("op_profiles", []):
         lines += ["", f"Op profile: {op_profile_title(profile)}", "",
                   "| op | calls per step | ms per step | share |", "|---|---|---|---|"]
-        lines += [f"| {r['op']} | {r['calls']:g} | {r['ms']:.4f} | {100 * r['share']:.1f}% |"
+        lines += [f"| {r['op']} | {calls_text(r['calls'])} | {r['ms']:.4f} | {100 * r['share']:.1f}% |"
                   for r in profile["ops"]]
     return "\n".join(lines) + "\n"
 
@@ -230,10 +230,18 @@ def op_profile_title(profile: dict[str, Any]) -> str:
             f"{profile['step_ms']:.4f} ms a step")
 
 
+def calls_text(calls: float) -> str:
+    """Calls per step: a count, or "1/n" for one call every n steps (the one-kernel trainer's
+    launch, per epoch of the book's run)."""
+    if 0 < calls < 1 and abs(1 / calls - round(1 / calls)) < 1e-6:
+        return f"1/{round(1 / calls)}"
+    return f"{calls:g}"
+
+
 def op_profile_text(profile: dict[str, Any]) -> str:
     """An op profile for the terminal: the title, then the ops taking 1% or more."""
-    rows = [f"    {r['op']:28s} {r['calls']:5g}x {r['ms']:10.4f} ms {100 * r['share']:5.1f}%"
-            for r in profile["ops"] if r["share"] >= 0.01]
+    rows = [f"    {r['op']:28s} {calls_text(r['calls']):>6}x {r['ms']:10.4f} ms "
+            f"{100 * r['share']:5.1f}%" for r in profile["ops"] if r["share"] >= 0.01]
     return "\n".join([f"ops     {op_profile_title(profile)}", *rows])
 
 

@@ -396,6 +396,22 @@ def test_the_book_profile_splits_fits_epoch_into_the_trainers_time_and_the_rest(
                                                                     "gpunn-numpy-one-kernel")
 
 
+def test_an_op_called_once_in_many_steps_reads_as_a_fraction():
+    """The book profile's trainer is launched once every 1024 epochs: "1/1024", not 0.000976562,
+    in the terminal and the Markdown; whole counts as they are."""
+    profile = {"workload": "book", "impl": "gpunn-cupy-one-kernel", "device": "gpu",
+               "precision": "fp32", "steps": 2048, "step_ms": 0.0196, "path": "one-kernel",
+               "ops": [{"op": "train_in_one_kernel", "calls": 1 / 1024, "ms": 0.0171, "share": 0.873},
+                       {"op": "gemm", "calls": 7.0, "ms": 0.002, "share": 0.1},
+                       {"op": "sgd_update", "calls": 0.4, "ms": 0.0005, "share": 0.027}]}
+    text = bench.report.op_profile_text(profile).splitlines()
+    assert text[1].split()[:2] == ["train_in_one_kernel", "1/1024x"]
+    assert text[2].split()[:2] == ["gemm", "7x"] and text[3].split()[:2] == ["sgd_update", "0.4x"]
+    machine = {"gpu": "", "cpu": "x86", "cpu_cores": 2, "versions": {}, "gemm_ceiling": {}}
+    doc = {"machine": machine, "results": [], "skipped": [], "op_profiles": [profile]}
+    assert "| train_in_one_kernel | 1/1024 | 0.0171 | 87.3% |" in bench.report.markdown(doc)
+
+
 def test_bench_ops_profiles_the_books_run_with_the_one_kernel_trainer():
     compiled_trainer_or_skip()
     lines = []
