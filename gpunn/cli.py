@@ -341,10 +341,14 @@ def info() -> int:
     warning = blas.forced_kernel_warning()
     if warning:
         print(f"warning: {warning}")
-    from gpunn.backends import jit
+    from gpunn.backends import jit, jit_cache
 
     trainer = "available" if jit.WHY_NOT is None else f"unavailable ({jit.WHY_NOT})"
     print(f"CPU one-kernel trainer: {trainer}; model.backend.one_kernel_trainer = True turns it on")
+    if jit.WHY_NOT is None:
+        folder = jit_cache.folder()
+        print(f"compiled trainers kept in {folder}" if folder else
+              f"compiled trainers kept nowhere ({jit_cache.ENV} is empty)")
     from gpunn.backends import passes
 
     print("CPU element-wise passes compiled: " + (

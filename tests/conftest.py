@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 from cuda_on_cpu.emulator import build, emulated_backend
 
-from gpunn.backends import cupy_problem, get_backend
+from gpunn.backends import cupy_problem, get_backend, jit_cache
 
 CUPY_PROBLEM = cupy_problem()
+
+#: The run's own folder for compiled CPU code (jit_cache.py), so that tests neither read what
+#: an earlier run left nor write into the user's cache; made when the run starts.
+CACHE_FOLDER: list[str] = []
+
+
+def pytest_configure(config):
+    if jit_cache.ENV not in os.environ:  # processes the tests start inherit it
+        CACHE_FOLDER.append(tempfile.mkdtemp(prefix="gpunn-test-cache-"))
+        os.environ[jit_cache.ENV] = CACHE_FOLDER[0]
+
+
+def pytest_unconfigure(config):
+    for folder in CACHE_FOLDER:
+        shutil.rmtree(folder, ignore_errors=True)
 
 BACKENDS = [
     "numpy",

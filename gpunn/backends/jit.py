@@ -31,11 +31,13 @@ steps and ``why_not`` says so.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import denormals
+from . import denormals, jit_cache
 from . import schedule as slots
 
 try:
@@ -86,19 +88,40 @@ def _compiled(n_in: int, k: int) -> Any:
     key = (n_in, k) if n_in + k <= COLUMNS_UP_TO else (0, 0)
     if key not in _trainers:
         if key == (0, 0):
-            trainer = _trainer()
+            _trainers[key] = _jit(_trainer())
         else:
-            namespace: dict[str, Any] = {"np": np, "math": math, "_advance": _advance,
-                                         "_update": _update}
-            exec(compile(columns_source(n_in, k), f"<gpunn.backends.jit columns {n_in}x{k}>",
-                         "exec"), namespace)
-            trainer = namespace["train"]
-        _trainers[key] = _jit(trainer)
+            _trainers[key] = _columns_trainer(n_in, k)
     return _trainers[key]
 
 
-def _jit(function: Any) -> Any:
-    return numba.njit(fastmath=REASSOCIATE, nogil=True)(function)
+#: What a written-out trainer's module starts with: the names its source uses.
+COLUMNS_IMPORTS = ("import math\n\nimport numpy as np\n\n"
+                   "from gpunn.backends.jit import _advance, _update\n\n\n")
+
+
+def _columns_trainer(n_in: int, k: int) -> Any:
+    """The written-out trainer, compiled; from a file in the cache folder where there is one, so
+    that numba keeps what it compiled for the next run (jit_cache.py), else in memory."""
+    source = columns_source(n_in, k)
+    try:
+        cached = jit_cache.module(f"columns_{n_in}x{k}", COLUMNS_IMPORTS + source, _salt())
+    except OSError:  # this file unreadable (gpunn in a zip): no salt, so no cache
+        cached = None
+    if cached is not None:
+        return _jit(cached.train, cache=True)
+    namespace: dict[str, Any] = {"np": np, "math": math, "_advance": _advance, "_update": _update}
+    exec(compile(source, f"<gpunn.backends.jit columns {n_in}x{k}>", "exec"), namespace)
+    return _jit(namespace["train"])
+
+
+def _salt() -> str:
+    """What a cached trainer depends on besides its own source: this file (the helpers it
+    calls) and the versions of numba and Python."""
+    return f"{Path(__file__).read_text()}\0{numba.__version__}\0{sys.version}"
+
+
+def _jit(function: Any, cache: bool = False) -> Any:
+    return numba.njit(fastmath=REASSOCIATE, nogil=True, cache=cache)(function)
 
 
 def _inlined(function: Any) -> Any:
