@@ -43,15 +43,15 @@ def folder() -> Path | None:
 
 def module(name: str, source: str, salt: str) -> ModuleType | None:
     """The module ``source`` makes, imported from its file in the cache folder (written there,
-    atomically, the first time), registered in ``sys.modules`` (numba imports it by name when it
-    loads cached code); None where there is no folder or it cannot be written."""
+    atomically, where it is not there already), registered in ``sys.modules`` (numba imports it
+    by name when it loads cached code); None where there is no folder or it cannot be written."""
     where = folder()
     if where is None:
         return None
     digest = hashlib.sha256(f"{salt}\0{source}".encode()).hexdigest()[:20]
     path = where / f"{name}_{digest}.py"
-    try:
-        if not path.is_file():
+    try:  # written again where it is missing or does not hold the source (an edit, a bad disk)
+        if not path.is_file() or path.read_text() != source:
             where.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=where, prefix=f".{path.name}.", suffix=".tmp")
             try:

@@ -30,6 +30,17 @@ def test_a_source_is_written_once_and_imported_from_its_file(tmp_path, monkeypat
     assert changed.twice(1) == 3
 
 
+def test_a_file_that_does_not_hold_its_source_is_written_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(jit_cache.ENV, str(tmp_path))
+    jit_cache.module("thrice", SOURCE.replace("2 *", "3 *"), salt="a")
+    (path,) = (tmp_path / "jit").glob("thrice_*.py")
+    path.write_text("def twice(x):\n    return 0\n")  # edited by hand, or a bad disk
+    for name in [n for n in sys.modules if n.startswith("gpunn_jit_thrice_")]:
+        monkeypatch.delitem(sys.modules, name)  # as in the next process
+    assert jit_cache.module("thrice", SOURCE.replace("2 *", "3 *"), salt="a").twice(2) == 6
+    assert path.read_text() == SOURCE.replace("2 *", "3 *")
+
+
 def test_the_folder_is_the_environments_or_the_users_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(jit_cache.ENV, str(tmp_path / "mine"))
     assert jit_cache.folder() == tmp_path / "mine" / "jit"
