@@ -82,7 +82,7 @@ _trainers: dict[tuple[int, int], Any] = {}
 
 def _compiled(n_in: int, k: int) -> Any:
     """The compiled trainer for ``n_in`` inputs and ``k`` classes (numba compiles it on first
-    use, once per dtype)."""
+    use, once per dtype; the written-out ones once per machine, kept in jit_cache's folder)."""
     if numba is None:
         raise RuntimeError(f"the CPU one-kernel trainer {WHY_NOT}")
     key = (n_in, k) if n_in + k <= COLUMNS_UP_TO else (0, 0)
