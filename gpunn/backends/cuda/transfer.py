@@ -45,13 +45,20 @@ BACKGROUND_SLOTS = READ_AHEAD + 2  # READ_AHEAD being filled, one crossing, one 
 WORKER_MIN_BYTES = 1 << 20
 
 
+def batch_shapes(rows: int, x_tail: tuple[int, ...], x_dtype: Any, y_tail: tuple[int, ...] | None,
+                 y_dtype: Any) -> list[tuple[tuple[int, ...], Any]]:
+    """(shape, dtype) of a batch's x and, where there are labels, y: what a slot holds."""
+    shapes = [((rows, *x_tail), x_dtype)]
+    if y_tail is not None:
+        shapes.append(((rows, *y_tail), y_dtype))
+    return shapes
+
+
 def worth_workers(rows: int, x_tail: tuple[int, ...], x_dtype: Any,
                   y_tail: tuple[int, ...] | None, y_dtype: Any) -> bool:
     """Whether batches of ``rows`` rows are big enough to read on workers (WORKER_MIN_BYTES)."""
-    size = rows * math.prod(x_tail) * np.dtype(x_dtype).itemsize
-    if y_tail is not None:
-        size += rows * math.prod(y_tail) * np.dtype(y_dtype).itemsize
-    return size >= WORKER_MIN_BYTES
+    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype
+               in batch_shapes(rows, x_tail, x_dtype, y_tail, y_dtype)) >= WORKER_MIN_BYTES
 
 
 class CupyRuntime:
@@ -111,9 +118,7 @@ class PinnedUploader:
 
     def __init__(self, runtime: Any, rows: int, x_tail: tuple[int, ...], x_dtype: Any,
                  y_tail: tuple[int, ...] | None, y_dtype: Any, background: bool = False) -> None:
-        shapes = [((rows, *x_tail), x_dtype)]
-        if y_tail is not None:
-            shapes.append(((rows, *y_tail), y_dtype))
+        shapes = batch_shapes(rows, x_tail, x_dtype, y_tail, y_dtype)
         self.runtime, self.rows = runtime, rows
         self.stream = runtime.stream()
         self.slots = [Slot(runtime, shapes) for _ in range(BACKGROUND_SLOTS if background else SLOTS)]
