@@ -16,13 +16,15 @@ from typing import Any
 
 BEGIN = "<!-- bench-table: written by benchmarks/readme_table.py; do not edit by hand -->"
 END = "<!-- bench-table end -->"
-COLUMNS = [("gpunn-numpy", "gpunn (NumPy)"),
-           ("gpunn-numpy-one-kernel", "gpunn, compiled trainer (numba)"),
+COLUMNS = [("gpunn-numpy-one-kernel", "gpunn, compiled trainer (the default with numba)"),
+           ("gpunn-numpy", "gpunn, NumPy steps"),
            ("numpy-book", "NumPy port of the book"), ("pytorch", "PyTorch"), ("jax", "JAX jit"),
            ("step-gemms", "the step's GEMMs alone (a floor)")]
 #: The ratio columns: (gpunn row, peer, heading).
-RATIOS = [("gpunn-numpy", "pytorch", "gpunn vs PyTorch"), ("gpunn-numpy", "jax", "gpunn vs JAX"),
-          ("gpunn-numpy-one-kernel", "jax", "compiled trainer vs JAX")]
+RATIOS = [("gpunn-numpy-one-kernel", "pytorch", "compiled trainer vs PyTorch"),
+          ("gpunn-numpy-one-kernel", "jax", "compiled trainer vs JAX"),
+          ("gpunn-numpy", "pytorch", "NumPy steps vs PyTorch"),
+          ("gpunn-numpy", "jax", "NumPy steps vs JAX")]
 ROWS = [("small", "small, per step"), ("medium", "medium, per step"),
         ("book", "book run, 10,001 epochs")]
 

@@ -343,8 +343,12 @@ def info() -> int:
         print(f"warning: {warning}")
     from gpunn.backends import jit, jit_cache
 
-    trainer = "available" if jit.WHY_NOT is None else f"unavailable ({jit.WHY_NOT})"
-    print(f"CPU one-kernel trainer: {trainer}; model.backend.one_kernel_trainer = True turns it on")
+    if jit.WHY_NOT is None:
+        print(f"CPU one-kernel trainer: on by default for Dense -> ReLU -> Dense networks of up to "
+              f"{jit.COLUMNS_UP_TO} inputs and classes together; "
+              f"model.backend.one_kernel_trainer = False turns it off")
+    else:
+        print(f"CPU one-kernel trainer: unavailable ({jit.WHY_NOT})")
     if jit.WHY_NOT is None:
         folder = jit_cache.folder()
         print(f"compiled trainers kept in {folder}" if folder else

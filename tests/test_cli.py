@@ -13,6 +13,7 @@ import pytest
 
 import gpunn as nn
 from gpunn import cli
+from gpunn.backends import jit
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -42,6 +43,10 @@ def test_cli_info(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "backends available: numpy" in out and "numpy " in out and "BLAS" in out
+    assert ("CPU one-kernel trainer: on by default for Dense -> ReLU -> Dense networks of up to 16 "
+            "inputs and classes together; model.backend.one_kernel_trainer = False turns it off"
+            if jit.WHY_NOT is None else
+            f"CPU one-kernel trainer: unavailable ({jit.WHY_NOT})") in out
 
 
 def test_cli_train_npz_with_save_plot_checkpoint_resume_then_predict(tmp_path, capsys):

@@ -39,7 +39,8 @@ class Options:
     #: cuBLASLt epilogues: "auto" (per problem, whichever measured faster), "always", "never".
     epilogue_policy: str = "auto"
     #: Train Dense -> ReLU -> Dense networks small enough with one kernel launch per many epochs
-    #: (on by default on a GPU, where it measured faster; off on the CPU, where it needs numba).
+    #: (on by default on the CuPy and NumPy backends, where it measured faster: on a GPU within
+    #: a block's shared memory, on the CPU with numba and up to 16 inputs and classes together).
     one_kernel_trainer: bool = False
     #: Streamed data (``fit`` and the rest on data over the budget): read the next batches into
     #: pinned memory on worker threads, several at once, while the steps are launched (CuPy

@@ -5,14 +5,17 @@ CPU sibling of kernels.cu's ``train_in_one_kernel``, with the same rules.
 Why it is faster than NumPy for the book's network: a NumPy step is about twenty calls, each
 a few microseconds of overhead around very little arithmetic (300 x 64 values), and the data
 passes through memory between them. Here a whole epoch is three loops over the batch in one
-compiled function. For a few inputs and classes (the book's 2 and 3; ``COLUMNS_UP_TO``) the
-trainer is written out for the network's sizes, each input and class a column of all the
-samples and each hidden unit's weights scalars, so the inner loops run down the columns on
-vector registers: the logits summed one hidden unit at a time, the softmax a sample at a time,
-then per hidden unit its ReLU again and its gradients summed in registers, with nothing stored
-per sample. Larger networks take each sample through the whole step in turn (``_trainer``).
-Measured on the book's float32 run, the trainer alone: 0.36 s per sample with plain loops,
-0.27 s per sample written out, 0.25 s over columns, 0.13 s over columns with denormals flushed.
+compiled function. The trainer is written out for the network's sizes (``columns_source``),
+each input and class a column of all the samples and each hidden unit's weights scalars, so the
+inner loops run down the columns on vector registers: the logits summed one hidden unit at a
+time, the softmax a sample at a time, then per hidden unit its ReLU again and its gradients
+summed in registers, with nothing stored per sample. Measured on the book's float32 run, the
+trainer alone: 0.36 s with plain loops over samples, 0.27 s per sample written out, 0.25 s over
+columns, 0.13 s over columns with denormals flushed.
+
+That takes networks of up to ``COLUMNS_UP_TO`` inputs and classes together; wider ones take the
+NumPy backend's steps, which BLAS makes as fast or faster there (the figures at
+``COLUMNS_UP_TO``).
 
 Denormal numbers are flushed to zero while the trainer runs (denormals.py says why: the book's
 run makes some, and each costs a slow path on x86). Nothing else changes: values below 1.2e-38
@@ -71,10 +74,15 @@ def train(X: np.ndarray, y: np.ndarray, params: np.ndarray, grads: np.ndarray,
 
 
 #: Up to this many inputs and classes together a network's trainer is written out for it over
-#: columns of samples (``columns_source``); larger ones take the per-sample loops
-#: (``_forward_row``, ...). Measured here (float32, 64 hidden units, 300 samples, microseconds an
-#: epoch, columns / per-sample): 2 + 3 inputs and classes 13 / 36, 12 + 4 33 / 57, 2 + 14 43 / 74,
-#: but 6 + 12 107 / 77 and 10 + 10 124 / 80: past 16 the columns' sums outgrow the registers.
+#: columns of samples (``columns_source``); the NumPy backend's why_not refuses wider ones. Past
+#: 16 the columns' sums outgrow the registers (float32, 64 hidden units, 300 samples,
+#: microseconds an epoch: 2 + 3 inputs and classes 13, 12 + 4 33, 2 + 14 43, but 6 + 12 107 and
+#: 10 + 10 124). The wider ones had a trainer of their own that took each sample through the
+#: whole step in turn; it was removed: against the NumPy steps (2-core Xeon, OpenBLAS SkylakeX on
+#: 2 threads) it ran from 1.86x as fast (64 + 10, batches of 32) to 0.82x (784 + 10, batches of
+#: 64), slower from about 2 million multiply-adds a step, and it compiled for 5 s in every
+#: process. Within the limit, the written-out trainer was 1.06x (12 + 4, batches of 128) to 8.9x
+#: (the book's 2 + 3, 300 samples) as fast as the NumPy steps, up to 30,000 samples a batch.
 COLUMNS_UP_TO = 16
 
 _trainers: dict[tuple[int, int], Any] = {}
@@ -82,16 +90,15 @@ _trainers: dict[tuple[int, int], Any] = {}
 
 def _compiled(n_in: int, k: int) -> Any:
     """The compiled trainer for ``n_in`` inputs and ``k`` classes (numba compiles it on first
-    use, once per dtype; the written-out ones once per machine, kept in jit_cache's folder)."""
+    use, once per dtype, and keeps what it compiled in jit_cache's folder for later runs)."""
     if numba is None:
         raise RuntimeError(f"the CPU one-kernel trainer {WHY_NOT}")
-    key = (n_in, k) if n_in + k <= COLUMNS_UP_TO else (0, 0)
-    if key not in _trainers:
-        if key == (0, 0):
-            _trainers[key] = _jit(_trainer())
-        else:
-            _trainers[key] = _columns_trainer(n_in, k)
-    return _trainers[key]
+    if n_in + k > COLUMNS_UP_TO:
+        raise ValueError(f"the CPU one-kernel trainer takes up to {COLUMNS_UP_TO} inputs and "
+                         f"classes together; got {n_in} + {k}")
+    if (n_in, k) not in _trainers:
+        _trainers[n_in, k] = _columns_trainer(n_in, k)
+    return _trainers[n_in, k]
 
 
 #: What a written-out trainer's module starts with: the names its source uses.
@@ -124,56 +131,14 @@ def _jit(function: Any, cache: bool = False) -> Any:
     return numba.njit(fastmath=REASSOCIATE, nogil=True, cache=cache)(function)
 
 
-def _inlined(function: Any) -> Any:
-    """Compiled into its caller (numba inlines it before LLVM sees the code), so its loops run
-    on the caller's arrays, known not to overlap."""
-    return numba.njit(fastmath=REASSOCIATE, inline="always")(function)
-
-
-def _forward_row(x, W1, b1, W2T, b2, h, z, zero):
-    """One sample forward: h = relu(x @ W1 + b1); z = h @ W2 + b2 (W2T: W2 by columns)."""
-    for j in range(h.size):
-        h[j] = b1[j]
-    for c in range(x.size):
-        for j in range(h.size):
-            h[j] += x[c] * W1[c, j]
-    for j in range(h.size):
-        if h[j] < zero:  # a NaN goes through, as np.maximum lets it
-            h[j] = zero
-    for c in range(z.size):
-        s = zero
-        for j in range(h.size):
-            s += h[j] * W2T[c, j]
-        z[c] = s + b2[c]
-
-
-def _backward_row(x, h, d, W2T, dW1, db1, dW2T, dh, zero):
-    """One sample's gradients added in: dW2 += h^T d; dh = d @ W2^T where the ReLU let h
-    through; db1 += dh; dW1 += x^T dh."""
-    for j in range(h.size):
-        dh[j] = zero
-    for c in range(d.size):
-        for j in range(h.size):
-            dW2T[c, j] += d[c] * h[j]
-        for j in range(h.size):
-            dh[j] += d[c] * W2T[c, j]
-    for j in range(h.size):
-        if not h[j] > zero:
-            dh[j] = zero
-        db1[j] += dh[j]
-    for c in range(x.size):
-        for j in range(h.size):
-            dW1[c, j] += x[c] * dh[j]
-
-
 def columns_source(n_in: int, k: int) -> str:
-    """The trainer (``train``, the arguments of ``_trainer``'s) for ``n_in`` inputs and ``k``
-    classes, written out: each input and class a column of all the samples (``x0``, ``z0``,
-    ``d0``, ...), so every inner loop runs over the samples, which the compiler vectorises, and
-    each hidden unit's weights are scalars for the whole batch. Per epoch: the logits summed over
-    the hidden units one unit at a time; the softmax cross-entropy a sample at a time; then per
-    hidden unit its ReLU recomputed and its gradients summed over the samples in scalars. For
-    ``columns_source(2, 3)``, the book's network, the forward loop reads::
+    """The trainer ``train`` (the arguments of ``train``'s above, ``rule`` unpacked) for ``n_in``
+    inputs and ``k`` classes, written out: each input and class a column of all the samples
+    (``x0``, ``z0``, ``d0``, ...), so every inner loop runs over the samples, which the compiler
+    vectorises, and each hidden unit's weights are scalars for the whole batch. Per epoch: the
+    logits summed over the hidden units one unit at a time; the softmax cross-entropy a sample at
+    a time; then per hidden unit its ReLU recomputed and its gradients summed over the samples in
+    scalars. For ``columns_source(2, 3)``, the book's network, the forward loop reads::
 
         for j in range(width):
             w0 = W1[0, j]; w1 = W1[1, j]; bj = b1[j]
@@ -286,100 +251,6 @@ def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code,
         _advance(schedule)
         _update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, scalars)
 """
-def _softmax_cross_entropy_row(z, label, p, d, typed):
-    """One sample's softmax p, its clipped log loss and d = (p - onehot) / n; returns the loss and
-    the first index of the largest output. ``typed``: 0, 1, 1 / n and the clip's ends."""
-    zero, one, inv_n, clip_low, clip_high = typed[0], typed[1], typed[2], typed[3], typed[4]
-    best = 0
-    for c in range(1, z.size):
-        if z[c] > z[best]:
-            best = c
-    top = z[best]
-    total = zero
-    for c in range(z.size):
-        p[c] = math.exp(z[c] - top)
-        total += p[c]
-    for c in range(z.size):
-        p[c] = p[c] / total
-    p_true = p[label]  # clipped (a NaN stays one)
-    if p_true < clip_low:
-        p_true = clip_low
-    elif p_true > clip_high:
-        p_true = clip_high
-    for c in range(z.size):
-        d[c] = (p[c] - (one if c == label else zero)) * inv_n
-    return -math.log(p_true), best
-
-
-def _trainer() -> Any:
-    """The trainer for any sizes, around one sample's forward and backward loops."""
-    forward_row, backward_row = _inlined(_forward_row), _inlined(_backward_row)
-    softmax_cross_entropy_row = _inlined(_softmax_cross_entropy_row)
-
-    def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code, hyper,
-              epsilon, hidden, dhidden, logits, probs, dlogits, losses):
-        """Plain Python, compiled by numba: per epoch, every sample through the whole step,
-        then the schedule advanced and the rule applied to every parameter (kernels.cu's
-        sgd_rule, cache_rule and adam_rule)."""
-        n, n_in = X.shape
-        width = hidden.shape[1]
-        k = logits.shape[1]
-        o1 = n_in * width
-        o2 = o1 + width
-        o3 = o2 + width * k
-        W1, b1 = params[:o1].reshape(n_in, width), params[o1:o2]
-        W2, b2 = params[o2:o3].reshape(width, k), params[o3:]
-        dW2 = grads[o2:o3].reshape(width, k)
-        typed = np.empty(5, X.dtype)  # constants in the model's dtype: 0, 1, 1 / n and the clip
-        typed[0], typed[1], typed[2], typed[3], typed[4] = 0.0, 1.0, 1.0 / n, 1e-7, 1 - 1e-7
-        zero = typed[0]
-        scalars = np.empty(8, X.dtype)  # the rule's, per epoch
-        W2T = np.empty((k, width), X.dtype)  # W2 by columns: the loops over hidden units run along rows
-        # The gradient sums and one sample's rows in arrays of their own, which the compiler
-        # knows alias nothing (so it vectorises the loops over them); copied out once.
-        dW1, db1 = np.empty((n_in, width), X.dtype), np.empty(width, X.dtype)
-        dW2T, db2 = np.empty((k, width), X.dtype), np.empty(k, X.dtype)
-        x, h, dh = np.empty(n_in, X.dtype), np.empty(width, X.dtype), np.empty(width, X.dtype)
-        z, p, d = np.empty(k, X.dtype), np.empty(k, X.dtype), np.empty(k, X.dtype)
-        for epoch in range(epochs):
-            for c in range(k):
-                for j in range(width):
-                    W2T[c, j] = W2[j, c]
-            dW1[:] = zero
-            db1[:] = zero
-            dW2T[:] = zero
-            db2[:] = zero
-            loss_sum = 0.0
-            correct = 0
-            last = epoch == epochs - 1
-            for i in range(n):
-                x[:] = X[i]
-                forward_row(x, W1, b1, W2T, b2, h, z, zero)
-                label = y[i]
-                loss, best = softmax_cross_entropy_row(z, label, p, d, typed)
-                loss_sum += loss
-                correct += best == label
-                for c in range(k):
-                    db2[c] += d[c]
-                backward_row(x, h, d, W2T, dW1, db1, dW2T, dh, zero)
-                if last:
-                    hidden[i, :], dhidden[i, :] = h, dh
-                    logits[i, :], probs[i, :], dlogits[i, :] = z, p, d
-                    losses[i] = loss
-            grads[:o1] = dW1.ravel()
-            grads[o1:o2] = db1
-            for c in range(k):
-                for j in range(width):
-                    dW2[j, c] = dW2T[c, j]
-            grads[o3:] = db2
-            totals[epoch, 0] += loss_sum
-            totals[epoch, 1] += correct
-            _advance(schedule)
-            _update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, scalars)
-
-    return train
-
-
 def _advance(schedule):
     """schedule.advance, compiled."""
     iterations = schedule[slots.ITERATIONS]

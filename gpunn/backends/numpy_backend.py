@@ -18,7 +18,7 @@ import numpy as np
 
 from . import jit, passes
 from . import schedule as slots
-from .base import CLIP, Backend
+from .base import CLIP, Backend, Options
 
 # Rows this narrow get their maximum column by column (k - 1 vectorised ops) instead of a
 # reduction along each short row.
@@ -32,6 +32,8 @@ UPDATE_PIECE = 1 << 15
 
 class NumpyBackend(Backend):
     name = "numpy"
+    #: The compiled trainer on where numba is installed (why_not says where it runs).
+    default_options = Options(one_kernel_trainer=True)
 
     def __init__(self) -> None:
         super().__init__(np)
@@ -39,16 +41,23 @@ class NumpyBackend(Backend):
 
     def why_not(self, feature: str, rows: int | None = None,
                 sizes: tuple[int, int, int] | None = None, dtype: Any = None) -> str | None:
-        # The one-kernel trainer (jit.py, with numba) takes the book's shape of network; with it
-        # on, the other planned networks take planned steps too (the same numbers as eager ones).
-        if feature == "one_kernel_trainer":
-            if not self.one_kernel_trainer:
-                return (f"switched off on the {self.name} backend; "
-                        f"model.backend.one_kernel_trainer = True turns it on")
-            return None if jit.WHY_NOT is None else f"the CPU one-kernel trainer {jit.WHY_NOT}"
-        if feature == "planned_steps" and self.why_not("one_kernel_trainer") is None:
-            return None
-        return super().why_not(feature, rows, sizes, dtype)
+        # The compiled trainer (jit.py, with numba) takes the book's shape of network, up to
+        # jit.COLUMNS_UP_TO inputs and classes together, where it measured faster than these
+        # steps at every size tried; the rest take this backend's eager steps.
+        if feature != "one_kernel_trainer":
+            return super().why_not(feature, rows, sizes, dtype)
+        if not self.one_kernel_trainer:
+            return (f"switched off on the {self.name} backend; "
+                    f"model.backend.one_kernel_trainer = True turns it on")
+        if jit.WHY_NOT is not None:
+            return f"the CPU one-kernel trainer {jit.WHY_NOT}"
+        if self.precision == "bf16":
+            return "the one-kernel trainer computes in the model's dtype, not with bf16 GEMMs"
+        if sizes is not None and sizes[0] + sizes[2] > jit.COLUMNS_UP_TO:
+            return (f"the CPU one-kernel trainer takes up to {jit.COLUMNS_UP_TO} inputs and classes "
+                    f"together (this network has {sizes[0]} + {sizes[2]}); wider networks take "
+                    f"the NumPy steps, as fast or faster there")
+        return None
 
     def train_in_one_kernel(self, X: Any, y: Any, params: Any, grads: Any, states: list[Any],
                             schedule: Any, totals: Any, epochs: int, rule: tuple[int, float, float],

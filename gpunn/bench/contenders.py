@@ -73,8 +73,9 @@ def gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequ
     model = Sequential(layers)
     model.set_params(params)
     model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=bk, precision=precision)
-    # Planned steps (cuBLAS and kernels) unless a row asks for the one-kernel trainer, which is
-    # on by default on a GPU: gpunn-cupy, its streamed row and its op profile time the same path.
+    # Planned steps (cuBLAS and kernels; on the CPU the NumPy steps) unless a row asks for the
+    # one-kernel trainer, which is on by default on a GPU and, with numba, on the CPU: gpunn-<backend>,
+    # its streamed row and its op profile time the same path.
     model.backend.one_kernel_trainer = False
     return model
 

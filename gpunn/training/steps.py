@@ -49,9 +49,10 @@ def why_not(network: Network, path: str, rows: int | None = None) -> str | None:
             return f"{layer!r} is not planned (Dense, ReLU and Linear are)"
     if network.regularized:
         return "L1/L2 penalties are not planned"
-    reason = network.backend.why_not("planned_steps")
-    if reason or path == "planned":
-        return reason
+    if path == "planned":
+        return network.backend.why_not("planned_steps")
+    # The one-kernel trainer needs no planned steps of the backend's (the NumPy backend's
+    # compiled trainer runs where the rest take eager steps), only the network's plan.
     if [type(layer) for layer in network.layers] != [Dense, ReLU, Dense]:
         return "the one-kernel trainer takes Dense -> ReLU -> Dense networks only"
     if network.group is not None and network.group.size > 1:

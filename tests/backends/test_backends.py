@@ -13,7 +13,7 @@ from conftest import CUPY_PROBLEM
 from support.training import apply_rule
 
 import gpunn as nn
-from gpunn.backends import Backend, BackendUnavailableError, get_backend
+from gpunn.backends import Backend, BackendUnavailableError, get_backend, jit
 from gpunn.backends.base import FEATURES
 from gpunn.backends.cupy_backend import CupyBackend
 from gpunn.backends.numpy_backend import NumpyBackend
@@ -73,18 +73,24 @@ def test_auto_picks_and_logs_which_once_where_the_application_says():
 def test_why_not_answers_each_feature_with_a_reason_or_none():
     bk = get_backend("numpy")
     for feature in FEATURES:
-        assert isinstance(bk.why_not(feature), str) and "numpy" in bk.why_not(feature)
+        if feature != "one_kernel_trainer":
+            assert isinstance(bk.why_not(feature), str) and "numpy" in bk.why_not(feature)
+    # The compiled trainer: on by default, where numba is, for up to 16 inputs and classes.
+    assert bk.why_not("one_kernel_trainer", sizes=(2, 64, 3)) == jit.WHY_NOT and \
+        (jit.WHY_NOT is None or jit.WHY_NOT.startswith("needs numba"))
+    assert bk.configured(one_kernel_trainer=False).why_not("one_kernel_trainer") == \
+        "switched off on the numpy backend; model.backend.one_kernel_trainer = True turns it on"
     with pytest.raises(ValueError, match="feature must be one of 'planned_steps', 'graphs'"):
         bk.why_not("fp16")
 
 
 def test_configured_copies_share_the_device_but_not_the_options():
     bk = get_backend("numpy")
-    view = bk.configured(epilogue_policy="never", one_kernel_trainer=True)
+    view = bk.configured(epilogue_policy="never", one_kernel_trainer=False)
     assert view is not bk and view.xp is bk.xp and view.name == "numpy"
-    assert (view.epilogue_policy, view.one_kernel_trainer) == ("never", True)
-    assert (bk.epilogue_policy, bk.one_kernel_trainer) == ("auto", False)
-    assert view.small_net_kernel  # the name the option had before
+    assert (view.epilogue_policy, view.one_kernel_trainer) == ("never", False)
+    assert (bk.epilogue_policy, bk.one_kernel_trainer) == ("auto", True)
+    assert not view.small_net_kernel and bk.small_net_kernel  # the name the option had before
     with pytest.raises(ValueError, match="precision 'tf32' needs the cupy backend"):
         bk.configured(precision="tf32")
     with pytest.raises(ValueError, match="precision 'bf16' needs the cupy backend"):

@@ -9,13 +9,17 @@ import math
 import numpy as np
 
 from gpunn.backends import schedule as slots
+from gpunn.backends.base import Options
 from gpunn.backends.cuda.cublaslt import relu_mask_shape
 from gpunn.backends.numpy_backend import NumpyBackend
 
 
 class PlanningNumpy(NumpyBackend):
     """Plans steps as the CuPy backend does (static inputs, device schedule, totals on the
-    device), without graphs: the plan logic, checked against the plain step on the CPU."""
+    device), without graphs: the plan logic, checked against the plain step on the CPU. Its
+    steps stay planned: the compiled trainer is off unless a model turns it on."""
+
+    default_options = Options()
 
     def why_not(self, feature, rows=None, sizes=None, dtype=None):
         if feature == "planned_steps":

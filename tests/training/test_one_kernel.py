@@ -55,14 +55,13 @@ def test_a_full_batch_launch_of_the_one_kernel_trainer_takes_up_to_1024_epochs()
 @pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
 @pytest.mark.parametrize("make_opt", RULES)
 @pytest.mark.parametrize("batch_size", [None, 64])
-@pytest.mark.parametrize("sizes", [(2, 16, 3), (4, 8, 12), (5, 8, 12)])
+@pytest.mark.parametrize("sizes", [(2, 16, 3), (4, 8, 12)])
 def test_the_compiled_cpu_trainer_trains_as_the_planned_steps(make_opt, batch_size, sizes):
-    """gpunn/backends/jit.py (numba): the NumPy backend with the one-kernel trainer on; for the
-    spiral's 2 inputs and 3 classes, and for 4 inputs and 12 classes (jit.COLUMNS_UP_TO), the
-    trainer written out for them over columns of samples; for 5 and 12 the per-sample loops."""
-    assert (sizes[0] + sizes[2] <= jit.COLUMNS_UP_TO) == (sizes != (5, 8, 12))
-    trains_as_the_planned_steps(make_opt, batch_size,
-                                get_backend("numpy").configured(one_kernel_trainer=True), sizes)
+    """gpunn/backends/jit.py (numba): the NumPy backend as it comes, the one-kernel trainer on;
+    for the spiral's 2 inputs and 3 classes, and for 4 inputs and 12 classes (jit.COLUMNS_UP_TO),
+    the trainer written out for them over columns of samples."""
+    assert sizes[0] + sizes[2] <= jit.COLUMNS_UP_TO
+    trains_as_the_planned_steps(make_opt, batch_size, "numpy", sizes)
 
 
 def trains_as_the_planned_steps(make_opt, batch_size, one_kernel_backend, sizes=(2, 16, 3)):
@@ -114,24 +113,51 @@ def test_only_the_books_shape_takes_the_one_kernel_path():
         "switched off on the numpy backend; model.backend.one_kernel_trainer = True turns it on"
 
 
-def test_the_numpy_backend_takes_the_compiled_trainer_only_when_asked_and_numba_is_there(
+def test_the_numpy_backend_takes_the_compiled_trainer_where_numba_is_and_the_network_is_narrow(
         monkeypatch):
-    """Off by default: the NumPy backend's steps as they always were (eager). On: the book's
-    shape takes the compiled trainer, other planned networks planned steps. Without numba: the
-    eager steps, and why_not says what to install."""
-    book = nn.Sequential([nn.Dense(2, 8), nn.ReLU(), nn.Dense(8, 3)])
-    book.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="numpy")
-    assert steps.choose(book.network, 300) == "eager"
-    book.backend.one_kernel_trainer = True
+    """On by default: the book's shape of network, up to 16 inputs and classes together, takes
+    the compiled trainer. Switched off, wider, or without numba: the NumPy backend's eager steps,
+    as they always were, and why_not says why."""
+    def book(n_in=2, k=3):
+        model = nn.Sequential([nn.Dense(n_in, 8), nn.ReLU(), nn.Dense(8, k)])
+        return model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="numpy")
+
+    narrow, wide = book(), book(5, 12)
     if jit.WHY_NOT is None:
-        assert steps.choose(book.network, 300) == "one-kernel"
+        assert steps.choose(narrow.network, 300) == "one-kernel"
+        assert book(4, 12).network.backend.why_not("one_kernel_trainer", sizes=(4, 8, 12)) is None
+    assert steps.choose(wide.network, 300) == "eager"
+    assert steps.why_not(wide.network, "one-kernel", 300) == (
+        jit.WHY_NOT and f"the CPU one-kernel trainer {jit.WHY_NOT}") or (
+        "the CPU one-kernel trainer takes up to 16 inputs and classes together (this network has "
+        "5 + 12); wider networks take the NumPy steps, as fast or faster there")
+    narrow.backend.one_kernel_trainer = False
+    assert steps.choose(narrow.network, 300) == "eager"
+    assert steps.why_not(narrow.network, "one-kernel", 300) == \
+        "switched off on the numpy backend; model.backend.one_kernel_trainer = True turns it on"
+    narrow.backend.one_kernel_trainer = True
     monkeypatch.setattr(jit, "WHY_NOT", 'needs numba (pip install "gpunn[jit]"; no numba here)')
-    assert steps.why_not(book.network, "one-kernel", 300) == \
+    assert steps.why_not(narrow.network, "one-kernel", 300) == \
+        'the CPU one-kernel trainer needs numba (pip install "gpunn[jit]"; no numba here)'
+    assert steps.why_not(narrow.network, "planned", 300) == \
         "the numpy backend takes each step as it comes (planned steps pay where they are " \
         "replayed as device graphs)"
-    assert book.backend.why_not("one_kernel_trainer") == \
-        'the CPU one-kernel trainer needs numba (pip install "gpunn[jit]"; no numba here)'
-    assert steps.choose(book.network, 300) == "eager"
+    assert steps.choose(narrow.network, 300) == "eager"
+
+
+def test_a_network_too_wide_for_the_compiled_trainer_trains_as_with_it_switched_off():
+    """5 inputs and 12 classes: the eager NumPy steps, the same bits as with the trainer off."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 5)), rng.integers(0, 12, 40)
+    models = []
+    for on in (True, False):
+        model = book_model(nn.Adam, "numpy", sizes=(5, 8, 12))
+        model.backend.one_kernel_trainer = on
+        model.fit(X, y, epochs=5, batch_size=16, seed=0, verbose=0)
+        models.append(model)
+    assert set(made_steps(models[0]).values()) == {"eager"}
+    for a, b in zip(models[0].get_params(), models[1].get_params()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_shared_memory_of_the_books_run():

@@ -275,27 +275,30 @@ def test_hold_keeps_the_device_busy_for_the_seconds_asked(emulated):
 
 def test_a_model_moved_or_unpickled_keeps_the_options_it_set_and_takes_the_new_defaults(emulated):
     """Options a model set go along to another backend; those it left at the old backend's
-    defaults take the new one's: the one-kernel trainer, on by default on a GPU, stays off on
-    the CPU unless asked for there (so a seed gives the NumPy steps' numbers)."""
+    defaults take the new one's: tuned GEMMs, on by default on a GPU, are off on the CPU unless
+    asked for there; a one-kernel trainer switched off stays off (so a seed gives the NumPy
+    steps' numbers there)."""
     import pickle
 
     def book(backend):
         model = nn.Sequential([nn.Dense(2, 8), nn.ReLU(), nn.Dense(8, 3)])
         return model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend=backend)
 
-    assert book(emulated).backend.one_kernel_trainer  # the GPU's default
-    assert not book(emulated).to("numpy").backend.one_kernel_trainer
-    assert book("numpy").to(emulated).backend.one_kernel_trainer
+    assert book(emulated).backend.tune_gemms  # the GPU's default
+    assert not book(emulated).to("numpy").backend.tune_gemms
+    assert book("numpy").to(emulated).backend.tune_gemms
+    assert book(emulated).to("numpy").backend.one_kernel_trainer  # on by default on both
     asked = book(emulated)
     asked.backend.epilogue_policy = "never"
+    asked.backend.one_kernel_trainer = False
     moved = asked.to("numpy").backend
-    assert (moved.epilogue_policy, moved.one_kernel_trainer) == ("never", False)
+    assert (moved.epilogue_policy, moved.one_kernel_trainer, moved.tune_gemms) == ("never", False, False)
     # Unpickled where there is no GPU (here), a GPU model comes back on the CPU the same way.
     again = pickle.loads(pickle.dumps(book(emulated)))
-    assert again.backend.name == "numpy" and not again.backend.one_kernel_trainer
+    assert again.backend.name == "numpy" and not again.backend.tune_gemms
     asked_cpu = book("numpy")
-    asked_cpu.backend.one_kernel_trainer = True
-    assert pickle.loads(pickle.dumps(asked_cpu)).backend.one_kernel_trainer
+    asked_cpu.backend.one_kernel_trainer = False
+    assert not pickle.loads(pickle.dumps(asked_cpu)).backend.one_kernel_trainer
 
 
 def test_dropout_masks_are_drawn_on_the_device_from_one_host_draw(emulated):
