@@ -5,8 +5,8 @@ numba compiles a function again in every process unless it is cached, and it cac
 functions that live in a file. The written-out trainer is source text made at run time, so it is
 written to a file in the cache folder and imported from there; numba then keeps what it compiled
 beside it (``__pycache__``). On a 2-core Xeon, a fit of the book's network's first 10 epochs
-took 1.79 s compiling its trainer, 0.28 s loading it from the cache. The per-sample trainer of
-larger networks (jit.py's ``_trainer``, a closure) is compiled in each process.
+took 1.79 s compiling its trainer, 0.28 s loading it from the cache (most of that numba's own
+start, paid once per process by whatever it compiles or loads first).
 
 The folder is ``GPUNN_CACHE_DIR`` when set (empty: keep nothing), else ``$XDG_CACHE_HOME/gpunn``
 or ``~/.cache/gpunn``. A file's name carries a digest of its source and of the ``salt`` (jit.py's
