@@ -125,12 +125,12 @@ def test_the_numpy_backend_takes_the_compiled_trainer_where_numba_is_and_the_net
     narrow, wide = book(), book(5, 12)
     if jit.WHY_NOT is None:
         assert steps.choose(narrow.network, 300) == "one-kernel"
-        assert book(4, 12).network.backend.why_not("one_kernel_trainer", sizes=(4, 8, 12)) is None
+        assert book(4, 12).backend.why_not("one_kernel_trainer", sizes=(4, 8, 12)) is None
+    too_wide = ("the CPU one-kernel trainer takes up to 16 inputs and classes together (this "
+                "network has 5 + 12); wider networks take the NumPy steps, as fast or faster there")
+    no_numba = f"the CPU one-kernel trainer {jit.WHY_NOT}"
+    assert steps.why_not(wide.network, "one-kernel", 300) == (no_numba if jit.WHY_NOT else too_wide)
     assert steps.choose(wide.network, 300) == "eager"
-    assert steps.why_not(wide.network, "one-kernel", 300) == (
-        jit.WHY_NOT and f"the CPU one-kernel trainer {jit.WHY_NOT}") or (
-        "the CPU one-kernel trainer takes up to 16 inputs and classes together (this network has "
-        "5 + 12); wider networks take the NumPy steps, as fast or faster there")
     narrow.backend.one_kernel_trainer = False
     assert steps.choose(narrow.network, 300) == "eager"
     assert steps.why_not(narrow.network, "one-kernel", 300) == \
