@@ -79,6 +79,11 @@ SCHEMA: dict[str, Any] = {
                                                           "time over ranks x this one's"},
                     "speedup_vs": {"type": "object", "additionalProperties": {"type": "number"},
                                    "description": "gpunn rows: the peer's step time over this one"},
+                    "default": {"type": "boolean",
+                                "description": "gpunn rows: whether this is the path gpunn "
+                                               "takes here unless told otherwise (the "
+                                               "one-kernel trainer's row where it ran, else "
+                                               "gpunn-<backend>)"},
                     "within_noise": {"type": "array", "items": {"type": "string"},
                                      "description": "gpunn rows: the peers whose interquartile "
                                                     "range overlaps this one's: that ratio does "
@@ -148,6 +153,22 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
             row["within_noise"] = [o["impl"] for o in peers if overlap(row, o)]
 
 
+def mark_defaults(rows: list[dict[str, Any]]) -> None:
+    """On gpunn rows: ``default``, whether the row times the path a model takes here unless told
+    otherwise. That is the one-kernel trainer's row where it ran (it is on by default wherever it
+    can take the network), else the backend's steps (gpunn-<backend>); the other rows time
+    options switched, or data streamed from host memory."""
+    ran = {row["impl"] for row in rows}
+    for row in rows:
+        if row["impl"].startswith("gpunn-"):
+            trainer = f"gpunn-{row['backend']}-one-kernel"
+            row["default"] = row["impl"] == (trainer if trainer in ran else f"gpunn-{row['backend']}")
+
+
+def default_text(row: dict[str, Any]) -> str:
+    return "  (gpunn's default here)" if row.get("default") else ""
+
+
 def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether the interquartile ranges of two measured rows overlap (single runs never do)."""
     if a.get("repeats", 1) < 2 or b.get("repeats", 1) < 2:
@@ -186,7 +207,7 @@ def row_text(row: dict[str, Any]) -> str:
             f"{row['samples_per_s']:12.0f} samples/s")
     if row.get("ceiling_fraction"):
         text += f"  {100 * row['ceiling_fraction']:5.1f}% of GEMM ceiling"
-    return text + speedup_text(row)
+    return text + speedup_text(row) + default_text(row)
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -205,7 +226,8 @@ def markdown(doc: dict[str, Any]) -> str:
         frac = f"{100 * r['ceiling_fraction']:.1f}" if r.get("ceiling_fraction") else ""
         iqr = f"{r['step_ms_q1']:.4f}-{r['step_ms_q3']:.4f}" if r.get("repeats", 1) > 1 else ""
         speed = ", ".join(ratio_text(r, k, " vs ") for k in r.get("speedup_vs", {}))
-        lines.append(f"| {r['workload']} | {r['device']} | {r['precision']} | {r['impl']} | "
+        impl = f"{r['impl']} (default)" if r.get("default") else r["impl"]
+        lines.append(f"| {r['workload']} | {r['device']} | {r['precision']} | {impl} | "
                      f"{r['step_ms']:.4f} | {iqr} | {r['samples_per_s']:.0f} | {frac} | {speed} |")
     lines += ["", noise_note(doc) + "."]
     if m.get("blas_warning"):

@@ -28,6 +28,8 @@ from .contenders import Run, Skip, contenders
 from .ops import book_profile, op_profile
 from .report import (
     add_speedups,
+    default_text,
+    mark_defaults,
     markdown,
     noise_note,
     op_profile_text,
@@ -182,9 +184,10 @@ class Suite:
                 "samples_per_s": BOOK_EPOCHS * 300 / seconds_taken,
                 "tflops": None, "ceiling_fraction": None, "final_loss": None})
         add_speedups(rows)
+        mark_defaults(rows)
         for row in rows:
             self.log(f"book    {device} {row['impl']:19s} {row['step_ms'] / 1e3:8.3f} s for "
-                     f"{BOOK_EPOCHS} epochs" + speedup_text(row))
+                     f"{BOOK_EPOCHS} epochs" + speedup_text(row) + default_text(row))
         self.results += rows
         for row in rows:
             if self.ops and row["impl"] == f"gpunn-{row['backend']}-one-kernel":
@@ -215,6 +218,7 @@ class Suite:
                          "ceiling_fraction": tflops / ceiling if ceiling else None,
                          "final_loss": final_loss})
         add_speedups(rows)
+        mark_defaults(rows)
         for row in rows:
             self.log(row_text(row))
         self.results += rows

@@ -125,6 +125,34 @@ def test_spread_is_the_interquartile_range_and_overlaps_are_flagged():
     jsonschema.validate({**doc, "machine": {**doc["machine"], "python": "3", "blas": []}}, bench.SCHEMA)
 
 
+def test_the_row_of_gpunns_default_path_is_marked():
+    """The one-kernel trainer's row where it ran (on by default wherever it can take the
+    network), else the backend's steps; never a peer, an option's row or a streamed one."""
+    from gpunn.bench.report import mark_defaults, markdown, row_text
+
+    def row(impl, backend="numpy"):
+        return {"workload": "small", "impl": impl, "backend": backend, "precision": "fp32",
+                "device": "cpu", "step_ms": 1.0, "step_ms_q1": 1.0, "step_ms_q3": 1.0,
+                "repeats": 3, "samples_per_s": 1.0, "tflops": None, "ceiling_fraction": None,
+                "final_loss": None}
+
+    names = ["gpunn-numpy", "gpunn-numpy-streamed", "gpunn-numpy-one-kernel", "jax"]
+    rows = [row(name, "jax" if name == "jax" else "numpy") for name in names]
+    mark_defaults(rows)
+    assert [r.get("default") for r in rows] == [False, False, True, None]
+    assert row_text(rows[2]).endswith("(gpunn's default here)") and "default" not in row_text(rows[0])
+    doc = {"machine": {"cpu": "x", "cpu_cores": 2, "gpu": None, "versions": {}, "gemm_ceiling": {}},
+           "results": rows, "skipped": []}
+    assert "| gpunn-numpy-one-kernel (default) |" in markdown(doc)
+    assert "| gpunn-numpy |" in markdown(doc)
+    without = [row(name) for name in names[:2]]  # no one-kernel row (numba missing, or medium)
+    mark_defaults(without)
+    assert [r["default"] for r in without] == [True, False]
+    gpu = [row(name, "cupy") for name in ("gpunn-cupy", "gpunn-cupy-untuned", "gpunn-cupy-separate")]
+    mark_defaults(gpu)
+    assert [r["default"] for r in gpu] == [True, False, False]
+
+
 def test_the_machine_block_lists_numpys_blas_first_and_marks_it(monkeypatch):
     import os
 
