@@ -74,6 +74,8 @@ gpu-check:
 	cat "$${OUT:-.}/phases.txt"; \
 	python3 benchmarks/gemm_tuning.py > "$${OUT:-.}/tuning.txt" || status=$$?; \
 	cat "$${OUT:-.}/tuning.txt"; \
+	python3 benchmarks/read_ahead.py > "$${OUT:-.}/read_ahead.txt" || status=$$?; \
+	cat "$${OUT:-.}/read_ahead.txt"; \
 	exit $${status:-0}
 
 # Mutation testing, on demand and not in CI (hours over every core module listed under

@@ -535,3 +535,40 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
         "small  tf32 plain         m=512 n=1024 k=784 T=01 float32: 2 offered; ms 0.5000 0.2500; "
         "cuBLAS 0.1250*"]
     assert steps == ["tf32", "tf32"]
+
+
+def test_the_read_ahead_script_times_streamed_steps_with_each_count_of_workers(emulated, monkeypatch):
+    """benchmarks/read_ahead.py (run by make gpu-check): resident, then streamed with each count
+    of upload workers (the uploader built with that many batches ahead and 2 slots more), then
+    READ_AHEAD as it was. The CuPy backend's kernels on the CPU and a stand-in runtime here."""
+    import importlib.util
+    from pathlib import Path
+
+    from support.cuda_runtime import Runtime
+
+    from gpunn.backends.cuda import transfer
+
+    path = Path(__file__).parents[2] / "benchmarks" / "read_ahead.py"
+    spec_of = importlib.util.spec_from_file_location("read_ahead", path)
+    script = importlib.util.module_from_spec(spec_of)
+    spec_of.loader.exec_module(script)
+    monkeypatch.setattr(sys.modules["gpunn.bench.contenders"], "get_backend", lambda _: emulated)
+    monkeypatch.setattr(transfer, "CupyRuntime", lambda xp: Runtime())
+    monkeypatch.setattr(transfer, "WORKER_MIN_BYTES", 0)  # this workload's batches are tiny
+    monkeypatch.delattr(emulated, "uploader")  # the emulator's plain copies: here the real uploader
+    monkeypatch.setattr(script, "WORKLOADS", {"tiny": bench.Workload((2, 16, 3), 20)})
+    built, made = [], transfer.PinnedUploader
+
+    def uploader(*args, **kwargs):
+        up = made(*args, **kwargs)
+        built.append((up.ahead, len(up.slots)))
+        return up
+
+    monkeypatch.setattr(transfer, "PinnedUploader", uploader)
+    lines = script.report("tiny", "fp32", [1, 4], repeats=1, seconds=0.0)
+    assert [line.split(":")[0] for line in lines] == \
+        ["tiny fp32 resident", "tiny fp32 streamed, 1 workers", "tiny fp32 streamed, 4 workers"]
+    assert lines[1].endswith("of resident's speed)") and " ms (" in lines[2]
+    assert built == [(1, 3), (4, 6)]
+    assert (transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS) == (3, 5)
+    assert not [t for t in threading.enumerate() if t.name.startswith("gpunn-upload")]

@@ -1,0 +1,89 @@
+"""How many batches the upload workers should read at once (``transfer.READ_AHEAD``), measured on
+a GPU's host (needs CuPy and a device).
+
+    python benchmarks/read_ahead.py [--workloads medium] [--precision tf32,bf16]
+                                    [--workers 1,3,6] [--repeats 3] [--seconds 0.3]
+
+For each workload and precision: gpunn-cupy's step with its data on the device (resident), then
+the streamed step (gpunn-cupy-streamed: the data in host memory, ``upload_thread`` on) with each
+count of workers, over that many + 2 slots; ms a step, the median of the repeats as ``gpunn
+bench`` times them, and its speed as a fraction of resident's. Why: on an H200 (2026-11-27) with
+3 workers, streamed medium steps took 0.19 ms in tf32 and in bf16, where resident ones took 0.14
+and 0.11; one thread read a medium batch in 0.31 ms. If the reads set that pace, more workers
+close the gap; if the time stays, something else does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import statistics
+from collections.abc import Iterator
+
+from gpunn.backends.cuda import transfer
+from gpunn.bench import initial_params, workload_data
+from gpunn.bench.contenders import Skip, gpunn_run, gpunn_streamed_run
+from gpunn.bench.suite import time_steps
+from gpunn.bench.workloads import WORKLOADS
+
+
+@contextlib.contextmanager
+def read_ahead(workers: int) -> Iterator[None]:
+    """Uploaders made inside read ``workers`` batches at once, over ``workers`` + 2 slots."""
+    saved = transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS
+    transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS = workers, workers + 2
+    try:
+        yield
+    finally:
+        transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS = saved
+
+
+def step_ms(make, workload: str, precision: str, repeats: int, seconds: float) -> float:
+    """The median over ``repeats`` of a row's ms a step (``make``: a bench row's factory)."""
+    w = WORKLOADS[workload]
+    X, y = workload_data(w)
+    run = make(w, initial_params(w.sizes), X, y, precision, "gpu")
+    try:
+        return statistics.median(time_steps(run, seconds) for _ in range(repeats))
+    finally:
+        del run
+        gc.collect()  # a streamed row's feed ends here, and its workers with it
+
+
+def report(workload: str, precision: str, workers: list[int], repeats: int,
+           seconds: float) -> list[str]:
+    """Resident's ms a step, then each count of workers' streamed ms and fraction of its speed."""
+    try:
+        resident = step_ms(gpunn_run("cupy"), workload, precision, repeats, seconds)
+    except Skip as why:
+        return [f"{workload} {precision}: skipped ({why})"]
+    lines = [f"{workload} {precision} resident: {resident:.4f} ms"]
+    for count in workers:
+        with read_ahead(count):
+            streamed = step_ms(gpunn_streamed_run("cupy", upload_thread=True), workload,
+                               precision, repeats, seconds)
+        lines.append(f"{workload} {precision} streamed, {count} workers: {streamed:.4f} ms "
+                     f"({resident / streamed:.0%} of resident's speed)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default="medium")
+    parser.add_argument("--precision", default="tf32,bf16")
+    parser.add_argument("--workers", default="1,3,6")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=0.3)
+    args = parser.parse_args()
+    workers = [int(count) for count in args.workers.split(",")]
+    if min(workers) < 1:
+        parser.error(f"--workers: each count must be 1 or more; got {args.workers}")
+    for workload in args.workloads.split(","):
+        for precision in args.precision.split(","):
+            for line in report(workload, precision, workers, args.repeats, args.seconds):
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
