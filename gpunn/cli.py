@@ -347,12 +347,11 @@ def info() -> int:
         print(f"CPU one-kernel trainer: on by default for Dense -> ReLU -> Dense networks of up to "
               f"{jit.COLUMNS_UP_TO} inputs and classes together; "
               f"model.backend.one_kernel_trainer = False turns it off")
-    else:
-        print(f"CPU one-kernel trainer: unavailable ({jit.WHY_NOT})")
-    if jit.WHY_NOT is None:
         folder = jit_cache.folder()
         print(f"compiled trainers kept in {folder}" if folder else
               f"compiled trainers kept nowhere ({jit_cache.ENV} is empty)")
+    else:
+        print(f"CPU one-kernel trainer: unavailable ({jit.WHY_NOT})")
     from gpunn.backends import passes
 
     print("CPU element-wise passes compiled: " + (
