@@ -215,6 +215,13 @@ def test_the_one_kernel_trainer_leaves_bf16_to_the_planned_steps(emulated):
     model.backend.one_kernel_trainer = True
     assert "bf16" in steps.why_not(model.network, "one-kernel", 100)
     assert steps.choose(model.network, 100) == "planned"
+    # The NumPy backend's compiled trainer too (its reference ops take bf16 here), eager steps.
+    cpu = nn.Sequential([nn.Dense(2, 16), nn.ReLU(), nn.Dense(16, 3)])
+    cpu.compile(nn.SoftmaxCrossEntropy(), nn.Adam(), backend=Bf16Numpy(), precision="bf16")
+    assert cpu.backend.one_kernel_trainer
+    assert steps.why_not(cpu.network, "one-kernel", 100) == \
+        "the one-kernel trainer computes in the model's dtype, not with bf16 GEMMs"
+    assert steps.choose(cpu.network, 100) == "eager"
 
 
 def test_a_bf16_model_saves_its_precision_and_loads_on_the_cpu_in_fp32(tmp_path):

@@ -75,8 +75,6 @@ class CupyBackend(Backend):
                             dtype: Any) -> str | None:
         if not self.one_kernel_trainer:
             return "switched off; model.backend.one_kernel_trainer = True turns it on"
-        if self.precision == "bf16":
-            return "the one-kernel trainer computes in the model's dtype, not with bf16 GEMMs"
         if rows is None:
             return None
         limit, need = self.max_shared_bytes(), launch.one_kernel_bytes(rows, sizes, dtype)

@@ -51,8 +51,6 @@ class NumpyBackend(Backend):
                     f"model.backend.one_kernel_trainer = True turns it on")
         if jit.WHY_NOT is not None:
             return f"the CPU one-kernel trainer {jit.WHY_NOT}"
-        if self.precision == "bf16":
-            return "the one-kernel trainer computes in the model's dtype, not with bf16 GEMMs"
         if sizes is not None and sizes[0] + sizes[2] > jit.COLUMNS_UP_TO:
             return (f"the CPU one-kernel trainer takes up to {jit.COLUMNS_UP_TO} inputs and classes "
                     f"together (this network has {sizes[0]} + {sizes[2]}); wider networks take "

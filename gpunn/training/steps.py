@@ -57,6 +57,8 @@ def why_not(network: Network, path: str, rows: int | None = None) -> str | None:
         return "the one-kernel trainer takes Dense -> ReLU -> Dense networks only"
     if network.group is not None and network.group.size > 1:
         return "the one-kernel trainer does not sum gradients over ranks (distributed training)"
+    if network.backend.precision == "bf16":
+        return "the one-kernel trainer computes in the model's dtype, not with bf16 GEMMs"
     first, second = network.dense_layers
     return network.backend.why_not("one_kernel_trainer", rows=rows, dtype=network.dtype,
                                    sizes=(first.n_inputs, first.n_neurons, second.n_neurons))
