@@ -94,19 +94,21 @@ def test_cli_writes_json_markdown_and_a_png(tmp_path, capsys):
     assert np.isfinite([r["step_ms"] for r in doc["results"]]).all()
 
 
+def bench_row(impl, ms=1.0, q1=1.0, q3=1.0, backend="numpy"):
+    """A result row of the small workload, as the suite writes one (five repeats)."""
+    return {"workload": "small", "impl": impl, "backend": backend, "precision": "fp32",
+            "device": "cpu", "step_ms": ms, "step_ms_q1": q1, "step_ms_q3": q3, "repeats": 5,
+            "samples_per_s": 1.0, "tflops": None, "ceiling_fraction": None, "final_loss": None}
+
+
 def test_spread_is_the_interquartile_range_and_overlaps_are_flagged():
     from gpunn.bench.report import add_speedups, markdown, noise_note, quartiles
 
     assert quartiles([1.0, 2.0, 3.0, 100.0, 4.0]) == (2.0, 4.0)  # one slow outlier does not count
     assert quartiles([5.0]) == (5.0, 5.0)
 
-    def row(impl, ms, q1, q3):
-        return {"workload": "small", "impl": impl, "backend": "numpy", "precision": "fp32",
-                "device": "cpu", "step_ms": ms, "step_ms_q1": q1, "step_ms_q3": q3, "repeats": 5,
-                "samples_per_s": 1.0, "tflops": None, "ceiling_fraction": None, "final_loss": None}
-
-    rows = [row("gpunn-numpy", 1.0, 0.9, 1.1), row("pytorch", 2.0, 1.9, 2.2),
-            row("jax", 1.05, 1.0, 1.2)]
+    rows = [bench_row("gpunn-numpy", 1.0, 0.9, 1.1), bench_row("pytorch", 2.0, 1.9, 2.2),
+            bench_row("jax", 1.05, 1.0, 1.2)]
     add_speedups(rows)
     assert rows[0]["speedup_vs"] == {"pytorch": 2.0, "jax": 1.05} and rows[0]["within_noise"] == ["jax"]
     doc = {"machine": {"cpu": "x", "cpu_cores": 2, "gpu": None, "versions": {}, "gemm_ceiling": {}},
@@ -130,14 +132,8 @@ def test_the_row_of_gpunns_default_path_is_marked():
     network), else the backend's steps; never a peer, an option's row or a streamed one."""
     from gpunn.bench.report import mark_defaults, markdown, row_text
 
-    def row(impl, backend="numpy"):
-        return {"workload": "small", "impl": impl, "backend": backend, "precision": "fp32",
-                "device": "cpu", "step_ms": 1.0, "step_ms_q1": 1.0, "step_ms_q3": 1.0,
-                "repeats": 3, "samples_per_s": 1.0, "tflops": None, "ceiling_fraction": None,
-                "final_loss": None}
-
     names = ["gpunn-numpy", "gpunn-numpy-streamed", "gpunn-numpy-one-kernel", "jax"]
-    rows = [row(name, "jax" if name == "jax" else "numpy") for name in names]
+    rows = [bench_row(name, backend="jax" if name == "jax" else "numpy") for name in names]
     mark_defaults(rows)
     assert [r.get("default") for r in rows] == [False, False, True, None]
     assert row_text(rows[2]).endswith("(gpunn's default here)") and "default" not in row_text(rows[0])
@@ -145,10 +141,11 @@ def test_the_row_of_gpunns_default_path_is_marked():
            "results": rows, "skipped": []}
     assert "| gpunn-numpy-one-kernel (default) |" in markdown(doc)
     assert "| gpunn-numpy |" in markdown(doc)
-    without = [row(name) for name in names[:2]]  # no one-kernel row (numba missing, or medium)
+    without = [bench_row(name) for name in names[:2]]  # no one-kernel row (numba missing, or medium)
     mark_defaults(without)
     assert [r["default"] for r in without] == [True, False]
-    gpu = [row(name, "cupy") for name in ("gpunn-cupy", "gpunn-cupy-untuned", "gpunn-cupy-separate")]
+    gpu = [bench_row(name, backend="cupy")
+           for name in ("gpunn-cupy", "gpunn-cupy-untuned", "gpunn-cupy-separate")]
     mark_defaults(gpu)
     assert [r["default"] for r in gpu] == [True, False, False]
 
