@@ -1,16 +1,19 @@
-"""How many batches the upload workers should read at once (``transfer.READ_AHEAD``), measured on
-a GPU's host (needs CuPy and a device).
+"""How many batches the upload workers should read at once (``transfer.READ_AHEAD``), and how
+many batches a start should carry (``transfer.GROUP_BYTES``), measured on a GPU's host (needs
+CuPy and a device).
 
     python benchmarks/read_ahead.py [--workloads medium] [--precision tf32,bf16]
-                                    [--workers 1,3,6] [--repeats 3] [--seconds 0.3]
+                                    [--workers 1,3,6] [--groups 1,4] [--repeats 3] [--seconds 0.3]
 
 For each workload and precision: gpunn-cupy's step with its data on the device (resident), then
 the streamed step (gpunn-cupy-streamed: the data in host memory, ``upload_thread`` on) with each
-count of workers, over that many + 2 slots; ms a step, the median of the repeats as ``gpunn
-bench`` times them, and its speed as a fraction of resident's. Why: on an H200 (2026-11-27) with
-3 workers, streamed medium steps took 0.19 ms in tf32 and in bf16, where resident ones took 0.14
-and 0.11; one thread read a medium batch in 0.31 ms. If the reads set that pace, more workers
-close the gap; if the time stays, something else does.
+count of workers, over that many + 2 slots, and each count of batches to a start (the bench's
+streamed data holds 4 batches); ms a step, the median of the repeats as ``gpunn bench`` times
+them, and its speed as a fraction of resident's. Why: on an H200 (2026-11-27) with 3 workers,
+streamed medium steps took 0.19 ms in tf32 and in bf16, where resident ones took 0.14 and 0.11;
+one thread read a medium batch in 0.31 ms. If the reads set that pace, more workers close the
+gap; if what each start costs on the calling thread does (its copy's calls and events, the
+hand-over), more batches to a start do; if neither, something else.
 """
 
 from __future__ import annotations
@@ -26,6 +29,17 @@ from gpunn.bench import initial_params, workload_data
 from gpunn.bench.contenders import Skip, gpunn_run, gpunn_streamed_run
 from gpunn.bench.suite import time_steps
 from gpunn.bench.workloads import WORKLOADS
+
+
+@contextlib.contextmanager
+def per_start(batches: int) -> Iterator[None]:
+    """Uploaders made inside carry up to ``batches`` batches to a start, whatever their bytes."""
+    saved = transfer.batches_per_start
+    transfer.batches_per_start = lambda *shapes_and_most: min(batches, shapes_and_most[-1])
+    try:
+        yield
+    finally:
+        transfer.batches_per_start = saved
 
 
 @contextlib.contextmanager
@@ -51,20 +65,22 @@ def step_ms(make, workload: str, precision: str, repeats: int, seconds: float) -
         gc.collect()  # a streamed row's feed ends here, and its workers with it
 
 
-def report(workload: str, precision: str, workers: list[int], repeats: int,
+def report(workload: str, precision: str, workers: list[int], groups: list[int], repeats: int,
            seconds: float) -> list[str]:
-    """Resident's ms a step, then each count of workers' streamed ms and fraction of its speed."""
+    """Resident's ms a step, then each count of workers' and of batches to a start's streamed
+    ms and fraction of its speed."""
     try:
         resident = step_ms(gpunn_run("cupy"), workload, precision, repeats, seconds)
     except Skip as why:
         return [f"{workload} {precision}: skipped ({why})"]
     lines = [f"{workload} {precision} resident: {resident:.4f} ms"]
     for count in workers:
-        with read_ahead(count):
-            streamed = step_ms(gpunn_streamed_run("cupy", upload_thread=True), workload,
-                               precision, repeats, seconds)
-        lines.append(f"{workload} {precision} streamed, {count} workers: {streamed:.4f} ms "
-                     f"({resident / streamed:.0%} of resident's speed)")
+        for batches in groups:
+            with read_ahead(count), per_start(batches):
+                streamed = step_ms(gpunn_streamed_run("cupy", upload_thread=True), workload,
+                                   precision, repeats, seconds)
+            lines.append(f"{workload} {precision} streamed, {count} workers, {batches} batches a "
+                         f"start: {streamed:.4f} ms ({resident / streamed:.0%} of resident's speed)")
     return lines
 
 
@@ -73,15 +89,18 @@ def main() -> None:
     parser.add_argument("--workloads", default="medium")
     parser.add_argument("--precision", default="tf32,bf16")
     parser.add_argument("--workers", default="1,3,6")
+    parser.add_argument("--groups", default="1,4")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.3)
     args = parser.parse_args()
     workers = [int(count) for count in args.workers.split(",")]
-    if min(workers) < 1:
-        parser.error(f"--workers: each count must be 1 or more; got {args.workers}")
+    groups = [int(count) for count in args.groups.split(",")]
+    for name, counts, given in (("--workers", workers, args.workers), ("--groups", groups, args.groups)):
+        if min(counts) < 1:
+            parser.error(f"{name}: each count must be 1 or more; got {given}")
     for workload in args.workloads.split(","):
         for precision in args.precision.split(","):
-            for line in report(workload, precision, workers, args.repeats, args.seconds):
+            for line in report(workload, precision, workers, groups, args.repeats, args.seconds):
                 print(line, flush=True)
 
 

@@ -45,7 +45,8 @@ class Options:
     #: Streamed data (``fit`` and the rest on data over the budget): read the next batches into
     #: pinned memory on worker threads, several at once, while the steps are launched (CuPy
     #: backend, on by default there, for batches of 1 MiB or more: smaller ones cost more to
-    #: hand over than to read; see ``transfer.WORKER_MIN_BYTES``).
+    #: hand over than to read, and are sent several together; see ``transfer.WORKER_MIN_BYTES``
+    #: and ``transfer.GROUP_BYTES``).
     upload_thread: bool = False
     #: GEMMs through cuBLASLt with each problem's candidate algorithms timed on its first call
     #: and the fastest kept (on by default on the CuPy backend, where it measured faster than
@@ -148,7 +149,7 @@ class Backend:
         "upload_thread",
         """Whether streamed batches of 1 MiB or more are read and copied into pinned memory on
         worker threads, several at once (the CuPy backend; elsewhere, and for smaller batches,
-        they are read as each step needs them).""")
+        they are read as the steps need them).""")
     tune_gemms = _option(
         "tune_gemms",
         """Whether GEMMs run the fastest of the algorithms cuBLASLt offers for their problem,
@@ -199,13 +200,14 @@ class Backend:
         return value
 
     def uploader(self, rows: int, x_tail: tuple[int, ...], x_dtype: Any,
-                 y_tail: tuple[int, ...] | None, y_dtype: Any) -> Any:
+                 y_tail: tuple[int, ...] | None, y_dtype: Any, most_batches: int = 1) -> Any:
         """What moves batches of at most ``rows`` rows (each ``x_tail`` of ``x_dtype``; labels
         ``y_tail`` of ``y_dtype``, None for none) from host memory to this backend's device:
-        ``start(read)`` begins a batch (``read(out)`` gives its host rows x and y or None,
-        written into ``out``, the uploader's host buffers, where given),
-        ``finish(ticket)`` gives its device arrays, ``release(ticket)`` says the step that used
-        them is queued, ``close()`` ends. Here a plain copy; the CuPy backend's overlaps the
+        ``start(read)`` begins a batch, or its ``batches`` consecutive batches together (up to
+        ``most_batches``, the data's count; ``read(out)`` gives their host rows x and y or None,
+        written into ``out``, the uploader's host buffers, where given), ``finish(ticket)``
+        gives their device arrays, ``release(ticket)`` says the steps that used them are queued,
+        ``close()`` ends. Here a plain copy, a batch at a time; the CuPy backend's overlaps the
         copies with compute."""
         return HostUploader(self)
 
@@ -489,7 +491,8 @@ class Backend:
 class HostUploader:
     """Batches to the device as plain copies (on the CPU, no copy: the batch is already there)."""
 
-    ahead = 1  # batches started before the first of them is handed over
+    ahead = 1  # starts made before the first of them is handed over
+    batches = 1  # batches a start carries: on the CPU nothing is shared by carrying more
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

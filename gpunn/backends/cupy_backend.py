@@ -105,13 +105,14 @@ class CupyBackend(Backend):
         return float(self.xp.cuda.runtime.memGetInfo()[0])
 
     def uploader(self, rows: int, x_tail: tuple[int, ...], x_dtype: Any,
-                 y_tail: tuple[int, ...] | None, y_dtype: Any) -> Any:
+                 y_tail: tuple[int, ...] | None, y_dtype: Any, most_batches: int = 1) -> Any:
         from .cuda import transfer
 
+        batches = transfer.batches_per_start(rows, x_tail, x_dtype, y_tail, y_dtype, most_batches)
         background = self.options.upload_thread and transfer.worth_workers(
-            rows, x_tail, x_dtype, y_tail, y_dtype)
+            rows * batches, x_tail, x_dtype, y_tail, y_dtype)
         return transfer.PinnedUploader(transfer.CupyRuntime(self.xp), rows, x_tail, x_dtype,
-                                       y_tail, y_dtype, background=background)
+                                       y_tail, y_dtype, batches=batches, background=background)
 
     #: The device generator shuffle orders and dropout masks are drawn from, made once and
     #: reseeded from a host generator for each draw (making and destroying a cuRAND generator

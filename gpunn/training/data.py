@@ -2,10 +2,11 @@
 
 - ``Resident``: all of it on the device, checked and cast once (the fast path).
 - ``Streamed``: in host memory (a NumPy array, an ``np.memmap``, a ``.npy`` file opened with
-  ``mmap_mode``), checked a part at a time, and sent to the device a batch at a time through the
-  backend's uploader (on a GPU: pinned buffers on a copy stream, batch i + 1 crossing while step
-  i runs). Shuffles index the host array with the order the backend drew, so a streamed run
-  takes the same batches as a resident one: the same numbers (bit for bit on NumPy).
+  ``mmap_mode``), checked a part at a time, and sent to the device a batch at a time, or runs
+  of consecutive batches together, through the backend's uploader (on a GPU: pinned buffers on
+  a copy stream, the next batches crossing while the steps of these run). Shuffles index the
+  host array with the order the backend drew, so a streamed run takes the same batches as a
+  resident one: the same numbers (bit for bit on NumPy).
 
 ``data_for`` chooses: data already on the device stays there; host data whose working copy fits
 the backend's ``data_budget()`` (GPUNN_DATA_BUDGET, else half the free memory) is made resident,
@@ -130,7 +131,7 @@ def gather_rows(source: np.ndarray, index: Any, out: np.ndarray) -> np.ndarray:
 
 
 class Streamed:
-    """Host (X, y), read and sent to the device a batch at a time."""
+    """Host (X, y), read and sent to the device a batch, or a run of batches, at a time."""
 
     streamed = True
 
@@ -164,57 +165,104 @@ class Streamed:
         x = _gather(self.X, index, out[0][:n])
         return x, None if self.y is None else _gather(self.y, index, out[1][:n])
 
-    def feed(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, tuple | None]]:
-        """Each batch with what a step's ``load`` takes for it (None for an empty one), the
-        next batches (the uploader's ``ahead`` of them) started before this one is handed over,
-        so they are read and cross while this one's step runs."""
-        bk, uploader = self.network.backend, None
-        pending: deque[tuple[Batch, Any]] = deque()  # started, not yet handed over, in order
-        order: Any = None  # the epoch's shuffle, and its host copy (made once)
-        host_order: Any = None
+    def feed(self, batches: Iterable[Batch], n: int | None = None
+             ) -> Iterator[tuple[Batch, tuple | None]]:
+        """Each batch with what a step's ``load`` takes for it (None for an empty one), sent
+        through the backend's uploader by a ``_Sender``. ``n``: the rows the batches cover (all
+        the data's by default), which bounds how many there are; no batch may be bigger than
+        the first."""
+        sender = None
         try:
             for batch in batches:
                 if not batch.rows:  # an empty part (distributed training): nothing to send
-                    while pending:
-                        yield from self._hand_over(uploader, *pending.popleft())
+                    if sender is not None:
+                        yield from sender.drain()
                     yield batch, None
                     continue
-                if batch.order is None:
-                    index: Any = slice(batch.start, batch.stop)
-                else:
-                    if batch.order is not order:
-                        order, host_order = batch.order, bk.to_numpy(batch.order)
-                    index = host_order[batch.start:batch.stop]
-                if uploader is None:
-                    y = self.y
-                    uploader = bk.uploader(max(batch.rows, 1), self.X.shape[1:], self.network.dtype,
-                                           None if y is None else y.shape[1:],
-                                           None if y is None else y.dtype)
-                pending.append((batch, uploader.start(lambda out, index=index: self.rows(index, out))))
-                if len(pending) > uploader.ahead:
-                    yield from self._hand_over(uploader, *pending.popleft())
-            while pending:
-                yield from self._hand_over(uploader, *pending.popleft())
+                if sender is None:
+                    sender = _Sender(self, self._uploader(batch, n))
+                yield from sender.add(batch)
+            if sender is not None:
+                yield from sender.drain()
         finally:
-            if uploader is not None:
-                uploader.close()
+            if sender is not None:
+                sender.uploader.close()
 
-    @staticmethod
-    def _hand_over(uploader: Any, batch: Batch, ticket: Any) -> Iterator[tuple[Batch, tuple]]:
-        x, y = uploader.finish(ticket)
-        yield batch, (x, y, 0, batch.rows, None)
-        uploader.release(ticket)  # the step that read it is queued
+    def _uploader(self, first: Batch, n: int | None) -> Any:
+        """The backend's uploader for batches no bigger than the ``first`` over ``n`` rows
+        (None: all the data's)."""
+        y = self.y
+        # A rank's part of a batch is never next to its part of the next batch: none join.
+        most = 1 if first.whole else -(-(self.n if n is None else n) // first.rows)
+        return self.network.backend.uploader(first.rows, self.X.shape[1:], self.network.dtype,
+                                             None if y is None else y.shape[1:],
+                                             None if y is None else y.dtype, most)
 
     def chunks(self, rows: int, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
         n = self.n if limit is None else min(limit, self.n)
         batches = (Batch(start, min(start + rows, n)) for start in range(0, n, rows))
-        for _, (x, y, _, _, _) in self.feed(batches):
-            yield x, y
+        for _, (x, y, start, stop, _) in self.feed(batches, n):
+            yield x[start:stop], None if y is None else y[start:stop]
 
     def split(self, keep: int) -> tuple[Streamed, Streamed]:
         y = self.y
         return (Streamed(self.network, self.X[:keep], None if y is None else y[:keep]),
                 Streamed(self.network, self.X[keep:], None if y is None else y[keep:]))
+
+
+class _Sender:
+    """Batches through an uploader: runs of consecutive batches (the next rows of one order)
+    started together, up to the uploader's ``batches`` at a time, and the next starts (its
+    ``ahead`` of them) made before one is handed over, so they are read and cross while the
+    steps of the one handed over run."""
+
+    def __init__(self, data: Streamed, uploader: Any) -> None:
+        self.data, self.uploader = data, uploader
+        self.group: list[Batch] = []  # batches to start together, gathered until no more join
+        self.pending: deque[tuple[list[Batch], Any]] = deque()  # started, in order
+        self.order: Any = None  # the epoch's shuffle, and its host copy (made once)
+        self.host_order: Any = None
+
+    def add(self, batch: Batch) -> Iterator[tuple[Batch, tuple]]:
+        """Take a batch (not empty); hand over what is due."""
+        if self.group and not self._joins(batch):
+            yield from self._start()
+        if batch.order is not None and batch.order is not self.order:
+            self.order, self.host_order = batch.order, self.data.network.backend.to_numpy(batch.order)
+        self.group.append(batch)
+        if len(self.group) == self.uploader.batches:
+            yield from self._start()
+
+    def drain(self) -> Iterator[tuple[Batch, tuple]]:
+        """Start what was taken and hand everything over."""
+        if self.group:
+            yield from self._start()
+        while self.pending:
+            yield from self._hand_over(*self.pending.popleft())
+
+    def _joins(self, batch: Batch) -> bool:
+        last = self.group[-1]
+        return batch.order is last.order and batch.start == last.stop
+
+    def _start(self) -> Iterator[tuple[Batch, tuple]]:
+        """Start the group (its rows read at once); hand over the oldest start past ``ahead``."""
+        first, last = self.group[0], self.group[-1]
+        index = slice(first.start, last.stop) if first.order is None \
+            else self.host_order[first.start:last.stop]
+        data = self.data
+        self.pending.append((self.group, self.uploader.start(lambda out: data.rows(index, out))))
+        self.group = []
+        if len(self.pending) > self.uploader.ahead:
+            yield from self._hand_over(*self.pending.popleft())
+
+    def _hand_over(self, group: list[Batch], ticket: Any) -> Iterator[tuple[Batch, tuple]]:
+        """Each batch of a start with its rows of the start's device arrays."""
+        x, y = self.uploader.finish(ticket)
+        start = 0
+        for batch in group:
+            yield batch, (x, y, start, start + batch.rows, None)
+            start += batch.rows
+        self.uploader.release(ticket)  # the steps that read them are queued
 
 
 def data_for(network: Network, X: Any, y: Any, stream: bool | None = None,

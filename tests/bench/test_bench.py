@@ -536,8 +536,9 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
 
 def test_the_read_ahead_script_times_streamed_steps_with_each_count_of_workers(emulated, monkeypatch):
     """benchmarks/read_ahead.py (run by make gpu-check): resident, then streamed with each count
-    of upload workers (the uploader built with that many batches ahead and 2 slots more), then
-    READ_AHEAD as it was. The CuPy backend's kernels on the CPU and a stand-in runtime here."""
+    of upload workers (the uploader built with that many batches ahead and 2 slots more) and of
+    batches to a start, then READ_AHEAD and the grouping as they were. The CuPy backend's
+    kernels on the CPU and a stand-in runtime here."""
     import importlib.util
     from pathlib import Path
 
@@ -558,14 +559,17 @@ def test_the_read_ahead_script_times_streamed_steps_with_each_count_of_workers(e
 
     def uploader(*args, **kwargs):
         up = made(*args, **kwargs)
-        built.append((up.ahead, len(up.slots)))
+        built.append((up.ahead, len(up.slots), up.batches))
         return up
 
     monkeypatch.setattr(transfer, "PinnedUploader", uploader)
-    lines = script.report("tiny", "fp32", [1, 4], repeats=1, seconds=0.0)
+    grouping = transfer.batches_per_start
+    lines = script.report("tiny", "fp32", [1, 4], [1, 3], repeats=1, seconds=0.0)
     assert [line.split(":")[0] for line in lines] == \
-        ["tiny fp32 resident", "tiny fp32 streamed, 1 workers", "tiny fp32 streamed, 4 workers"]
+        ["tiny fp32 resident"] + [f"tiny fp32 streamed, {w} workers, {b} batches a start"
+                                  for w in (1, 4) for b in (1, 3)]
     assert lines[1].endswith("of resident's speed)") and " ms (" in lines[2]
-    assert built == [(1, 3), (4, 6)]
+    assert built == [(1, 3, 1), (1, 3, 3), (4, 6, 1), (4, 6, 3)]
     assert (transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS) == (3, 5)
+    assert transfer.batches_per_start is grouping
     assert not [t for t in threading.enumerate() if t.name.startswith("gpunn-upload")]

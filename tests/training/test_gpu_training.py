@@ -257,19 +257,23 @@ def test_the_books_run_with_the_one_kernel_trainer_the_gpus_default():
     assert model.evaluate(X, y)["accuracy"] >= 0.93
 
 
-@pytest.mark.parametrize("upload_thread", [False, True, None])
+@pytest.mark.parametrize("upload_thread, grouped", [(False, False), (True, False), (None, False),
+                                                    (None, True)])
 def test_a_memmap_over_the_data_budget_streams_through_pinned_buffers_and_trains_as_resident(
-        tmp_path, monkeypatch, upload_thread):
+        tmp_path, monkeypatch, upload_thread, grouped):
     """A float64 .npy memmap over a data budget set for the test: fit (shuffled batches, a
     validation split), evaluate and predict send it through the pinned uploader on its copy
     stream (two slots; with ``upload_thread``, here for batches of any size, READ_AHEAD reading
     workers over READ_AHEAD + 2; None: the default, which reads these small batches on the
-    calling thread), and give what the same data kept on the device gives, to float32's
-    tolerance (the same kernels in the same order: the bits should agree)."""
+    calling thread), a batch to a start or (``grouped``, the default) an epoch's small batches
+    together, and give what the same data kept on the device gives, to float32's tolerance (the
+    same kernels in the same order: the bits should agree)."""
     from gpunn.backends.cuda import transfer
 
     if upload_thread:
         monkeypatch.setattr(transfer, "WORKER_MIN_BYTES", 0)
+    if not grouped:
+        monkeypatch.setattr(transfer, "GROUP_BYTES", 0)  # a batch to a start
 
     X, y = nn.datasets.spiral_data(samples=200, classes=3, seed=0)
     np.save(tmp_path / "X.npy", X)
@@ -296,11 +300,15 @@ def test_a_memmap_over_the_data_budget_streams_through_pinned_buffers_and_trains
                      model.predict(X, batch_size=100, stream=stream)))
         if stream is None:
             streamed = len(uploads)
-    assert streamed >= 4 * 8 and len(uploads) == streamed  # only the first run went through it
-    slots: dict[int, set[int]] = {}
-    for uploader, slot in uploads:
-        slots.setdefault(id(uploader), set()).add(id(slot))
-    assert max(map(len, slots.values())) == (transfer.READ_AHEAD + 2 if upload_thread else 2)
+    assert len(uploads) == streamed  # only the first run went through it
+    if grouped:  # an epoch's 8 batches of 64 rows (1 KiB each) in one start
+        assert 4 <= streamed < 4 * 8 and uploads[0][0].batches == 8
+    else:
+        assert streamed >= 4 * 8
+        slots: dict[int, set[int]] = {}
+        for uploader, slot in uploads:
+            slots.setdefault(id(uploader), set()).add(id(slot))
+        assert max(map(len, slots.values())) == (transfer.READ_AHEAD + 2 if upload_thread else 2)
     (p_s, h_s, e_s, q_s), (p_r, h_r, e_r, q_r) = runs
     for a, b in zip(p_s, p_r):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ bus while step i runs, and no buffer is overwritten while something still reads 
 given the slot's pinned buffers and may write the rows there itself (``Streamed`` gathers a
 shuffled batch straight into them), which then need no copy of their own.
 
-With ``background`` (the backend option ``upload_thread``, for batches of WORKER_MIN_BYTES or
+With ``background`` (the backend option ``upload_thread``, for starts of WORKER_MIN_BYTES or
 more), READ_AHEAD worker threads read the next batches, each into a slot's pinned buffer, while
 the calling thread launches steps, over READ_AHEAD + 2 slots (being filled, crossing, being
 read); ``ahead`` tells the caller how many batches to start before it hands one over. The copy
@@ -19,6 +19,11 @@ left. Each slot holds a batch in pinned and in device memory, so a background up
 READ_AHEAD + 2 batches of each. Why several: on an H200's host one thread took 0.31 ms to read a
 medium batch (3.2 MB) into pinned memory, a tf32 step 0.15 ms; splitting one batch over threads
 cost more in hand-overs than it saved, reading several at once does not.
+
+Consecutive small batches travel together, up to GROUP_BYTES (the uploader's ``batches`` of
+them to a start): one read, one copy and one hand-over for the group, whose steps then read
+their rows of one device buffer, so what a start costs besides its bytes is paid once for the
+group, not once a batch.
 
 The CUDA calls go through ``runtime`` (``CupyRuntime`` on a GPU; the tests pass a stand-in that
 records them), so the order of waits is checked without a device.
@@ -37,12 +42,22 @@ SLOTS = 2
 #: Batches read at once by the workers of a background uploader.
 READ_AHEAD = 3
 BACKGROUND_SLOTS = READ_AHEAD + 2  # READ_AHEAD being filled, one crossing, one being read
-#: The smallest batch (bytes of x and y) ``upload_thread`` reads on workers; smaller ones are read
-#: on the calling thread. On an H200's host a hand-over to a worker and back cost about 0.07 ms
-#: (small's 2.4 KB batches: 0.145 ms a streamed step with workers, 0.069 without), what one thread
-#: takes to read about 0.7 MB (medium's 3.2 MB batch: 0.31 ms); medium gained (0.22 ms a step
-#: with workers against 0.41 without), and so did large.
+#: The smallest start (bytes of x and y: a batch, or a group of them) ``upload_thread`` reads on
+#: workers; smaller ones are read on the calling thread. On an H200's host a hand-over to a
+#: worker and back cost about 0.07 ms (small's 2.4 KB batches: 0.145 ms a streamed step with
+#: workers, 0.069 without), what one thread takes to read about 0.7 MB (medium's 3.2 MB batch:
+#: 0.31 ms); medium gained (0.22 ms a step with workers against 0.41 without), and so did large.
 WORKER_MIN_BYTES = 1 << 20
+#: Consecutive batches are carried together by one start up to this many bytes (x and y), so
+#: what a start costs besides its bytes (its hand-over, the copy's calls, the events) is shared:
+#: on an H200's host small's streamed step took 0.069-0.093 ms against 0.033 resident.
+#: Measured on a 2-core Xeon (Streamed.feed, shuffled, a stand-in runtime: host work only), a
+#: batch at a time against grouped, ms a batch: 300 x 2 batches (218 a start) 0.0225 against
+#: 0.0044; 32 x 784 (10) 0.0287 against 0.0204; 64 x 784 (5) 0.0415 against 0.0373; 128 x 784
+#: (2) 0.072 against 0.076. Groups of 4-16 MiB were slower there, up to 1.6x with workers
+#: (bigger reads, colder caches), so batches of 1 MiB or more (medium's, large's) go alone, and
+#: a group is never big enough for the workers (WORKER_MIN_BYTES).
+GROUP_BYTES = 1 << 20
 
 
 def batch_shapes(rows: int, x_tail: tuple[int, ...], x_dtype: Any, y_tail: tuple[int, ...] | None,
@@ -54,11 +69,25 @@ def batch_shapes(rows: int, x_tail: tuple[int, ...], x_dtype: Any, y_tail: tuple
     return shapes
 
 
+def batch_bytes(rows: int, x_tail: tuple[int, ...], x_dtype: Any, y_tail: tuple[int, ...] | None,
+                y_dtype: Any) -> int:
+    """Bytes of a batch of ``rows`` rows: its x and, where there are labels, y."""
+    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype
+               in batch_shapes(rows, x_tail, x_dtype, y_tail, y_dtype))
+
+
+def batches_per_start(rows: int, x_tail: tuple[int, ...], x_dtype: Any,
+                      y_tail: tuple[int, ...] | None, y_dtype: Any, most: int) -> int:
+    """How many batches of ``rows`` rows one start carries: as many as fit GROUP_BYTES, at least
+    one, at most ``most`` (the data's count of them)."""
+    one = batch_bytes(rows, x_tail, x_dtype, y_tail, y_dtype)
+    return max(1, min(most, GROUP_BYTES // max(one, 1)))
+
+
 def worth_workers(rows: int, x_tail: tuple[int, ...], x_dtype: Any,
                   y_tail: tuple[int, ...] | None, y_dtype: Any) -> bool:
-    """Whether batches of ``rows`` rows are big enough to read on workers (WORKER_MIN_BYTES)."""
-    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype
-               in batch_shapes(rows, x_tail, x_dtype, y_tail, y_dtype)) >= WORKER_MIN_BYTES
+    """Whether starts of ``rows`` rows are big enough to read on workers (WORKER_MIN_BYTES)."""
+    return batch_bytes(rows, x_tail, x_dtype, y_tail, y_dtype) >= WORKER_MIN_BYTES
 
 
 class CupyRuntime:
@@ -89,7 +118,8 @@ class CupyRuntime:
 
 
 class Slot:
-    """One batch in flight: its buffers and the two events that guard them."""
+    """One start (a batch, or a group) in flight: its buffers and the two events that guard
+    them."""
 
     def __init__(self, runtime: Any, shapes: list[tuple[tuple[int, ...], Any]]) -> None:
         self.host = [runtime.pinned(shape, dtype) for shape, dtype in shapes]
@@ -114,12 +144,15 @@ class Ticket:
 
 class PinnedUploader:
     """``start(read)`` / ``finish(ticket)`` / ``release(ticket)`` over pinned slots; ``close()``
-    when done (it waits for the worker, if any)."""
+    when done (it waits for the worker, if any). A start carries up to ``batches`` batches of
+    ``rows`` rows (``self.rows`` rows in all)."""
 
     def __init__(self, runtime: Any, rows: int, x_tail: tuple[int, ...], x_dtype: Any,
-                 y_tail: tuple[int, ...] | None, y_dtype: Any, background: bool = False) -> None:
+                 y_tail: tuple[int, ...] | None, y_dtype: Any, batches: int = 1,
+                 background: bool = False) -> None:
+        rows *= batches
         shapes = batch_shapes(rows, x_tail, x_dtype, y_tail, y_dtype)
-        self.runtime, self.rows = runtime, rows
+        self.runtime, self.rows, self.batches = runtime, rows, batches
         self.stream = runtime.stream()
         self.slots = [Slot(runtime, shapes) for _ in range(BACKGROUND_SLOTS if background else SLOTS)]
         self.next = 0
@@ -130,9 +163,10 @@ class PinnedUploader:
 
     def start(self, read: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]]
               ) -> Ticket:
-        """Begin a batch: ``read(out)`` gives its host rows (x, y or None), written straight
-        into ``out`` (the slot's pinned buffers, x's then y's) where it can; read on a worker
-        with ``background``, else here, where the copy to the device is queued at once."""
+        """Begin a batch or a group of them: ``read(out)`` gives their host rows (x, y or
+        None), written straight into ``out`` (the slot's pinned buffers, x's then y's) where it
+        can; read on a worker with ``background``, else here, where the copy to the device is
+        queued at once."""
         slot = self.slots[self.next]
         self.next = (self.next + 1) % len(self.slots)
         if slot.last is not None:

@@ -246,9 +246,20 @@ def test_a_lookup_over_other_options_and_another_source():
     assert made[1]["options"] == (*cuda.NVRTC_OPTIONS, "-DONE_KERNEL_PHASES")
 
 
-def test_streamed_data_trains_as_resident_data_on_the_cupy_backend(emulated):
+@pytest.mark.parametrize("uploader", ["plain copies", "pinned"])
+def test_streamed_data_trains_as_resident_data_on_the_cupy_backend(emulated, monkeypatch, uploader):
     """Host batches through the CuPy backend's planned steps (shuffled by the device's order)
-    give what device-resident data gives."""
+    give what device-resident data gives: sent as plain copies, or through the backend's own
+    pinned uploader (a stand-in runtime here), which starts an epoch's four small batches
+    together and hands each step its rows of them."""
+    if uploader == "pinned":
+        from support.cuda_runtime import Runtime
+
+        from gpunn.backends.cuda import transfer
+
+        runtime = Runtime()
+        monkeypatch.setattr(transfer, "CupyRuntime", lambda xp: runtime)
+        monkeypatch.delattr(emulated, "uploader")  # the emulator's plain copies: the real one
     X, y = nn.datasets.spiral_data(samples=40, classes=3, seed=1)
     runs = []
     for stream in (False, True):
@@ -261,6 +272,8 @@ def test_streamed_data_trains_as_resident_data_on_the_cupy_backend(emulated):
     for a, b in zip(pa, pb):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(qa, qb)
+    if uploader == "pinned":  # one start an epoch, one for fit's last check, one for predict
+        assert runtime.log.count(("copy", "copy")) == 2 * (3 + 1) + 1
 
 
 def test_hold_keeps_the_device_busy_for_the_seconds_asked(emulated):

@@ -113,14 +113,19 @@ def test_a_read_that_fails_on_the_worker_fails_the_batchs_finish_and_queues_noth
     assert not upload_threads()
 
 
+@pytest.mark.parametrize("per_start", [1, 3, "all"])
 @pytest.mark.parametrize("background", [False, True])
-def test_streamed_fit_through_the_pinned_uploader_equals_resident_fit(background):
+def test_streamed_fit_through_the_pinned_uploader_equals_resident_fit(background, per_start):
+    """The same history streamed as resident, a batch to a start, three, or all an epoch's
+    (four batches of 40 rows, the last of 30), read on the calling thread or on workers."""
     runtime = Runtime()
     bk = get_backend("numpy").configured()
     made = []
 
-    def uploader(*shapes):
-        made.append(PinnedUploader(runtime, *shapes, background=background))
+    def uploader(rows, x_tail, x_dtype, y_tail, y_dtype, most_batches):
+        made.append(PinnedUploader(runtime, rows, x_tail, x_dtype, y_tail, y_dtype,
+                                   batches=most_batches if per_start == "all" else per_start,
+                                   background=background))
         return made[-1]
 
     bk.uploader = uploader
@@ -132,7 +137,10 @@ def test_streamed_fit_through_the_pinned_uploader_equals_resident_fit(background
         m.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05), backend=backend)
         histories.append(m.fit(X, y, epochs=3, batch_size=40, seed=2, verbose=0,
                                stream=stream).history)
-    assert histories[0] == histories[1] and ("copy", "copy") in runtime.log
+    assert histories[0] == histories[1]
+    # Each epoch's starts (x and y copied for each), then one for fit's last check of a batch.
+    starts = {1: 4, 3: 2, "all": 1}[per_start]
+    assert runtime.log.count(("copy", "copy")) == 2 * (3 * starts + 1)
     assert made and not upload_threads()  # each feed closed its uploader
     assert runtime.threads == {threading.get_ident()}
 
@@ -191,48 +199,69 @@ def test_a_background_uploader_reads_read_ahead_batches_at_once():
         np.testing.assert_array_equal(gy, y)
 
 
-def test_streamed_feed_starts_the_uploaders_ahead_batches_before_handing_one_over():
-    """Streamed.feed keeps ``ahead`` batches started and not handed over (one for an uploader
-    that reads on the calling thread), hands every batch over in order, and all of them before
-    an empty part (distributed training) or the end."""
+def test_streamed_feed_starts_runs_of_batches_together_ahead_of_handing_them_over():
+    """Streamed.feed starts runs of consecutive batches together, up to the uploader's
+    ``batches`` (a gap, another order or an empty part ends a run), keeps ``ahead`` starts made
+    and not handed over, and hands every batch over in order with its rows of the start's
+    arrays, releasing a start after its last batch is used, and all of them before an empty
+    part (distributed training) or the end."""
     from gpunn.training.batches import Batch
     from gpunn.training.data import Streamed
 
     class Recorder:
-        def __init__(self, ahead):
-            self.ahead, self.log = ahead, []
+        def __init__(self, ahead, batches):
+            self.ahead, self.batches, self.log = ahead, batches, []
 
         def start(self, read):
             x, _ = read(None)
-            self.log.append(("start", int(x[0, 0])))
-            return int(x[0, 0])
+            self.log.append(("start", tuple(int(v) for v in x[:, 0])))
+            return sum(e[0] == "start" for e in self.log) - 1, x
 
         def finish(self, ticket):
-            self.log.append(("finish", ticket))
-            return None, None
+            self.log.append(("finish", ticket[0]))
+            return ticket[1], None
 
         def release(self, ticket):
-            pass
+            self.log.append(("release", ticket[0]))
 
         def close(self):
             self.log.append(("close",))
 
     m = nn.Sequential([nn.Dense(1, 2)]).compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="numpy")
-    X = np.arange(10, dtype=np.float32)[:, None]
+    X = np.arange(20, dtype=np.float32)[:, None]
+    order = np.random.default_rng(0).permutation(20)
+    batches = [Batch(i, i + 2) for i in range(0, 10, 2)] + [Batch(10, 10)] \
+        + [Batch(12, 14), Batch(14, 16), Batch(0, 2, order), Batch(2, 4, order), Batch(5, 7, order)]
+    runs = {1: [[i] for i in (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)],  # batch 5 is the empty part
+            2: [[0, 1], [2, 3], [4], [6, 7], [8, 9], [10]],
+            4: [[0, 1, 2, 3], [4], [6, 7], [8, 9], [10]]}
     for ahead in (1, 3):
-        up = Recorder(ahead)
-        m.backend.uploader = lambda *shapes, up=up: up
-        streamed = Streamed(m.network, X, None)
-        batches = [Batch(i, i + 1) for i in range(5)] + [Batch(5, 5)] + [Batch(i, i + 1) for i in (6, 7)]
-        fed = [batch.start for batch, _ in streamed.feed(batches)]
-        assert fed == [0, 1, 2, 3, 4, 5, 6, 7]
-        starts = [e[1] for e in up.log if e[0] == "start"]
-        finishes = [e[1] for e in up.log if e[0] == "finish"]
-        assert starts == finishes == [0, 1, 2, 3, 4, 6, 7] and up.log[-1] == ("close",)
-        for i in range(4 - ahead):  # batch i is handed over once batch i + ahead has started
-            assert up.log.index(("start", i + ahead)) < up.log.index(("finish", i)) \
-                < up.log.index(("start", i + ahead + 1))
-        assert up.log.index(("finish", 4)) < up.log.index(("start", 6))  # the empty part flushes
+        for per_start, expected in runs.items():
+            up = Recorder(ahead, per_start)
+            m.backend.uploader = lambda *shapes, up=up: up
+            fed = []
+            for i, (batch, loadable) in enumerate(Streamed(m.network, X, None).feed(batches)):
+                up.log.append(("use", i))
+                fed.append(batch)
+                if loadable is not None:
+                    x, _, a, b, _ = loadable
+                    rows = slice(batch.start, batch.stop) if batch.order is None \
+                        else batch.order[batch.start:batch.stop]
+                    np.testing.assert_array_equal(x[a:b], X[rows])
+            assert [(b.start, b.stop) for b in fed] == [(b.start, b.stop) for b in batches]
+            assert up.log[-1] == ("close",)
+            starts = [e[1] for e in up.log if e[0] == "start"]
+            assert starts == [tuple(int(v) for i in run for v in
+                                    (range(batches[i].start, batches[i].stop) if batches[i].order is None
+                                     else order[batches[i].start:batches[i].stop])) for run in expected]
+            log = up.log
+            for k, run in enumerate(expected):
+                uses = [log.index(("use", i)) for i in run]
+                assert log.index(("finish", k)) < min(uses) and max(uses) < log.index(("release", k))
+                if k + ahead < len(expected) and (run[0] < 5) == (expected[k + ahead][0] < 5):
+                    assert log.index(("start", starts[k + ahead])) < log.index(("finish", k))
+            before_empty = [k for k, run in enumerate(expected) if run[0] < 5]
+            assert all(log.index(("release", k)) < log.index(("use", 5)) for k in before_empty)
 
 
 def test_workers_read_batches_of_a_mebibyte_or_more_by_default_on_cupy(emulated, monkeypatch):
@@ -259,4 +288,35 @@ def test_workers_read_batches_of_a_mebibyte_or_more_by_default_on_cupy(emulated,
             assert (up.worker is not None, up.ahead, len(up.slots)) == \
                 ((True, READ_AHEAD, READ_AHEAD + 2) if on_workers else (False, 1, 2)), (rows, option)
             up.close()
+    assert not upload_threads()
+
+
+def test_the_cupy_uploader_carries_consecutive_batches_together_up_to_group_bytes(emulated,
+                                                                                   monkeypatch):
+    """A start carries as many batches as fit GROUP_BYTES (at least one, at most the data's
+    count), with buffers for all of them; workers read a start of WORKER_MIN_BYTES or more,
+    whether one batch or a group makes it (with the defaults, a group never does)."""
+    from gpunn.backends.cuda import transfer
+    from gpunn.backends.cupy_backend import CupyBackend
+
+    monkeypatch.setattr(transfer, "CupyRuntime", lambda xp: Runtime())
+    bk = emulated.configured()
+    small = 300 * 2 * 4 + 300 * 8  # small's batch: x and its int64 labels, 4800 bytes
+    assert transfer.GROUP_BYTES // small == 218
+    assert transfer.batches_per_start(8192, (4096,), np.float32, (), np.int64, 10) == 1  # large
+    cases = [(1024, (784,), 100, 1, True),  # medium's 3.2 MB batches: alone, on workers
+             (300, (2,), 1, 1, False), (300, (2,), 100, 100, False), (300, (2,), 10**6, 218, False),
+             (64, (784,), 400, 5, False)]  # 196 KiB batches: five (980 KiB) to a start
+    for rows, x_tail, most, batches, workers in cases:
+        up = CupyBackend.uploader(bk, rows, x_tail, np.float32, (), np.int64, most)
+        assert (up.batches, up.rows, up.worker is not None) == (batches, rows * batches, workers)
+        assert up.slots[0].host[0].shape == up.slots[0].device[0].shape == (rows * batches, *x_tail)
+        up.close()
+    monkeypatch.setattr(transfer, "WORKER_MIN_BYTES", 512 << 10)
+    up = CupyBackend.uploader(bk, 64, (784,), np.float32, (), np.int64, 400)
+    assert (up.batches, up.worker is not None) == (5, True)  # the group's bytes, not a batch's
+    up.close()
+    up = CupyBackend.uploader(bk, 64, (784,), np.float32, (), np.int64, 2)
+    assert (up.batches, up.worker is not None) == (2, False)
+    up.close()
     assert not upload_threads()
