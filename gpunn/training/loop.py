@@ -107,8 +107,9 @@ class Loop:
         return self.history
 
     def _launch(self, count: int) -> None:
-        """``count`` epochs and what follows them: metrics, validation, callbacks. Ctrl-C or a
-        divergence anywhere in it puts everything back as it was before it (or further)."""
+        """``count`` epochs and what follows them: metrics, validation, callbacks. Ctrl-C, an
+        error or a divergence anywhere in it puts everything back as it was before it (or
+        further)."""
         start = Mark(self, count)
         try:
             self._epochs(count, start)
@@ -116,6 +117,11 @@ class Loop:
             start.restore(self)
             for cb in self.callbacks:
                 cb.on_interrupt(self)
+            raise
+        except FloatingPointError:  # divergence: already back where its message says
+            raise
+        except Exception:  # a step, a streamed read or a callback failed: none of it stays
+            start.restore(self)
             raise
         self.previous = start
         self.done += count

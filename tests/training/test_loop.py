@@ -217,3 +217,57 @@ def test_history_reports_the_loss_the_book_reports():
                         callbacks=[record()])
     assert logs[1]["reg_loss"] == model.network.regularization_loss()
     assert history["loss"] == [logs[1]["data_loss"] + logs[1]["reg_loss"]]
+
+
+@pytest.mark.parametrize("failing", ["step", "streamed read", "callback"])
+def test_an_error_inside_an_epoch_puts_the_model_back_at_the_last_finished_epoch(monkeypatch,
+                                                                                 failing):
+    """A step, a streamed read (a disk that went away) or a callback at the epoch's end that
+    fails in epoch 5 leaves the model and its optimizer as they were after epoch 4, and fit
+    says what failed; fitting on from there gives what an unbroken run gives."""
+    from gpunn.training.data import Streamed
+
+    X, y = nn.datasets.spiral_data(samples=40, classes=3, seed=0)
+    stream = failing == "streamed read"
+    whole = spiral_model(dropout=True)
+    whole.fit(X, y, epochs=4, batch_size=16, seed=2, verbose=0, stream=stream)
+    model = spiral_model(dropout=True)
+    calls, callbacks = [], []
+    if failing == "callback":
+        class Failing(Callback):
+            def on_epoch_end(self, loop, epoch, logs):
+                if epoch == 5:
+                    raise OSError("the disk went away")
+
+        callbacks.append(Failing())
+    elif stream:  # the 35th batch read fails: 8 batches an epoch, so inside epoch 5
+        rows = Streamed.rows
+
+        def failing(self, index, out=None):
+            calls.append(1)
+            if len(calls) == 4 * 8 + 3:
+                raise OSError("the disk went away")
+            return rows(self, index, out)
+
+        monkeypatch.setattr(Streamed, "rows", failing)
+    else:
+        real_step = model.network.step
+
+        def failing(xb, yb):
+            calls.append(1)
+            if len(calls) == 4 * 8 + 3:
+                raise OSError("the disk went away")
+            return real_step(xb, yb)
+
+        monkeypatch.setattr(model.network, "step", failing)
+    with pytest.raises(OSError, match="the disk went away"):
+        model.fit(X, y, epochs=6, batch_size=16, seed=2, verbose=0, stream=stream,
+                  callbacks=callbacks)
+    assert model.optimizer.iterations == whole.optimizer.iterations == 4 * 8
+    for a, b in zip(whole.get_params(), model.get_params()):
+        assert np.array_equal(a, b)
+    monkeypatch.undo()
+    whole.fit(X, y, epochs=2, batch_size=16, seed=3, verbose=0)
+    model.fit(X, y, epochs=2, batch_size=16, seed=3, verbose=0)
+    for a, b in zip(whole.get_params(), model.get_params()):
+        assert np.array_equal(a, b)
