@@ -55,8 +55,8 @@ WORKER_MIN_BYTES = 1 << 20
 #: batch at a time against grouped, ms a batch: 300 x 2 batches (218 a start) 0.0225 against
 #: 0.0044; 32 x 784 (10) 0.0287 against 0.0204; 64 x 784 (5) 0.0415 against 0.0373; 128 x 784
 #: (2) 0.072 against 0.076. Groups of 4-16 MiB were slower there, up to 1.6x with workers
-#: (bigger reads, colder caches), so batches of 1 MiB or more (medium's, large's) go alone, and
-#: a group is never big enough for the workers (WORKER_MIN_BYTES).
+#: (bigger reads, colder caches), so batches of 1 MiB or more (medium's, large's) go alone, read
+#: on the workers (WORKER_MIN_BYTES) where ``upload_thread`` is on.
 GROUP_BYTES = 1 << 20
 
 

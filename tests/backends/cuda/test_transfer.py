@@ -295,7 +295,7 @@ def test_the_cupy_uploader_carries_consecutive_batches_together_up_to_group_byte
                                                                                    monkeypatch):
     """A start carries as many batches as fit GROUP_BYTES (at least one, at most the data's
     count), with buffers for all of them; workers read a start of WORKER_MIN_BYTES or more,
-    whether one batch or a group makes it (with the defaults, a group never does)."""
+    whether one batch or a group makes it."""
     from gpunn.backends.cuda import transfer
     from gpunn.backends.cupy_backend import CupyBackend
 
