@@ -9,11 +9,14 @@ For each workload and precision: gpunn-cupy's step with its data on the device (
 the streamed step (gpunn-cupy-streamed: the data in host memory, ``upload_thread`` on) with each
 count of workers, over that many + 2 slots, and each count of batches to a start (the bench's
 streamed data holds 4 batches); ms a step, the median of the repeats as ``gpunn bench`` times
-them, and its speed as a fraction of resident's. Why: on an H200 (2026-11-27) with 3 workers,
-streamed medium steps took 0.19 ms in tf32 and in bf16, where resident ones took 0.14 and 0.11;
-one thread read a medium batch in 0.31 ms. If the reads set that pace, more workers close the
-gap; if what each start costs on the calling thread does (its copy's calls and events, the
-hand-over), more batches to a start do; if neither, something else.
+them, and its speed as a fraction of resident's; and, over the same steps, the calling thread's
+CPU time a step and its time a step in the uploader's ``finish`` (waiting for a read, queuing its
+copy). Why: on an H200 (2026-11-27) with 3 workers, streamed medium steps took 0.19 ms in tf32
+and in bf16, where resident ones took 0.14 and 0.11; one thread read a medium batch in 0.31 ms.
+If the reads set that pace, ``finish`` takes the difference and more workers close the gap; if
+the calling thread does (its CPU time near the step's), what each start costs there does (its
+copy's calls and events, the hand-over) and more batches to a start help; if neither, the
+device does.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import argparse
 import contextlib
 import gc
 import statistics
+import time
 from collections.abc import Iterator
 
 from gpunn.backends.cuda import transfer
+from gpunn.backends.cuda.transfer import PinnedUploader
 from gpunn.bench import initial_params, workload_data
-from gpunn.bench.contenders import Skip, gpunn_run, gpunn_streamed_run
+from gpunn.bench.contenders import Run, Skip, gpunn_run, gpunn_streamed_run
 from gpunn.bench.suite import time_steps
 from gpunn.bench.workloads import WORKLOADS
 
@@ -53,16 +58,60 @@ def read_ahead(workers: int) -> Iterator[None]:
         transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS = saved
 
 
-def step_ms(make, workload: str, precision: str, repeats: int, seconds: float) -> float:
-    """The median over ``repeats`` of a row's ms a step (``make``: a bench row's factory)."""
+class Counted:
+    """A step that counts its calls."""
+
+    def __init__(self, step) -> None:
+        self.step, self.calls = step, 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.step()
+
+
+@contextlib.contextmanager
+def finish_timed(spent: list[float]) -> Iterator[None]:
+    """Uploaders' ``finish`` adds its seconds to ``spent[0]`` inside."""
+    finish = PinnedUploader.finish
+
+    def timed(self, ticket):
+        start = time.perf_counter()
+        try:
+            return finish(self, ticket)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    PinnedUploader.finish = timed
+    try:
+        yield
+    finally:
+        PinnedUploader.finish = finish
+
+
+def step_ms(make, workload: str, precision: str, repeats: int,
+            seconds: float) -> tuple[float, float, float]:
+    """A row's ms a step, the median over ``repeats`` (``make``: a bench row's factory); and
+    over all its steps, the calling thread's CPU ms a step and its ms a step in ``finish``."""
     w = WORKLOADS[workload]
     X, y = workload_data(w)
     run = make(w, initial_params(w.sizes), X, y, precision, "gpu")
+    step, in_finish = Counted(run.step), [0.0]
     try:
-        return statistics.median(time_steps(run, seconds) for _ in range(repeats))
+        with finish_timed(in_finish):
+            cpu = time.thread_time()
+            ms = statistics.median(time_steps(Run(step, run.sync, run.loss), seconds)
+                                   for _ in range(repeats))
+            cpu = time.thread_time() - cpu
+        return ms, cpu / step.calls * 1e3, in_finish[0] / step.calls * 1e3
     finally:
-        del run
+        del run, step
         gc.collect()  # a streamed row's feed ends here, and its workers with it
+
+
+def said(timed: tuple[float, float, float]) -> str:
+    """What step_ms measured on the calling thread, in words."""
+    _, cpu, in_finish = timed
+    return f"calling thread {cpu:.4f} ms of CPU a step, {in_finish:.4f} ms in finish"
 
 
 def report(workload: str, precision: str, workers: list[int], groups: list[int], repeats: int,
@@ -73,14 +122,15 @@ def report(workload: str, precision: str, workers: list[int], groups: list[int],
         resident = step_ms(gpunn_run("cupy"), workload, precision, repeats, seconds)
     except Skip as why:
         return [f"{workload} {precision}: skipped ({why})"]
-    lines = [f"{workload} {precision} resident: {resident:.4f} ms"]
+    lines = [f"{workload} {precision} resident: {resident[0]:.4f} ms; {said(resident)}"]
     for count in workers:
         for batches in groups:
             with read_ahead(count), per_start(batches):
                 streamed = step_ms(gpunn_streamed_run("cupy", upload_thread=True), workload,
                                    precision, repeats, seconds)
             lines.append(f"{workload} {precision} streamed, {count} workers, {batches} batches a "
-                         f"start: {streamed:.4f} ms ({resident / streamed:.0%} of resident's speed)")
+                         f"start: {streamed[0]:.4f} ms ({resident[0] / streamed[0]:.0%} of "
+                         f"resident's speed); {said(streamed)}")
     return lines
 
 

@@ -537,8 +537,9 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
 def test_the_read_ahead_script_times_streamed_steps_with_each_count_of_workers(emulated, monkeypatch):
     """benchmarks/read_ahead.py (run by make gpu-check): resident, then streamed with each count
     of upload workers (the uploader built with that many batches ahead and 2 slots more) and of
-    batches to a start, then READ_AHEAD and the grouping as they were. The CuPy backend's
-    kernels on the CPU and a stand-in runtime here."""
+    batches to a start, each with the calling thread's CPU time and time in the uploader's
+    finish, then READ_AHEAD, the grouping and finish as they were. The CuPy backend's kernels on
+    the CPU and a stand-in runtime here."""
     import importlib.util
     from pathlib import Path
 
@@ -556,6 +557,7 @@ def test_the_read_ahead_script_times_streamed_steps_with_each_count_of_workers(e
     monkeypatch.delattr(emulated, "uploader")  # the emulator's plain copies: here the real uploader
     monkeypatch.setattr(script, "WORKLOADS", {"tiny": bench.Workload((2, 16, 3), 20)})
     built, made = [], transfer.PinnedUploader
+    finish = made.finish
 
     def uploader(*args, **kwargs):
         up = made(*args, **kwargs)
@@ -568,8 +570,12 @@ def test_the_read_ahead_script_times_streamed_steps_with_each_count_of_workers(e
     assert [line.split(":")[0] for line in lines] == \
         ["tiny fp32 resident"] + [f"tiny fp32 streamed, {w} workers, {b} batches a start"
                                   for w in (1, 4) for b in (1, 3)]
-    assert lines[1].endswith("of resident's speed)") and " ms (" in lines[2]
+    assert " ms (" in lines[2] and "of resident's speed); calling thread " in lines[1]
+    # Resident steps hand nothing over; streamed ones wait in finish for each start.
+    in_finish = [float(line.split(", ")[-1].split(" ms in finish")[0]) for line in lines]
+    assert in_finish[0] == 0.0 and min(in_finish[1:]) > 0.0
+    assert all(" ms of CPU a step" in line for line in lines)
     assert built == [(1, 3, 1), (1, 3, 3), (4, 6, 1), (4, 6, 3)]
     assert (transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS) == (3, 5)
-    assert transfer.batches_per_start is grouping
+    assert transfer.batches_per_start is grouping and made.finish is finish
     assert not [t for t in threading.enumerate() if t.name.startswith("gpunn-upload")]
