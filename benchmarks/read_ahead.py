@@ -22,11 +22,11 @@ device does.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import statistics
 import time
-from collections.abc import Iterator
+from typing import Any
+from unittest.mock import patch
 
 from gpunn.backends.cuda import transfer
 from gpunn.backends.cuda.transfer import PinnedUploader
@@ -36,26 +36,15 @@ from gpunn.bench.suite import time_steps
 from gpunn.bench.workloads import WORKLOADS
 
 
-@contextlib.contextmanager
-def per_start(batches: int) -> Iterator[None]:
+def per_start(batches: int) -> Any:
     """Uploaders made inside carry up to ``batches`` batches to a start, whatever their bytes."""
-    saved = transfer.batches_per_start
-    transfer.batches_per_start = lambda *shapes_and_most: min(batches, shapes_and_most[-1])
-    try:
-        yield
-    finally:
-        transfer.batches_per_start = saved
+    return patch.object(transfer, "batches_per_start",
+                        lambda *shapes_and_most: min(batches, shapes_and_most[-1]))
 
 
-@contextlib.contextmanager
-def read_ahead(workers: int) -> Iterator[None]:
+def read_ahead(workers: int) -> Any:
     """Uploaders made inside read ``workers`` batches at once, over ``workers`` + 2 slots."""
-    saved = transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS
-    transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS = workers, workers + 2
-    try:
-        yield
-    finally:
-        transfer.READ_AHEAD, transfer.BACKGROUND_SLOTS = saved
+    return patch.multiple(transfer, READ_AHEAD=workers, BACKGROUND_SLOTS=workers + 2)
 
 
 class Counted:
@@ -69,8 +58,7 @@ class Counted:
         self.step()
 
 
-@contextlib.contextmanager
-def finish_timed(spent: list[float]) -> Iterator[None]:
+def finish_timed(spent: list[float]) -> Any:
     """Uploaders' ``finish`` adds its seconds to ``spent[0]`` inside."""
     finish = PinnedUploader.finish
 
@@ -81,11 +69,7 @@ def finish_timed(spent: list[float]) -> Iterator[None]:
         finally:
             spent[0] += time.perf_counter() - start
 
-    PinnedUploader.finish = timed
-    try:
-        yield
-    finally:
-        PinnedUploader.finish = finish
+    return patch.object(PinnedUploader, "finish", timed)
 
 
 def step_ms(make, workload: str, precision: str, repeats: int,
