@@ -12,6 +12,10 @@ phases are shown where they have the markers. The final parameters of each are c
 first source's: a different order of sums gives different bits, and over 10,001 epochs of Adam at
 lr 0.05 those grow, so only a source that should give the same bits is checked this way.
 
+kernels.cu itself is timed twice: its trainer built for the book's sizes (2, 64, 3), as the
+backend builds it, and built for none (the sizes read at run time). The two do the same
+arithmetic in the same order, so their final parameters should not differ at all.
+
 This is how the layers' tiling (rows_by_columns) and the capped stripes of block_tn were found
 and measured on an H200 (2026-11-27, README's GPU section): the hidden layer and its gradient
 had taken 45% of the epoch.
@@ -35,6 +39,7 @@ from gpunn.bench.contenders import book_model
 PHASES = ("hidden layer", "logits", "softmax, loss sums", "dW2 and db2",
           "hidden gradient, db1 (dW1 too, up to 3 inputs)", "dW1 (over 3 inputs)", "update")
 STAMPS = "-DONE_KERNEL_PHASES"
+BOOK_SIZES = (2, 64, 3)  # the book's network: 2 inputs, 64 hidden, 3 classes
 
 
 def phase_names(code: str) -> tuple[str, ...]:
@@ -48,9 +53,11 @@ def phase_names(code: str) -> tuple[str, ...]:
     return PHASES if count == len(PHASES) else tuple(f"phase {p}" for p in range(count))
 
 
-def run(code: str, stamps: bool, epochs: int) -> tuple[float, np.ndarray, np.ndarray | None]:
+def run(code: str, stamps: bool, epochs: int,
+        sized: bool = True) -> tuple[float, np.ndarray, np.ndarray | None]:
     """(seconds, final parameters, the stamps' cycles or None) of the book's run on a fresh CuPy
-    backend whose kernels are ``code``, compiled with the stamps or without."""
+    backend whose kernels are ``code``, compiled with the stamps or without; its trainer built for
+    the book's sizes, as the backend builds it, or (``sized`` False) for none."""
     import cupy
 
     from gpunn.backends.cuda import launch
@@ -59,13 +66,15 @@ def run(code: str, stamps: bool, epochs: int) -> tuple[float, np.ndarray, np.nda
     X, y = datasets.spiral_data(samples=100, classes=3, seed=0)
     backend = CupyBackend()
     lookup = launch.compiled(cupy, (STAMPS,) if stamps else (), code)
-    backend.kernels = launch.Kernels(lookup, cupy)
+    backend.kernels = launch.Kernels(lookup if sized else
+                                     lambda name, dtype=None, sizes=(): lookup(name, dtype), cupy)
     book_model(backend, True, len(y)).fit(X, y, epochs=100, batch_size=None, verbose=0)  # builds
     backend.synchronize()
     cycles = None
     if stamps:
+        trainer = lookup.module(BOOK_SIZES if sized else ())  # the module the trainer is in
         cycles = cupy.ndarray((len(phase_names(code)) + 2,), cupy.uint64,
-                              memptr=lookup.module().get_global("one_kernel_phase_cycles"))
+                              memptr=trainer.get_global("one_kernel_phase_cycles"))
         cycles[...] = 0
     model = book_model(backend, True, len(y))
     start = time.perf_counter()
@@ -76,10 +85,11 @@ def run(code: str, stamps: bool, epochs: int) -> tuple[float, np.ndarray, np.nda
     return seconds, params, None if cycles is None else cupy.asnumpy(cycles)
 
 
-def report(name: str, code: str, epochs: int, reference: np.ndarray | None) -> np.ndarray:
+def report(name: str, code: str, epochs: int, reference: np.ndarray | None,
+           sized: bool = True) -> np.ndarray:
     times = []
     for _ in range(3):
-        seconds, params, _ = run(code, False, epochs)
+        seconds, params, _ = run(code, False, epochs, sized)
         times.append(seconds)
     differs = "" if reference is None else \
         f"; final parameters differ from the first source's by up to {np.abs(params - reference).max():.3g}"
@@ -87,7 +97,7 @@ def report(name: str, code: str, epochs: int, reference: np.ndarray | None) -> n
           f"(best {min(times) / epochs * 1e6:.2f} us an epoch){differs}")
     names = phase_names(code)
     if names:
-        seconds, _, cycles = run(code, True, epochs)
+        seconds, _, cycles = run(code, True, epochs, sized)
         mhz = cycles[-2] / max(int(cycles[-1]), 1) * 1e3
         print(f"  with the stamps: {seconds:.4f} s; in the kernel {cycles[-1] / epochs / 1e3:.2f} us, "
               f"{cycles[-2] / epochs:,.0f} cycles an epoch at {mhz:.0f} MHz")
@@ -101,7 +111,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--epochs", type=int, default=10_001)
     parser.add_argument("--compare", nargs="*", default=[], help="other kernels.cu files")
     args = parser.parse_args(argv)
-    reference = report("kernels.cu", cuda.source(), args.epochs, None)
+    reference = report("kernels.cu, the trainer built for the book's sizes", cuda.source(),
+                       args.epochs, None)
+    report("kernels.cu, the trainer built for none", cuda.source(), args.epochs, reference,
+           sized=False)
     for path in args.compare:
         report(path, Path(path).read_text(), args.epochs, reference)
 

@@ -4,7 +4,8 @@
 whose entry points take arguments as cuLaunchKernel does. ``Launcher`` stands in for a CuPy
 kernel: it checks every argument against the kernel's parameter list, read from kernels.cu (a
 NumPy array of the right element type for a pointer, a NumPy scalar of the right width for a
-value: what CuPy would pass), then launches. ``emulated_backend`` is a CupyBackend whose arrays
+value: what CuPy would pass), then launches (the one-kernel trainer built for the network's sizes
+where the harness has it: SIZED_TRAINERS). ``emulated_backend`` is a CupyBackend whose arrays
 are NumPy arrays, whose kernels (cuda/launch.py's Kernels) are Launchers, whose GEMMs are NumPy's,
 and which has no CUDA graphs or cuBLASLt (a compute capability 9.0 device for precision "bf16").
 """
@@ -28,6 +29,11 @@ from gpunn.backends.cuda.epilogues import EpilogueChoice
 from gpunn.backends.cupy_backend import CupyBackend
 
 HARNESS = Path(__file__).with_name("harness.cpp")
+#: The network sizes (n_in, hidden, k) the harness builds the one-kernel trainer for, as the
+#: backend does on a GPU for each network: the book's, dW1 summed in a pass of its own, a hidden
+#: layer wider than the block, and two classes. Other sizes run the kernel built for none (the
+#: same arithmetic; test_cuda_on_cpu checks that the two give the same bits).
+SIZED_TRAINERS = ((2, 64, 3), (5, 24, 3), (2, 600, 3), (3, 40, 2))
 DYNAMIC_SHARED_BYTES = 256 * 1024  # harness.cpp's buffer
 SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64, "float": np.float32,
            "unsigned short": np.uint16}
@@ -42,6 +48,8 @@ def build(directory: Path) -> ctypes.CDLL | str:
         return "no g++ here to build the CUDA-on-CPU harness"
     lib = directory / "harness.so"
     defines = [option for option in cuda.NVRTC_OPTIONS if option.startswith("-D")]
+    defines.append("-DSIZED_TRAINERS=" + " ".join(f"SIZED_TRAINER({a}, {b}, {c})"
+                                                   for a, b, c in SIZED_TRAINERS))
     result = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w",
                              *defines, "-I", str(cuda.KERNELS_CU.parent), str(HARNESS), "-o", str(lib)],
                             capture_output=True, text=True)
@@ -68,9 +76,9 @@ class Launcher:
     """A kernel of kernels.cu, called like CuPy's: kernel(grid, block, args, shared_mem=0)."""
 
     def __init__(self, lib: ctypes.CDLL, name: str, dtype: Any,
-                 params: list[tuple[str, str]]) -> None:
+                 params: list[tuple[str, str]], sizes: tuple[int, ...] = ()) -> None:
         suffix = "plain" if dtype is None else "float" if np.dtype(dtype) == np.float32 else "double"
-        self.fn = getattr(lib, f"{name}_{suffix}")
+        self.fn = getattr(lib, "_".join([name, suffix, *map(str, sizes)]))
         self.fn.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
                             ctypes.c_void_p]
         self.fn.restype = ctypes.c_longlong
@@ -110,10 +118,11 @@ def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:
     params = kernel_parameters()
     launchers: dict[tuple, Launcher] = {}
 
-    def lookup(name: str, dtype: Any = None) -> Launcher:
-        key = (name, None if dtype is None else np.dtype(dtype))
+    def lookup(name: str, dtype: Any = None, sizes: tuple[int, ...] = ()) -> Launcher:
+        sizes = tuple(sizes) if tuple(sizes) in SIZED_TRAINERS else ()
+        key = (name, None if dtype is None else np.dtype(dtype), sizes)
         if key not in launchers:
-            launchers[key] = Launcher(lib, name, dtype, params[name])
+            launchers[key] = Launcher(lib, name, dtype, params[name], sizes)
         return launchers[key]
 
     def gemm(a, b, out, trans_a, trans_b, tf32=False):

@@ -122,6 +122,16 @@ TEMPLATED(cache_update)
 TEMPLATED(adam_update)
 TEMPLATED(train_in_one_kernel)
 
+// The one-kernel trainer built for a network's sizes, as the backend builds it on a GPU: an entry
+// NAME_T_NIN_HIDDEN_K for each of the sizes emulator.py lists (it defines SIZED_TRAINERS).
+#define SIZED(T, A, B, C) \
+    extern "C" long long train_in_one_kernel_##T##_##A##_##B##_##C(unsigned g, unsigned bx, \
+                                                                   unsigned by, unsigned s, void** a) { \
+        return run(&train_in_one_kernel<T, A, B, C>, g, bx, by, s, a); \
+    }
+#define SIZED_TRAINER(A, B, C) SIZED(float, A, B, C) SIZED(double, A, B, C)
+SIZED_TRAINERS
+
 #define PLAIN(NAME) \
     extern "C" long long NAME##_plain(unsigned g, unsigned bx, unsigned by, unsigned s, void** a) { \
         return run(&NAME, g, bx, by, s, a); \

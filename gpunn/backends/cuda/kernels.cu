@@ -643,12 +643,22 @@ __device__ void copy_rows(const T* from, int ld, T* out, int n, int cols) {
 // One block runs (and one fits a multiprocessor, by its shared memory): the second bound says so,
 // or the compiler may keep to 64 registers a thread for two blocks, and then reload loop
 // constants every iteration (sm_90 SASS: block_tn's loop took 34 instructions instead of 25).
-template <typename T>
+// N_IN, HIDDEN and K, where above 0, are the network's sizes fixed when the kernel is compiled
+// (the backend builds one instance per network: cuda/launch.py), and the arguments of the same
+// names are then ignored. Every loop over the inputs and classes is then unrolled, and what
+// tested them at run time is gone: for the book's 2-64-3 in float on sm_90, 79 registers instead
+// of 128, the hidden layer's four rows 59 instructions instead of 83, its gradient's 100 instead
+// of about 150, and the softmax's class loops unrolled. The same arithmetic in the same order:
+// the instance with the sizes gives the bits of the one without (0, 0, 0).
+template <typename T, int N_IN = 0, int HIDDEN = 0, int K = 0>
 __global__ void __launch_bounds__(ONE_KERNEL_THREADS, 1)
 train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hidden, int k,
                 T* params, T* grads, T* state_1, T* state_2, double* schedule, double* totals,
                 int epochs, int rule, double hyper, double epsilon, T* hidden_out, T* dhidden_out,
                 T* logits_out, T* probs_out, T* dlogits_out, T* losses_out) {
+    if (N_IN > 0) n_in = N_IN;
+    if (HIDDEN > 0) hidden = HIDDEN;
+    if (K > 0) k = K;
     DYNAMIC_SHARED_MEMORY(shared_raw);
     double* reduce = reinterpret_cast<double*>(shared_raw);
     double* sched = reduce + 64;

@@ -1,9 +1,10 @@
 """Launching the kernels of kernels.cu: one method per kernel, holding its grid, block and
 argument packing, so the CuPy backend's ops are one-line dispatches.
 
-``Kernels`` takes a ``lookup(name, dtype)`` that gives a kernel called as CuPy's RawKernel is,
-``kernel(grid, block, args, shared_mem=0)``: ``compiled(cupy)`` builds kernels.cu through one
-cupy.RawModule, lazily, on first use; tests/cuda_on_cpu gives the same kernels run on the CPU.
+``Kernels`` takes a ``lookup(name, dtype, sizes=())`` that gives a kernel called as CuPy's
+RawKernel is, ``kernel(grid, block, args, shared_mem=0)``: ``compiled(cupy)`` builds kernels.cu
+through cupy.RawModule, lazily, on first use (the one-kernel trainer once more for each network's
+sizes); tests/cuda_on_cpu gives the same kernels run on the CPU.
 """
 
 from __future__ import annotations
@@ -43,32 +44,53 @@ def row_threads(k: int) -> int:
     return 32 if k <= 64 else 128 if k <= 512 else 256
 
 
+#: The trainer's template takes the network's sizes (N_IN, HIDDEN, K) in this kernels.cu; an
+#: older one given to ``compiled`` (benchmarks/one_kernel_phases.py --compare) may not.
+TRAINER_TAKES_SIZES = re.compile(r"template <typename T, int N_IN\b[^>]*>\s*__global__ void"
+                                 r"(?:\s*__launch_bounds__\([^)]*\))?\s*train_in_one_kernel\s*\(")
+
+
 def compiled(cupy: Any, options: tuple[str, ...] = (), code: str | None = None) -> Any:
-    """A lookup over kernels.cu compiled by NVRTC through one cupy.RawModule (on first use).
+    """A lookup over kernels.cu compiled by NVRTC through cupy.RawModule (on first use).
     Each kernel's function is looked up once and kept: get_function makes a new object and asks
     the driver (cuModuleGetFunction) every time, which launches paid for. ``options``: NVRTC
     options besides the backend's; ``code``: another source in place of kernels.cu (both for
     benchmarks/one_kernel_phases.py), of which only the kernels it defines are asked for (an
-    older version lacks the newer ones). ``lookup.module()`` gives the RawModule."""
-    built: list[Any] = []
-    functions: dict[tuple[str, Any], Any] = {}
+    older version lacks the newer ones).
 
-    def module() -> Any:
-        if not built:
-            names = name_expressions() if code is None else \
-                [e for e in name_expressions() if re.search(rf"\b{e.split('<')[0]}\s*\(", code)]
-            built.append(cupy.RawModule(code=source() if code is None else code,
-                                        options=NVRTC_OPTIONS + tuple(options),
-                                        name_expressions=names))
-        return built[0]
+    ``lookup(name, dtype, sizes)`` with the network's sizes (only the one-kernel trainer takes
+    them) gives the kernel built for those sizes, from a module of its own, compiled the first
+    time a network of those sizes trains (about half a second of NVRTC on a 2-core Xeon; CuPy
+    keeps the result on disk). A source whose trainer does not take sizes gives its one kernel.
+    ``lookup.module(sizes)`` gives the RawModule that kernel is in; ``lookup.module()`` the one
+    with all the others."""
+    text = source() if code is None else code
+    takes_sizes = TRAINER_TAKES_SIZES.search(text) is not None
+    modules: dict[tuple[int, ...], Any] = {}
+    functions: dict[tuple[str, Any, tuple[int, ...]], Any] = {}
 
-    def lookup(name: str, dtype: Any = None) -> Any:
-        key = (name, None if dtype is None else np.dtype(dtype))
+    def module(sizes: tuple[int, ...] = ()) -> Any:
+        sizes = tuple(sizes) if takes_sizes else ()
+        if sizes not in modules:
+            if sizes:
+                names = [f"train_in_one_kernel<{t}, {', '.join(map(str, sizes))}>"
+                         for t in ("float", "double")]
+            else:
+                names = name_expressions() if code is None else \
+                    [e for e in name_expressions() if re.search(rf"\b{e.split('<')[0]}\s*\(", code)]
+            modules[sizes] = cupy.RawModule(code=text, options=NVRTC_OPTIONS + tuple(options),
+                                            name_expressions=names)
+        return modules[sizes]
+
+    def lookup(name: str, dtype: Any = None, sizes: tuple[int, ...] = ()) -> Any:
+        sizes = tuple(sizes) if takes_sizes else ()
+        key = (name, None if dtype is None else np.dtype(dtype), sizes)
         function = functions.get(key)
         if function is None:
-            full = name if dtype is None else \
-                f"{name}<{'float' if np.dtype(dtype) == np.float32 else 'double'}>"
-            function = functions[key] = module().get_function(full)
+            args = [] if dtype is None else \
+                ["float" if np.dtype(dtype) == np.float32 else "double", *map(str, sizes)]
+            full = f"{name}<{', '.join(args)}>" if args else name
+            function = functions[key] = module(sizes).get_function(full)
         return function
 
     lookup.module = module  # type: ignore[attr-defined]
@@ -92,7 +114,7 @@ class Kernels:
         self.lookup = lookup
         self._no_totals = xp.zeros(2, dtype=np.float64)  # the kernel's totals when none are kept
         self._no_bf16 = xp.zeros(1, dtype=np.uint16)  # a bf16 output not asked for
-        self._shared_opted_in: dict[Any, int] = {}  # dtype -> dynamic shared bytes asked for
+        self._shared_opted_in: dict[Any, int] = {}  # kernel -> dynamic shared bytes asked for
 
     def bias_act(self, z: Any, biases: Any, relu: bool, z16: Any = None) -> Any:
         """z = z + biases, then max(z, 0) when ``relu``; in place. ``z16`` (uint16, z's shape):
@@ -195,11 +217,12 @@ class Kernels:
                             outs: dict[str, Any]) -> None:
         rows, n_in = X.shape
         hidden, k = outs["hidden"].shape[1], outs["logits"].shape[1]
-        nbytes = one_kernel_bytes(rows, (n_in, hidden, k), X.dtype)
-        kernel = self.lookup("train_in_one_kernel", X.dtype)
-        if self._shared_opted_in.get(X.dtype, 0) < nbytes:  # beyond 48 KiB is opted into
+        sizes = (n_in, hidden, k)
+        nbytes = one_kernel_bytes(rows, sizes, X.dtype)
+        kernel = self.lookup("train_in_one_kernel", X.dtype, sizes)  # built for these sizes
+        if self._shared_opted_in.get(kernel, 0) < nbytes:  # beyond 48 KiB is opted into
             kernel.max_dynamic_shared_size_bytes = nbytes
-            self._shared_opted_in[X.dtype] = nbytes
+            self._shared_opted_in[kernel] = nbytes
         code, hyper, epsilon = rule
         state_1 = states[0] if states else params  # unused by the rules that keep no state
         state_2 = states[1] if len(states) > 1 else params

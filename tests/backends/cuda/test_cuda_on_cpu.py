@@ -12,11 +12,13 @@ import time
 import numpy as np
 import pytest
 import test_book
+from cuda_on_cpu.emulator import SIZED_TRAINERS
 from support.backends import OneKernelNumpy
 from support.training import OPTIMIZERS, made_steps
 
 import gpunn as nn
 from gpunn.backends import schedule as slots
+from gpunn.backends.cuda import launch
 from gpunn.cli import gpu_paths
 from gpunn.training import steps
 
@@ -25,6 +27,33 @@ RULES = {"sgd": ((slots.RULE_SGD, 0.0, 0.0), 0, (0.5, 1e-3)),
          "adagrad": ((slots.RULE_CACHE, -1.0, 1e-7), 1, (0.3, 1e-3)),
          "rmsprop": ((slots.RULE_CACHE, 0.9, 1e-7), 1, (0.01, 1e-3)),
          "adam": ((slots.RULE_ADAM, 0.0, 1e-7), 2, (0.05, 5e-7))}
+
+
+def trainer_start(rule_name, dtype, n, sizes, rng):
+    """What a launch of the one-kernel trainer starts from, 3 steps into training with
+    ``rule_name``: (X, y, params, states, schedule, rule)."""
+    (code, hyper, epsilon), n_states, (lr, decay) = RULES[rule_name]
+    n_in, hidden, k = sizes
+    n_params = n_in * hidden + hidden + hidden * k + k
+    X = rng.standard_normal((n, n_in)).astype(dtype)
+    y = rng.integers(0, k, n).astype(np.int64)
+    params = (rng.standard_normal(n_params) * 0.5).astype(dtype)
+    states = [np.abs(rng.standard_normal(n_params)).astype(dtype) * 0.1 for _ in range(n_states)]
+    return X, y, params, states, np.array(slots.start(3, lr, decay, 0.9, 0.999)), (code, hyper, epsilon)
+
+
+def run_trainer(trainer, start, sizes, epochs):
+    """``trainer.train_in_one_kernel`` from a copy of ``start`` for ``epochs``: (params, states,
+    grads, schedule, totals, outs), what it wrote (NaN where it wrote nothing)."""
+    X, y, params, states, schedule, rule = start
+    n, (_, hidden, k) = len(y), sizes
+    p, s, sched = params.copy(), [a.copy() for a in states], schedule.copy()
+    grads, totals = np.full_like(params, np.nan), np.zeros((epochs, 2))
+    shapes = {"hidden": (n, hidden), "dhidden": (n, hidden), "logits": (n, k), "probs": (n, k),
+              "dlogits": (n, k), "losses": (n,)}
+    outs = {name: np.full(shape, np.nan, X.dtype) for name, shape in shapes.items()}
+    trainer.train_in_one_kernel(X, y, p, grads, s, sched, totals, epochs, rule, outs)
+    return p, s, grads, sched, totals, outs
 
 
 @pytest.mark.parametrize("rule_name", list(RULES))
@@ -38,25 +67,8 @@ def test_one_kernel_trainer_follows_the_planned_step(emulated, rule_name, dtype,
     than threads, columns shared by uneven numbers of threads (hidden 9, 40, 200), a layer
     wider than the block (hidden 600, 530: a thread takes several columns), and dW1 summed in
     the hidden gradient's pass (up to FOLDED_INPUTS inputs) or on its own (5 and 4 inputs)."""
-    (code, hyper, epsilon), n_states, (lr, decay) = RULES[rule_name]
-    n_in, hidden, k = sizes
-    n_params = n_in * hidden + hidden + hidden * k + k
-    X = rng.standard_normal((n, n_in)).astype(dtype)
-    y = rng.integers(0, k, n).astype(np.int64)
-    params = (rng.standard_normal(n_params) * 0.5).astype(dtype)
-    states = [np.abs(rng.standard_normal(n_params)).astype(dtype) * 0.1 for _ in range(n_states)]
-    schedule = np.array(slots.start(3, lr, decay, 0.9, 0.999))
-    epochs = 6
-    shapes = {"hidden": (n, hidden), "dhidden": (n, hidden), "logits": (n, k), "probs": (n, k),
-              "dlogits": (n, k), "losses": (n,)}
-    runs = []
-    for trainer in (emulated, OneKernelNumpy()):
-        p, s, sched = params.copy(), [a.copy() for a in states], schedule.copy()
-        grads, totals = np.full_like(params, np.nan), np.zeros((epochs, 2))
-        outs = {name: np.full(shape, np.nan, dtype) for name, shape in shapes.items()}
-        trainer.train_in_one_kernel(X, y, p, grads, s, sched, totals, epochs,
-                                    (code, hyper, epsilon), outs)
-        runs.append((p, s, grads, sched, totals, outs))
+    start = trainer_start(rule_name, dtype, n, sizes, rng)
+    runs = [run_trainer(trainer, start, sizes, 6) for trainer in (emulated, OneKernelNumpy())]
     (p, s, g, sched, totals, outs), (p0, s0, g0, sched0, totals0, outs0) = runs
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == np.float64 else {"rtol": 2e-4, "atol": 1e-5}
     for a, b in zip([p, g, *s], [p0, g0, *s0]):
@@ -66,6 +78,32 @@ def test_one_kernel_trainer_follows_the_planned_step(emulated, rule_name, dtype,
     np.testing.assert_array_equal(totals[:, 1], totals0[:, 1])
     for name in outs:
         np.testing.assert_allclose(outs[name], outs0[name], err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("rule_name", ["momentum", "adam"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes", SIZED_TRAINERS)
+def test_the_trainer_built_for_a_networks_sizes_gives_the_bits_of_the_one_built_for_none(
+        emulated, rule_name, dtype, sizes, rng):
+    """The backend launches train_in_one_kernel built for the network's sizes (its loops over
+    inputs and classes unrolled); built for none, the sizes are read at run time. The same
+    arithmetic in the same order: every output the same bits, in 11 epochs over 37 rows (6 for
+    a hidden layer wider than the block: its shared memory)."""
+    start = trainer_start(rule_name, dtype, 6 if sizes[1] > launch.ONE_KERNEL_THREADS else 37,
+                          sizes, rng)
+    asked, runs = [], []
+    for built_for in (sizes, ()):
+        def lookup(name, dtype=None, sizes=(), built_for=built_for):
+            asked.append(tuple(sizes))
+            return emulated.kernels.lookup(name, dtype, built_for)
+
+        p, s, grads, sched, totals, outs = run_trainer(launch.Kernels(lookup, np), start, sizes, 11)
+        runs.append([p, grads, *s, sched, totals, *outs.values()])
+    assert asked == [sizes, sizes]  # the launch asks for the kernel built for its sizes
+    assert emulated.kernels.lookup("train_in_one_kernel", dtype, sizes) is not \
+        emulated.kernels.lookup("train_in_one_kernel", dtype)
+    for got, want in zip(*runs):
+        np.testing.assert_array_equal(got, want)
 
 
 def train(backend, make_opt, batch_size, epochs, one_kernel=False):
@@ -218,6 +256,47 @@ def test_kernels_are_looked_up_once():
     assert lookup("bias_act", np.float32) is first and lookup("bias_act", np.float64) is not first
     assert asked == ["module", "bias_act<float>", "bias_act<double>"]
     assert isinstance(lookup.module(), Module) and asked.count("module") == 1
+
+
+def test_the_trainer_is_built_once_for_each_networks_sizes():
+    """The one-kernel trainer for a network's sizes comes from a module of its own (float and
+    double), built the first time those sizes are asked for; the other kernels, and the trainer
+    built for no sizes, from the one module of all. An older kernels.cu whose trainer takes no
+    sizes (benchmarks/one_kernel_phases.py --compare) gives that trainer whatever the sizes."""
+    import types
+
+    from gpunn.backends import cuda
+
+    made = []
+
+    class Module:
+        def __init__(self, **kwargs):
+            made.append(kwargs["name_expressions"])
+
+        def get_function(self, name):
+            return name, self
+
+    lookup = launch.compiled(types.SimpleNamespace(RawModule=Module))
+    book = lookup("train_in_one_kernel", np.float32, (2, 64, 3))
+    assert book[0] == "train_in_one_kernel<float, 2, 64, 3>"
+    assert lookup("train_in_one_kernel", np.float32, (2, 64, 3)) is book
+    assert lookup("train_in_one_kernel", np.float64, (2, 64, 3)) == \
+        ("train_in_one_kernel<double, 2, 64, 3>", book[1])
+    assert made == [["train_in_one_kernel<float, 2, 64, 3>", "train_in_one_kernel<double, 2, 64, 3>"]]
+    assert lookup.module((2, 64, 3)) is book[1]
+    assert lookup("train_in_one_kernel", np.float32, (5, 24, 3))[1] is not book[1]
+    assert lookup("bias_act", np.float32) == ("bias_act<float>", lookup.module())
+    assert lookup("train_in_one_kernel", np.float32) == ("train_in_one_kernel<float>", lookup.module())
+    assert made[1:] == [["train_in_one_kernel<float, 5, 24, 3>", "train_in_one_kernel<double, 5, 24, 3>"],
+                        cuda.name_expressions()]
+
+    older = "template <typename T>\n__global__ void __launch_bounds__(512, 1)\n" \
+            "train_in_one_kernel(const T* X, int n) {}"
+    lookup = launch.compiled(types.SimpleNamespace(RawModule=Module), code=older)
+    assert lookup("train_in_one_kernel", np.float32, (2, 64, 3)) == \
+        ("train_in_one_kernel<float>", lookup.module())
+    assert lookup.module((2, 64, 3)) is lookup.module()
+    assert made[-1] == ["train_in_one_kernel<float>", "train_in_one_kernel<double>"]
 
 
 def test_a_lookup_over_other_options_and_another_source():

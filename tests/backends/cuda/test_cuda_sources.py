@@ -119,10 +119,12 @@ def test_the_one_kernel_trainer_builds_with_its_phase_stamps(arch):
     older = text.replace(count.group(0), "#define ONE_KERNEL_PHASE_COUNT 9")  # db2, db1 apart
     assert script.phase_names(older) == tuple(f"phase {p}" for p in range(9))
     assert script.phase_names(re.sub(r"PHASE_DONE\(\d+\)", "", text)) == ()
-    ok, log, lowered = compile_source(text, "kernels.cu", arch, ["train_in_one_kernel<float>"],
+    # the trainer built for no sizes, and for the book's, which the script times side by side
+    sized = f"train_in_one_kernel<float, {', '.join(map(str, script.BOOK_SIZES))}>"
+    ok, log, lowered = compile_source(text, "kernels.cu", arch, ["train_in_one_kernel<float>", sized],
                                       options=(*cuda.NVRTC_OPTIONS, script.STAMPS))
     assert ok, log
-    assert lowered["train_in_one_kernel<float>"]
+    assert lowered["train_in_one_kernel<float>"] and lowered[sized]
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -139,6 +141,8 @@ def test_the_largest_blocks_fit_the_register_file(arch):
               "relu_backward_column_sum": launch.COLUMN_SUM_THREADS,
               "train_in_one_kernel": launch.ONE_KERNEL_THREADS}
     expressions = [f"{name}<{t}>" for name in blocks for t in ("float", "double")]
+    # and the trainer as the backend builds it for the book's network (its sizes fixed)
+    expressions += [f"train_in_one_kernel<{t}, 2, 64, 3>" for t in ("float", "double")]
     ok, log, lowered = compile_source(cuda.source(), "kernels.cu", arch, expressions,
                                       options=(*cuda.NVRTC_OPTIONS, "--ptxas-options=-v"))
     assert ok, log
