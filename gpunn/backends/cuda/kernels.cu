@@ -486,12 +486,12 @@ struct Cells {
 };
 
 // out[r * b_cols + c] = sum_i A[i, r] * B[i, c] over n rows (A: n x a_cols, B: n x b_cols,
-// row-major with row strides lda and ldb), and with `ones` (0 or 1) a row r = a_cols more, for a
-// column of ones after A's: a bias gradient, which a Dense layer's parameters keep right after its
-// weight gradient's rows (A may be nullptr when a_cols is 0). Summing it in the same pass as the
-// weights' costs their threads nothing extra where they leave threads idle (the book's dW2 and
-// db2: 195 outputs for 512 threads, two stripes each either way), and saves a phase of its own
-// with its barriers (db2's own took 1,700 cycles of a 37,100-cycle epoch on an H200). Each
+// row-major with row strides lda and ldb). A bias gradient is the row of a column of ones in A:
+// the one-kernel trainer keeps one after H's columns, and a Dense layer's parameters keep the
+// bias right after its weight gradient's rows. Summing it in the same pass as the weights' costs
+// their threads nothing extra where they leave threads idle (the book's dW2 and db2: 195 outputs
+// for 512 threads, two stripes each either way), and saves a phase of its own with its barriers
+// (db2's own took 1,700 cycles of a 37,100-cycle epoch on an H200). Each
 // output's sum is split over `parts` stripes of rows, whose partial sums are then
 // added pairwise (stripe p + half into stripe p) in a fixed order: log2(parts) rounds, where adding
 // them one after another took parts - 1 (169 for the book's output bias). At most MAX_STRIPES
@@ -499,9 +499,9 @@ struct Cells {
 // bias spent its time in 7 of them (32 stripes: 4 rounds, and 0.3 us less an epoch on an H200).
 #define MAX_STRIPES 32
 template <typename T>
-__device__ void block_tn(const T* A, int a_cols, int lda, int ones, const T* B, int b_cols, int ldb,
-                         int n, T* out, T* scratch) {
-    int outputs = (a_cols + ones) * b_cols;
+__device__ void block_tn(const T* A, int a_cols, int lda, const T* B, int b_cols, int ldb, int n,
+                         T* out, T* scratch) {
+    int outputs = a_cols * b_cols;
     int parts = (int)blockDim.x / outputs;
     if (parts > MAX_STRIPES) parts = MAX_STRIPES;
     if (parts > n) parts = n;
@@ -509,24 +509,20 @@ __device__ void block_tn(const T* A, int a_cols, int lda, int ones, const T* B, 
     Cells cell(threadIdx.x, blockDim.x, outputs);  // (stripe, output)
     for (; cell.i < parts; cell.next()) {
         int r = cell.j / b_cols, c = cell.j - r * b_cols;
+        const T* a = A + r;
+        const T* b = B + c;
         // Four partial sums over alternate rows of the stripe: four chains of adds in flight
         // rather than one (on an H200 this halved the book's dW2 and took a fifth off dW1).
-        auto stripe_sum = [&](auto term) {
-            T acc0 = T(0), acc1 = T(0), acc2 = T(0), acc3 = T(0);
-            int i = cell.i;
-            for (; i + 3 * parts < n; i += 4 * parts) {
-                acc0 += term(i);
-                acc1 += term(i + parts);
-                acc2 += term(i + 2 * parts);
-                acc3 += term(i + 3 * parts);
-            }
-            for (; i < n; i += parts) acc0 += term(i);
-            return (acc0 + acc1) + (acc2 + acc3);
-        };
-        // A loop each for A's columns and the ones, not a test of which in every term.
-        const T* b = B + c;
-        T acc = r < a_cols ? stripe_sum([&](int row) { return A[row * lda + r] * b[row * ldb]; })
-                           : stripe_sum([&](int row) { return b[row * ldb]; });
+        T acc0 = T(0), acc1 = T(0), acc2 = T(0), acc3 = T(0);
+        int i = cell.i;
+        for (; i + 3 * parts < n; i += 4 * parts) {
+            acc0 += a[i * lda] * b[i * ldb];
+            acc1 += a[(i + parts) * lda] * b[(i + parts) * ldb];
+            acc2 += a[(i + 2 * parts) * lda] * b[(i + 2 * parts) * ldb];
+            acc3 += a[(i + 3 * parts) * lda] * b[(i + 3 * parts) * ldb];
+        }
+        for (; i < n; i += parts) acc0 += a[i * lda] * b[i * ldb];
+        T acc = (acc0 + acc1) + (acc2 + acc3);
         if (parts == 1) out[cell.j] = acc; else scratch[cell.i * outputs + cell.j] = acc;
     }
     __syncthreads();
@@ -541,6 +537,90 @@ __device__ void block_tn(const T* A, int a_cols, int lda, int ones, const T* B, 
     }
     for (int o = threadIdx.x; o < outputs; o += blockDim.x) out[o] = scratch[o] + scratch[outputs + o];
     __syncthreads();
+}
+
+// The sums over a warp's 32 lanes of each of V values a lane holds (V a power of 2, at most 32):
+// lane l gets the sum of value (l >> (5 - log2 V)) & (V - 1); v is used up. By halving: at each
+// of log2 V steps a lane keeps half of its values, adds to them its partner's of the same, and
+// hands over the other half, so V values take V - 1 + 5 - log2 V shuffles where one warp_sum
+// each took 5 V (16 values: 16 shuffles, not 80). Every addition pairs the same two partial sums
+// in every run: the same bits each time. A template step by step, so that every index into v is
+// known when it is compiled and v stays in registers (a loop over the steps left it in local
+// memory: sm_90 SASS).
+template <int V, typename T>
+__device__ __forceinline__ T warp_sums(T* v, int lane, int offset = 16) {
+    if constexpr (V == 1) {
+        T sum = v[0];
+        for (; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        return sum;
+    } else {
+        bool upper = (lane & offset) != 0;  // keeps values [V / 2, V); its partner the rest
+#pragma unroll
+        for (int q = 0; q < V / 2; ++q) {
+            T keep = upper ? v[V / 2 + q] : v[q], give = upper ? v[q] : v[V / 2 + q];
+            v[q] = keep + __shfl_xor_sync(0xffffffffu, give, offset);
+        }
+        return warp_sums<V / 2>(v, lane, offset >> 1);
+    }
+}
+
+// What block_tn computes, out[r * b_cols + c] = sum_i A[i, r] * B[i, c], where a warp can hold
+// its share in registers: each of the block's warps takes `tile` = ceil(a_cols / warps) of out's
+// rows (r) and all of its b_cols columns, at most WARP_TN_SLOTS outputs, and its lanes take A's
+// and B's rows l, l + 32, ...; the lanes' sums are then added by warp_sums. A lane reads a row's
+// tile values of A and b_cols of B once for all their products, where block_tn reads two values
+// for each product; and nothing is added in shared memory, so there are no rounds of stripes and
+// barriers. For the book's dW2 and db2 (65 rows of 3): 13 warps of 5 rows, 8 reads and 15
+// products a row of the batch, where block_tn's threads made 390 sums of 150 rows, two reads a
+// product. `warps`: the block's, ONE_KERNEL_THREADS / 32 in the one-kernel trainer, a constant
+// there so that the tiles are known when it is compiled for a network's sizes. Returns false,
+// and does nothing, where a warp's share is too big.
+#define WARP_TN_SLOTS 16
+// A lane's rows for warp_tn: `a` starts at the warp's first column of A; with PARTIAL, only its
+// first `valid` columns are A's (the last warp's share may end past A's columns). Separate
+// so that the warps whose share A fills read theirs at fixed offsets from a row's start, with
+// nothing to test (sm_90 SASS: a test per value made 52 instructions a row, not 27).
+template <bool PARTIAL, typename T>
+__device__ __forceinline__ void warp_tn_rows(const T* a, int valid, int lda, const T* B, int b_cols,
+                                             int ldb, int n, int tile, T (&acc)[WARP_TN_SLOTS]) {
+    for (int i = threadIdx.x & 31; i < n; i += 32) {
+        const T* a_row = a + i * lda;
+        const T* b_row = B + i * ldb;
+        T a_values[WARP_TN_SLOTS], b_values[WARP_TN_SLOTS];
+#pragma unroll
+        for (int t = 0; t < WARP_TN_SLOTS; ++t) {
+            a_values[t] = t < tile && (!PARTIAL || t < valid) ? a_row[t] : T(0);
+            b_values[t] = t < b_cols ? b_row[t] : T(0);
+        }
+        // slot s: out's row (first +) s / b_cols, column s % b_cols
+#pragma unroll
+        for (int s = 0; s < WARP_TN_SLOTS; ++s) {
+            int t = s / b_cols;
+            if (t < tile) acc[s] += a_values[t] * b_values[s - t * b_cols];
+        }
+    }
+}
+template <typename T>
+__device__ __forceinline__ bool warp_tn(const T* A, int a_cols, int lda, const T* B, int b_cols,
+                                        int ldb, int n, T* out, int warps) {
+    int tile = (a_cols + warps - 1) / warps;
+    if (tile * b_cols > WARP_TN_SLOTS) return false;
+    int lane = threadIdx.x & 31, first = (threadIdx.x >> 5) * tile;  // out's rows first, ...
+    if (first < a_cols) {  // the same for the whole warp: its lanes shuffle together
+        T acc[WARP_TN_SLOTS];
+#pragma unroll
+        for (int s = 0; s < WARP_TN_SLOTS; ++s) acc[s] = T(0);
+        if (first + tile <= a_cols) {
+            warp_tn_rows<false>(A + first, tile, lda, B, b_cols, ldb, n, tile, acc);
+        } else {
+            warp_tn_rows<true>(A + first, a_cols - first, lda, B, b_cols, ldb, n, tile, acc);
+        }
+        T sum = warp_sums<WARP_TN_SLOTS>(acc, lane);
+        int s = (lane >> 1) & (WARP_TN_SLOTS - 1), t = s / b_cols;  // this lane's slot
+        if ((lane & 1) == 0 && t < tile && first + t < a_cols) out[(first + t) * b_cols + s - t * b_cols] = sum;
+    }
+    __syncthreads();
+    return true;
 }
 
 // out(i, j, sum_c A[i * inner + c] * W[c * w_c + j * w_j] (+ bias[j] when `bias` is given)) for
@@ -612,6 +692,141 @@ __device__ __forceinline__ void rows_by_columns(const T* A, int inner, const T* 
     }
 }
 
+// The one-kernel trainer's hidden layer and its gradient by warps, where a warp can hold its
+// columns' weights in registers (at most SMALL_INNER inputs, or classes, and WARP_COLUMNS of H's
+// columns a warp: the book's 2, 3 and 64 / 16 warps): a warp takes `cols` = hidden / warps of H's
+// columns from `first`, and its lanes take the rows l, l + 32, ...; a row's inputs (or dZ's
+// values) are read once for all the warp's columns, where rows_by_columns read them for each
+// column (sm_90 SASS, the book's network: a row of four columns in 26 instructions for the layer
+// and 52 for the gradient, against 59 and 100 for four rows of one column). Each value is summed
+// as rows_by_columns sums it (over the inputs, or classes, in order from zero, then the bias).
+// PARTIAL: the last warp's columns may end past H's (`valid` of them are H's); separate so that
+// the others have nothing to test. Both return false, and do nothing, where a warp's share is
+// too big.
+#define WARP_COLUMNS 8
+// H = max(X @ W1 + b1, 0), rows ldh apart.
+template <bool PARTIAL, typename T>
+__device__ __forceinline__ void hidden_layer_rows(const T* X, int n_in, T* h, int ldh,
+                                                  const T (&w)[WARP_COLUMNS][SMALL_INNER],
+                                                  const T (&b)[WARP_COLUMNS], int n, int cols,
+                                                  int valid) {
+    for (int i = threadIdx.x & 31; i < n; i += 32) {
+        T x[SMALL_INNER];
+#pragma unroll
+        for (int c = 0; c < SMALL_INNER; ++c) x[c] = c < n_in ? X[i * n_in + c] : T(0);
+        T* h_row = h + i * ldh;
+#pragma unroll
+        for (int j = 0; j < WARP_COLUMNS; ++j) {
+            if (j < cols && (!PARTIAL || j < valid)) {
+                T z = T(0);
+#pragma unroll
+                for (int c = 0; c < SMALL_INNER; ++c) {
+                    if (c < n_in) z += x[c] * w[j][c];
+                }
+                z += b[j];
+                h_row[j] = z < T(0) ? T(0) : z;
+            }
+        }
+    }
+}
+template <typename T>
+__device__ __forceinline__ bool hidden_layer_by_warps(const T* X, int n_in, T* H, int ldh, const T* W1,
+                                                      const T* b1, int n, int hidden, int warps) {
+    int cols = (hidden + warps - 1) / warps;
+    if (n_in > SMALL_INNER || cols > WARP_COLUMNS) return false;
+    int first = (threadIdx.x >> 5) * cols;
+    if (first < hidden) {
+        T w[WARP_COLUMNS][SMALL_INNER], b[WARP_COLUMNS];
+#pragma unroll
+        for (int j = 0; j < WARP_COLUMNS; ++j) {
+            bool column = j < cols && first + j < hidden;
+#pragma unroll
+            for (int c = 0; c < SMALL_INNER; ++c) {
+                w[j][c] = column && c < n_in ? W1[c * hidden + first + j] : T(0);
+            }
+            b[j] = column ? b1[first + j] : T(0);
+        }
+        if (first + cols <= hidden) {
+            hidden_layer_rows<false>(X, n_in, H + first, ldh, w, b, n, cols, cols);
+        } else {
+            hidden_layer_rows<true>(X, n_in, H + first, ldh, w, b, n, cols, hidden - first);
+        }
+    }
+    __syncthreads();
+    return true;
+}
+
+// dH = (dZ @ W2^T) where the ReLU let values through, in place of H (rows ldh apart), and its
+// sums [dW1; db1] = [X^T dH; column sums of dH] into grads (n_in + 1 rows of hidden), for at
+// most FOLDED_INPUTS inputs and a warp's sums in WARP_TN_SLOTS: the lanes' sums are added by
+// warp_sums, where rows_by_columns' threads sharing a column wrote theirs to shared memory to be
+// added after a barrier.
+template <bool PARTIAL, typename T>
+__device__ __forceinline__ void hidden_gradient_rows(const T* dZ, int k, const T* X, int n_in, T* h,
+                                                     int ldh, const T (&w)[WARP_COLUMNS][SMALL_INNER],
+                                                     int n, int cols, int valid,
+                                                     T (&sums)[WARP_TN_SLOTS]) {
+    for (int i = threadIdx.x & 31; i < n; i += 32) {
+        T dz[SMALL_INNER], x[FOLDED_INPUTS + 1];
+#pragma unroll
+        for (int c = 0; c < SMALL_INNER; ++c) dz[c] = c < k ? dZ[i * k + c] : T(0);
+#pragma unroll
+        for (int r = 0; r <= FOLDED_INPUTS; ++r) x[r] = r < n_in ? X[i * n_in + r] : T(1);  // then db1's ones
+        T* h_row = h + i * ldh;
+#pragma unroll
+        for (int j = 0; j < WARP_COLUMNS; ++j) {
+            if (j < cols && (!PARTIAL || j < valid)) {
+                T d = T(0);
+#pragma unroll
+                for (int c = 0; c < SMALL_INNER; ++c) {
+                    if (c < k) d += dz[c] * w[j][c];
+                }
+                T g = h_row[j] > T(0) ? d : T(0);
+                h_row[j] = g;
+                // slot j * (n_in + 1) + r: dW1's row r of this column, r = n_in its db1
+#pragma unroll
+                for (int r = 0; r <= FOLDED_INPUTS; ++r) {
+                    int s = j * (n_in + 1) + r;
+                    if (r <= n_in && s < WARP_TN_SLOTS) sums[s] += x[r] * g;
+                }
+            }
+        }
+    }
+}
+template <typename T>
+__device__ __forceinline__ bool hidden_gradient_by_warps(const T* dZ, int k, const T* X, int n_in, T* H,
+                                                         int ldh, const T* W2, int n, int hidden,
+                                                         T* grads, int warps) {
+    int cols = (hidden + warps - 1) / warps, per_column = n_in + 1;
+    if (n_in > FOLDED_INPUTS || k > SMALL_INNER || cols > WARP_COLUMNS ||
+        cols * per_column > WARP_TN_SLOTS) {
+        return false;
+    }
+    int lane = threadIdx.x & 31, first = (threadIdx.x >> 5) * cols;
+    if (first < hidden) {  // the same for the whole warp: its lanes shuffle together
+        T w[WARP_COLUMNS][SMALL_INNER], sums[WARP_TN_SLOTS];
+#pragma unroll
+        for (int j = 0; j < WARP_COLUMNS; ++j) {
+#pragma unroll
+            for (int c = 0; c < SMALL_INNER; ++c) {
+                w[j][c] = j < cols && first + j < hidden && c < k ? W2[(first + j) * k + c] : T(0);
+            }
+        }
+#pragma unroll
+        for (int s = 0; s < WARP_TN_SLOTS; ++s) sums[s] = T(0);
+        if (first + cols <= hidden) {
+            hidden_gradient_rows<false>(dZ, k, X, n_in, H + first, ldh, w, n, cols, cols, sums);
+        } else {
+            hidden_gradient_rows<true>(dZ, k, X, n_in, H + first, ldh, w, n, cols, hidden - first, sums);
+        }
+        T sum = warp_sums<WARP_TN_SLOTS>(sums, lane);
+        int s = (lane >> 1) & (WARP_TN_SLOTS - 1), j = s / per_column, r = s - j * per_column;
+        if ((lane & 1) == 0 && j < cols && first + j < hidden) grads[r * hidden + first + j] = sum;
+    }
+    __syncthreads();
+    return true;
+}
+
 // The block's sums of a and b (one pair per thread; blockDim a multiple of 32, at most 1024) in a
 // fixed order, lanes then warps, for thread 0. `scratch`: 64 doubles.
 __device__ void block_sums(double& a, double& b, double* scratch) {
@@ -635,8 +850,9 @@ __device__ void copy_rows(const T* from, int ld, T* out, int n, int cols) {
 }
 
 // Shared memory, in order: doubles [64 block-sum scratch | SCHEDULE_SIZE schedule], then T:
-// X (n x n_in) | H (n x hidden, rows ldh = hidden | 1 apart: an odd stride, so threads reading one
-// column of different rows hit different banks) | Z (n x k) | params | grads | state_1 | state_2 |
+// X (n x n_in) | H (n x hidden, rows ldh = (hidden + 1) | 1 apart: an odd stride, so threads
+// reading one column of different rows hit different banks, and room for a column of ones after
+// H's, which makes db2 dW2's last row) | Z (n x k) | params | grads | state_1 | state_2 |
 // scratch (blockDim values, (n_in + 1) x blockDim with at most FOLDED_INPUTS inputs).
 // The last epoch also writes what the planned step leaves behind: the hidden layer's output and
 // its gradient, logits, probabilities, dlogits and per-sample losses.
@@ -664,7 +880,7 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
     double* sched = reduce + 64;
     T* sX = reinterpret_cast<T*>(sched + SCHEDULE_SIZE);
     T* sH = sX + n * n_in;
-    int ldh = hidden | 1;
+    int ldh = (hidden + 1) | 1;
     T* sZ = sH + n * ldh;
     int off_b1 = n_in * hidden, off_w2 = off_b1 + hidden, off_b2 = off_w2 + hidden * k;
     int n_params = off_b2 + k;
@@ -680,6 +896,7 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
     int schedule_part = (tid & 31) == 0 ? threads / 32 - 1 - tid / 32 : -1;
 
     for (int i = tid; i < n * n_in; i += threads) sX[i] = X[i];
+    for (int i = tid; i < n; i += threads) sH[i * ldh + hidden] = T(1);  // db2's column of ones
     for (int i = tid; i < n_params; i += threads) {
         sW[i] = params[i];
         sS1[i] = uses_1 ? state_1[i] : T(0);
@@ -695,11 +912,14 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         // What totals hold already, read now so that the read's wait overlaps the epoch.
         double loss_before = 0.0, correct_before = 0.0;
         if (tid == 0) { loss_before = totals[2 * epoch]; correct_before = totals[2 * epoch + 1]; }
-        // Hidden layer: H = max(X @ W1 + b1, 0).
-        rows_by_columns<T>(sX, n_in, sW, hidden, 1, n, hidden, sW + off_b1, [&](int i, int j, T z) {
-            sH[i * ldh + j] = z < T(0) ? T(0) : z;
-        });
-        __syncthreads();
+        // Hidden layer: H = max(X @ W1 + b1, 0), by warps where a warp's columns fit.
+        if (!hidden_layer_by_warps<T>(sX, n_in, sH, ldh, sW, sW + off_b1, n, hidden,
+                                      ONE_KERNEL_THREADS / 32)) {
+            rows_by_columns<T>(sX, n_in, sW, hidden, 1, n, hidden, sW + off_b1, [&](int i, int j, T z) {
+                sH[i * ldh + j] = z < T(0) ? T(0) : z;
+            });
+            __syncthreads();
+        }
         PHASE_DONE(0)
         if (last) copy_rows(sH, ldh, hidden_out, n, hidden);
         // Logits: Z = H @ W2 + b2, a thread per row and four classes: each H value read once
@@ -770,65 +990,71 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         }
         PHASE_DONE(2)
         // Output layer's gradients, in one pass: dW2 = H^T dZ, then db2 = column sums of dZ
-        // (the row of ones after H's columns; db2 follows dW2 in the parameters).
-        block_tn<T>(sH, hidden, ldh, 1, sZ, k, k, n, sG + off_w2, scratch);
+        // (from H's column of ones; db2 follows dW2 in the parameters).
+        if (!warp_tn<T>(sH, hidden + 1, ldh, sZ, k, k, n, sG + off_w2, ONE_KERNEL_THREADS / 32)) {
+            block_tn<T>(sH, hidden + 1, ldh, sZ, k, k, n, sG + off_w2, scratch);
+        }
         PHASE_DONE(3)
         // Hidden gradient, in place of H: (dZ @ W2^T) where the ReLU let values through (a
         // select, not a product: what the ReLU stopped stays 0 whatever dZ holds). And, from the
         // values as they are written, db1 (their column sums) and, with at most FOLDED_INPUTS
-        // inputs, dW1 = X^T dH too: each thread adds up its rows of its column (sums[r] for
-        // input r, sums[FOLDED_INPUTS] for the bias) and, where several threads share a column
-        // (hidden < blockDim), their sums, one per thread and output row in scratch, are added in
-        // thread order after the barrier. As block_tn passes of their own on an H200, dW1 took
-        // 5,500 and db1 2,300 of the 37,100 cycles of the book's epoch: two inputs give each
-        // thread just two products more per value here.
-        int shared_columns = hidden < threads;  // then scratch holds each thread's parts
+        // inputs, dW1 = X^T dH too. As block_tn passes of their own on an H200, dW1 took 5,500
+        // and db1 2,300 of the 37,100 cycles of the book's epoch: two inputs give each thread just
+        // two products more per value here. By warps where a warp's columns fit
+        // (hidden_gradient_by_warps: the book's network); otherwise a thread a column: each
+        // thread adds up its rows of its column (sums[r] for input r, sums[FOLDED_INPUTS] for the
+        // bias) and, where several threads share a column (hidden < blockDim), their sums, one
+        // per thread and output row in scratch, are added in thread order after the barrier.
         int folded = n_in <= FOLDED_INPUTS;
-        int rows_out = folded ? n_in + 1 : 1;  // of the gradient [dW1; db1] summed here
-        T sums[FOLDED_INPUTS + 1];
-        for (int r = 0; r <= FOLDED_INPUTS; ++r) sums[r] = T(0);
-        rows_by_columns<T>(
-            sZ, k, sW + off_w2, 1, k, n, hidden, static_cast<const T*>(nullptr),
-            [&](int i, int j, T d) {
-                T* h = sH + i * ldh + j;
-                T g = *h > T(0) ? d : T(0);
-                *h = g;
-                const T* x = sX + i * n_in;
+        if (!hidden_gradient_by_warps<T>(sZ, k, sX, n_in, sH, ldh, sW + off_w2, n, hidden, sG,
+                                         ONE_KERNEL_THREADS / 32)) {
+            int shared_columns = hidden < threads;  // then scratch holds each thread's parts
+            int rows_out = folded ? n_in + 1 : 1;  // of the gradient [dW1; db1] summed here
+            T sums[FOLDED_INPUTS + 1];
+            for (int r = 0; r <= FOLDED_INPUTS; ++r) sums[r] = T(0);
+            rows_by_columns<T>(
+                sZ, k, sW + off_w2, 1, k, n, hidden, static_cast<const T*>(nullptr),
+                [&](int i, int j, T d) {
+                    T* h = sH + i * ldh + j;
+                    T g = *h > T(0) ? d : T(0);
+                    *h = g;
+                    const T* x = sX + i * n_in;
 #pragma unroll
-                for (int r = 0; r < FOLDED_INPUTS; ++r) {
-                    if (folded && r < n_in) sums[r] += x[r] * g;
-                }
-                sums[FOLDED_INPUTS] += g;
-            },
-            [&](int j) {
-#pragma unroll
-                for (int r = 0; r <= FOLDED_INPUTS; ++r) {
-                    // output row `out_row` of [dW1; db1]: input r, or the bias after the inputs
-                    int out_row = r < FOLDED_INPUTS ? r : rows_out - 1;
-                    if (r == FOLDED_INPUTS || (folded && r < n_in)) {
-                        if (shared_columns) scratch[out_row * threads + tid] = sums[r];
-                        else sG[(folded ? out_row * hidden : off_b1) + j] = sums[r];
+                    for (int r = 0; r < FOLDED_INPUTS; ++r) {
+                        if (folded && r < n_in) sums[r] += x[r] * g;
                     }
-                    sums[r] = T(0);
+                    sums[FOLDED_INPUTS] += g;
+                },
+                [&](int j) {
+#pragma unroll
+                    for (int r = 0; r <= FOLDED_INPUTS; ++r) {
+                        // output row `out_row` of [dW1; db1]: input r, or the bias after the inputs
+                        int out_row = r < FOLDED_INPUTS ? r : rows_out - 1;
+                        if (r == FOLDED_INPUTS || (folded && r < n_in)) {
+                            if (shared_columns) scratch[out_row * threads + tid] = sums[r];
+                            else sG[(folded ? out_row * hidden : off_b1) + j] = sums[r];
+                        }
+                        sums[r] = T(0);
+                    }
+                });
+            __syncthreads();
+            if (shared_columns) {
+                // Output o of [dW1; db1] (rows_out x hidden, db1 alone when not folded), at
+                // sG[first + o]: the parts of the threads on its column, in thread order.
+                int first = folded ? 0 : off_b1;
+                for (int o = tid; o < rows_out * hidden; o += threads) {
+                    int out_row = o / hidden, j = o - out_row * hidden;
+                    const T* parts = scratch + out_row * threads;
+                    T sum = T(0);
+                    for (int part = j; part < threads; part += hidden) sum += parts[part];
+                    sG[first + o] = sum;
                 }
-            });
-        __syncthreads();
-        if (shared_columns) {
-            // Output o of [dW1; db1] (rows_out x hidden, db1 alone when not folded), at
-            // sG[first + o]: the parts of the threads on its column, in thread order.
-            int first = folded ? 0 : off_b1;
-            for (int o = tid; o < rows_out * hidden; o += threads) {
-                int out_row = o / hidden, j = o - out_row * hidden;
-                const T* parts = scratch + out_row * threads;
-                T sum = T(0);
-                for (int part = j; part < threads; part += hidden) sum += parts[part];
-                sG[first + o] = sum;
+                __syncthreads();  // before scratch is written again
             }
-            __syncthreads();  // before scratch is written again
         }
         PHASE_DONE(4)
         if (last) copy_rows(sH, ldh, dhidden_out, n, hidden);
-        if (!folded) block_tn<T>(sX, n_in, n_in, 0, sH, hidden, ldh, n, sG, scratch);
+        if (!folded) block_tn<T>(sX, n_in, n_in, sH, hidden, ldh, n, sG, scratch);
         PHASE_DONE(5)
         T lr = (T)sched[SCHEDULE_LR_T], correct_1 = (T)sched[SCHEDULE_CORRECTION_1],
           correct_2 = (T)sched[SCHEDULE_CORRECTION_2];
