@@ -36,7 +36,8 @@ from gpunn.backends import cuda
 from gpunn.bench.contenders import book_model
 
 #: What ends at each PHASE_DONE(p) marker of train_in_one_kernel, in order.
-PHASES = ("hidden layer", "logits", "softmax, loss sums", "dW2 and db2",
+PHASES = ("hidden layer", "logits (and softmax, up to 4 classes)", "softmax (over 4), loss sums",
+          "dW2 and db2",
           "hidden gradient, db1 (dW1 too, up to 3 inputs)", "dW1 (over 3 inputs)", "update")
 STAMPS = "-DONE_KERNEL_PHASES"
 BOOK_SIZES = (2, 64, 3)  # the book's network: 2 inputs, 64 hidden, 3 classes

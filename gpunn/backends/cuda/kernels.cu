@@ -579,7 +579,7 @@ __device__ __forceinline__ T warp_sums(T* v, int lane, int offset = 16) {
 // A lane's rows for warp_tn: `a` starts at the warp's first column of A; with PARTIAL, only its
 // first `valid` columns are A's (the last warp's share may end past A's columns). Separate
 // so that the warps whose share A fills read theirs at fixed offsets from a row's start, with
-// nothing to test (sm_90 SASS: a test per value made 52 instructions a row, not 27).
+// nothing to test (sm_90 SASS, the book's dW2: a test per value made 52 instructions a row, not 25).
 template <bool PARTIAL, typename T>
 __device__ __forceinline__ void warp_tn_rows(const T* a, int valid, int lda, const T* B, int b_cols,
                                              int ldb, int n, int tile, T (&acc)[WARP_TN_SLOTS]) {
@@ -925,9 +925,9 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         // Logits: Z = H @ W2 + b2, a thread per row and four classes: each H value read once
         // for four products, where a thread per class read it for one (sm_90 SASS, the book's
         // 3 classes: 256 shared loads a row, not 384; the fourth class's are predicated off).
-        // Each sum runs over j in order from zero, then adds the bias: the same bits as before.
-        for (Cells cell(tid, threads, (k + 3) / 4); cell.i < n; cell.next()) {
-            int i = cell.i, c0 = 4 * cell.j, more = k - c0;  // classes c0 .. c0 + min(more, 4) - 1
+        // Each sum runs over j in order from zero, then adds the bias.
+        auto logits = [&](int i, int c0, T (&z)[4]) {  // row i's classes c0 .. c0 + 3 below k
+            int more = k - c0;
             const T* h = sH + i * ldh;
             const T* w = sW + off_w2 + c0;
             T z0 = T(0), z1 = T(0), z2 = T(0), z3 = T(0);
@@ -939,25 +939,19 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
                 if (more > 2) z2 += hj * wj[2];
                 if (more > 3) z3 += hj * wj[3];
             }
-            T z[4] = {z0, z1, z2, z3};
+            z[0] = z0; z[1] = z1; z[2] = z2; z[3] = z3;
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
                 if (q < more) {
-                    T out = z[q] + sW[off_b2 + c0 + q];
-                    sZ[i * k + c0 + q] = out;
-                    if (last) logits_out[i * k + c0 + q] = out;
+                    z[q] += sW[off_b2 + c0 + q];
+                    if (last) logits_out[i * k + c0 + q] = z[q];
                 }
             }
-        }
-        __syncthreads();
-        PHASE_DONE(1)
-        // This epoch's schedule (advance), in three parts on three threads; the step count moves
-        // on in the update below, after a barrier.
-        if (schedule_part >= 0 && schedule_part < 3) advance_part(sched, schedule_part);
-        // Softmax cross-entropy, one thread per row; Z becomes dlogits in place (exps first).
+        };
+        // Softmax cross-entropy of row i from its logits z (k of them), which become its dlogits
+        // (exps first); its loss and whether its first-index argmax is its label are counted.
         double loss_sum = 0.0, correct = 0.0;
-        for (int i = tid; i < n; i += threads) {
-            T* z = sZ + i * k;
+        auto cross_entropy = [&](int i, T* z) {
             T best = lowest<T>();
             int argmax = k;
             for (int c = 0; c < k; ++c) {
@@ -971,9 +965,10 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             }
             T inv_total = T(1) / total;
             long long label = labels[i];
-            T p_true = z[label] * inv_total;
+            T p_true = T(0);
             for (int c = 0; c < k; ++c) {
                 T p = z[c] * inv_total;
+                if (c == label) p_true = p;
                 T d = (p - (c == label ? T(1) : T(0))) * inv_n;
                 z[c] = d;
                 if (last) { probs_out[i * k + c] = p; dlogits_out[i * k + c] = d; }
@@ -982,6 +977,30 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             if (last) losses_out[i] = loss;
             loss_sum += (double)loss;
             if (argmax == label) correct += 1.0;
+        };
+        // This epoch's schedule (advance), in three parts on three threads; the step count moves
+        // on in the update below, after a barrier.
+        if (schedule_part >= 0 && schedule_part < 3) advance_part(sched, schedule_part);
+        if (k <= 4) {
+            // A row's logits stay in its thread's registers for its softmax: no barrier between,
+            // and Z is written once, as dlogits.
+            for (int i = tid; i < n; i += threads) {
+                T z[4];
+                logits(i, 0, z);
+                cross_entropy(i, z);
+                for (int c = 0; c < k; ++c) sZ[i * k + c] = z[c];
+            }
+        } else {
+            for (Cells cell(tid, threads, (k + 3) / 4); cell.i < n; cell.next()) {
+                T z[4];
+                logits(cell.i, 4 * cell.j, z);
+                for (int q = 0; q < 4 && 4 * cell.j + q < k; ++q) sZ[cell.i * k + 4 * cell.j + q] = z[q];
+            }
+            __syncthreads();
+        }
+        PHASE_DONE(1)
+        if (k > 4) {
+            for (int i = tid; i < n; i += threads) cross_entropy(i, sZ + i * k);
         }
         block_sums(loss_sum, correct, reduce);
         if (tid == 0) {

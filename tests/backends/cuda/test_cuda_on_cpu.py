@@ -60,13 +60,17 @@ def run_trainer(trainer, start, sizes, epochs):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n, sizes", [(37, (2, 9, 3)), (5, (3, 40, 2)), (20, (3, 200, 4)),
                                       (300, (2, 64, 3)), (6, (2, 600, 3)), (30, (5, 24, 3)),
-                                      (4, (4, 530, 2))])
+                                      (4, (4, 530, 2)), (25, (2, 20, 6)), (40, (3, 12, 10))])
 def test_one_kernel_trainer_follows_the_planned_step(emulated, rule_name, dtype, n, sizes, rng):
     """train_in_one_kernel (512 threads) against its NumPy port, from a state 3 steps in. The sizes
     cover partial sums split over row stripes, stripes clamped to few rows, more outputs
     than threads, columns shared by uneven numbers of threads (hidden 9, 40, 200), a layer
     wider than the block (hidden 600, 530: a thread takes several columns), and dW1 summed in
-    the hidden gradient's pass (up to FOLDED_INPUTS inputs) or on its own (5 and 4 inputs)."""
+    the hidden gradient's pass (up to FOLDED_INPUTS inputs) or on its own (5 and 4 inputs);
+    the hidden layer by warps (hidden 9, 40, 64, 20, 12: the last warp's columns past H's for
+    40) or a thread a column (200, 600, and 5 or 4 inputs); and a row's logits kept for its
+    softmax (up to 4 classes) or written for a pass of their own (6 and 10 classes: four a
+    thread, two in the last)."""
     start = trainer_start(rule_name, dtype, n, sizes, rng)
     runs = [run_trainer(trainer, start, sizes, 6) for trainer in (emulated, OneKernelNumpy())]
     (p, s, g, sched, totals, outs), (p0, s0, g0, sched0, totals0, outs0) = runs
