@@ -12,9 +12,11 @@ phases are shown where they have the markers. The final parameters of each are c
 first source's: a different order of sums gives different bits, and over 10,001 epochs of Adam at
 lr 0.05 those grow, so only a source that should give the same bits is checked this way.
 
-kernels.cu itself is timed twice: its trainer built for the book's sizes (2, 64, 3), as the
-backend builds it, and built for none (the sizes read at run time). The two do the same
-arithmetic in the same order, so their final parameters should not differ at all.
+kernels.cu itself is timed four ways (VARIANTS): its trainer built for the book's sizes (2, 64,
+3), as the backend builds it, or for none (the sizes read at run time), each with its layers by
+warps (the default) or a thread a column (-DONE_KERNEL_WARPS=0, the layout before 2026-11-27's
+fourteenth session). The sizes change no arithmetic, so the third should give the first's bits;
+the warps add in another order.
 
 This is how the layers' tiling (rows_by_columns) and the capped stripes of block_tn were found
 and measured on an H200 (2026-11-27, README's GPU section): the hidden layer and its gradient
@@ -41,6 +43,13 @@ PHASES = ("hidden layer", "logits (and softmax, up to 4 classes)", "softmax (ove
           "hidden gradient, db1 (dW1 too, up to 3 inputs)", "dW1 (over 3 inputs)", "update")
 STAMPS = "-DONE_KERNEL_PHASES"
 BOOK_SIZES = (2, 64, 3)  # the book's network: 2 inputs, 64 hidden, 3 classes
+#: How kernels.cu's trainer is built for each timing: (what, for the book's sizes?, NVRTC options).
+#: The first is the backend's; the third gives its bits (the same arithmetic), and the second and
+#: fourth, a thread a column and the logits through shared memory, add in another order.
+VARIANTS = (("built for the book's sizes, by warps (the backend's)", True, ()),
+            ("built for the book's sizes, a thread a column", True, ("-DONE_KERNEL_WARPS=0",)),
+            ("built for any size, by warps", False, ()),
+            ("built for any size, a thread a column", False, ("-DONE_KERNEL_WARPS=0",)))
 
 
 def phase_names(code: str) -> tuple[str, ...]:
@@ -54,11 +63,12 @@ def phase_names(code: str) -> tuple[str, ...]:
     return PHASES if count == len(PHASES) else tuple(f"phase {p}" for p in range(count))
 
 
-def run(code: str, stamps: bool, epochs: int,
-        sized: bool = True) -> tuple[float, np.ndarray, np.ndarray | None]:
+def run(code: str, stamps: bool, epochs: int, sized: bool = True,
+        options: tuple[str, ...] = ()) -> tuple[float, np.ndarray, np.ndarray | None]:
     """(seconds, final parameters, the stamps' cycles or None) of the book's run on a fresh CuPy
-    backend whose kernels are ``code``, compiled with the stamps or without; its trainer built for
-    the book's sizes, as the backend builds it, or (``sized`` False) for none."""
+    backend whose kernels are ``code``, compiled with the stamps or without and with ``options``;
+    its trainer built for the book's sizes, as the backend builds it, or (``sized`` False) for
+    none."""
     import cupy
 
     from gpunn.backends.cuda import launch
@@ -66,7 +76,7 @@ def run(code: str, stamps: bool, epochs: int,
 
     X, y = datasets.spiral_data(samples=100, classes=3, seed=0)
     backend = CupyBackend()
-    lookup = launch.compiled(cupy, (STAMPS,) if stamps else (), code)
+    lookup = launch.compiled(cupy, ((STAMPS,) if stamps else ()) + options, code)
     backend.kernels = launch.Kernels(lookup if sized else
                                      lambda name, dtype=None, sizes=(): lookup(name, dtype), cupy)
     book_model(backend, True, len(y)).fit(X, y, epochs=100, batch_size=None, verbose=0)  # builds
@@ -87,18 +97,18 @@ def run(code: str, stamps: bool, epochs: int,
 
 
 def report(name: str, code: str, epochs: int, reference: np.ndarray | None,
-           sized: bool = True) -> np.ndarray:
+           sized: bool = True, options: tuple[str, ...] = ()) -> np.ndarray:
     times = []
     for _ in range(3):
-        seconds, params, _ = run(code, False, epochs, sized)
+        seconds, params, _ = run(code, False, epochs, sized, options)
         times.append(seconds)
     differs = "" if reference is None else \
-        f"; final parameters differ from the first source's by up to {np.abs(params - reference).max():.3g}"
+        f"; final parameters differ from the first timing's by up to {np.abs(params - reference).max():.3g}"
     print(f"{name}: {epochs} epochs in {' '.join(f'{t:.4f}' for t in times)} s "
           f"(best {min(times) / epochs * 1e6:.2f} us an epoch){differs}")
     names = phase_names(code)
     if names:
-        seconds, _, cycles = run(code, True, epochs, sized)
+        seconds, _, cycles = run(code, True, epochs, sized, options)
         mhz = cycles[-2] / max(int(cycles[-1]), 1) * 1e3
         print(f"  with the stamps: {seconds:.4f} s; in the kernel {cycles[-1] / epochs / 1e3:.2f} us, "
               f"{cycles[-2] / epochs:,.0f} cycles an epoch at {mhz:.0f} MHz")
@@ -112,10 +122,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--epochs", type=int, default=10_001)
     parser.add_argument("--compare", nargs="*", default=[], help="other kernels.cu files")
     args = parser.parse_args(argv)
-    reference = report("kernels.cu, the trainer built for the book's sizes", cuda.source(),
-                       args.epochs, None)
-    report("kernels.cu, the trainer built for none", cuda.source(), args.epochs, reference,
-           sized=False)
+    reference = None
+    for name, sized, options in VARIANTS:
+        params = report(f"kernels.cu, the trainer {name}", cuda.source(), args.epochs, reference,
+                        sized, options)
+        reference = params if reference is None else reference
     for path in args.compare:
         report(path, Path(path).read_text(), args.epochs, reference)
 

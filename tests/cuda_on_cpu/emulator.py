@@ -41,13 +41,14 @@ C_TYPES = {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float64: ctyp
            np.float32: ctypes.c_float}
 
 
-def build(directory: Path) -> ctypes.CDLL | str:
-    """The harness library, or why it cannot be built here (no g++). A build error raises."""
+def build(directory: Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL | str:
+    """The harness library, or why it cannot be built here (no g++). A build error raises.
+    ``defines``: -D options besides the backend's."""
     compiler = shutil.which("g++")
     if compiler is None:
         return "no g++ here to build the CUDA-on-CPU harness"
     lib = directory / "harness.so"
-    defines = [option for option in cuda.NVRTC_OPTIONS if option.startswith("-D")]
+    defines = [option for option in cuda.NVRTC_OPTIONS if option.startswith("-D")] + list(defines)
     defines.append("-DSIZED_TRAINERS=" + " ".join(f"SIZED_TRAINER({a}, {b}, {c})"
                                                    for a, b, c in SIZED_TRAINERS))
     result = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w",

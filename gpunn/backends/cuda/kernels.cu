@@ -704,6 +704,11 @@ __device__ __forceinline__ void rows_by_columns(const T* A, int inner, const T* 
 // the others have nothing to test. Both return false, and do nothing, where a warp's share is
 // too big.
 #define WARP_COLUMNS 8
+// The one-kernel trainer takes the paths by warps (and keeps up to 4 logits a row in registers)
+// unless built with -DONE_KERNEL_WARPS=0: benchmarks/one_kernel_phases.py times it both ways.
+#ifndef ONE_KERNEL_WARPS
+#define ONE_KERNEL_WARPS 1
+#endif
 // H = max(X @ W1 + b1, 0), rows ldh apart.
 template <bool PARTIAL, typename T>
 __device__ __forceinline__ void hidden_layer_rows(const T* X, int n_in, T* h, int ldh,
@@ -913,8 +918,8 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         double loss_before = 0.0, correct_before = 0.0;
         if (tid == 0) { loss_before = totals[2 * epoch]; correct_before = totals[2 * epoch + 1]; }
         // Hidden layer: H = max(X @ W1 + b1, 0), by warps where a warp's columns fit.
-        if (!hidden_layer_by_warps<T>(sX, n_in, sH, ldh, sW, sW + off_b1, n, hidden,
-                                      ONE_KERNEL_THREADS / 32)) {
+        if (!(ONE_KERNEL_WARPS && hidden_layer_by_warps<T>(sX, n_in, sH, ldh, sW, sW + off_b1, n,
+                                                           hidden, ONE_KERNEL_THREADS / 32))) {
             rows_by_columns<T>(sX, n_in, sW, hidden, 1, n, hidden, sW + off_b1, [&](int i, int j, T z) {
                 sH[i * ldh + j] = z < T(0) ? T(0) : z;
             });
@@ -981,7 +986,8 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         // This epoch's schedule (advance), in three parts on three threads; the step count moves
         // on in the update below, after a barrier.
         if (schedule_part >= 0 && schedule_part < 3) advance_part(sched, schedule_part);
-        if (k <= 4) {
+        int in_registers = ONE_KERNEL_WARPS && k <= 4;  // a row's logits, for its softmax
+        if (in_registers) {
             // A row's logits stay in its thread's registers for its softmax: no barrier between,
             // and Z is written once, as dlogits.
             for (int i = tid; i < n; i += threads) {
@@ -999,7 +1005,7 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             __syncthreads();
         }
         PHASE_DONE(1)
-        if (k > 4) {
+        if (!in_registers) {
             for (int i = tid; i < n; i += threads) cross_entropy(i, sZ + i * k);
         }
         block_sums(loss_sum, correct, reduce);
@@ -1010,7 +1016,8 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         PHASE_DONE(2)
         // Output layer's gradients, in one pass: dW2 = H^T dZ, then db2 = column sums of dZ
         // (from H's column of ones; db2 follows dW2 in the parameters).
-        if (!warp_tn<T>(sH, hidden + 1, ldh, sZ, k, k, n, sG + off_w2, ONE_KERNEL_THREADS / 32)) {
+        if (!(ONE_KERNEL_WARPS &&
+              warp_tn<T>(sH, hidden + 1, ldh, sZ, k, k, n, sG + off_w2, ONE_KERNEL_THREADS / 32))) {
             block_tn<T>(sH, hidden + 1, ldh, sZ, k, k, n, sG + off_w2, scratch);
         }
         PHASE_DONE(3)
@@ -1025,8 +1032,8 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         // bias) and, where several threads share a column (hidden < blockDim), their sums, one
         // per thread and output row in scratch, are added in thread order after the barrier.
         int folded = n_in <= FOLDED_INPUTS;
-        if (!hidden_gradient_by_warps<T>(sZ, k, sX, n_in, sH, ldh, sW + off_w2, n, hidden, sG,
-                                         ONE_KERNEL_THREADS / 32)) {
+        if (!(ONE_KERNEL_WARPS && hidden_gradient_by_warps<T>(sZ, k, sX, n_in, sH, ldh, sW + off_w2, n,
+                                                              hidden, sG, ONE_KERNEL_THREADS / 32))) {
             int shared_columns = hidden < threads;  // then scratch holds each thread's parts
             int rows_out = folded ? n_in + 1 : 1;  // of the gradient [dW1; db1] summed here
             T sums[FOLDED_INPUTS + 1];

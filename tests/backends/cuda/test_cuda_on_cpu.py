@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import test_book
-from cuda_on_cpu.emulator import SIZED_TRAINERS
+from cuda_on_cpu.emulator import SIZED_TRAINERS, build, emulated_backend
 from support.backends import OneKernelNumpy
 from support.training import OPTIMIZERS, made_steps
 
@@ -71,17 +71,46 @@ def test_one_kernel_trainer_follows_the_planned_step(emulated, rule_name, dtype,
     40) or a thread a column (200, 600, and 5 or 4 inputs); and a row's logits kept for its
     softmax (up to 4 classes) or written for a pass of their own (6 and 10 classes: four a
     thread, two in the last)."""
-    start = trainer_start(rule_name, dtype, n, sizes, rng)
-    runs = [run_trainer(trainer, start, sizes, 6) for trainer in (emulated, OneKernelNumpy())]
+    assert_follows_the_numpy_port(emulated, trainer_start(rule_name, dtype, n, sizes, rng), sizes)
+
+
+def assert_follows_the_numpy_port(trainer, start, sizes):
+    """6 epochs of ``trainer`` from ``start`` give what its NumPy port gives, to the dtype's
+    tolerance (sums in another order)."""
+    runs = [run_trainer(each, start, sizes, 6) for each in (trainer, OneKernelNumpy())]
     (p, s, g, sched, totals, outs), (p0, s0, g0, sched0, totals0, outs0) = runs
-    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == np.float64 else {"rtol": 2e-4, "atol": 1e-5}
+    float64 = p.dtype == np.float64
+    tol = {"rtol": 1e-10, "atol": 1e-12} if float64 else {"rtol": 2e-4, "atol": 1e-5}
     for a, b in zip([p, g, *s], [p0, g0, *s0]):
         np.testing.assert_allclose(a, b, **tol)
     np.testing.assert_array_equal(sched, sched0)  # the same doubles in the same order
-    np.testing.assert_allclose(totals[:, 0], totals0[:, 0], rtol=1e-10 if dtype == np.float64 else 1e-5)
+    np.testing.assert_allclose(totals[:, 0], totals0[:, 0], rtol=1e-10 if float64 else 1e-5)
     np.testing.assert_array_equal(totals[:, 1], totals0[:, 1])
     for name in outs:
         np.testing.assert_allclose(outs[name], outs0[name], err_msg=name, **tol)
+
+
+@pytest.fixture(scope="module")
+def a_thread_a_column(tmp_path_factory):
+    """The CuPy backend on the CPU with kernels.cu built with -DONE_KERNEL_WARPS=0, as
+    benchmarks/one_kernel_phases.py times it: no layer of the one-kernel trainer by warps."""
+    lib = build(tmp_path_factory.mktemp("a_thread_a_column"), ("-DONE_KERNEL_WARPS=0",))
+    if isinstance(lib, str):
+        pytest.skip(lib)
+    return emulated_backend(lib)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, sizes", [(300, (2, 64, 3)), (5, (3, 40, 2))])
+def test_the_trainer_built_with_no_warps_follows_the_planned_step_too(a_thread_a_column, emulated,
+                                                                      dtype, n, sizes, rng):
+    """What one_kernel_phases.py times the warps against, a thread a column and the logits
+    through shared memory, also trains as the NumPy port (sizes the warps would take); and it is
+    another build: its sums, in another order, part from the warps' in the last bits."""
+    start = trainer_start("adam", dtype, n, sizes, rng)
+    assert_follows_the_numpy_port(a_thread_a_column, start, sizes)
+    by_columns, by_warps = (run_trainer(each, start, sizes, 6)[0] for each in (a_thread_a_column, emulated))
+    assert not np.array_equal(by_columns, by_warps)
 
 
 @pytest.mark.parametrize("rule_name", ["momentum", "adam"])

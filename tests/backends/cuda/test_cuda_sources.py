@@ -119,12 +119,13 @@ def test_the_one_kernel_trainer_builds_with_its_phase_stamps(arch):
     older = text.replace(count.group(0), "#define ONE_KERNEL_PHASE_COUNT 9")  # db2, db1 apart
     assert script.phase_names(older) == tuple(f"phase {p}" for p in range(9))
     assert script.phase_names(re.sub(r"PHASE_DONE\(\d+\)", "", text)) == ()
-    # the trainer built for no sizes, and for the book's, which the script times side by side
+    # the trainer built for no sizes and for the book's, by warps or not, as the script times it
     sized = f"train_in_one_kernel<float, {', '.join(map(str, script.BOOK_SIZES))}>"
-    ok, log, lowered = compile_source(text, "kernels.cu", arch, ["train_in_one_kernel<float>", sized],
-                                      options=(*cuda.NVRTC_OPTIONS, script.STAMPS))
-    assert ok, log
-    assert lowered["train_in_one_kernel<float>"] and lowered[sized]
+    for _, _, options in script.VARIANTS:
+        ok, log, lowered = compile_source(text, "kernels.cu", arch, ["train_in_one_kernel<float>", sized],
+                                          options=(*cuda.NVRTC_OPTIONS, script.STAMPS, *options))
+        assert ok, log
+        assert lowered["train_in_one_kernel<float>"] and lowered[sized]
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
