@@ -22,6 +22,7 @@
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 struct alignas(16) float4 { float x, y, z, w; };  // CUDA's vector types, as NVRTC has them built in
 struct alignas(8) ushort4 { unsigned short x, y, z, w; };
+struct alignas(16) double2 { double x, y; };
 thread_local dim3 threadIdx, blockIdx;
 static dim3 blockDim, gridDim;
 

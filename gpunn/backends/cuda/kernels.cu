@@ -564,6 +564,16 @@ __device__ __forceinline__ T warp_sums(T* v, int lane, int offset = 16) {
     }
 }
 
+// Four values from a 16-byte aligned address in one load (two for doubles).
+__device__ __forceinline__ void load_four(const float* p, float (&out)[4]) {
+    float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+__device__ __forceinline__ void load_four(const double* p, double (&out)[4]) {
+    double2 a = reinterpret_cast<const double2*>(p)[0], b = reinterpret_cast<const double2*>(p)[1];
+    out[0] = a.x; out[1] = a.y; out[2] = b.x; out[3] = b.y;
+}
+
 // What block_tn computes, out[r * b_cols + c] = sum_i A[i, r] * B[i, c], where a warp can hold
 // its share in registers: each of the block's warps takes `tile` = ceil(a_cols / warps) of out's
 // rows (r) and all of its b_cols columns, at most WARP_TN_SLOTS outputs, and its lanes take A's
@@ -704,8 +714,9 @@ __device__ __forceinline__ void rows_by_columns(const T* A, int inner, const T* 
 // the others have nothing to test. Both return false, and do nothing, where a warp's share is
 // too big.
 #define WARP_COLUMNS 8
-// The one-kernel trainer takes the paths by warps (and keeps up to 4 logits a row in registers)
-// unless built with -DONE_KERNEL_WARPS=0: benchmarks/one_kernel_phases.py times it both ways.
+// The one-kernel trainer takes the paths by warps, keeps up to 4 logits a row in registers and
+// reads W2 in rows padded to four, unless built with -DONE_KERNEL_WARPS=0 (its layout before
+// these): benchmarks/one_kernel_phases.py times it both ways.
 #ifndef ONE_KERNEL_WARPS
 #define ONE_KERNEL_WARPS 1
 #endif
@@ -855,7 +866,7 @@ __device__ void copy_rows(const T* from, int ld, T* out, int n, int cols) {
 }
 
 // Shared memory, in order: doubles [64 block-sum scratch | SCHEDULE_SIZE schedule], then T:
-// X (n x n_in) | H (n x hidden, rows ldh = (hidden + 1) | 1 apart: an odd stride, so threads
+// W2 in rows of four (hidden x 4, up to 4 classes) | X (n x n_in) | H (n x hidden, rows ldh = (hidden + 1) | 1 apart: an odd stride, so threads
 // reading one column of different rows hit different banks, and room for a column of ones after
 // H's, which makes db2 dW2's last row) | Z (n x k) | params | grads | state_1 | state_2 |
 // scratch (blockDim values, (n_in + 1) x blockDim with at most FOLDED_INPUTS inputs).
@@ -883,7 +894,12 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
     DYNAMIC_SHARED_MEMORY(shared_raw);
     double* reduce = reinterpret_cast<double*>(shared_raw);
     double* sched = reduce + 64;
-    T* sX = reinterpret_cast<T*>(sched + SCHEDULE_SIZE);
+    // W2's rows padded to four (up to 4 classes): one 16-byte load a row for the logits, where
+    // they are 3 loads of 4 bytes (at 16 bytes from a 16-byte aligned start: SCHEDULE_SIZE is even).
+    static_assert(SCHEDULE_SIZE % 2 == 0, "W2's padded rows need a 16-byte aligned start");
+    int padded = ONE_KERNEL_WARPS && k <= 4;
+    T* sW2x4 = reinterpret_cast<T*>(sched + SCHEDULE_SIZE);
+    T* sX = sW2x4 + (padded ? 4 * hidden : 0);
     T* sH = sX + n * n_in;
     int ldh = (hidden + 1) | 1;
     T* sZ = sH + n * ldh;
@@ -906,6 +922,12 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         sW[i] = params[i];
         sS1[i] = uses_1 ? state_1[i] : T(0);
         sS2[i] = uses_2 ? state_2[i] : T(0);
+    }
+    if (padded) {
+        for (int i = tid; i < 4 * hidden; i += threads) {
+            int j = i >> 2, c = i & 3;
+            sW2x4[i] = c < k ? params[off_w2 + j * k + c] : T(0);
+        }
     }
     if (tid < SCHEDULE_SIZE) sched[tid] = schedule[tid];
     __syncthreads();
@@ -937,8 +959,12 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             const T* w = sW + off_w2 + c0;
             T z0 = T(0), z1 = T(0), z2 = T(0), z3 = T(0);
             for (int j = 0; j < hidden; ++j) {
-                T hj = h[j];
-                const T* wj = w + j * k;
+                T hj = h[j], wj[4];
+                if (padded) {
+                    load_four(sW2x4 + 4 * j, wj);
+                } else {
+                    for (int q = 0; q < 4; ++q) wj[q] = q < more ? w[j * k + q] : T(0);
+                }
                 z0 += hj * wj[0];
                 if (more > 1) z1 += hj * wj[1];
                 if (more > 2) z2 += hj * wj[2];
@@ -1092,6 +1118,10 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
             } else {
                 adam_rule(sW[i], sG[i], sS1[i], sS2[i], lr, correct_1, correct_2, epsilon,
                           sched[SCHEDULE_BETA_1], sched[SCHEDULE_BETA_2]);
+            }
+            if (padded && i >= off_w2 && i < off_b2) {  // and its padded copy
+                int j = (i - off_w2) / k;
+                sW2x4[4 * j + i - off_w2 - j * k] = sW[i];
             }
         }
         if (tid == 0) sched[SCHEDULE_ITERATIONS] += 1.0;

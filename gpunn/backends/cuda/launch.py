@@ -103,7 +103,8 @@ def one_kernel_bytes(rows: int, sizes: tuple[int, int, int], dtype: Any) -> int:
     n_in, hidden, k = sizes
     n_params = n_in * hidden + hidden + hidden * k + k
     scratch = ONE_KERNEL_THREADS * (n_in + 1 if n_in <= FOLDED_INPUTS else 1)
-    elements = rows * (n_in + ((hidden + 1) | 1) + k) + 4 * n_params + scratch
+    padded_w2 = 4 * hidden if k <= 4 else 0  # W2's rows padded to four (unused with no warps)
+    elements = rows * (n_in + ((hidden + 1) | 1) + k) + 4 * n_params + scratch + padded_w2
     return 8 * (64 + schedule.SIZE) + np.dtype(dtype).itemsize * elements  # doubles, then T
 
 
