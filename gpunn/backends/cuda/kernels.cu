@@ -772,12 +772,13 @@ __device__ __forceinline__ bool hidden_layer_by_warps(const T* X, int n_in, T* H
     return true;
 }
 
-// dH = (dZ @ W2^T) where the ReLU let values through, in place of H (rows ldh apart), and its
-// sums [dW1; db1] = [X^T dH; column sums of dH] into grads (n_in + 1 rows of hidden), for at
-// most FOLDED_INPUTS inputs and a warp's sums in WARP_TN_SLOTS: the lanes' sums are added by
-// warp_sums, where rows_by_columns' threads sharing a column wrote theirs to shared memory to be
-// added after a barrier.
-template <bool PARTIAL, typename T>
+// dH = (dZ @ W2^T) where the ReLU let values through, and its sums [dW1; db1] = [X^T dH; column
+// sums of dH] into grads (n_in + 1 rows of hidden), for at most FOLDED_INPUTS inputs and a
+// warp's sums in WARP_TN_SLOTS: the lanes' sums are added by warp_sums, where rows_by_columns'
+// threads sharing a column wrote theirs to shared memory to be added after a barrier. dH is
+// written in place of H (rows ldh apart) only where `keep` (KEEP here): nothing reads it in the
+// epoch but the last epoch's copy for the caller, and the next epoch writes H over it.
+template <bool PARTIAL, bool KEEP, typename T>
 __device__ __forceinline__ void hidden_gradient_rows(const T* dZ, int k, const T* X, int n_in, T* h,
                                                      int ldh, const T (&w)[WARP_COLUMNS][SMALL_INNER],
                                                      int n, int cols, int valid,
@@ -798,7 +799,7 @@ __device__ __forceinline__ void hidden_gradient_rows(const T* dZ, int k, const T
                     if (c < k) d += dz[c] * w[j][c];
                 }
                 T g = h_row[j] > T(0) ? d : T(0);
-                h_row[j] = g;
+                if (KEEP) h_row[j] = g;
                 // slot j * (n_in + 1) + r: dW1's row r of this column, r = n_in its db1
 #pragma unroll
                 for (int r = 0; r <= FOLDED_INPUTS; ++r) {
@@ -812,7 +813,7 @@ __device__ __forceinline__ void hidden_gradient_rows(const T* dZ, int k, const T
 template <typename T>
 __device__ __forceinline__ bool hidden_gradient_by_warps(const T* dZ, int k, const T* X, int n_in, T* H,
                                                          int ldh, const T* W2, int n, int hidden,
-                                                         T* grads, int warps) {
+                                                         T* grads, int warps, bool keep) {
     int cols = (hidden + warps - 1) / warps, per_column = n_in + 1;
     if (n_in > FOLDED_INPUTS || k > SMALL_INNER || cols > WARP_COLUMNS ||
         cols * per_column > WARP_TN_SLOTS) {
@@ -830,10 +831,15 @@ __device__ __forceinline__ bool hidden_gradient_by_warps(const T* dZ, int k, con
         }
 #pragma unroll
         for (int s = 0; s < WARP_TN_SLOTS; ++s) sums[s] = T(0);
-        if (first + cols <= hidden) {
-            hidden_gradient_rows<false>(dZ, k, X, n_in, H + first, ldh, w, n, cols, cols, sums);
+        int valid = hidden - first;  // of the warp's columns, H's
+        if (valid >= cols && !keep) {
+            hidden_gradient_rows<false, false>(dZ, k, X, n_in, H + first, ldh, w, n, cols, valid, sums);
+        } else if (valid >= cols) {
+            hidden_gradient_rows<false, true>(dZ, k, X, n_in, H + first, ldh, w, n, cols, valid, sums);
+        } else if (!keep) {
+            hidden_gradient_rows<true, false>(dZ, k, X, n_in, H + first, ldh, w, n, cols, valid, sums);
         } else {
-            hidden_gradient_rows<true>(dZ, k, X, n_in, H + first, ldh, w, n, cols, hidden - first, sums);
+            hidden_gradient_rows<true, true>(dZ, k, X, n_in, H + first, ldh, w, n, cols, valid, sums);
         }
         T sum = warp_sums<WARP_TN_SLOTS>(sums, lane);
         int s = (lane >> 1) & (WARP_TN_SLOTS - 1), j = s / per_column, r = s - j * per_column;
@@ -1059,7 +1065,8 @@ train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hi
         // per thread and output row in scratch, are added in thread order after the barrier.
         int folded = n_in <= FOLDED_INPUTS;
         if (!(ONE_KERNEL_WARPS && hidden_gradient_by_warps<T>(sZ, k, sX, n_in, sH, ldh, sW + off_w2, n,
-                                                              hidden, sG, ONE_KERNEL_THREADS / 32))) {
+                                                              hidden, sG, ONE_KERNEL_THREADS / 32,
+                                                              last))) {
             int shared_columns = hidden < threads;  // then scratch holds each thread's parts
             int rows_out = folded ? n_in + 1 : 1;  // of the gradient [dW1; db1] summed here
             T sums[FOLDED_INPUTS + 1];
