@@ -161,13 +161,19 @@ def test_a_network_too_wide_for_the_compiled_trainer_trains_as_with_it_switched_
 
 
 def test_shared_memory_of_the_books_run():
-    """The spiral network on 300 samples: 387 parameters, about 95 KiB in float32, within the
+    """The spiral network on 300 samples: 387 parameters, about 96 KiB in float32, within the
     227 KiB an H100 or H200 block may opt into (and over the 48 KiB default). Its 2 inputs have
-    dW1 summed with the hidden gradient: 3 values of scratch a thread, not 1."""
+    dW1 summed with the hidden gradient: 3 values of scratch a thread, not 1. Its 3 classes have
+    W2 in rows padded to four (64 x 4); rows of H are 65 apart, an odd number with room for a
+    column of ones (11 for 9 hidden units)."""
     need = one_kernel_bytes(300, (2, 64, 3), np.float32)
-    assert need == 8 * (64 + 8) + 4 * (300 * (2 + 65 + 3) + 4 * 387 + 3 * 512)
+    assert need == 8 * (64 + 8) + 4 * (64 * 4 + 300 * (2 + 65 + 3) + 4 * 387 + 3 * 512)
     assert one_kernel_bytes(300, (5, 64, 3), np.float32) == \
-        8 * (64 + 8) + 4 * (300 * (5 + 65 + 3) + 4 * (5 * 64 + 64 + 64 * 3 + 3) + 512)
+        8 * (64 + 8) + 4 * (64 * 4 + 300 * (5 + 65 + 3) + 4 * (5 * 64 + 64 + 64 * 3 + 3) + 512)
+    assert one_kernel_bytes(300, (2, 9, 3), np.float32) == \
+        8 * (64 + 8) + 4 * (9 * 4 + 300 * (2 + 11 + 3) + 4 * (2 * 9 + 9 + 9 * 3 + 3) + 3 * 512)
+    assert one_kernel_bytes(300, (2, 64, 6), np.float32) == \
+        8 * (64 + 8) + 4 * (300 * (2 + 65 + 6) + 4 * (2 * 64 + 64 + 64 * 6 + 6) + 3 * 512)
     assert 48 << 10 < need < 227 << 10
 
 

@@ -627,7 +627,9 @@ __device__ __forceinline__ bool warp_tn(const T* A, int a_cols, int lda, const T
         }
         T sum = warp_sums<WARP_TN_SLOTS>(acc, lane);
         int s = (lane >> 1) & (WARP_TN_SLOTS - 1), t = s / b_cols;  // this lane's slot
-        if ((lane & 1) == 0 && t < tile && first + t < a_cols) out[(first + t) * b_cols + s - t * b_cols] = sum;
+        if ((lane & 1) == 0 && t < tile && first + t < a_cols) {
+            out[(first + t) * b_cols + s - t * b_cols] = sum;
+        }
     }
     __syncthreads();
     return true;
@@ -707,8 +709,8 @@ __device__ __forceinline__ void rows_by_columns(const T* A, int inner, const T* 
 // columns a warp: the book's 2, 3 and 64 / 16 warps): a warp takes `cols` = hidden / warps of H's
 // columns from `first`, and its lanes take the rows l, l + 32, ...; a row's inputs (or dZ's
 // values) are read once for all the warp's columns, where rows_by_columns read them for each
-// column (sm_90 SASS, the book's network: a row of four columns in 26 instructions for the layer
-// and 52 for the gradient, against 59 and 100 for four rows of one column). Each value is summed
+// column (sm_90 SASS, the book's network: a row of four columns in 31 instructions for the layer
+// and 42 for the gradient, against 59 and 100 for four rows of one column). Each value is summed
 // as rows_by_columns sums it (over the inputs, or classes, in order from zero, then the bias).
 // PARTIAL: the last warp's columns may end past H's (`valid` of them are H's); separate so that
 // the others have nothing to test. Both return false, and do nothing, where a warp's share is
@@ -872,9 +874,10 @@ __device__ void copy_rows(const T* from, int ld, T* out, int n, int cols) {
 }
 
 // Shared memory, in order: doubles [64 block-sum scratch | SCHEDULE_SIZE schedule], then T:
-// W2 in rows of four (hidden x 4, up to 4 classes) | X (n x n_in) | H (n x hidden, rows ldh = (hidden + 1) | 1 apart: an odd stride, so threads
-// reading one column of different rows hit different banks, and room for a column of ones after
-// H's, which makes db2 dW2's last row) | Z (n x k) | params | grads | state_1 | state_2 |
+// W2 in rows of four (hidden x 4, up to 4 classes) | X (n x n_in) | H (n x hidden, rows
+// ldh = (hidden + 1) | 1 apart: an odd stride, so threads reading one column of different rows
+// hit different banks, and room for a column of ones after H's, which makes db2 dW2's last
+// row) | Z (n x k) | params | grads | state_1 | state_2 |
 // scratch (blockDim values, (n_in + 1) x blockDim with at most FOLDED_INPUTS inputs).
 // The last epoch also writes what the planned step leaves behind: the hidden layer's output and
 // its gradient, logits, probabilities, dlogits and per-sample losses.
@@ -884,10 +887,11 @@ __device__ void copy_rows(const T* from, int ld, T* out, int n, int cols) {
 // N_IN, HIDDEN and K, where above 0, are the network's sizes fixed when the kernel is compiled
 // (the backend builds one instance per network: cuda/launch.py), and the arguments of the same
 // names are then ignored. Every loop over the inputs and classes is then unrolled, and what
-// tested them at run time is gone: for the book's 2-64-3 in float on sm_90, 79 registers instead
-// of 128, the hidden layer's four rows 59 instructions instead of 83, its gradient's 100 instead
-// of about 150, and the softmax's class loops unrolled. The same arithmetic in the same order:
-// the instance with the sizes gives the bits of the one without (0, 0, 0).
+// tested them at run time is gone: for the book's 2-64-3 in float on sm_90, while the layers went
+// a thread a column, 79 registers instead of 128, the hidden layer's four rows 59 instructions
+// instead of 83, its gradient's 100 instead of about 150, and the softmax's class loops
+// unrolled. The same arithmetic in the same order: the instance with the sizes gives the bits of
+// the one without (0, 0, 0).
 template <typename T, int N_IN = 0, int HIDDEN = 0, int K = 0>
 __global__ void __launch_bounds__(ONE_KERNEL_THREADS, 1)
 train_in_one_kernel(const T* X, const long long* labels, int n, int n_in, int hidden, int k,
