@@ -83,7 +83,8 @@ def run(code: str, stamps: bool, epochs: int, sized: bool = True,
     backend.synchronize()
     cycles = None
     if stamps:
-        trainer = lookup.module(BOOK_SIZES if sized else ())  # the module the trainer is in
+        # the module the trainer is in (the book's model trains in float32)
+        trainer = lookup.module(BOOK_SIZES if sized else (), np.float32)
         cycles = cupy.ndarray((len(phase_names(code)) + 2,), cupy.uint64,
                               memptr=trainer.get_global("one_kernel_phase_cycles"))
         cycles[...] = 0

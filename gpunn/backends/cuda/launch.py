@@ -4,7 +4,7 @@ argument packing, so the CuPy backend's ops are one-line dispatches.
 ``Kernels`` takes a ``lookup(name, dtype, sizes=())`` that gives a kernel called as CuPy's
 RawKernel is, ``kernel(grid, block, args, shared_mem=0)``: ``compiled(cupy)`` builds kernels.cu
 through cupy.RawModule, lazily, on first use (the one-kernel trainer once more for each network's
-sizes); tests/cuda_on_cpu gives the same kernels run on the CPU.
+sizes and dtype); tests/cuda_on_cpu gives the same kernels run on the CPU.
 """
 
 from __future__ import annotations
@@ -59,38 +59,39 @@ def compiled(cupy: Any, options: tuple[str, ...] = (), code: str | None = None) 
     older version lacks the newer ones).
 
     ``lookup(name, dtype, sizes)`` with the network's sizes (only the one-kernel trainer takes
-    them) gives the kernel built for those sizes, from a module of its own, compiled the first
-    time a network of those sizes trains (about half a second of NVRTC on a 2-core Xeon; CuPy
-    keeps the result on disk). A source whose trainer does not take sizes gives its one kernel.
-    ``lookup.module(sizes)`` gives the RawModule that kernel is in; ``lookup.module()`` the one
-    with all the others."""
+    them) gives the kernel built for those sizes and that dtype, from a module of its own,
+    compiled the first time a network of those sizes trains (about 0.6 s of NVRTC on a 2-core
+    Xeon; CuPy keeps the result on disk). A source whose trainer does not take sizes gives its
+    one kernel. ``lookup.module(sizes, dtype)`` gives the RawModule that kernel is in;
+    ``lookup.module()`` the one with all the others."""
     text = source() if code is None else code
     takes_sizes = TRAINER_TAKES_SIZES.search(text) is not None
-    modules: dict[tuple[int, ...], Any] = {}
+    modules: dict[tuple, Any] = {}
     functions: dict[tuple[str, Any, tuple[int, ...]], Any] = {}
 
-    def module(sizes: tuple[int, ...] = ()) -> Any:
-        sizes = tuple(sizes) if takes_sizes else ()
-        if sizes not in modules:
-            if sizes:
-                names = [f"train_in_one_kernel<{t}, {', '.join(map(str, sizes))}>"
-                         for t in ("float", "double")]
+    def type_name(dtype: Any) -> str:
+        return "float" if np.dtype(dtype) == np.float32 else "double"
+
+    def module(sizes: tuple[int, ...] = (), dtype: Any = None) -> Any:
+        key = (tuple(sizes), type_name(dtype)) if sizes and takes_sizes else ()
+        if key not in modules:
+            if key:
+                names = [f"train_in_one_kernel<{key[1]}, {', '.join(map(str, key[0]))}>"]
             else:
                 names = name_expressions() if code is None else \
                     [e for e in name_expressions() if re.search(rf"\b{e.split('<')[0]}\s*\(", code)]
-            modules[sizes] = cupy.RawModule(code=text, options=NVRTC_OPTIONS + tuple(options),
-                                            name_expressions=names)
-        return modules[sizes]
+            modules[key] = cupy.RawModule(code=text, options=NVRTC_OPTIONS + tuple(options),
+                                          name_expressions=names)
+        return modules[key]
 
     def lookup(name: str, dtype: Any = None, sizes: tuple[int, ...] = ()) -> Any:
         sizes = tuple(sizes) if takes_sizes else ()
         key = (name, None if dtype is None else np.dtype(dtype), sizes)
         function = functions.get(key)
         if function is None:
-            args = [] if dtype is None else \
-                ["float" if np.dtype(dtype) == np.float32 else "double", *map(str, sizes)]
+            args = [] if dtype is None else [type_name(dtype), *map(str, sizes)]
             full = f"{name}<{', '.join(args)}>" if args else name
-            function = functions[key] = module(sizes).get_function(full)
+            function = functions[key] = module(sizes, dtype).get_function(full)
         return function
 
     lookup.module = module  # type: ignore[attr-defined]
