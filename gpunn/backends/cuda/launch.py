@@ -116,7 +116,7 @@ class Kernels:
         self.lookup = lookup
         self._no_totals = xp.zeros(2, dtype=np.float64)  # the kernel's totals when none are kept
         self._no_bf16 = xp.zeros(1, dtype=np.uint16)  # a bf16 output not asked for
-        self._shared_opted_in: dict[Any, int] = {}  # kernel -> dynamic shared bytes asked for
+        self._shared_opted_in: dict[int, int] = {}  # id(kernel) -> dynamic shared bytes asked for
 
     def bias_act(self, z: Any, biases: Any, relu: bool, z16: Any = None) -> Any:
         """z = z + biases, then max(z, 0) when ``relu``; in place. ``z16`` (uint16, z's shape):
@@ -222,9 +222,11 @@ class Kernels:
         sizes = (n_in, hidden, k)
         nbytes = one_kernel_bytes(rows, sizes, X.dtype)
         kernel = self.lookup("train_in_one_kernel", X.dtype, sizes)  # built for these sizes
-        if self._shared_opted_in.get(kernel, 0) < nbytes:  # beyond 48 KiB is opted into
+        # Beyond 48 KiB is opted into, for each kernel (by id: the lookup keeps every kernel, and
+        # whether CuPy's function objects hash is theirs to say).
+        if self._shared_opted_in.get(id(kernel), 0) < nbytes:
             kernel.max_dynamic_shared_size_bytes = nbytes
-            self._shared_opted_in[kernel] = nbytes
+            self._shared_opted_in[id(kernel)] = nbytes
         code, hyper, epsilon = rule
         state_1 = states[0] if states else params  # unused by the rules that keep no state
         state_2 = states[1] if len(states) > 1 else params

@@ -333,6 +333,30 @@ def test_the_trainer_is_built_once_for_each_networks_sizes():
     assert made[-1] == ["train_in_one_kernel<float>", "train_in_one_kernel<double>"]
 
 
+def test_each_trainer_is_opted_into_the_shared_memory_its_network_needs():
+    """A kernel may use more than 48 KiB of shared memory only where it was opted in, and each
+    network's sizes have a trainer of their own: each is opted in for its own bytes (a GPU
+    refuses the launch otherwise). The book's network on 300 rows needs 97,936 bytes in float32,
+    a hidden layer of 32 on as many 55,952."""
+    made = {}
+
+    class Kernel:
+        max_dynamic_shared_size_bytes = 48 << 10
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            assert shared_mem <= max(self.max_dynamic_shared_size_bytes, 48 << 10)
+
+    def lookup(name, dtype=None, sizes=()):
+        return made.setdefault((name, np.dtype(dtype), tuple(sizes)), Kernel())
+
+    kernels = launch.Kernels(lookup, np)
+    for sizes in ((2, 64, 3), (2, 32, 3)):
+        run_trainer(kernels, trainer_start("adam", np.float32, 300, sizes, np.random.default_rng(0)),
+                    sizes, 1)
+    assert {key[2]: kernel.max_dynamic_shared_size_bytes for key, kernel in made.items()} == \
+        {(2, 64, 3): 97_936, (2, 32, 3): 55_952}
+
+
 def test_a_lookup_over_other_options_and_another_source():
     """benchmarks/one_kernel_phases.py builds kernels.cu with the phase stamps, or another
     version of it, through the backend's own lookup: the backend's options come first."""
