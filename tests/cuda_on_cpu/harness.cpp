@@ -131,6 +131,9 @@ TEMPLATED(train_in_one_kernel)
         return run(&train_in_one_kernel<T, A, B, C>, g, bx, by, s, a); \
     }
 #define SIZED_TRAINER(A, B, C) SIZED(float, A, B, C) SIZED(double, A, B, C)
+#ifndef SIZED_TRAINERS
+#define SIZED_TRAINERS
+#endif
 SIZED_TRAINERS
 
 #define PLAIN(NAME) \
