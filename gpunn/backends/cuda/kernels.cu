@@ -722,6 +722,31 @@ __device__ __forceinline__ void rows_by_columns(const T* A, int inner, const T* 
 #ifndef ONE_KERNEL_WARPS
 #define ONE_KERNEL_WARPS 1
 #endif
+// sum_c x[c] * w[c] over c < count (at most SMALL_INNER), in order from zero: a value of the
+// layer or of its gradient, summed as rows_by_columns sums it.
+template <typename T>
+__device__ __forceinline__ T small_dot(const T (&x)[SMALL_INNER], const T (&w)[SMALL_INNER], int count) {
+    T sum = T(0);
+#pragma unroll
+    for (int c = 0; c < SMALL_INNER; ++c) {
+        if (c < count) sum += x[c] * w[c];
+    }
+    return sum;
+}
+// A warp's weights in registers: w[j][c] = W[c * w_c + (first + j) * w_j] for its `cols` columns
+// from `first` (those below `columns`) and c < count; zero elsewhere.
+template <typename T>
+__device__ __forceinline__ void warp_column_weights(const T* W, int w_c, int w_j, int first, int cols,
+                                                    int columns, int count,
+                                                    T (&w)[WARP_COLUMNS][SMALL_INNER]) {
+#pragma unroll
+    for (int j = 0; j < WARP_COLUMNS; ++j) {
+#pragma unroll
+        for (int c = 0; c < SMALL_INNER; ++c) {
+            w[j][c] = j < cols && first + j < columns && c < count ? W[c * w_c + (first + j) * w_j] : T(0);
+        }
+    }
+}
 // H = max(X @ W1 + b1, 0), rows ldh apart.
 template <bool PARTIAL, typename T>
 __device__ __forceinline__ void hidden_layer_rows(const T* X, int n_in, T* h, int ldh,
@@ -736,12 +761,7 @@ __device__ __forceinline__ void hidden_layer_rows(const T* X, int n_in, T* h, in
 #pragma unroll
         for (int j = 0; j < WARP_COLUMNS; ++j) {
             if (j < cols && (!PARTIAL || j < valid)) {
-                T z = T(0);
-#pragma unroll
-                for (int c = 0; c < SMALL_INNER; ++c) {
-                    if (c < n_in) z += x[c] * w[j][c];
-                }
-                z += b[j];
+                T z = small_dot(x, w[j], n_in) + b[j];
                 h_row[j] = z < T(0) ? T(0) : z;
             }
         }
@@ -755,15 +775,9 @@ __device__ __forceinline__ bool hidden_layer_by_warps(const T* X, int n_in, T* H
     int first = (threadIdx.x >> 5) * cols;
     if (first < hidden) {
         T w[WARP_COLUMNS][SMALL_INNER], b[WARP_COLUMNS];
+        warp_column_weights(W1, hidden, 1, first, cols, hidden, n_in, w);
 #pragma unroll
-        for (int j = 0; j < WARP_COLUMNS; ++j) {
-            bool column = j < cols && first + j < hidden;
-#pragma unroll
-            for (int c = 0; c < SMALL_INNER; ++c) {
-                w[j][c] = column && c < n_in ? W1[c * hidden + first + j] : T(0);
-            }
-            b[j] = column ? b1[first + j] : T(0);
-        }
+        for (int j = 0; j < WARP_COLUMNS; ++j) b[j] = j < cols && first + j < hidden ? b1[first + j] : T(0);
         if (first + cols <= hidden) {
             hidden_layer_rows<false>(X, n_in, H + first, ldh, w, b, n, cols, cols);
         } else {
@@ -795,12 +809,7 @@ __device__ __forceinline__ void hidden_gradient_rows(const T* dZ, int k, const T
 #pragma unroll
         for (int j = 0; j < WARP_COLUMNS; ++j) {
             if (j < cols && (!PARTIAL || j < valid)) {
-                T d = T(0);
-#pragma unroll
-                for (int c = 0; c < SMALL_INNER; ++c) {
-                    if (c < k) d += dz[c] * w[j][c];
-                }
-                T g = h_row[j] > T(0) ? d : T(0);
+                T d = small_dot(dz, w[j], k), g = h_row[j] > T(0) ? d : T(0);
                 if (KEEP) h_row[j] = g;
                 // slot j * (n_in + 1) + r: dW1's row r of this column, r = n_in its db1
 #pragma unroll
@@ -824,13 +833,7 @@ __device__ __forceinline__ bool hidden_gradient_by_warps(const T* dZ, int k, con
     int lane = threadIdx.x & 31, first = (threadIdx.x >> 5) * cols;
     if (first < hidden) {  // the same for the whole warp: its lanes shuffle together
         T w[WARP_COLUMNS][SMALL_INNER], sums[WARP_TN_SLOTS];
-#pragma unroll
-        for (int j = 0; j < WARP_COLUMNS; ++j) {
-#pragma unroll
-            for (int c = 0; c < SMALL_INNER; ++c) {
-                w[j][c] = j < cols && first + j < hidden && c < k ? W2[(first + j) * k + c] : T(0);
-            }
-        }
+        warp_column_weights(W2, 1, k, first, cols, hidden, k, w);
 #pragma unroll
         for (int s = 0; s < WARP_TN_SLOTS; ++s) sums[s] = T(0);
         int valid = hidden - first;  // of the warp's columns, H's
