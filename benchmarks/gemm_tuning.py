@@ -8,7 +8,9 @@ each cuBLASLt problem it tuned: the epilogue, the column-major sizes m, n, k and
 operand type, how many algorithms the heuristics offered, and each one's device time for
 ``timing.TIMED_CALLS`` calls (the heuristics' first choice first, then cuBLAS's own for plain
 GEMMs, the one kept marked). What ``gpunn bench`` shows as gpunn-cupy (tuned, the default) against
-gpunn-cupy-untuned, this shows GEMM by GEMM.
+gpunn-cupy-untuned, this shows GEMM by GEMM. Then each product of a layer with few outputs that
+was timed in the narrow kernels against the GEMM path (the output layer's forward, and its weight
+and bias gradients), the faster marked.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ EPILOGUES = {1: "plain", 4: "bias", 6: "relu_bias", 134: "relu_aux_bias", 152: "
 
 def tuned(workload: str, precision: str) -> list[str]:
     """The report lines of the problems one tuned step of ``workload`` planned."""
-    problems = get_backend("cupy").epilogues.problems  # shared by every model's backend
-    before = set(problems)
+    backend = get_backend("cupy")  # its problems and choices are shared by every model's
+    problems, narrow = backend.epilogues.problems, backend.narrow_choice.times
+    before, narrow_before = set(problems), set(narrow)
     w = WORKLOADS[workload]
     X, y = workload_data(w)
     try:
@@ -49,6 +52,13 @@ def tuned(workload: str, precision: str) -> list[str]:
                      f"{problem.count} offered; ms {times}"
                      + ("" if problem.fallback_ms is None else
                         f"; cuBLAS {problem.fallback_ms:.4f}{'*' if problem.declined else ''}"))
+    for problem, (ours, theirs) in narrow.items():
+        if problem not in narrow_before:
+            kind, inputs, outputs = problem[:3]
+            lines.append(f"{workload:6} {precision} narrow {kind:12} {inputs[0]} rows, {inputs[1]} "
+                         f"inputs, {outputs[1]} outputs: kernel ms {ours:.4f}"
+                         f"{'*' if ours < theirs else ''}, GEMM path {theirs:.4f}"
+                         f"{'*' if ours >= theirs else ''}")
     return lines
 
 
@@ -58,7 +68,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32,tf32,bf16")
     args = parser.parse_args()
     print("ms: device time of the timed calls of each algorithm, the heuristics' first choice "
-          "first, then (plain GEMMs) cuBLAS's own; * the one kept")
+          "first, then (plain GEMMs) cuBLAS's own; * the one kept (narrow: kernel or GEMM path)")
     for workload in args.workloads.split(","):
         for precision in args.precision.split(","):
             for line in tuned(workload, precision):

@@ -261,9 +261,9 @@ class Dense(Layer):
         # reads self.inputs and self.weights, whatever was assigned to them since).
         inputs, weights = self.operands if bk.precision == "bf16" else (self.inputs, self.weights)
         gemm_dvalues = self._gemm_operand(bk, "dvalues16", dvalues)
-        bk.gemm(inputs, gemm_dvalues, out=self.dweights, trans_a=True)
-        if not self.grads_from_above:  # else the layer above already wrote dbiases
-            bk.bias_grad(dvalues, out=self.dbiases)
+        # dbiases too, unless the layer above already wrote them
+        bk.weight_grads(inputs, gemm_dvalues, dvalues, self.dweights,
+                        None if self.grads_from_above else self.dbiases)
         if self.regularized:
             bk.penalty_grad(self.dweights, self.weights, self.weight_regularizer_l1,
                             self.weight_regularizer_l2)

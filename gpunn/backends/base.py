@@ -261,6 +261,14 @@ class Backend:
         """dbiases = the column sums of dvalues."""
         return self.xp.sum(dvalues, axis=0, keepdims=True, out=out)
 
+    def weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any, dbiases: Any) -> None:
+        """A Dense layer's gradients: dweights = inputs.T @ dz, dz being the GEMM's operand
+        (dvalues itself, or under precision "bf16" its bfloat16 copy, as inputs is then), and
+        dbiases = the column sums of dvalues, unless None (the layer above wrote them)."""
+        self.gemm(inputs, dz, out=dweights, trans_a=True)
+        if dbiases is not None:
+            self.bias_grad(dvalues, out=dbiases)
+
     # Where a backend can fuse them (cuBLASLt epilogues on a GPU), a Dense layer's bias and ReLU
     # ride on its forward GEMM, and the ReLU gradient and bias gradient of a Dense layer below on
     # the GEMM that makes that layer's gradient. These plain versions are the separate ops.

@@ -17,10 +17,24 @@ import numpy as np
 
 from .base import Backend, Options
 from .bf16 import BF16_BITS
-from .cuda import launch
+from .cuda import launch, timing
 from .cuda.cublaslt import relu_mask_shape
 
 CUDA_DEV_ATTR_MAX_SHARED_OPTIN = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin
+
+
+def _narrow(outputs: int, out: Any, operands: tuple[Any, Any], others: tuple[Any, ...],
+            out16: Any = None) -> bool:
+    """Whether a product of a Dense layer with ``outputs`` outputs may take the narrow kernels:
+    at most launch.NARROW_OUTPUTS of them; ``out`` float32 or float64, the GEMM's two
+    ``operands`` of its dtype or both bfloat16, the ``others`` (None: not given) of its dtype;
+    every array C-contiguous (the kernels read rows at fixed strides)."""
+    kinds = {a.dtype for a in operands}
+    arrays = (out, *operands, *others, out16)
+    return (outputs <= launch.NARROW_OUTPUTS and out.dtype in (np.float32, np.float64)
+            and len(kinds) == 1 and kinds.pop() in (out.dtype, BF16_BITS)
+            and all(a is None or a.dtype == out.dtype for a in others)
+            and all(a is None or a.flags.c_contiguous for a in arrays))
 
 
 class CupyBackend(Backend):
@@ -48,6 +62,7 @@ class CupyBackend(Backend):
         self.blas = Gemm(cupy)
         self.epilogues = Epilogues(cupy, self.kernels.hold_device)
         self.epilogue_choice = EpilogueChoice(cupy, self.epilogues.available, self.kernels.hold_device)
+        self.narrow_choice = timing.Faster(cupy, self.kernels.hold_device)
 
     # ---- what runs here ------------------------------------------------------------------
 
@@ -206,6 +221,17 @@ class CupyBackend(Backend):
     def bias_grad(self, dvalues: Any, out: Any) -> Any:
         return self.kernels.column_sum(dvalues, out)
 
+    def weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any, dbiases: Any) -> None:
+        def gemm() -> None:
+            super(CupyBackend, self).weight_grads(inputs, dz, dvalues, dweights, dbiases)
+
+        if not _narrow(dweights.shape[1], dweights, (inputs, dz), (dvalues, dbiases)):
+            return gemm()
+        self.narrow_choice.run(
+            ("weight_grads", inputs.shape, dweights.shape, inputs.dtype, dweights.dtype,
+             dbiases is not None, self.precision, self.tune_gemms),
+            lambda: self.kernels.narrow_weight_grads(inputs, dz, dvalues, dweights, dbiases), gemm)
+
     def relu_mask_shape(self, rows: int, cols: int) -> tuple[int, int] | None:
         if not self.epilogues.available or self.epilogue_policy == "never" \
                 or self.precision == "bf16":  # bf16 GEMMs take the separate kernels (below)
@@ -214,6 +240,20 @@ class CupyBackend(Backend):
 
     def dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
                       mask: Any = None, out16: Any = None) -> bool:
+        def gemm() -> bool:
+            return self._gemm_dense_forward(inputs, weights, biases, out, relu, mask, out16)
+
+        if relu or out16 is not None or not _narrow(out.shape[1], out, (inputs, weights), (biases,)):
+            return gemm()
+        self.narrow_choice.run(
+            ("forward", inputs.shape, weights.shape, inputs.dtype, out.dtype, self.precision,
+             self.tune_gemms, self.epilogue_policy),
+            lambda: self.kernels.narrow_forward(inputs, weights, biases, out), gemm)
+        return False
+
+    def _gemm_dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
+                            mask: Any, out16: Any) -> bool:
+        """dense_forward through a GEMM: cuBLASLt's epilogue or the separate kernels."""
         if inputs.dtype == BF16_BITS:
             # cuBLASLt would decline these operands, but the epilogue choice is keyed by shape
             # and output dtype: a bf16 model's "no" would stick to a float32 model of its shapes.
@@ -234,6 +274,25 @@ class CupyBackend(Backend):
 
     def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
                            below_dbiases: Any, mask: Any = None, out16: Any = None) -> Any:
+        def gemm() -> Any:
+            return self._gemm_dinputs_relu_bgrad(dvalues, weights, out, below_output,
+                                                 below_dbiases, mask, out16)
+
+        # From the output where a mask was kept too: a ReLU's output is positive where its mask
+        # says it passed, NaN included (the epilogue's ReLU makes it 0, its mask bit 0).
+        if not _narrow(weights.shape[1], out, (dvalues, weights), (below_output, below_dbiases),
+                       out16):
+            return gemm()
+        self.narrow_choice.run(
+            ("dinputs", dvalues.shape, weights.shape, dvalues.dtype, out.dtype, mask is not None,
+             self.precision, self.tune_gemms, self.epilogue_policy),
+            lambda: self.kernels.narrow_dinputs_relu_bgrad(dvalues, weights, out, below_output,
+                                                           below_dbiases, out16), gemm)
+        return out
+
+    def _gemm_dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
+                                 below_dbiases: Any, mask: Any, out16: Any) -> Any:
+        """dinputs_relu_bgrad through a GEMM: with cuBLASLt's epilogue or the separate kernels."""
         def separate(out16: Any) -> None:  # one pass: the ReLU gradient, the bias gradient,
             self.gemm(dvalues, weights, out=out, trans_b=True)  # any bf16 copy
             self.kernels.relu_backward_column_sum(out, below_output, below_dbiases, out16)

@@ -483,7 +483,8 @@ def test_the_untuned_row_alone_leaves_cublas_to_choose(emulated, monkeypatch):
 def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     """benchmarks/gemm_tuning.py (run by make gpu-check): one line per problem a tuned step
     planned, each algorithm's time (and cuBLAS's, for plain GEMMs) with the kept one starred,
-    failures named, untuned and earlier problems left out. Stand-ins for the GPU here."""
+    failures named, untuned and earlier problems left out; then each narrow-kernel choice the
+    step timed, the faster starred. Stand-ins for the GPU here."""
     import importlib.util
     from pathlib import Path
 
@@ -507,9 +508,13 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
                                                                fallback_ms=0.75, declined=False),
             spec(1, 512, 8): types.SimpleNamespace(count=2, chosen=1, timings={0: 0.5, 1: 0.25},
                                                    fallback_ms=0.125, declined=True)}
+    narrow = {("forward", (4, 8), (8, 2)): (0.5, 0.25)}
+    made_narrow = {("forward", (1024, 1024), (1024, 10), "more"): (0.0625, 0.125),
+                   ("weight_grads", (1024, 1024), (1024, 10), "more"): (0.25, 0.125)}
     monkeypatch.setattr(script, "get_backend",
                         lambda name: types.SimpleNamespace(
-                            epilogues=types.SimpleNamespace(problems=problems)))
+                            epilogues=types.SimpleNamespace(problems=problems),
+                            narrow_choice=types.SimpleNamespace(times=narrow)))
     steps = []
 
     def gpunn_run(backend, tune_gemms):
@@ -519,6 +524,7 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
             def step():
                 steps.append(precision)
                 problems.update(made)
+                narrow.update(made_narrow)
             return types.SimpleNamespace(step=step, sync=lambda: None)
         return make
 
@@ -530,7 +536,11 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
         "small  tf32 plain         m=1024 n=1024 k=784 T=01 bf16: 1 offered; ms 0.5000*; "
         "cuBLAS 0.7500",
         "small  tf32 plain         m=512 n=1024 k=784 T=01 float32: 2 offered; ms 0.5000 0.2500; "
-        "cuBLAS 0.1250*"]
+        "cuBLAS 0.1250*",
+        "small  tf32 narrow forward      1024 rows, 1024 inputs, 10 outputs: kernel ms 0.0625*, "
+        "GEMM path 0.1250",
+        "small  tf32 narrow weight_grads 1024 rows, 1024 inputs, 10 outputs: kernel ms 0.2500, "
+        "GEMM path 0.1250*"]
     assert steps == ["tf32", "tf32"]
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from gpunn.backends import cuda
 from gpunn.backends.base import Backend
-from gpunn.backends.cuda import launch
+from gpunn.backends.cuda import launch, timing
 from gpunn.backends.cuda.epilogues import EpilogueChoice
 from gpunn.backends.cupy_backend import CupyBackend
 
@@ -135,6 +135,9 @@ def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:
     bk.compute_capability = lambda: (9, 0)
     bk.epilogues = types.SimpleNamespace(available=False, why_not="CUDA on the CPU")
     bk.epilogue_choice = EpilogueChoice(None, available=False)
+    # No device to time the narrow kernels against the GEMMs on: the GEMM path (NumPy's), unless
+    # a test sets prefer = True.
+    bk.narrow_choice = timing.Faster(None, prefer=False)
     bk.to_numpy = lambda x: np.array(x, copy=True)
     bk.synchronize = lambda: None
     bk.max_shared_bytes = lambda: 227 << 10  # an H100's or H200's opt-in limit

@@ -50,6 +50,12 @@ static unsigned int __float_as_uint(float x) {
     return bits;
 }
 
+static float __uint_as_float(unsigned int bits) {
+    float x;
+    std::memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
 template <typename T>
 static T atomicAdd(T* address, T value) { return std::atomic_ref<T>(*address).fetch_add(value); }
 
@@ -118,6 +124,12 @@ TEMPLATED(column_sum)
 TEMPLATED(relu_backward_column_sum)
 TEMPLATED(take_rows)
 TEMPLATED(softmax_cross_entropy)
+TEMPLATED(narrow_forward)
+TEMPLATED(narrow_forward_bf16)
+TEMPLATED(narrow_weight_grads)
+TEMPLATED(narrow_weight_grads_bf16)
+TEMPLATED(narrow_dinputs_relu_bgrad)
+TEMPLATED(narrow_dinputs_relu_bgrad_bf16)
 TEMPLATED(sgd_update)
 TEMPLATED(cache_update)
 TEMPLATED(adam_update)

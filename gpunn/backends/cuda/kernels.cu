@@ -222,6 +222,31 @@ __device__ __forceinline__ T warp_sum(T value) {
     return value;
 }
 
+// The sums over a warp's 32 lanes of each of V values a lane holds (V a power of 2, at most 32):
+// lane l gets the sum of value (l >> (5 - log2 V)) & (V - 1); v is used up. By halving: at each
+// of log2 V steps a lane keeps half of its values, adds to them its partner's of the same, and
+// hands over the other half, so V values take V - 1 + 5 - log2 V shuffles where one warp_sum
+// each took 5 V (16 values: 16 shuffles, not 80). Every addition pairs the same two partial sums
+// in every run: the same bits each time. A template step by step, so that every index into v is
+// known when it is compiled and v stays in registers (a loop over the steps left it in local
+// memory: sm_90 SASS).
+template <int V, typename T>
+__device__ __forceinline__ T warp_sums(T* v, int lane, int offset = 16) {
+    if constexpr (V == 1) {
+        T sum = v[0];
+        for (; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        return sum;
+    } else {
+        bool upper = (lane & offset) != 0;  // keeps values [V / 2, V); its partner the rest
+#pragma unroll
+        for (int q = 0; q < V / 2; ++q) {
+            T keep = upper ? v[V / 2 + q] : v[q], give = upper ? v[q] : v[V / 2 + q];
+            v[q] = keep + __shfl_xor_sync(0xffffffffu, give, offset);
+        }
+        return warp_sums<V / 2>(v, lane, offset >> 1);
+    }
+}
+
 // One block per row (blockDim a multiple of 32, at most 1024), so it serves 2 classes and 1000:
 //   probs = softmax(logits);  losses = -log(clip(p[label]));
 //   dlogits = (probs - onehot) * inv_n  (when need_grad);
@@ -294,6 +319,213 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
             if (argmax == label) atomicAdd(&totals[1], 1.0);
         }
     }
+}
+
+// ---- a Dense layer with few outputs (a classifier's last): its two GEMMs as kernels -----------
+
+// A few output columns make a poor GEMM: on an H200 (tf32, eleventh session) cuBLAS took 8.8 us
+// for medium's last layer forward (1024 rows, 1024 inputs, 10 outputs) and 8.4 us for its weight
+// gradient, about what it took for 1024 outputs, with most of each tile empty and a few tiles
+// for 132 SMs; the bias gradient was a pass of its own after it. These kernels do the same two
+// products for up to NARROW_OUTPUTS outputs, the bias added or summed in the same pass. Their sums
+// run in another order than cuBLAS's. The backend times each against the GEMM path once per
+// problem and keeps the faster (cupy_backend.py), so where they lose they are not used.
+#define NARROW_OUTPUTS 16
+// Rows of x a warp of narrow_forward takes at once: every weight a lane reads serves them all.
+#define NARROW_ROWS 4
+
+// A GEMM operand's value: itself, or under precision "bf16" its bfloat16 bits widened (exact).
+__device__ __forceinline__ float operand(float x) { return x; }
+__device__ __forceinline__ double operand(double x) { return x; }
+__device__ __forceinline__ float operand(unsigned short bits) {
+    return __uint_as_float((unsigned int)bits << 16);
+}
+
+// out = x @ w + b: x (n, m), w (m, k), k <= NARROW_OUTPUTS. A warp takes NARROW_ROWS rows at a
+// time, its lanes the inputs j = lane, lane + 32, ... (a row's reads are whole lines), each lane
+// keeping every row's k partial sums; warp_sums adds them across the warp, and the bias comes
+// last, as it does after a GEMM.
+template <typename T, typename In>
+__device__ __forceinline__ void narrow_forward_rows(const In* x, const In* w, const T* b, T* out,
+                                                    int n, int m, int k) {
+    int lane = threadIdx.x & 31;
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, warps = (gridDim.x * blockDim.x) >> 5;
+    for (int first = warp * NARROW_ROWS; first < n; first += warps * NARROW_ROWS) {
+        T acc[NARROW_ROWS][NARROW_OUTPUTS];
+#pragma unroll
+        for (int r = 0; r < NARROW_ROWS; ++r) {
+#pragma unroll
+            for (int c = 0; c < NARROW_OUTPUTS; ++c) acc[r][c] = T(0);
+        }
+        for (int j = lane; j < m; j += 32) {
+            T wj[NARROW_OUTPUTS];
+#pragma unroll
+            for (int c = 0; c < NARROW_OUTPUTS; ++c) wj[c] = c < k ? operand(w[j * k + c]) : T(0);
+#pragma unroll
+            for (int r = 0; r < NARROW_ROWS; ++r) {
+                T xv = first + r < n ? operand(x[(long long)(first + r) * m + j]) : T(0);
+#pragma unroll
+                for (int c = 0; c < NARROW_OUTPUTS; ++c) acc[r][c] += xv * wj[c];
+            }
+        }
+        int c = (lane >> 1) & (NARROW_OUTPUTS - 1);  // the output warp_sums leaves this lane
+#pragma unroll
+        for (int r = 0; r < NARROW_ROWS; ++r) {
+            T sum = warp_sums<NARROW_OUTPUTS>(acc[r], lane);
+            if ((lane & 1) == 0 && c < k && first + r < n) {
+                out[(long long)(first + r) * k + c] = sum + b[c];
+            }
+        }
+    }
+}
+
+template <typename T>
+__global__ void narrow_forward(const T* x, const T* w, const T* b, T* out, int n, int m, int k) {
+    narrow_forward_rows(x, w, b, out, n, m, k);
+}
+
+// The same with bfloat16 operands (precision "bf16"), into float32.
+template <typename T>
+__global__ void narrow_forward_bf16(const unsigned short* x, const unsigned short* w, const T* b,
+                                    T* out, int n, int m, int k) {
+    narrow_forward_rows(x, w, b, out, n, m, k);
+}
+
+// dw = x.T @ dz, x (n, m), dz (n, k), k <= NARROW_OUTPUTS / TILE: warp_tn's shape over the whole
+// grid. A warp takes TILE rows of dw (inputs first, first + 1, ...) and all k columns, its lanes
+// the rows i = lane, lane + 32, ... of x and dz, and warp_sums adds the lanes' sums. The warps of
+// a block take neighbouring inputs, so the sector a lane reads of a row of x serves them all.
+// The warp after dw's last takes db = the column sums of dvalues (the layer's gradient as it is:
+// dz is the GEMM's operand, the same array or, under bf16, its bfloat16 copy), when with_bias.
+template <int TILE, typename T, typename In>
+__device__ __forceinline__ void narrow_weight_grads_tiles(const In* x, const In* dz,
+                                                          const T* dvalues, T* dw, T* db, int n,
+                                                          int m, int k, int with_bias) {
+    constexpr int KMAX = NARROW_OUTPUTS / TILE;  // slot s: dw's row first + s / KMAX, column s % KMAX
+    int lane = threadIdx.x & 31;
+    int first = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * TILE;
+    T acc[NARROW_OUTPUTS];
+#pragma unroll
+    for (int s = 0; s < NARROW_OUTPUTS; ++s) acc[s] = T(0);
+    if (first < m) {
+        for (int i = lane; i < n; i += 32) {
+            T a[TILE], d[KMAX];
+#pragma unroll
+            for (int t = 0; t < TILE; ++t) {
+                a[t] = first + t < m ? operand(x[(long long)i * m + first + t]) : T(0);
+            }
+#pragma unroll
+            for (int c = 0; c < KMAX; ++c) d[c] = c < k ? operand(dz[(long long)i * k + c]) : T(0);
+#pragma unroll
+            for (int t = 0; t < TILE; ++t) {
+#pragma unroll
+                for (int c = 0; c < KMAX; ++c) acc[t * KMAX + c] += a[t] * d[c];
+            }
+        }
+    } else if (first - m < TILE && with_bias) {  // the warp after dw's last: db
+        for (int i = lane; i < n; i += 32) {
+#pragma unroll
+            for (int c = 0; c < KMAX; ++c) acc[c] += c < k ? dvalues[(long long)i * k + c] : T(0);
+        }
+    } else {
+        return;  // the whole warp: past the work
+    }
+    T sum = warp_sums<NARROW_OUTPUTS>(acc, lane);
+    int s = (lane >> 1) & (NARROW_OUTPUTS - 1), t = s / KMAX, c = s % KMAX;  // this lane's slot
+    if ((lane & 1) != 0 || c >= k) return;
+    if (first < m) {
+        if (first + t < m) dw[(first + t) * k + c] = sum;
+    } else if (t == 0) {
+        db[c] = sum;
+    }
+}
+
+// TILE: as many of dw's rows a warp as its k columns leave room for in NARROW_OUTPUTS slots.
+template <typename T, typename In>
+__device__ __forceinline__ void narrow_weight_grads_any(const In* x, const In* dz, const T* dvalues,
+                                                        T* dw, T* db, int n, int m, int k,
+                                                        int with_bias) {
+    if (k > 8) narrow_weight_grads_tiles<1>(x, dz, dvalues, dw, db, n, m, k, with_bias);
+    else if (k > 4) narrow_weight_grads_tiles<2>(x, dz, dvalues, dw, db, n, m, k, with_bias);
+    else if (k > 2) narrow_weight_grads_tiles<4>(x, dz, dvalues, dw, db, n, m, k, with_bias);
+    else if (k > 1) narrow_weight_grads_tiles<8>(x, dz, dvalues, dw, db, n, m, k, with_bias);
+    else narrow_weight_grads_tiles<16>(x, dz, dvalues, dw, db, n, m, k, with_bias);
+}
+
+template <typename T>
+__global__ void narrow_weight_grads(const T* x, const T* dz, const T* dvalues, T* dw, T* db, int n,
+                                    int m, int k, int with_bias) {
+    narrow_weight_grads_any(x, dz, dvalues, dw, db, n, m, k, with_bias);
+}
+
+// The same with bfloat16 operands (precision "bf16"): x and dz the GEMM's copies, dvalues float32.
+template <typename T>
+__global__ void narrow_weight_grads_bf16(const unsigned short* x, const unsigned short* dz,
+                                         const T* dvalues, T* dw, T* db, int n, int m, int k,
+                                         int with_bias) {
+    narrow_weight_grads_any(x, dz, dvalues, dw, db, n, m, k, with_bias);
+}
+
+// The gradient a Dense layer with few outputs hands to a Dense layer below it whose ReLU was folded
+// in, in one pass where it took a GEMM and relu_backward_column_sum: out = dz @ w.T (dz (n, k),
+// w (m, k), k <= NARROW_OUTPUTS), 0 where output is not positive; sums = the column sums of out;
+// with write16, d16 = out rounded to bf16. relu_backward_column_sum's blocks and order of sums,
+// each thread with its column's k weights in registers: the k values of a row of dz are the same
+// for every thread of its stripe (read through L1), so what comes from memory is output, where the
+// GEMM's result was written, then read back. RELU_SUM_ROWS rows are read before any is written,
+// as there.
+template <typename T, typename In>
+__device__ __forceinline__ void narrow_dinputs_columns(const In* dz, const In* w, T* out,
+                                                       const T* output, T* sums, int n, int m,
+                                                       int k, unsigned short* d16, int write16) {
+    int col = blockIdx.x * blockDim.x + threadIdx.x, stripes = blockDim.y;
+    T acc = T(0);
+    if (col < m) {
+        T wc[NARROW_OUTPUTS];
+#pragma unroll
+        for (int c = 0; c < NARROW_OUTPUTS; ++c) wc[c] = c < k ? operand(w[col * k + c]) : T(0);
+        for (int first = threadIdx.y; first < n; first += RELU_SUM_ROWS * stripes) {
+            T d[RELU_SUM_ROWS];
+#pragma unroll
+            for (int r = 0; r < RELU_SUM_ROWS; ++r) {
+                int row = first + r * stripes;
+                d[r] = T(0);
+                if (row >= n) continue;
+                const In* dz_row = dz + (long long)row * k;
+#pragma unroll
+                for (int c = 0; c < NARROW_OUTPUTS; ++c) {
+                    if (c < k) d[r] += operand(dz_row[c]) * wc[c];
+                }
+                if (!(output[(long long)row * m + col] > T(0))) d[r] = T(0);
+            }
+#pragma unroll
+            for (int r = 0; r < RELU_SUM_ROWS; ++r) {
+                int row = first + r * stripes;
+                if (row >= n) break;
+                long long i = (long long)row * m + col;
+                out[i] = d[r];
+                if (write16) d16[i] = bf16_bits((float)d[r]);
+                acc += d[r];
+            }
+        }
+    }
+    add_stripes(acc, sums, col, m);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(COLUMN_SUM_THREADS)
+narrow_dinputs_relu_bgrad(const T* dz, const T* w, T* out, const T* output, T* sums, int n, int m,
+                          int k, unsigned short* d16, int write16) {
+    narrow_dinputs_columns(dz, w, out, output, sums, n, m, k, d16, write16);
+}
+
+// The same with bfloat16 operands (precision "bf16"): dz and w the GEMM's copies.
+template <typename T>
+__global__ void __launch_bounds__(COLUMN_SUM_THREADS)
+narrow_dinputs_relu_bgrad_bf16(const unsigned short* dz, const unsigned short* w, T* out,
+                               const T* output, T* sums, int n, int m, int k, unsigned short* d16,
+                               int write16) {
+    narrow_dinputs_columns(dz, w, out, output, sums, n, m, k, d16, write16);
 }
 
 // ---- optimizers: one kernel per rule over the flat parameter buffer ----------------------------
@@ -537,31 +769,6 @@ __device__ void block_tn(const T* A, int a_cols, int lda, const T* B, int b_cols
     }
     for (int o = threadIdx.x; o < outputs; o += blockDim.x) out[o] = scratch[o] + scratch[outputs + o];
     __syncthreads();
-}
-
-// The sums over a warp's 32 lanes of each of V values a lane holds (V a power of 2, at most 32):
-// lane l gets the sum of value (l >> (5 - log2 V)) & (V - 1); v is used up. By halving: at each
-// of log2 V steps a lane keeps half of its values, adds to them its partner's of the same, and
-// hands over the other half, so V values take V - 1 + 5 - log2 V shuffles where one warp_sum
-// each took 5 V (16 values: 16 shuffles, not 80). Every addition pairs the same two partial sums
-// in every run: the same bits each time. A template step by step, so that every index into v is
-// known when it is compiled and v stays in registers (a loop over the steps left it in local
-// memory: sm_90 SASS).
-template <int V, typename T>
-__device__ __forceinline__ T warp_sums(T* v, int lane, int offset = 16) {
-    if constexpr (V == 1) {
-        T sum = v[0];
-        for (; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-        return sum;
-    } else {
-        bool upper = (lane & offset) != 0;  // keeps values [V / 2, V); its partner the rest
-#pragma unroll
-        for (int q = 0; q < V / 2; ++q) {
-            T keep = upper ? v[V / 2 + q] : v[q], give = upper ? v[q] : v[V / 2 + q];
-            v[q] = keep + __shfl_xor_sync(0xffffffffu, give, offset);
-        }
-        return warp_sums<V / 2>(v, lane, offset >> 1);
-    }
 }
 
 // Four values from a 16-byte aligned address in one load (two for doubles).

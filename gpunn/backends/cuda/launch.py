@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import schedule
+from ..bf16 import BF16_BITS
 from . import NVRTC_OPTIONS, name_expressions, source
 
 THREADS = 256
@@ -25,6 +26,8 @@ COLUMN_SUM_THREADS = 1024  # kernels.cu's COLUMN_SUM_THREADS (the column sums' b
 #: Blocks a column sum is spread over where its columns allow: one 1024-thread block an SM at
 #: these kernels' registers, and an H100 or H200 has 132 SMs.
 COLUMN_SUM_BLOCKS = 128
+NARROW_OUTPUTS = 16  # kernels.cu's NARROW_OUTPUTS: the most outputs narrow_forward/_weight_grads take
+NARROW_ROWS = 4  # kernels.cu's NARROW_ROWS: rows a warp of narrow_forward takes at once
 
 
 def blocks(size: int) -> int:
@@ -37,6 +40,16 @@ def column_sum_block(k: int) -> tuple[int, int]:
     kernels take the same block for the same k, so they add in the same order."""
     width = next((w for w in (32, 16) if -(-k // w) >= COLUMN_SUM_BLOCKS), 8)
     return width, COLUMN_SUM_THREADS // width
+
+
+def narrow_tile(k: int) -> int:
+    """Rows of dw a warp of narrow_weight_grads takes for k outputs (kernels.cu's TILE)."""
+    return 1 if k > 8 else 2 if k > 4 else 4 if k > 2 else 8 if k > 1 else 16
+
+
+def warp_blocks(warps: int) -> int:
+    """Blocks of THREADS for ``warps`` warps (grid-stride loops cover any beyond MAX_BLOCKS)."""
+    return max(1, min(-(-warps * 32 // THREADS), MAX_BLOCKS))
 
 
 def row_threads(k: int) -> int:
@@ -156,6 +169,47 @@ class Kernels:
             (-(-k // width),), (width, stripes),
             (dvalues, output, sums, np.int32(n), np.int32(k), *self._bf16_out(d16)))
         return dvalues
+
+    def narrow_forward(self, inputs: Any, weights: Any, biases: Any, out: Any) -> Any:
+        """out = inputs @ weights + biases for at most NARROW_OUTPUTS outputs, the operands float
+        or (precision "bf16") bfloat16 bits; all C-contiguous."""
+        n, m = inputs.shape
+        k = weights.shape[1]
+        name = "narrow_forward_bf16" if inputs.dtype == BF16_BITS else "narrow_forward"
+        self.lookup(name, out.dtype)((warp_blocks(-(-n // NARROW_ROWS)),), (THREADS,),
+                                     (inputs, weights, biases, out, np.int32(n), np.int32(m),
+                                      np.int32(k)))
+        return out
+
+    def narrow_weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any,
+                            dbiases: Any) -> Any:
+        """dweights = inputs.T @ dz for at most NARROW_OUTPUTS outputs (dz the GEMM's operand:
+        dvalues, or under precision "bf16" its bfloat16 copy, as inputs is), and dbiases = the
+        column sums of dvalues unless None; all C-contiguous."""
+        n, m = inputs.shape
+        k = dweights.shape[1]
+        name = "narrow_weight_grads_bf16" if inputs.dtype == BF16_BITS else "narrow_weight_grads"
+        warps = -(-m // narrow_tile(k)) + (dbiases is not None)  # a warp's share each: no
+        self.lookup(name, dweights.dtype)(  # grid-stride loop, so no cap on the blocks
+            (-(-warps * 32 // THREADS),), (THREADS,),
+            (inputs, dz, dvalues, dweights, dweights if dbiases is None else dbiases, np.int32(n),
+             np.int32(m), np.int32(k), np.int32(dbiases is not None)))
+        return dweights
+
+    def narrow_dinputs_relu_bgrad(self, dz: Any, weights: Any, out: Any, output: Any, sums: Any,
+                                  d16: Any = None) -> Any:
+        """out = dz @ weights.T for at most NARROW_OUTPUTS columns of dz (float, or under
+        precision "bf16" the GEMM's bfloat16 copies, as weights), 0 where ``output`` is not
+        positive; sums = its column sums; ``d16``: out rounded to bfloat16 as well. In
+        relu_backward_column_sum's blocks; all C-contiguous."""
+        n, m = out.shape
+        width, stripes = column_sum_block(m)
+        name = "narrow_dinputs_relu_bgrad" + ("_bf16" if dz.dtype == BF16_BITS else "")
+        self.lookup(name, out.dtype)(
+            (-(-m // width),), (width, stripes),
+            (dz, weights, out, output, sums, np.int32(n), np.int32(m), np.int32(weights.shape[1]),
+             *self._bf16_out(d16)))
+        return out
 
     def float_to_bf16(self, x: Any, out: Any) -> Any:
         """out (bfloat16 bits, uint16) = float32 x rounded to nearest even; both contiguous. A

@@ -36,3 +36,37 @@ def device_ms(cupy: Any, fn: Callable[[], Any], hold: Callable[[float], None] | 
     end.record()
     end.synchronize()
     return cupy.cuda.get_elapsed_time(start, end)
+
+
+class Faster:
+    """Per problem, whether a kernel of ours ran faster than the path it stands in for (a GEMM
+    through cuBLAS and the passes after it), measured once, the first time the problem comes
+    outside a capture (a planned step's warm-up), by device time; nothing is timed inside a
+    capture, where the other path runs until then. Both ways write the same outputs from the same
+    inputs, so running each a few times to time them changes nothing. ``prefer`` True or False
+    fixes the answer instead (the CUDA-on-CPU tests, which have no device to time on)."""
+
+    def __init__(self, cupy: Any, hold: Callable[[float], None] | None = None,
+                 prefer: bool | None = None) -> None:
+        self.cupy, self.hold, self.prefer = cupy, hold, prefer
+        #: problem -> whether ours runs
+        self.decisions: dict[tuple, bool] = {}
+        #: problem -> (our ms, their ms) for TIMED_CALLS calls each, as measured
+        self.times: dict[tuple, tuple[float, float]] = {}
+
+    def run(self, problem: tuple, ours: Callable[[], Any], theirs: Callable[[], Any]) -> bool:
+        """Run ``ours`` or ``theirs``, whichever measured faster for ``problem``; returns whether
+        ours ran."""
+        faster = self.prefer if self.prefer is not None else self.decisions.get(problem)
+        if faster is None:
+            if self.cupy.cuda.get_current_stream().is_capturing():
+                theirs()
+                return False
+            times = self.times[problem] = self.time(ours), self.time(theirs)
+            faster = self.decisions[problem] = times[0] < times[1]
+        (ours if faster else theirs)()
+        return faster
+
+    def time(self, fn: Callable[[], Any]) -> float:
+        """Device milliseconds for TIMED_CALLS calls of ``fn``, queued behind the hold."""
+        return device_ms(self.cupy, fn, self.hold)

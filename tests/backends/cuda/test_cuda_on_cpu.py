@@ -485,3 +485,84 @@ def test_dropout_training_resumes_exactly_on_the_cupy_backend(emulated, tmp_path
     resumed.fit(X, y, epochs=4, batch_size=32, seed=4, verbose=0, resume_from=ck)
     for a, b in zip(whole.get_params(), resumed.get_params()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_narrow_kernels_train_as_the_gemms_do(emulated, monkeypatch, precision):
+    """Where a GPU measures them faster than cuBLAS (here: told to), the output layer's forward,
+    its weight and bias gradients, and the gradient it hands to the hidden layer (with that
+    layer's ReLU and bias gradients) run in the narrow kernels, one launch each a step: three
+    GEMMs, a column sum and a ReLU gradient pass fewer, the hidden layer's own products in GEMMs
+    as before. Training follows the GEMM path's to float32 rounding (their sums run in another
+    order), under bf16 from the same bfloat16 operands."""
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=2)  # 60 rows
+    X = np.hstack([X, np.sin(3 * X), X ** 2])  # 6 inputs
+    launches = {"narrow_forward": 0, "narrow_weight_grads": 0, "narrow_dinputs_relu_bgrad": 0,
+                "gemm": 0, "column_sum": 0, "relu_backward_column_sum": 0}
+
+    def counted(owner, name):
+        real = getattr(owner, name)
+
+        def call(*args, **kwargs):
+            launches[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, call)
+
+    for name in launches:
+        if name != "gemm":
+            counted(emulated.kernels, name)
+    counted(emulated.blas, "gemm")
+    runs = {}
+    for prefer in (False, True):
+        monkeypatch.setattr(emulated.narrow_choice, "prefer", prefer)
+        for name in launches:
+            launches[name] = 0
+        model = nn.Sequential([nn.Dense(6, 24, init="he", seed=1), nn.ReLU(),
+                               nn.Dense(24, 3, seed=3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend=emulated,
+                      precision=precision)
+        model.backend.one_kernel_trainer = False
+        history = model.fit(X, y, epochs=3, batch_size=20, shuffle=False, verbose=0)
+        assert set(made_steps(model).values()) == {"planned"}
+        runs[prefer] = model.get_params(), history.history, dict(launches)
+    (gemm_params, gemm_history, gemm_launches), (params, history, narrow_launches) = \
+        runs[False], runs[True]
+    steps_taken = 9  # and one forward pass more: fit's check of the last update
+    assert not any(gemm_launches[name] for name in launches if name.startswith("narrow"))
+    assert narrow_launches["narrow_forward"] == steps_taken + 1
+    assert narrow_launches["narrow_weight_grads"] == steps_taken
+    assert narrow_launches["narrow_dinputs_relu_bgrad"] == steps_taken
+    assert narrow_launches["gemm"] == gemm_launches["gemm"] - 3 * steps_taken - 1
+    assert narrow_launches["column_sum"] == gemm_launches["column_sum"] - steps_taken
+    assert narrow_launches["relu_backward_column_sum"] == \
+        gemm_launches["relu_backward_column_sum"] - steps_taken == 0
+    for a, b in zip(params, gemm_params):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for key in gemm_history:
+        np.testing.assert_allclose(history[key], gemm_history[key], rtol=1e-5)
+
+
+def test_only_a_few_outputs_and_c_contiguous_operands_take_the_narrow_kernels(emulated,
+                                                                            monkeypatch):
+    """The backend asks for the narrow kernels where they can run: up to 16 outputs (not 17),
+    C-contiguous operands (a column slice of the inputs is not), operands of one dtype (a
+    float32 batch into float64 weights is not), a layer with no ReLU of its own (the output
+    layer's forward; a hidden one's bias + ReLU stay on the GEMM path)."""
+    asked = []
+    monkeypatch.setattr(emulated.narrow_choice, "run",
+                        lambda problem, ours, theirs: (asked.append(problem[0]), theirs())[1])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 12))
+    for k, inputs, relu, expect in [(16, x, False, ["forward", "weight_grads", "dinputs"]),
+                                    (17, x, False, []),
+                                    (3, x[:, :6], False, ["dinputs"]),
+                                    (3, x.astype(np.float32), False, ["dinputs"]),
+                                    (3, x, True, ["weight_grads", "dinputs"])]:
+        asked.clear()
+        m = inputs.shape[1]
+        w, b, out = rng.standard_normal((m, k)), rng.standard_normal((1, k)), np.empty((8, k))
+        emulated.dense_forward(inputs, w, b, out, relu)
+        emulated.weight_grads(inputs, out, out, np.empty((m, k)), np.empty((1, k)))
+        emulated.dinputs_relu_bgrad(out, w, np.empty((8, m)), np.abs(x[:, :m]), np.empty((1, m)))
+        assert asked == expect, (k, inputs.flags.c_contiguous, relu)

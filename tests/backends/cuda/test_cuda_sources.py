@@ -131,15 +131,19 @@ def test_the_one_kernel_trainer_builds_with_its_phase_stamps(arch):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_the_largest_blocks_fit_the_register_file(arch):
     """A block launches only if its threads' registers fit one SM's 65,536: the kernels launched
-    with 1024 threads (the column sums) may use 64 a thread, the one-kernel trainer's 512 threads
-    128. ptxas picks more than that where nothing bounds it (relu_backward_column_sum took 80),
-    and then the launch fails on the device alone; its report (-v) says here."""
+    with 1024 threads (the column sums, the narrow layer's gradient) may use 64 a thread, the
+    one-kernel trainer's 512 threads 128, the narrow products' 256 threads 256. ptxas picks
+    more than that where nothing bounds it (relu_backward_column_sum took 80), and then the
+    launch fails on the device alone; its report (-v) says here."""
     import re
 
     from gpunn.backends.cuda import launch
 
     blocks = {"column_sum": launch.COLUMN_SUM_THREADS,
               "relu_backward_column_sum": launch.COLUMN_SUM_THREADS,
+              "narrow_dinputs_relu_bgrad": launch.COLUMN_SUM_THREADS,
+              "narrow_dinputs_relu_bgrad_bf16": launch.COLUMN_SUM_THREADS,
+              "narrow_forward": launch.THREADS, "narrow_weight_grads": launch.THREADS,
               "train_in_one_kernel": launch.ONE_KERNEL_THREADS}
     expressions = [f"{name}<{t}>" for name in blocks for t in ("float", "double")]
     # and the trainer as the backend builds it for the book's network (its sizes fixed)

@@ -376,3 +376,95 @@ def test_float_to_bf16_at_any_size_and_alignment(backends, x_offset, out_offset,
         np.testing.assert_array_equal(host(out), host(want))
         rest = np.delete(host(out_base), np.arange(out_offset, out_offset + size))
         assert (rest == 0xABCD).all(), f"size {size}: written outside the output"
+
+
+#: (rows, inputs, outputs): one of each, odd sizes, each of the weight gradient's tiles (16, 8,
+#: 4, 2 and 1 rows of dw a warp for 1, 2, 3-4, 5-8 and 9-16 outputs), inputs short of a lane's
+#: first pass and past several.
+NARROW = [(1, 1, 1), (9, 70, 1), (5, 3, 2), (300, 64, 3), (129, 31, 5), (40, 100, 9), (33, 65, 10),
+          (67, 40, 16)]
+
+
+@pytest.mark.parametrize("n, m, k", NARROW)
+@pytest.mark.parametrize("operands", ["float32", "float64", "bf16"])
+def test_the_narrow_kernels_compute_a_dense_layers_products(backends, n, m, k, operands, rng):
+    """narrow_forward (out = x @ w + b), narrow_weight_grads (dw = x.T @ dz, db = the column
+    sums of dvalues) and narrow_dinputs_relu_bgrad (dx = dz @ w.T where the ReLU below passed,
+    its column sums, its bf16 copy) for up to 16 outputs: the float64 products of the same
+    operands (under bf16 the bfloat16 copies, widened, where db sums the float32 dvalues) to the
+    dtype's rounding, every element of the poisoned outputs written; asked for no db, the same
+    dw and nothing else; the bf16 copy of dx rounded as to_bf16 rounds it."""
+    from gpunn.backends.bf16 import widen
+
+    fast, ref, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    dtype = np.float64 if operands == "float64" else np.float32
+    x, w, b = rand(cp, rng, (n, m), dtype), rand(cp, rng, (m, k), dtype), rand(cp, rng, (1, k), dtype)
+    dvalues = rand(cp, rng, (n, k), dtype)
+    if operands == "bf16":
+        x, w, dz = (ref.to_bf16(a, out=cp.empty(a.shape, np.uint16)) for a in (x, w, dvalues))
+    else:
+        dz = dvalues
+
+    def f64(a):
+        a = host(a)
+        return (widen(np, a) if a.dtype == np.uint16 else a).astype(np.float64)
+
+    close = {"rtol": 1e-5, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    out = fast.kernels.narrow_forward(x, w, b, poisoned(cp, (n, k), dtype))
+    np.testing.assert_allclose(host(out), f64(x) @ f64(w) + f64(b), **close)
+    dw, db = poisoned(cp, (m, k), dtype), poisoned(cp, (1, k), dtype)
+    fast.kernels.narrow_weight_grads(x, dz, dvalues, dw, db)
+    np.testing.assert_allclose(host(dw), f64(x).T @ f64(dz), **close)
+    np.testing.assert_allclose(host(db), f64(dvalues).sum(axis=0, keepdims=True), **close)
+    alone = poisoned(cp, (m, k), dtype)
+    fast.kernels.narrow_weight_grads(x, dz, dvalues, alone, None)
+    np.testing.assert_array_equal(host(alone), host(dw))
+
+    output = rand(cp, rng, (n, m), dtype)
+    output[output < 0] = 0  # a ReLU's output, a NaN at the first: no gradient passes it
+    output[0, 0] = np.nan
+    dx, sums = poisoned(cp, (n, m), dtype), poisoned(cp, (1, m), dtype)
+    d16 = cp.full((n, m), 0xFFFF, np.uint16) if operands != "float64" else None
+    fast.kernels.narrow_dinputs_relu_bgrad(dz, w, dx, output, sums, d16)
+    want = np.where(host(output) > 0, f64(dz) @ f64(w).T, 0.0)
+    np.testing.assert_allclose(host(dx), want, **close)
+    np.testing.assert_allclose(host(sums), want.sum(axis=0, keepdims=True), **close)
+    if d16 is not None:
+        np.testing.assert_array_equal(host(d16), host(ref.to_bf16(dx, out=cp.empty((n, m), np.uint16))))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_on_a_gpu_the_output_layers_products_are_timed_once_and_train_as_numpy(precision):
+    """On a device the narrow kernels are timed against the GEMM path for the output layer's
+    forward, its weight and bias gradients and the gradient it hands down (10 outputs), once
+    each, in the planned step's warm-up; whichever is kept, training follows NumPy's to
+    float32's rounding (tf32 and bf16: to theirs)."""
+    import gpunn as nn
+    from gpunn.backends import get_backend
+
+    if precision != "fp32" and get_backend("cupy").why_not(precision):
+        pytest.skip(get_backend("cupy").why_not(precision))
+    X, y = nn.datasets.spiral_data(samples=200, classes=10, seed=3)
+    X = np.hstack([X, np.sin(3 * X), np.cos(5 * X), X ** 2]).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(X))  # every batch of every class, unshuffled
+    X, y = X[order], y[order]
+    choice = get_backend("cupy").narrow_choice
+    runs = []
+    for backend in ("cupy", "numpy"):
+        model = nn.Sequential([nn.Dense(8, 96, init="he", seed=1), nn.ReLU(),
+                               nn.Dense(96, 10, seed=3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=0.5), backend=backend,
+                      precision=precision if backend == "cupy" else "fp32")
+        before = set(choice.times)
+        runs.append(model.fit(X, y, epochs=3, batch_size=500, shuffle=False, verbose=0).history)
+        if backend == "cupy":
+            timed = [problem[:3] for problem in choice.times if problem not in before]
+            assert sorted(timed) == [("dinputs", (500, 10), (96, 10)),
+                                     ("forward", (500, 96), (96, 10)),
+                                     ("weight_grads", (500, 96), (96, 10))]
+    close = {"fp32": 1e-4, "tf32": 2e-2, "bf16": 5e-2}[precision]
+    for key in runs[1]:
+        np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=close, atol=close)
