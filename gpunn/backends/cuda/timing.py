@@ -9,9 +9,12 @@ otherwise win wherever launching is slower than computing, whatever the device t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
+
+_log = logging.getLogger("gpunn")
 
 TIMED_CALLS = 10
 #: The longest hold (seconds): the timed calls queue far faster than this.
@@ -43,8 +46,9 @@ class Faster:
     through cuBLAS and the passes after it), measured once, the first time the problem comes
     outside a capture (a planned step's warm-up), by device time; nothing is timed inside a
     capture, where the other path runs until then. Both ways write the same outputs from the same
-    inputs, so running each a few times to time them changes nothing. ``prefer`` True or False
-    fixes the answer instead (the CUDA-on-CPU tests, which have no device to time on)."""
+    inputs, so running each a few times to time them changes nothing. Where ours fails (a launch
+    the device refuses), the other way runs from then on, said once in the log. ``prefer`` True
+    or False fixes the answer instead (the CUDA-on-CPU tests, which have no device to time on)."""
 
     def __init__(self, cupy: Any, hold: Callable[[float], None] | None = None,
                  prefer: bool | None = None) -> None:
@@ -53,6 +57,7 @@ class Faster:
         self.decisions: dict[tuple, bool] = {}
         #: problem -> (our ms, their ms) for TIMED_CALLS calls each, as measured
         self.times: dict[tuple, tuple[float, float]] = {}
+        self.said_failed = False
 
     def run(self, problem: tuple, ours: Callable[[], Any], theirs: Callable[[], Any]) -> bool:
         """Run ``ours`` or ``theirs``, whichever measured faster for ``problem``; returns whether
@@ -62,8 +67,17 @@ class Faster:
             if self.cupy.cuda.get_current_stream().is_capturing():
                 theirs()
                 return False
-            times = self.times[problem] = self.time(ours), self.time(theirs)
-            faster = self.decisions[problem] = times[0] < times[1]
+            try:
+                ours_ms = self.time(ours)
+            except Exception as exc:  # a launch the device refuses: the other way, said once
+                if not self.said_failed:
+                    self.said_failed = True
+                    _log.warning("gpunn: a kernel of gpunn's failed (%s: %s); using the GEMM "
+                                 "path where it did", type(exc).__name__, exc)
+                faster = self.decisions[problem] = False
+            else:
+                self.times[problem] = ours_ms, self.time(theirs)
+                faster = self.decisions[problem] = ours_ms < self.times[problem][1]
         (ours if faster else theirs)()
         return faster
 

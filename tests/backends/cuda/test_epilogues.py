@@ -213,3 +213,21 @@ def test_a_fixed_preference_is_taken_untimed(prefer):
     c.time = lambda fn: pytest.fail("timed with a fixed preference")
     assert c.run(("p",), lambda: log.append("ours"), lambda: log.append("theirs")) is prefer
     assert log == ["ours" if prefer else "theirs"]
+
+
+def test_a_kernel_of_ours_that_fails_leaves_the_gemm_path_and_says_so_once(caplog):
+    c, log = faster(), []
+
+    def broken():
+        log.append("ours")
+        raise RuntimeError("cudaErrorLaunchOutOfResources")
+
+    c.time = lambda fn: (fn(), 1.0)[1]
+    with caplog.at_level("WARNING", logger="gpunn"):
+        for problem in ("p", "q", "p"):
+            assert not c.run((problem,), broken, lambda: log.append("theirs"))
+    assert log == ["ours", "theirs", "ours", "theirs", "theirs"]
+    assert c.decisions == {("p",): False, ("q",): False} and c.times == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        "gpunn: a kernel of gpunn's failed (RuntimeError: cudaErrorLaunchOutOfResources); using "
+        "the GEMM path where it did"]
