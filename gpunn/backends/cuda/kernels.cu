@@ -331,9 +331,6 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
 // run in another order than cuBLAS's. The backend times each against the GEMM path once per
 // problem and keeps the faster (cupy_backend.py), so where they lose they are not used.
 #define NARROW_OUTPUTS 16
-// Rows of x a warp of narrow_forward takes at once: every weight a lane reads serves them all.
-#define NARROW_ROWS 4
-
 // A GEMM operand's value: itself, or under precision "bf16" its bfloat16 bits widened (exact).
 __device__ __forceinline__ float operand(float x) { return x; }
 __device__ __forceinline__ double operand(double x) { return x; }
@@ -341,19 +338,20 @@ __device__ __forceinline__ float operand(unsigned short bits) {
     return __uint_as_float((unsigned int)bits << 16);
 }
 
-// out = x @ w + b: x (n, m), w (m, k), k <= NARROW_OUTPUTS. A warp takes NARROW_ROWS rows at a
-// time, its lanes the inputs j = lane, lane + 32, ... (a row's reads are whole lines), each lane
+// out = x @ w + b: x (n, m), w (m, k), k <= NARROW_OUTPUTS. A warp takes ROWS rows at a time,
+// its lanes the inputs j = lane, lane + 32, ... (a row's reads are whole lines), each lane
 // keeping every row's k partial sums; warp_sums adds them across the warp, and the bias comes
-// last, as it does after a GEMM.
-template <typename T, typename In>
+// last, as it does after a GEMM. More rows a warp, the more rows each weight a lane reads
+// serves; fewer, the more warps there are for the SMs (the launch picks: launch.narrow_rows).
+template <int ROWS, typename T, typename In>
 __device__ __forceinline__ void narrow_forward_rows(const In* x, const In* w, const T* b, T* out,
                                                     int n, int m, int k) {
     int lane = threadIdx.x & 31;
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, warps = (gridDim.x * blockDim.x) >> 5;
-    for (int first = warp * NARROW_ROWS; first < n; first += warps * NARROW_ROWS) {
-        T acc[NARROW_ROWS][NARROW_OUTPUTS];
+    for (int first = warp * ROWS; first < n; first += warps * ROWS) {
+        T acc[ROWS][NARROW_OUTPUTS];
 #pragma unroll
-        for (int r = 0; r < NARROW_ROWS; ++r) {
+        for (int r = 0; r < ROWS; ++r) {
 #pragma unroll
             for (int c = 0; c < NARROW_OUTPUTS; ++c) acc[r][c] = T(0);
         }
@@ -362,7 +360,7 @@ __device__ __forceinline__ void narrow_forward_rows(const In* x, const In* w, co
 #pragma unroll
             for (int c = 0; c < NARROW_OUTPUTS; ++c) wj[c] = c < k ? operand(w[j * k + c]) : T(0);
 #pragma unroll
-            for (int r = 0; r < NARROW_ROWS; ++r) {
+            for (int r = 0; r < ROWS; ++r) {
                 T xv = first + r < n ? operand(x[(long long)(first + r) * m + j]) : T(0);
 #pragma unroll
                 for (int c = 0; c < NARROW_OUTPUTS; ++c) acc[r][c] += xv * wj[c];
@@ -370,7 +368,7 @@ __device__ __forceinline__ void narrow_forward_rows(const In* x, const In* w, co
         }
         int c = (lane >> 1) & (NARROW_OUTPUTS - 1);  // the output warp_sums leaves this lane
 #pragma unroll
-        for (int r = 0; r < NARROW_ROWS; ++r) {
+        for (int r = 0; r < ROWS; ++r) {
             T sum = warp_sums<NARROW_OUTPUTS>(acc[r], lane);
             if ((lane & 1) == 0 && c < k && first + r < n) {
                 out[(long long)(first + r) * k + c] = sum + b[c];
@@ -379,16 +377,26 @@ __device__ __forceinline__ void narrow_forward_rows(const In* x, const In* w, co
     }
 }
 
+template <typename T, typename In>
+__device__ __forceinline__ void narrow_forward_any(const In* x, const In* w, const T* b, T* out,
+                                                   int n, int m, int k, int rows) {
+    if (rows >= 4) narrow_forward_rows<4>(x, w, b, out, n, m, k);
+    else if (rows == 2) narrow_forward_rows<2>(x, w, b, out, n, m, k);
+    else narrow_forward_rows<1>(x, w, b, out, n, m, k);
+}
+
+// `rows`: a warp's rows at a time, 1, 2 or 4.
 template <typename T>
-__global__ void narrow_forward(const T* x, const T* w, const T* b, T* out, int n, int m, int k) {
-    narrow_forward_rows(x, w, b, out, n, m, k);
+__global__ void narrow_forward(const T* x, const T* w, const T* b, T* out, int n, int m, int k,
+                               int rows) {
+    narrow_forward_any(x, w, b, out, n, m, k, rows);
 }
 
 // The same with bfloat16 operands (precision "bf16"), into float32.
 template <typename T>
 __global__ void narrow_forward_bf16(const unsigned short* x, const unsigned short* w, const T* b,
-                                    T* out, int n, int m, int k) {
-    narrow_forward_rows(x, w, b, out, n, m, k);
+                                    T* out, int n, int m, int k, int rows) {
+    narrow_forward_any(x, w, b, out, n, m, k, rows);
 }
 
 // dw = x.T @ dz, x (n, m), dz (n, k), k <= NARROW_OUTPUTS / TILE: warp_tn's shape over the whole

@@ -27,7 +27,8 @@ COLUMN_SUM_THREADS = 1024  # kernels.cu's COLUMN_SUM_THREADS (the column sums' b
 #: these kernels' registers, and an H100 or H200 has 132 SMs.
 COLUMN_SUM_BLOCKS = 128
 NARROW_OUTPUTS = 16  # kernels.cu's NARROW_OUTPUTS: the most outputs narrow_forward/_weight_grads take
-NARROW_ROWS = 4  # kernels.cu's NARROW_ROWS: rows a warp of narrow_forward takes at once
+#: Warps narrow_forward wants at least, where the rows allow: 8 a block on each of 128 SMs.
+NARROW_WARPS = 1024
 
 
 def blocks(size: int) -> int:
@@ -45,6 +46,13 @@ def column_sum_block(k: int) -> tuple[int, int]:
 def narrow_tile(k: int) -> int:
     """Rows of dw a warp of narrow_weight_grads takes for k outputs (kernels.cu's TILE)."""
     return 1 if k > 8 else 2 if k > 4 else 4 if k > 2 else 8 if k > 1 else 16
+
+
+def narrow_rows(n: int) -> int:
+    """Rows a warp of narrow_forward takes at once for n rows: 4 (each weight read serves four)
+    where that still leaves NARROW_WARPS warps, else 2, else 1 (medium's 1024 rows: a warp each;
+    four a warp made 32 blocks, for 132 SMs)."""
+    return next((r for r in (4, 2) if n // r >= NARROW_WARPS), 1)
 
 
 def warp_blocks(warps: int) -> int:
@@ -176,9 +184,10 @@ class Kernels:
         n, m = inputs.shape
         k = weights.shape[1]
         name = "narrow_forward_bf16" if inputs.dtype == BF16_BITS else "narrow_forward"
-        self.lookup(name, out.dtype)((warp_blocks(-(-n // NARROW_ROWS)),), (THREADS,),
+        rows = narrow_rows(n)
+        self.lookup(name, out.dtype)((warp_blocks(-(-n // rows)),), (THREADS,),
                                      (inputs, weights, biases, out, np.int32(n), np.int32(m),
-                                      np.int32(k)))
+                                      np.int32(k), np.int32(rows)))
         return out
 
     def narrow_weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any,

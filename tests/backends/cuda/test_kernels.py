@@ -387,14 +387,20 @@ NARROW = [(1, 1, 1), (9, 70, 1), (5, 3, 2), (300, 64, 3), (129, 31, 5), (40, 100
 
 @pytest.mark.parametrize("n, m, k", NARROW)
 @pytest.mark.parametrize("operands", ["float32", "float64", "bf16"])
-def test_the_narrow_kernels_compute_a_dense_layers_products(backends, n, m, k, operands, rng):
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_the_narrow_kernels_compute_a_dense_layers_products(backends, n, m, k, operands, rows, rng,
+                                                           monkeypatch):
     """narrow_forward (out = x @ w + b), narrow_weight_grads (dw = x.T @ dz, db = the column
     sums of dvalues) and narrow_dinputs_relu_bgrad (dx = dz @ w.T where the ReLU below passed,
     its column sums, its bf16 copy) for up to 16 outputs: the float64 products of the same
     operands (under bf16 the bfloat16 copies, widened, where db sums the float32 dvalues) to the
     dtype's rounding, every element of the poisoned outputs written; asked for no db, the same
-    dw and nothing else; the bf16 copy of dx rounded as to_bf16 rounds it."""
+    dw and nothing else; the bf16 copy of dx rounded as to_bf16 rounds it. The forward with a
+    row a warp, two and four (launch.narrow_rows picks by the rows there are)."""
     from gpunn.backends.bf16 import widen
+    from gpunn.backends.cuda import launch
+
+    monkeypatch.setattr(launch, "narrow_rows", lambda n: rows)
 
     fast, ref, cp = backends
     host = np.asarray if cp is np else cp.asnumpy
@@ -468,3 +474,11 @@ def test_on_a_gpu_the_output_layers_products_are_timed_once_and_train_as_numpy(p
     close = {"fp32": 1e-4, "tf32": 2e-2, "bf16": 5e-2}[precision]
     for key in runs[1]:
         np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=close, atol=close)
+
+
+def test_the_narrow_forward_takes_four_rows_a_warp_where_the_warps_still_fill_the_gpu():
+    from gpunn.backends.cuda import launch
+
+    assert launch.NARROW_WARPS == 1024
+    assert [launch.narrow_rows(n) for n in (1, 300, 1024, 2047, 2048, 4095, 4096, 8192)] == \
+        [1, 1, 1, 1, 2, 2, 4, 4]
