@@ -374,6 +374,8 @@ def info() -> int:
 def gpu_paths(bk) -> str:
     """Which fast paths the CuPy backend ``bk`` takes here, and why not where it does not: the
     reasons ``bk.why_not`` gives, which the training steps read too."""
+    from .backends.cuda.launch import NARROW_OUTPUTS
+
     parts = []
     for label, feature in (("CUDA graphs", "graphs"), ("cuBLASLt epilogues", "epilogues"),
                            ("one-kernel trainer", "one_kernel_trainer"),
@@ -382,6 +384,8 @@ def gpu_paths(bk) -> str:
         parts.append(f"{label}: {'yes' if reason is None else f'no ({reason})'}")
     if bk.why_not("epilogues") is None:
         parts[1] += f", policy {bk.epilogue_policy!r}, GEMMs {'' if bk.tune_gemms else 'un'}tuned"
+    parts.append(f"narrow kernels: {'on' if bk.narrow_kernels else 'off'} (Dense layers of up to "
+                 f"{NARROW_OUTPUTS} outputs, where faster than GEMMs)")
     return "; ".join(parts)
 
 

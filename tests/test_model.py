@@ -207,6 +207,12 @@ def test_backend_options_belong_to_each_model():
     with pytest.raises(TypeError, match="tune_gemms must be True or False; got 'on'"):
         a.backend.tune_gemms = "on"
     assert a.backend.tune_gemms
+    b.backend.narrow_kernels = True
+    assert b.backend.narrow_kernels and not a.backend.narrow_kernels
+    assert b.backend.options_set() == {"upload_thread": True, "narrow_kernels": True}
+    with pytest.raises(TypeError, match="narrow_kernels must be True or False; got None"):
+        b.backend.narrow_kernels = None
+    assert b.backend.narrow_kernels
 
 
 def test_to_keeps_the_models_options():

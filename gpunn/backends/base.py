@@ -52,6 +52,10 @@ class Options:
     #: and the fastest kept (on by default on the CuPy backend, where it measured faster than
     #: cuBLAS's own choice; the NumPy backend's BLAS chooses for itself).
     tune_gemms: bool = False
+    #: A Dense layer with up to 16 outputs (a classifier's output layer) may run its products in
+    #: kernels of gpunn's own instead of GEMMs, each where it measured faster on its first call
+    #: (on by default on the CuPy backend; the NumPy backend's BLAS takes every product).
+    narrow_kernels: bool = False
 
 
 #: The options that are on or off (checked to be bools).
@@ -154,6 +158,12 @@ class Backend:
         "tune_gemms",
         """Whether GEMMs run the fastest of the algorithms cuBLASLt offers for their problem,
         timed on its first call (the CuPy backend; elsewhere the BLAS chooses).""")
+    narrow_kernels = _option(
+        "narrow_kernels",
+        """Whether the products of a Dense layer with up to 16 outputs (its forward, its weight and
+        bias gradients, the gradient it hands to a Dense -> ReLU below) may run in gpunn's own
+        kernels, each where it measured faster than the GEMM path on its first call (the CuPy
+        backend).""")
 
     # ---- arrays and data movement -------------------------------------------------------
 

@@ -48,7 +48,10 @@ class CupyBackend(Backend):
     #: Streamed batches read on worker threads by default (those of 1 MiB or more): on an H200
     #: (2026-11-27, eleventh session) streamed medium tf32 steps took 0.220 ms against 0.414,
     #: large tf32 8.46 ms against 8.63 (resident: 0.148 and 8.32).
-    default_options = Options(one_kernel_trainer=True, upload_thread=True, tune_gemms=True)
+    #: The narrow kernels on by default: each is timed against the GEMM path and kept only where
+    #: faster, so they cost a first step's timing at most (not yet timed on a GPU).
+    default_options = Options(one_kernel_trainer=True, upload_thread=True, tune_gemms=True,
+                              narrow_kernels=True)
 
     def __init__(self) -> None:
         import cupy
@@ -225,7 +228,8 @@ class CupyBackend(Backend):
         def gemm() -> None:
             super(CupyBackend, self).weight_grads(inputs, dz, dvalues, dweights, dbiases)
 
-        if not _narrow(dweights.shape[1], dweights, (inputs, dz), (dvalues, dbiases)):
+        if not (self.narrow_kernels
+                and _narrow(dweights.shape[1], dweights, (inputs, dz), (dvalues, dbiases))):
             return gemm()
         self.narrow_choice.run(
             ("weight_grads", inputs.shape, dweights.shape, inputs.dtype, dweights.dtype,
@@ -243,7 +247,8 @@ class CupyBackend(Backend):
         def gemm() -> bool:
             return self._gemm_dense_forward(inputs, weights, biases, out, relu, mask, out16)
 
-        if relu or out16 is not None or not _narrow(out.shape[1], out, (inputs, weights), (biases,)):
+        if relu or out16 is not None or not self.narrow_kernels \
+                or not _narrow(out.shape[1], out, (inputs, weights), (biases,)):
             return gemm()
         self.narrow_choice.run(
             ("forward", inputs.shape, weights.shape, inputs.dtype, out.dtype, self.precision,
@@ -280,8 +285,8 @@ class CupyBackend(Backend):
 
         # From the output where a mask was kept too: a ReLU's output is positive where its mask
         # says it passed, NaN included (the epilogue's ReLU makes it 0, its mask bit 0).
-        if not _narrow(weights.shape[1], out, (dvalues, weights), (below_output, below_dbiases),
-                       out16):
+        if not (self.narrow_kernels and _narrow(weights.shape[1], out, (dvalues, weights),
+                                                (below_output, below_dbiases), out16)):
             return gemm()
         self.narrow_choice.run(
             ("dinputs", dvalues.shape, weights.shape, dvalues.dtype, out.dtype, mask is not None,

@@ -15,6 +15,7 @@ import numpy as np
 from .. import SGD, Adam, Dense, ReLU, Sequential, SoftmaxCrossEntropy, set_seed
 from ..backends import Backend, get_backend
 from ..backends.bf16 import BF16_BITS
+from ..backends.cuda.launch import NARROW_OUTPUTS
 from ..training import steps
 from ..training.batches import Batch
 from ..training.data import data_for
@@ -35,11 +36,13 @@ class Skip(Exception):
 
 
 def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False,
-              tune_gemms: bool | None = None):
+              tune_gemms: bool | None = None, narrow: bool = True):
     """gpunn on ``backend``; on CuPy, ``epilogues`` is the model's epilogue_policy ("never": the
     separate kernels only, to show what the cuBLASLt epilogues add) and ``tune_gemms`` its
     option of that name where given (None: the backend's default, tuned; False: cuBLAS's own
-    choice, to show what tuning adds); ``one_kernel`` its
+    choice, to show what tuning adds); ``narrow`` False turns narrow_kernels off (every product
+    in GEMMs, to show what those kernels add; Skip where the output layer is too wide to take
+    them); ``one_kernel`` its
     one_kernel_trainer (Dense -> ReLU -> Dense only; on NumPy the numba-compiled one), all set
     before the step is planned."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
@@ -49,6 +52,11 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False,
             bk.epilogue_policy = epilogues
             if tune_gemms is not None:
                 bk.tune_gemms = tune_gemms
+            if not narrow:
+                if w.sizes[-1] > NARROW_OUTPUTS:
+                    raise Skip(f"the output layer's {w.sizes[-1]} outputs are more than the narrow "
+                               f"kernels take ({NARROW_OUTPUTS}): the same as gpunn-cupy")
+                bk.narrow_kernels = False
         use_one_kernel(model, one_kernel, len(y))
         step = model.prepare_step(X, y)
         return Run(step, bk.synchronize, lambda: model.evaluate(X, y)["loss"])
@@ -298,6 +306,7 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
     if device == "gpu" and "cupy" in backends:
         out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
         out["gpunn-cupy-untuned"] = ("cupy", gpunn_run("cupy", tune_gemms=False))
+        out["gpunn-cupy-gemms"] = ("cupy", gpunn_run("cupy", narrow=False))
         out["gpunn-cupy-one-kernel"] = ("cupy", gpunn_run("cupy", one_kernel=True))
         out["gpunn-cupy-streamed-unthreaded"] = ("cupy", gpunn_streamed_run("cupy", upload_thread=False))
     if device == "cpu" and "numpy" in backends:

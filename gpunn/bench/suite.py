@@ -165,7 +165,8 @@ class Suite:
         """The book's whole run for every contender that has a version of it."""
         rows = []
         for impl in contenders(self.backends, self.peers, device):
-            if impl in ("numpy-book", "gpunn-cupy-separate", "gpunn-cupy-untuned", STEP_GEMMS) \
+            if impl in ("numpy-book", "gpunn-cupy-separate", "gpunn-cupy-untuned",
+                        "gpunn-cupy-gemms", STEP_GEMMS) \
                     or "-streamed" in impl:  # per step only (a full batch is never streamed)
                 continue
             try:

@@ -145,9 +145,9 @@ def test_the_row_of_gpunns_default_path_is_marked():
     mark_defaults(without)
     assert [r["default"] for r in without] == [True, False]
     gpu = [bench_row(name, backend="cupy")
-           for name in ("gpunn-cupy", "gpunn-cupy-untuned", "gpunn-cupy-separate")]
+           for name in ("gpunn-cupy", "gpunn-cupy-untuned", "gpunn-cupy-separate", "gpunn-cupy-gemms")]
     mark_defaults(gpu)
-    assert [r["default"] for r in gpu] == [True, False, False]
+    assert [r["default"] for r in gpu] == [True, False, False, False]
 
 
 def test_the_machine_block_lists_numpys_blas_first_and_marks_it(monkeypatch):
@@ -450,6 +450,22 @@ def test_bench_ops_profiles_the_books_run_with_the_one_kernel_trainer():
     assert f"Op profile: {title}" in bench.markdown(doc)
 
 
+def train_rows(contenders, impls, steps, log):
+    """Each of the GPU rows ``impls`` trains the 2-16-3 network ``steps`` steps on 20 rows;
+    returns each one's loss after, and what ``log`` gathered while it trained."""
+    rows = contenders.contenders(["cupy"], [], "gpu")
+    w = bench.Workload((2, 16, 3), 20)
+    X, y = bench.workload_data(w)
+    losses, logs = {}, {}
+    for impl in impls:
+        log.clear()
+        run = rows[impl][1](w, bench.initial_params(w.sizes), X, y, "fp32", "gpu")
+        for _ in range(steps):
+            run.step()
+        losses[impl], logs[impl] = run.loss(), list(log)
+    return losses, logs
+
+
 def test_the_untuned_row_alone_leaves_cublas_to_choose(emulated, monkeypatch):
     """gpunn-cupy (tuned GEMMs: the CuPy backend's default) sends its GEMMs to cuBLASLt to be
     tuned, cuBLAS's own choice given to be timed beside cuBLASLt's (a stand-in here, which
@@ -465,19 +481,35 @@ def test_the_untuned_row_alone_leaves_cublas_to_choose(emulated, monkeypatch):
 
     monkeypatch.setattr(emulated, "epilogues",
                         types.SimpleNamespace(available=True, matmul=matmul))
-    rows = contenders.contenders(["cupy"], [], "gpu")
-    w = bench.Workload((2, 16, 3), 20)
-    X, y = bench.workload_data(w)
-    losses, calls = {}, {}
-    for impl in ("gpunn-cupy", "gpunn-cupy-untuned"):
-        asked.clear()
-        run = rows[impl][1](w, bench.initial_params(w.sizes), X, y, "fp32", "gpu")
-        for _ in range(3):
-            run.step()
-        losses[impl], calls[impl] = run.loss(), list(asked)
+    losses, calls = train_rows(contenders, ("gpunn-cupy", "gpunn-cupy-untuned"), 3, asked)
     assert calls["gpunn-cupy-untuned"] == [] and calls["gpunn-cupy"]
     assert set(calls["gpunn-cupy"]) == {(True, True)}
     assert losses["gpunn-cupy"] == losses["gpunn-cupy-untuned"]
+
+
+def test_the_gemms_row_alone_keeps_the_output_layer_in_gemms(emulated, monkeypatch):
+    """gpunn-cupy lets the output layer's products take the narrow kernels where they time
+    faster (here: told they do); gpunn-cupy-gemms switches them off, so every product is a GEMM;
+    it is skipped where the output layer is too wide for them (large's 1000 outputs), being
+    gpunn-cupy there."""
+    contenders = sys.modules["gpunn.bench.contenders"]
+    monkeypatch.setattr(contenders, "get_backend", lambda _: emulated)
+    monkeypatch.setattr(emulated.narrow_choice, "prefer", True)
+    launched = []
+    for name in ("narrow_forward", "narrow_weight_grads", "narrow_dinputs_relu_bgrad"):
+        real = getattr(emulated.kernels, name)
+        monkeypatch.setattr(emulated.kernels, name,
+                            lambda *a, real=real, name=name: (launched.append(name), real(*a))[1])
+    losses, calls = train_rows(contenders, ("gpunn-cupy", "gpunn-cupy-gemms"), 2, launched)
+    assert {impl: sorted(set(names)) for impl, names in calls.items()} == {
+        "gpunn-cupy": ["narrow_dinputs_relu_bgrad", "narrow_forward", "narrow_weight_grads"],
+        "gpunn-cupy-gemms": []}
+    assert losses["gpunn-cupy"] == pytest.approx(losses["gpunn-cupy-gemms"], rel=1e-5)
+    wide = bench.Workload((2, 16, 17), 20)
+    X, y = bench.workload_data(wide)
+    row = contenders.contenders(["cupy"], [], "gpu")["gpunn-cupy-gemms"][1]
+    with pytest.raises(contenders.Skip, match="17 outputs are more than the narrow kernels take"):
+        row(wide, bench.initial_params(wide.sizes), X, y, "fp32", "gpu")
 
 
 def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):

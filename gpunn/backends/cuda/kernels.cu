@@ -321,14 +321,14 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
     }
 }
 
-// ---- a Dense layer with few outputs (a classifier's last): its two GEMMs as kernels -----------
+// ---- a Dense layer with few outputs (a classifier's last): its GEMMs as kernels ---------------
 
 // A few output columns make a poor GEMM: on an H200 (tf32, eleventh session) cuBLAS took 8.8 us
 // for medium's last layer forward (1024 rows, 1024 inputs, 10 outputs) and 8.4 us for its weight
 // gradient, about what it took for 1024 outputs, with most of each tile empty and a few tiles
-// for 132 SMs; the bias gradient was a pass of its own after it. These kernels do the same two
-// products for up to NARROW_OUTPUTS outputs, the bias added or summed in the same pass. Their sums
-// run in another order than cuBLAS's. The backend times each against the GEMM path once per
+// for 132 SMs; the bias gradient was a pass of its own after it. These kernels do the same
+// products for up to NARROW_OUTPUTS outputs, with the passes that followed them (the bias added or
+// summed, the ReLU gradient below) in the same pass. Their sums run in another order than cuBLAS's. The backend times each against the GEMM path once per
 // problem and keeps the faster (cupy_backend.py), so where they lose they are not used.
 #define NARROW_OUTPUTS 16
 // A GEMM operand's value: itself, or under precision "bf16" its bfloat16 bits widened (exact).
@@ -479,9 +479,9 @@ __global__ void narrow_weight_grads_bf16(const unsigned short* x, const unsigned
 // w (m, k), k <= NARROW_OUTPUTS), 0 where output is not positive; sums = the column sums of out;
 // with write16, d16 = out rounded to bf16. relu_backward_column_sum's blocks and order of sums,
 // each thread with its column's k weights in registers: the k values of a row of dz are the same
-// for every thread of its stripe (read through L1), so what comes from memory is output, where the
-// GEMM's result was written, then read back. RELU_SUM_ROWS rows are read before any is written,
-// as there.
+// for every thread of its stripe (read through L1), so of the (n, m) arrays only `output` is read,
+// where the GEMM path wrote its result and read it back. RELU_SUM_ROWS rows are read before any
+// is written, as there.
 template <typename T, typename In>
 __device__ __forceinline__ void narrow_dinputs_columns(const In* dz, const In* w, T* out,
                                                        const T* output, T* sums, int n, int m,

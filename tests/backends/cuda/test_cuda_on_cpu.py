@@ -203,8 +203,14 @@ def test_info_names_the_gpu_paths_and_why_not(emulated):
                                    "(CUDA on the CPU); one-kernel trainer: no (switched off; "
                                    "model.backend.one_kernel_trainer = True turns it on); "
                                    "precision tf32: no (precision 'tf32' needs cuBLAS through "
-                                   "nvmath-python: CUDA on the CPU); precision bf16: yes")
+                                   "nvmath-python: CUDA on the CPU); precision bf16: yes; narrow "
+                                   "kernels: on (Dense layers of up to 16 outputs, where faster "
+                                   "than GEMMs)")
     assert "one-kernel trainer: yes" in gpu_paths(emulated)  # on by default on a GPU
+    assert gpu_paths(emulated.configured(narrow_kernels=False)).endswith("; narrow kernels: off "
+                                                                         "(Dense layers of up to 16 "
+                                                                         "outputs, where faster "
+                                                                         "than GEMMs)")
 
 
 def test_info_says_whether_the_cublaslt_gemms_are_tuned(emulated, monkeypatch):
@@ -545,7 +551,8 @@ def test_the_narrow_kernels_train_as_the_gemms_do(emulated, monkeypatch, precisi
 
 def test_only_a_few_outputs_and_c_contiguous_operands_take_the_narrow_kernels(emulated,
                                                                             monkeypatch):
-    """The backend asks for the narrow kernels where they can run: up to 16 outputs (not 17),
+    """The backend asks for the narrow kernels where they can run and a model has not switched
+    them off (narrow_kernels, on by default): up to 16 outputs (not 17),
     C-contiguous operands (a column slice of the inputs is not), operands of one dtype (a
     float32 batch into float64 weights is not), a layer with no ReLU of its own (the output
     layer's forward; a hidden one's bias + ReLU stay on the GEMM path)."""
@@ -566,3 +573,8 @@ def test_only_a_few_outputs_and_c_contiguous_operands_take_the_narrow_kernels(em
         emulated.weight_grads(inputs, out, out, np.empty((m, k)), np.empty((1, k)))
         emulated.dinputs_relu_bgrad(out, w, np.empty((8, m)), np.abs(x[:, :m]), np.empty((1, m)))
         assert asked == expect, (k, inputs.flags.c_contiguous, relu)
+    off, w, out = emulated.configured(narrow_kernels=False), rng.standard_normal((12, 3)), np.empty((8, 3))
+    off.dense_forward(x, w, np.zeros((1, 3)), out, False)
+    off.weight_grads(x, out, out, np.empty((12, 3)), np.empty((1, 3)))
+    off.dinputs_relu_bgrad(out, w, np.empty((8, 12)), np.abs(x), np.empty((1, 12)))
+    assert asked == expect  # nothing more: switched off (model.backend.narrow_kernels = False)
