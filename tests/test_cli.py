@@ -157,20 +157,22 @@ def test_a_traceback_only_when_asked_for():
         assert "FileNotFoundError: no such data file: nope.npz" in loud.stderr
 
 
-def _ctrl_c_as_a_terminal_sends_it() -> None:
-    """In the child before it runs: Ctrl-C's default action. A test run started in the background
-    of a shell without job control (``make test &`` in a script) ignores SIGINT, its children
-    inherit that, and Python then leaves it ignored: the interrupt below would never come."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_is_one_line_status_130_and_names_the_checkpoint(tmp_path):
     ck = tmp_path / "ck.safetensors"
-    child = subprocess.Popen([sys.executable, "-m", "gpunn", "train", "--epochs", "100000000",
-                              "--backend", "numpy", "--checkpoint", str(ck), "--checkpoint-every",
-                              "500", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True,
-                             preexec_fn=_ctrl_c_as_a_terminal_sends_it)
+    # A test run started in the background of a shell without job control (`make test &` in a
+    # script) ignores SIGINT; a child inherits that, and Python leaves it ignored, so the
+    # interrupt below would never come. The child starts with Ctrl-C's default action instead.
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "gpunn", "train", "--epochs", "100000000",
+                                  "--backend", "numpy", "--checkpoint", str(ck),
+                                  "--checkpoint-every", "500", "--quiet"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         deadline = time.monotonic() + 60
         while not ck.exists() and child.poll() is None and time.monotonic() < deadline:
