@@ -26,7 +26,7 @@ COLUMN_SUM_THREADS = 1024  # kernels.cu's COLUMN_SUM_THREADS (the column sums' b
 #: Blocks a column sum is spread over where its columns allow: one 1024-thread block an SM at
 #: these kernels' registers, and an H100 or H200 has 132 SMs.
 COLUMN_SUM_BLOCKS = 128
-NARROW_OUTPUTS = 16  # kernels.cu's NARROW_OUTPUTS: the most outputs narrow_forward/_weight_grads take
+NARROW_OUTPUTS = 16  # kernels.cu's NARROW_OUTPUTS: the most outputs the narrow kernels take
 #: Warps narrow_forward wants at least, where the rows allow: 8 a block on each of 128 SMs.
 NARROW_WARPS = 1024
 

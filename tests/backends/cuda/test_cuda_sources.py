@@ -78,6 +78,10 @@ def test_host_constants_match_the_sources():
     assert threads and int(threads.group(1)) == launch.COLUMN_SUM_THREADS
     folded = re.search(r"#define FOLDED_INPUTS (\d+)", cuda.source())
     assert folded and int(folded.group(1)) == launch.FOLDED_INPUTS
+    narrow = re.search(r"#define NARROW_OUTPUTS (\d+)", cuda.source())
+    assert narrow and int(narrow.group(1)) == launch.NARROW_OUTPUTS
+    tiles = re.findall(r"if \(k > (\d+)\) narrow_weight_grads_tiles<(\d+)>", cuda.source())
+    assert [launch.narrow_tile(int(k) + 1) for k, _ in tiles] == [int(t) for _, t in tiles]
     assert cupy_backend.CUDA_DEV_ATTR_MAX_SHARED_OPTIN == int(
         runtime.cudaDeviceAttr.cudaDevAttrMaxSharedMemoryPerBlockOptin)
 
