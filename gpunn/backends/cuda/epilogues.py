@@ -11,26 +11,19 @@ separate one is two or three, so timing the host's launches would favour it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from . import timing
 
-_log = logging.getLogger("gpunn")
 
-
-class EpilogueChoice:
+class EpilogueChoice(timing.Choices):
     """Remembers, per problem, whether the fused call measured faster (or could not run)."""
 
     def __init__(self, cupy: Any, available: bool,
                  hold: Callable[[float], None] | None = None) -> None:
-        self.cupy = cupy
+        super().__init__(cupy, hold)  # decisions: the problem key, with precision and policy
         self.available = available  # cuBLASLt through nvmath-python
-        self.hold = hold  # keeps the device busy for the seconds given (launch.Kernels.hold_device)
-        #: problem key (with precision and policy) -> whether the fused call runs
-        self.decisions: dict[tuple, bool] = {}
-        self.said_failed = False
 
     def run(self, problem: tuple, fused: Any, separate: Any, policy: str, tf32: bool) -> bool:
         """Run ``fused`` (a cuBLASLt call that returns False where it cannot run) or
@@ -42,7 +35,7 @@ class EpilogueChoice:
         key = problem + (tf32, policy)
         faster = self.decisions.get(key)
         if faster is None:
-            if self.cupy.cuda.get_current_stream().is_capturing():
+            if self.capturing():
                 faster = False  # nothing is timed inside a capture (the warm-up step times it)
             elif not self._try(fused):
                 faster = self.decisions[key] = False  # no cuBLASLt algorithm for it
@@ -61,12 +54,5 @@ class EpilogueChoice:
         try:
             return bool(fused())
         except Exception as exc:
-            if not self.said_failed:
-                self.said_failed = True
-                _log.warning("gpunn: a cuBLASLt epilogue failed (%s: %s); using separate kernels "
-                             "where it did", type(exc).__name__, exc)
+            self.failed("a cuBLASLt epilogue", "separate kernels", exc)
             return False
-
-    def time(self, fn: Any) -> float:
-        """Device milliseconds for timing.TIMED_CALLS calls of ``fn``, queued behind the hold."""
-        return timing.device_ms(self.cupy, fn, self.hold)

@@ -41,7 +41,36 @@ def device_ms(cupy: Any, fn: Callable[[], Any], hold: Callable[[float], None] | 
     return cupy.cuda.get_elapsed_time(start, end)
 
 
-class Faster:
+class Choices:
+    """Per problem, a way of doing it decided once, by device time (``time``), the first time
+    the problem comes outside a capture (a planned step's warm-up); where a way fails outright
+    the other runs, said once in the log. What is shared by the epilogue choice (epilogues.py)
+    and ``Faster``."""
+
+    def __init__(self, cupy: Any, hold: Callable[[float], None] | None = None) -> None:
+        self.cupy = cupy
+        self.hold = hold  # keeps the device busy for the seconds given (launch.Kernels.hold_device)
+        #: problem -> whether the way that is not the fallback runs
+        self.decisions: dict[tuple, bool] = {}
+        self.said_failed = False
+
+    def capturing(self) -> bool:
+        """Whether a graph is being recorded now (nothing is timed then)."""
+        return self.cupy.cuda.get_current_stream().is_capturing()
+
+    def time(self, fn: Callable[[], Any]) -> float:
+        """Device milliseconds for TIMED_CALLS calls of ``fn``, queued behind the hold."""
+        return device_ms(self.cupy, fn, self.hold)
+
+    def failed(self, what: str, instead: str, exc: Exception) -> None:
+        """Log, the first time only, that ``what`` failed and ``instead`` runs where it did."""
+        if not self.said_failed:
+            self.said_failed = True
+            _log.warning("gpunn: %s failed (%s: %s); using %s where it did", what,
+                         type(exc).__name__, exc, instead)
+
+
+class Faster(Choices):
     """Per problem, whether a kernel of ours ran faster than the path it stands in for (a GEMM
     through cuBLAS and the passes after it), measured once, the first time the problem comes
     outside a capture (a planned step's warm-up), by device time; nothing is timed inside a
@@ -52,35 +81,26 @@ class Faster:
 
     def __init__(self, cupy: Any, hold: Callable[[float], None] | None = None,
                  prefer: bool | None = None) -> None:
-        self.cupy, self.hold, self.prefer = cupy, hold, prefer
-        #: problem -> whether ours runs
-        self.decisions: dict[tuple, bool] = {}
+        super().__init__(cupy, hold)
+        self.prefer = prefer
         #: problem -> (our ms, their ms) for TIMED_CALLS calls each, as measured
         self.times: dict[tuple, tuple[float, float]] = {}
-        self.said_failed = False
 
     def run(self, problem: tuple, ours: Callable[[], Any], theirs: Callable[[], Any]) -> bool:
         """Run ``ours`` or ``theirs``, whichever measured faster for ``problem``; returns whether
         ours ran."""
         faster = self.prefer if self.prefer is not None else self.decisions.get(problem)
         if faster is None:
-            if self.cupy.cuda.get_current_stream().is_capturing():
+            if self.capturing():
                 theirs()
                 return False
             try:
                 ours_ms = self.time(ours)
             except Exception as exc:  # a launch the device refuses: the other way, said once
-                if not self.said_failed:
-                    self.said_failed = True
-                    _log.warning("gpunn: a kernel of gpunn's failed (%s: %s); using the GEMM "
-                                 "path where it did", type(exc).__name__, exc)
+                self.failed("a kernel of gpunn's", "the GEMM path", exc)
                 faster = self.decisions[problem] = False
             else:
                 self.times[problem] = ours_ms, self.time(theirs)
                 faster = self.decisions[problem] = ours_ms < self.times[problem][1]
         (ours if faster else theirs)()
         return faster
-
-    def time(self, fn: Callable[[], Any]) -> float:
-        """Device milliseconds for TIMED_CALLS calls of ``fn``, queued behind the hold."""
-        return device_ms(self.cupy, fn, self.hold)
