@@ -175,10 +175,11 @@ class Dense(Layer):
         self.relu_below: Dense | None = None
         self.relu_above: Dense | None = None
         self.relu_mask: Any = None
-        #: Precision "bf16": GEMM operands of this layer's that the other layer of such a pair
-        #: rounded in a pass of its own (the lower layer's bias pass writes the upper's inputs,
-        #: the upper's ReLU gradient pass the lower's dvalues): name -> (the float32 array, its
-        #: bfloat16 copy), each taken once.
+        #: Precision "bf16": GEMM operands of this layer's that the pass writing their float32
+        #: values rounded as well (the network's pass over the weights, the loss's gradient
+        #: pass): name -> (the float32 array, its bfloat16 copy), each taken once. (Between the
+        #: layers of a Dense -> ReLU -> Dense pair, the output and its gradient are bfloat16
+        #: alone.)
         self.rounded: dict[str, tuple[Any, Any]] = {}
         #: What the forward GEMM read, (inputs, weights): the layer's own, or under precision
         #: "bf16" their bfloat16 copies, which the backward GEMMs read too.
@@ -223,6 +224,8 @@ class Dense(Layer):
     def _dtype(self, inputs: Any) -> Any:
         if inputs.dtype == self.weights.dtype:  # the usual case, and much cheaper to check
             return inputs.dtype
+        if inputs.dtype == BF16_BITS:  # "bf16": a Dense layer's output below, float32 weights
+            return self.weights.dtype
         return np.result_type(inputs.dtype, self.weights.dtype)
 
     def forward(self, inputs: Any, training: bool = True) -> Any:
@@ -237,14 +240,15 @@ class Dense(Layer):
         mask = None if mask_shape is None else self.buffer("relu_mask", mask_shape, np.uint8)
         self.operands = (self._gemm_operand(bk, "inputs16", inputs),
                          self._gemm_operand(bk, "weights16", self.weights))
-        above = self.relu_above if bk.precision == "bf16" else None
-        out16 = None if above is None else self.buffer("output16", out.shape, BF16_BITS)
+        # Precision "bf16", below another Dense layer: the output is kept in bfloat16 alone (the
+        # upper layer's GEMM operand, and what its backward reads the ReLU from); ``out`` is then
+        # the float32 array the GEMM writes and the bias pass reads.
+        below_dense = bk.precision == "bf16" and self.relu_above is not None
+        out16 = self.buffer("output16", out.shape, BF16_BITS) if below_dense else None
         wrote_mask = bk.dense_forward(*self.operands, self.biases, out, relu, mask, out16=out16)
-        if above is not None:
-            above.rounded["inputs16"] = (out, out16)
         self.relu_mask = mask if wrote_mask else None
-        self.output = out
-        return out
+        self.output = out if out16 is None else out16
+        return self.output
 
     def backward(self, dvalues: Any) -> Any:
         """dweights = inputs.T @ dvalues; dbiases = column sums; dinputs = dvalues @ weights.T."""
@@ -262,25 +266,28 @@ class Dense(Layer):
         inputs, weights = self.operands if bk.precision == "bf16" else (self.inputs, self.weights)
         gemm_dvalues = self._gemm_operand(bk, "dvalues16", dvalues)
         # dbiases too, unless the layer above already wrote them
-        bk.weight_grads(inputs, gemm_dvalues, dvalues, self.dweights,
-                        None if self.grads_from_above else self.dbiases)
+        if self.grads_from_above:
+            bk.weight_grads(inputs, gemm_dvalues, None, self.dweights, None)
+        else:
+            bk.weight_grads(inputs, gemm_dvalues, dvalues, self.dweights, self.dbiases)
         if self.regularized:
             bk.penalty_grad(self.dweights, self.weights, self.weight_regularizer_l1,
                             self.weight_regularizer_l2)
             bk.penalty_grad(self.dbiases, self.biases, self.bias_regularizer_l1,
                             self.bias_regularizer_l2)
         if self.need_dinputs:
-            out = self.buffer("dinputs", self.inputs.shape, dvalues.dtype)
+            dtype = self.weights.dtype if dvalues.dtype == BF16_BITS else dvalues.dtype
+            out = self.buffer("dinputs", self.inputs.shape, dtype)
             below = self.relu_below
             if below is None:
                 self.dinputs = bk.gemm(gemm_dvalues, weights, out=out, trans_b=True)
             else:  # the lower layer's ReLU backward and bias gradient, on this GEMM
+                # bf16: the gradient in bfloat16 alone (the lower layer's GEMM operand; its
+                # bias gradient is summed from the float32 values here); out is the GEMM's.
                 out16 = below.buffer("dvalues16", out.shape, BF16_BITS) \
                     if bk.precision == "bf16" else None
                 self.dinputs = bk.dinputs_relu_bgrad(gemm_dvalues, weights, out, below.output,
                                                      below.dbiases, below.relu_mask, out16=out16)
-                if out16 is not None:
-                    below.rounded["dvalues16"] = (out, out16)
         return self.dinputs
 
     def _gemm_operand(self, bk: Backend, name: str, x: Any) -> Any:
@@ -288,9 +295,10 @@ class Dense(Layer):
         (rounded to nearest) in a buffer of its own. Only the GEMMs see the copies: the bias,
         the ReLU, the loss and the update work on float32 values, and the weights the update
         changes are float32 (master weights): a step too small for bf16's 8 bits still counts.
-        A copy the other layer of a Dense -> ReLU -> Dense pair wrote along with ``x`` (``rounded``)
-        is taken as it is."""
-        if bk.precision != "bf16":
+        Taken as they are: ``x`` already in bfloat16 (what the other layer of a Dense -> ReLU ->
+        Dense pair hands over), and a copy the pass that wrote ``x`` wrote along with it
+        (``rounded``: the weights, the loss's gradient)."""
+        if bk.precision != "bf16" or x.dtype == BF16_BITS:
             return x
         written, copy = self.rounded.pop(name, (None, None))
         if written is x:

@@ -12,6 +12,7 @@ from support.backends import Bf16Numpy
 
 import gpunn as nn
 from gpunn.backends import get_backend
+from gpunn.backends.bf16 import widen
 from gpunn.training import steps
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -80,9 +81,11 @@ def test_the_gemms_read_bf16_roundings_and_the_gradients_are_the_references(bf16
     model.train_step(X, y)
     want, _ = reference.step([p.astype(np.float32) for p in params], X, y)
     dense = [layer for layer in model.layers if isinstance(layer, nn.Dense)]
+    outputs = reference.forward([p.astype(np.float32) for p in params], X)
     for i, layer in enumerate(dense):
         inputs, weights = layer.operands
-        np.testing.assert_array_equal(to_host(inputs), bits(to_host(layer.inputs)))
+        # the data rounded; above it, the hidden layer's output, kept in bfloat16 alone
+        np.testing.assert_array_equal(to_host(inputs), bits(X if i == 0 else outputs[i - 1]))
         np.testing.assert_array_equal(to_host(weights), bits(params[2 * i]))
         np.testing.assert_allclose(to_host(layer.dweights), want[2 * i], rtol=2e-5, atol=1e-7)
         np.testing.assert_allclose(to_host(layer.dbiases), want[2 * i + 1], rtol=2e-5, atol=1e-7)
@@ -139,37 +142,60 @@ def test_bf16_reaches_float32_accuracy_on_the_digits_and_the_book_run(where):
     assert accuracy["bf16"] >= accuracy["fp32"] - 0.01, accuracy
 
 
-def test_hidden_layers_bf16_copies_come_from_the_bias_and_relu_gradient_passes(emulated,
-                                                                                monkeypatch):
-    """On the CuPy backend the bias + ReLU pass of a hidden layer also writes its output's bf16
-    copy (the GEMM operand of the layer above), and the ReLU gradient pass the copy of its
-    gradient (the operand of its weight-gradient GEMM), the loss's pass the copy of dlogits;
-    the three weights are rounded in one pass over the flat parameters: of the nine copies a
-    step of three Dense layers reads, the data's is the only other conversion. They are the
-    exact roundings."""
+def test_hidden_layers_keep_their_outputs_and_gradients_in_bf16_alone(emulated, monkeypatch):
+    """On the CuPy backend a hidden layer below another Dense layer keeps its output in bfloat16
+    alone, written by its bias + ReLU pass (the GEMM operand of the layer above, and what the
+    ReLU's gradient is read from), and the layer above hands down its gradient in bfloat16 alone,
+    written by the ReLU gradient pass (the operand of the weight-gradient GEMM; the bias gradient
+    summed from the float32 values): neither pass writes float32 back, so the float32 arrays hold
+    the GEMMs' raw results. The loss's pass writes the copy of dlogits; the three weights are
+    rounded in one pass over the flat parameters: of the nine copies a step of three Dense
+    layers reads, the data's is the only other conversion. They are the exact roundings."""
     converted = []
     convert = emulated.kernels.float_to_bf16
     monkeypatch.setattr(emulated.kernels, "float_to_bf16",
                         lambda x, out: converted.append(x.shape) or convert(x, out))
     X, y = spiral()  # 120 rows
     model = network(emulated)  # Dense(2, 32), Dense(32, 16), Dense(16, 3)
-    weights = model.get_params()[::2]  # what the step's forward pass reads
+    params = model.get_params()  # what the step's forward pass reads
     model.train_step(X, y)
     # The data and all 675 parameters at once; not the hidden outputs (120, 32), (120, 16), nor
     # their gradients, nor dlogits (120, 3).
     assert sorted(converted) == sorted([(120, 2), (675,)])
     dense = [layer for layer in model.layers if isinstance(layer, nn.Dense)]
     flat16 = model.network.params16
-    for layer, w in zip(dense, weights):
+    for layer, w in zip(dense, params[::2]):
         assert layer.operands[1].base is flat16 or layer.operands[1].base is flat16.base
         np.testing.assert_array_equal(to_host(layer.operands[1]), bits(w))
-    for lower, upper in zip(dense, dense[1:]):
-        np.testing.assert_array_equal(to_host(upper.operands[0]), bits(to_host(lower.output)))
-        (dvalues16,) = [buf for (name, _, _), buf in lower.buffers.items() if name == "dvalues16"]
-        np.testing.assert_array_equal(to_host(dvalues16), bits(to_host(upper.dinputs)))
-    (dlogits16,) = [buf for (name, _, _), buf in model.network.loss.buffers.items()
-                    if name == "dinputs16"]
-    np.testing.assert_array_equal(to_host(dlogits16), bits(to_host(model.network.loss.dinputs)))
+    outputs = reference.forward([p.astype(np.float32) for p in params], X)
+    for lower, upper, want in zip(dense, dense[1:], outputs):
+        assert lower.output.dtype == np.uint16 and upper.dinputs.dtype == np.uint16
+        assert upper.inputs is lower.output and upper.operands[0] is lower.output
+        np.testing.assert_array_equal(to_host(lower.output), bits(want))
+        assert upper.dinputs is buffer(lower, "dvalues16")
+        # the float32 arrays as the GEMMs left them: before the bias and ReLU, and unmasked
+        z, dz = to_host(buffer(lower, "output")), to_host(buffer(upper, "dinputs"))
+        np.testing.assert_allclose(z, gemm_of(*lower.operands), rtol=1e-5, atol=1e-6)
+        upper_dz16 = buffer(model.network.loss if upper is dense[-1] else upper,
+                            "dinputs16" if upper is dense[-1] else "dvalues16")
+        np.testing.assert_allclose(dz, gemm_of(upper_dz16, upper.operands[1].T),
+                                   rtol=1e-5, atol=1e-6)
+        passed = widen(np, to_host(lower.output)) > 0
+        assert np.any(dz[~passed] != 0)  # the ReLU gradient pass left the float32 one alone
+        np.testing.assert_array_equal(to_host(upper.dinputs), bits(np.where(passed, dz, 0)))
+    np.testing.assert_array_equal(to_host(buffer(model.network.loss, "dinputs16")),
+                                  bits(to_host(model.network.loss.dinputs)))
+
+
+def buffer(part, name):
+    """The planned buffer ``name`` of a layer or loss (the one of that name)."""
+    (found,) = [buf for (key, _, _), buf in part.buffers.items() if key == name]
+    return found
+
+
+def gemm_of(a16, b16):
+    """The float32 product of two bfloat16 operands, from the host."""
+    return widen(np, to_host(a16)) @ widen(np, to_host(b16))
 
 
 def test_the_weights_bf16_copies_follow_weights_set_between_steps(emulated):

@@ -274,7 +274,8 @@ class Backend:
     def weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any, dbiases: Any) -> None:
         """A Dense layer's gradients: dweights = inputs.T @ dz, dz being the GEMM's operand
         (dvalues itself, or under precision "bf16" its bfloat16 copy, as inputs is then), and
-        dbiases = the column sums of dvalues, unless None (the layer above wrote them)."""
+        dbiases = the column sums of dvalues, unless None (the layer above wrote them; dvalues
+        may be None then)."""
         self.gemm(inputs, dz, out=dweights, trans_a=True)
         if dbiases is not None:
             self.bias_grad(dvalues, out=dbiases)
@@ -291,9 +292,9 @@ class Backend:
     def dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
                       mask: Any = None, out16: Any = None) -> bool:
         """out = inputs @ weights + biases, then ReLU when ``relu``. Returns whether ``mask``
-        (a ``relu_mask_shape`` buffer, or None) was written. ``out16`` (precision "bf16"): out
-        rounded to bfloat16 as well, the GEMM operand of the Dense layer above (a GPU writes it
-        in the bias pass)."""
+        (a ``relu_mask_shape`` buffer, or None) was written. ``out16`` (precision "bf16", a layer
+        below another Dense layer): the result goes there, rounded to bfloat16, and ``out`` is
+        only the GEMM's float32 result (a GPU's bias pass reads it and writes out16 alone)."""
         self.gemm(inputs, weights, out=out)
         if relu:
             self.bias_relu(out, biases)
@@ -308,13 +309,13 @@ class Backend:
         """The gradient a Dense layer hands to a Dense layer below it whose ReLU was folded in:
         out = dvalues @ weights.T where that layer's ReLU let values through (``below_output``
         > 0, or ``mask`` when ``dense_forward`` wrote one), else 0; ``below_dbiases`` = the column
-        sums of out. ``out16``: out rounded to bfloat16 as well, as for ``dense_forward``."""
+        sums of out. ``out16`` (precision "bf16", where ``below_output`` is bfloat16 too): the
+        result goes there, rounded to bfloat16, as for ``dense_forward``; the bias gradient is
+        still summed from the float32 values. Returns the result (out or out16)."""
         self.gemm(dvalues, weights, out=out, trans_b=True)
         self.relu_backward(out, below_output, out=out)
-        if out16 is not None:
-            self.to_bf16(out, out16)
         self.bias_grad(out, out=below_dbiases)
-        return out
+        return out if out16 is None else self.to_bf16(out, out16)
 
     # ---- a whole small network in one kernel (CuPy) ------------------------------------------
 
@@ -334,7 +335,10 @@ class Backend:
         return self.xp.maximum(x, 0, out=out)
 
     def relu_backward(self, dvalues: Any, output: Any, out: Any) -> Any:
-        """Gradient passes where the ReLU let the input through (output > 0), else zero."""
+        """Gradient passes where the ReLU let the input through (output > 0), else zero. The
+        output may be bfloat16 (a hidden layer's under precision "bf16")."""
+        if output.dtype == BF16_BITS:
+            output = widen(self.xp, output)
         return self.xp.multiply(dvalues, output > 0, out=out)
 
     def sigmoid(self, x: Any, out: Any) -> Any:

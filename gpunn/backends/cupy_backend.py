@@ -24,16 +24,20 @@ CUDA_DEV_ATTR_MAX_SHARED_OPTIN = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin
 
 
 def _narrow(outputs: int, out: Any, operands: tuple[Any, Any], others: tuple[Any, ...],
-            out16: Any = None) -> bool:
+            out16: Any = None, relu_output: Any = None) -> bool:
     """Whether a product of a Dense layer with ``outputs`` outputs may take the narrow kernels:
     at most launch.NARROW_OUTPUTS of them; ``out`` float32 or float64, the GEMM's two
     ``operands`` of its dtype or both bfloat16, the ``others`` (None: not given) of its dtype;
-    every array C-contiguous (the kernels read rows at fixed strides)."""
+    a ``relu_output`` (the layer below's) of the operands' dtype, with ``out16`` for the result
+    where that is bfloat16; every array C-contiguous (the kernels read rows at fixed strides)."""
     kinds = {a.dtype for a in operands}
-    arrays = (out, *operands, *others, out16)
+    kind = kinds.pop() if len(kinds) == 1 else None
+    arrays = (out, *operands, *others, out16, relu_output)
     return (outputs <= launch.NARROW_OUTPUTS and out.dtype in (np.float32, np.float64)
-            and len(kinds) == 1 and kinds.pop() in (out.dtype, BF16_BITS)
+            and kind is not None and kind in (out.dtype, BF16_BITS)  # (dtype == None is float64)
             and all(a is None or a.dtype == out.dtype for a in others)
+            and (relu_output is None or relu_output.dtype == kind)
+            and (relu_output is None or kind != BF16_BITS or out16 is not None)
             and all(a is None or a.flags.c_contiguous for a in arrays))
 
 
@@ -217,6 +221,8 @@ class CupyBackend(Backend):
         return self.kernels.bias_act(z, biases, relu=True)
 
     def relu_backward(self, dvalues: Any, output: Any, out: Any) -> Any:
+        if output.dtype != dvalues.dtype:  # a bfloat16 output: the reference op widens it
+            return super().relu_backward(dvalues, output, out)
         if out is not dvalues:
             self.xp.copyto(out, dvalues)
         return self.kernels.relu_backward(out, output)
@@ -262,9 +268,9 @@ class CupyBackend(Backend):
         if inputs.dtype == BF16_BITS:
             # cuBLASLt would decline these operands, but the epilogue choice is keyed by shape
             # and output dtype: a bf16 model's "no" would stick to a float32 model of its shapes.
-            # The bias pass writes the bf16 copy for the layer above, too.
+            # Below another Dense layer, the bias pass writes the bf16 output alone.
             self.gemm(inputs, weights, out=out)
-            self.kernels.bias_act(out, biases, relu, out16)
+            self.kernels.bias_act(out, biases, relu, out16, only16=out16 is not None)
             return False
         kind = "relu_mask" if mask is not None else "relu" if relu else "bias"
         wrote_mask = self.epilogue_choice.run(
@@ -283,36 +289,37 @@ class CupyBackend(Backend):
             return self._gemm_dinputs_relu_bgrad(dvalues, weights, out, below_output,
                                                  below_dbiases, mask, out16)
 
+        result = out if out16 is None else out16
         # From the output where a mask was kept too: a ReLU's output is positive where its mask
         # says it passed, NaN included (the epilogue's ReLU makes it 0, its mask bit 0).
         if not (self.narrow_kernels and _narrow(weights.shape[1], out, (dvalues, weights),
-                                                (below_output, below_dbiases), out16)):
-            return gemm()
+                                                (below_dbiases,), out16, below_output)):
+            gemm()
+            return result
         self.narrow_choice.run(
             ("dinputs", dvalues.shape, weights.shape, dvalues.dtype, out.dtype, mask is not None,
              self.precision, self.tune_gemms, self.epilogue_policy),
             lambda: self.kernels.narrow_dinputs_relu_bgrad(dvalues, weights, out, below_output,
                                                            below_dbiases, out16), gemm)
-        return out
+        return result
 
     def _gemm_dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
-                                 below_dbiases: Any, mask: Any, out16: Any) -> Any:
+                                 below_dbiases: Any, mask: Any, out16: Any) -> None:
         """dinputs_relu_bgrad through a GEMM: with cuBLASLt's epilogue or the separate kernels."""
         def separate(out16: Any) -> None:  # one pass: the ReLU gradient, the bias gradient,
-            self.gemm(dvalues, weights, out=out, trans_b=True)  # any bf16 copy
+            self.gemm(dvalues, weights, out=out, trans_b=True)  # any bf16 result
             self.kernels.relu_backward_column_sum(out, below_output, below_dbiases, out16)
 
         if mask is None:  # the forward pass kept no mask: the separate kernels read the output
             separate(out16)
-            return out
-        self.epilogue_choice.run(
+            return
+        fused = self.epilogue_choice.run(
             ("dinputs", dvalues.shape, weights.shape, out.dtype, self.tune_gemms),
             lambda: self.epilogues.dinputs_relu_bgrad(dvalues, weights, out, mask,
                                                       below_dbiases, self._tf32, self.tune_gemms),
-            lambda: separate(None), self.epilogue_policy, self._tf32)
-        if out16 is not None:
+            lambda: separate(out16), self.epilogue_policy, self._tf32)
+        if fused and out16 is not None:
             self.to_bf16(out, out16)
-        return out
 
     # ---- a whole small network in one kernel ------------------------------------------------
 

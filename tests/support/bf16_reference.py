@@ -4,7 +4,9 @@ layers' bf16 path (on NumPy and on the CUDA kernels run on the CPU) is checked a
 Where the GPU path rounds to bfloat16, so does this: each GEMM's two operands (the layer's inputs
 and weights going forward; its inputs, incoming gradient and weights going back). The GEMMs sum
 in float32; everything else (bias, ReLU, softmax cross-entropy, the bias gradient, Adam, the
-weights themselves) is float32.
+weights themselves) is float32. A hidden layer's output is kept only in bfloat16, so the ReLU's
+gradient passes where that rounding is positive (which differs from the float32 value's sign
+only below bfloat16's smallest subnormal).
 """
 
 from __future__ import annotations
@@ -18,20 +20,29 @@ def bf16(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
 
 
+def forward(params: list[np.ndarray], X: np.ndarray) -> list[np.ndarray]:
+    """Each Dense layer's float32 output, of Dense -> ReLU -> ... -> Dense (params: W1, b1, W2,
+    b2, ...; biases (1, k)) on X; the hidden ones after their ReLU. The GPU path keeps the hidden
+    ones only rounded to bfloat16 (the next GEMM's operand)."""
+    layers = len(params) // 2
+    outputs = []
+    a = X.astype(np.float32)
+    for i in range(layers):
+        W, b = params[2 * i], params[2 * i + 1]
+        z = bf16(a) @ bf16(W) + b
+        a = np.maximum(z, 0) if i < layers - 1 else z
+        outputs.append(a)
+    return outputs
+
+
 def step(params: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], float]:
     """Gradients of the mean softmax cross-entropy of Dense -> ReLU -> ... -> Dense (params: W1,
     b1, W2, b2, ...; biases (1, k)) on (X, y), and the loss."""
     n = X.shape[0]
     layers = len(params) // 2
-    inputs, outputs = [], []
-    a = X.astype(np.float32)
-    for i in range(layers):
-        W, b = params[2 * i], params[2 * i + 1]
-        inputs.append(a)
-        z = bf16(a) @ bf16(W) + b
-        a = np.maximum(z, 0) if i < layers - 1 else z
-        outputs.append(a)
-    logits = a
+    outputs = forward(params, X)
+    inputs = [X.astype(np.float32), *outputs[:-1]]
+    logits = outputs[-1]
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     rows = np.arange(n)
@@ -46,7 +57,7 @@ def step(params: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> tuple[list[n
         grads[2 * i] = bf16(inputs[i]).T @ d16
         grads[2 * i + 1] = d.sum(axis=0, keepdims=True)
         if i:
-            d = (d16 @ bf16(W).T) * (outputs[i - 1] > 0)
+            d = (d16 @ bf16(W).T) * (bf16(outputs[i - 1]) > 0)  # the ReLU read from bf16
     return grads, loss
 
 

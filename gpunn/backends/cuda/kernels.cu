@@ -52,20 +52,30 @@ __device__ __forceinline__ unsigned short bf16_bits(float x) {
     return (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
+// A value as it is, or bfloat16 bits widened to float32 (exact): a GEMM operand under precision
+// "bf16", or a hidden layer's output, which that precision keeps in bfloat16 only.
+__device__ __forceinline__ float operand(float x) { return x; }
+__device__ __forceinline__ double operand(double x) { return x; }
+__device__ __forceinline__ float operand(unsigned short bits) {
+    return __uint_as_float((unsigned int)bits << 16);
+}
+
 // ---- Dense forward and ReLU backward ----------------------------------------------------------
 
 // z = z + biases (broadcast over rows), then max(z, 0) when relu != 0. z is (n, k), row-major.
 // With write16 (float32 models under precision "bf16"), z16 gets the result rounded to bf16 in the
-// same pass: the next Dense layer's GEMM operand, without a second read of z.
+// same pass: the next Dense layer's GEMM operand, without a second read of z. With write16 and not
+// write32, z16 alone (a hidden layer's output under "bf16", kept in bfloat16 only): z is left as
+// the GEMM wrote it, which saves writing 4 bytes an element to read 2 back.
 template <typename T>
 __global__ void bias_act(T* z, const T* biases, long long n, int k, int relu, unsigned short* z16,
-                         int write16) {
+                         int write16, int write32) {
     long long size = n * k;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
          i += (long long)gridDim.x * blockDim.x) {
         T v = z[i] + biases[i % k];
         v = (relu && v < T(0)) ? T(0) : v;
-        z[i] = v;
+        if (write32) z[i] = v;
         if (write16) z16[i] = bf16_bits((float)v);
     }
 }
@@ -127,36 +137,39 @@ column_sum(const T* dvalues, T* out, int n, int k) {
 // where the two kernels read it twice (a Dense -> ReLU -> Dense pair's separate backward, where
 // no cuBLASLt epilogue does both). The same operations in the same order as those two kernels,
 // so the same bits. With write16, d16 gets the result rounded to bf16 (the weight-gradient GEMM
-// operand of the layer below), as bias_act's z16. Each stripe reads 8 rows before it writes any: a write to dvalues might be
-// the next row's read as far as the compiler knows (k could be 0), so written row by row, each
-// row's reads would wait for the row before (checked in the sm_90 SASS).
+// operand of the layer below), as bias_act's z16; without write32, d16 alone (precision "bf16",
+// where the ReLU's output O is bfloat16 too: dvalues, the GEMM's float32 result, is only read).
+// Each stripe reads 8 rows before it writes any: a write to dvalues might be the next row's read
+// as far as the compiler knows (k could be 0), so written row by row, each row's reads would wait
+// for the row before (checked in the sm_90 SASS).
 // __launch_bounds__: a block of 1024 threads may use at most 64 registers a thread (ptxas chose 80
 // unbounded, which would not launch).
 #define RELU_SUM_ROWS 8
-template <typename T>
-__global__ void __launch_bounds__(COLUMN_SUM_THREADS)
-relu_backward_column_sum(T* dvalues, const T* output, T* sums, int n, int k, unsigned short* d16,
-                         int write16) {
+template <typename T, typename O>
+__device__ __forceinline__ void relu_backward_columns(T* dvalues, const O* output, T* sums, int n,
+                                                      int k, unsigned short* d16, int write16,
+                                                      int write32) {
     int col = blockIdx.x * blockDim.x + threadIdx.x, stripes = blockDim.y;
     T acc = T(0);
     if (col < k) {
         for (int first = threadIdx.y; first < n; first += RELU_SUM_ROWS * stripes) {
-            T d[RELU_SUM_ROWS], o[RELU_SUM_ROWS];
+            T d[RELU_SUM_ROWS];
+            bool passed[RELU_SUM_ROWS];
 #pragma unroll
             for (int r = 0; r < RELU_SUM_ROWS; ++r) {
                 int row = first + r * stripes;
                 long long i = (long long)row * k + col;
                 d[r] = row < n ? dvalues[i] : T(0);
-                o[r] = row < n ? output[i] : T(0);
+                passed[r] = row < n && operand(output[i]) > 0;  // NaN and -0 pass nothing
             }
 #pragma unroll
             for (int r = 0; r < RELU_SUM_ROWS; ++r) {
                 int row = first + r * stripes;
                 if (row >= n) break;
                 long long i = (long long)row * k + col;
-                if (!(o[r] > T(0))) {
+                if (!passed[r]) {
                     d[r] = T(0);
-                    dvalues[i] = T(0);
+                    if (write32) dvalues[i] = T(0);
                     if (write16) d16[i] = 0;  // +0 in bf16
                 } else if (write16) {
                     d16[i] = bf16_bits((float)d[r]);
@@ -166,6 +179,21 @@ relu_backward_column_sum(T* dvalues, const T* output, T* sums, int n, int k, uns
         }
     }
     add_stripes(acc, sums, col, k);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(COLUMN_SUM_THREADS)
+relu_backward_column_sum(T* dvalues, const T* output, T* sums, int n, int k, unsigned short* d16,
+                         int write16) {
+    relu_backward_columns(dvalues, output, sums, n, k, d16, write16, 1);
+}
+
+// The same under precision "bf16": the ReLU's output in bfloat16, the result in d16 alone.
+template <typename T>
+__global__ void __launch_bounds__(COLUMN_SUM_THREADS)
+relu_backward_column_sum_bf16(T* dvalues, const unsigned short* output, T* sums, int n, int k,
+                              unsigned short* d16) {
+    relu_backward_columns(dvalues, output, sums, n, k, d16, 1, 0);
 }
 
 // Gather rows: out[r, :] = x[rows[r], :] (shuffled batches, on the device).
@@ -331,12 +359,6 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
 // summed, the ReLU gradient below) in the same pass. Their sums run in another order than cuBLAS's. The backend times each against the GEMM path once per
 // problem and keeps the faster (cupy_backend.py), so where they lose they are not used.
 #define NARROW_OUTPUTS 16
-// A GEMM operand's value: itself, or under precision "bf16" its bfloat16 bits widened (exact).
-__device__ __forceinline__ float operand(float x) { return x; }
-__device__ __forceinline__ double operand(double x) { return x; }
-__device__ __forceinline__ float operand(unsigned short bits) {
-    return __uint_as_float((unsigned int)bits << 16);
-}
 
 // out = x @ w + b: x (n, m), w (m, k), k <= NARROW_OUTPUTS. A warp takes ROWS rows at a time,
 // its lanes the inputs j = lane, lane + 32, ... (a row's reads are whole lines), each lane
@@ -477,15 +499,16 @@ __global__ void narrow_weight_grads_bf16(const unsigned short* x, const unsigned
 // The gradient a Dense layer with few outputs hands to a Dense layer below it whose ReLU was folded
 // in, in one pass where it took a GEMM and relu_backward_column_sum: out = dz @ w.T (dz (n, k),
 // w (m, k), k <= NARROW_OUTPUTS), 0 where output is not positive; sums = the column sums of out;
-// with write16, d16 = out rounded to bf16. relu_backward_column_sum's blocks and order of sums,
-// each thread with its column's k weights in registers: the k values of a row of dz are the same
-// for every thread of its stripe (read through L1), so of the (n, m) arrays only `output` is read,
-// where the GEMM path wrote its result and read it back. RELU_SUM_ROWS rows are read before any
-// is written, as there.
-template <typename T, typename In>
+// with write16, d16 = out rounded to bf16 (without write32, d16 alone). relu_backward_column_sum's
+// blocks and order of sums, each thread with its column's k weights in registers: the k values
+// of a row of dz are the same for every thread of its stripe (read through L1), so of the (n, m)
+// arrays only `output` is read, where the GEMM path wrote its result and read it back.
+// RELU_SUM_ROWS rows are read before any is written, as there.
+template <typename T, typename In, typename O>
 __device__ __forceinline__ void narrow_dinputs_columns(const In* dz, const In* w, T* out,
-                                                       const T* output, T* sums, int n, int m,
-                                                       int k, unsigned short* d16, int write16) {
+                                                       const O* output, T* sums, int n, int m,
+                                                       int k, unsigned short* d16, int write16,
+                                                       int write32) {
     int col = blockIdx.x * blockDim.x + threadIdx.x, stripes = blockDim.y;
     T acc = T(0);
     if (col < m) {
@@ -504,14 +527,14 @@ __device__ __forceinline__ void narrow_dinputs_columns(const In* dz, const In* w
                 for (int c = 0; c < NARROW_OUTPUTS; ++c) {
                     if (c < k) d[r] += operand(dz_row[c]) * wc[c];
                 }
-                if (!(output[(long long)row * m + col] > T(0))) d[r] = T(0);
+                if (!(operand(output[(long long)row * m + col]) > 0)) d[r] = T(0);
             }
 #pragma unroll
             for (int r = 0; r < RELU_SUM_ROWS; ++r) {
                 int row = first + r * stripes;
                 if (row >= n) break;
                 long long i = (long long)row * m + col;
-                out[i] = d[r];
+                if (write32) out[i] = d[r];
                 if (write16) d16[i] = bf16_bits((float)d[r]);
                 acc += d[r];
             }
@@ -524,16 +547,17 @@ template <typename T>
 __global__ void __launch_bounds__(COLUMN_SUM_THREADS)
 narrow_dinputs_relu_bgrad(const T* dz, const T* w, T* out, const T* output, T* sums, int n, int m,
                           int k, unsigned short* d16, int write16) {
-    narrow_dinputs_columns(dz, w, out, output, sums, n, m, k, d16, write16);
+    narrow_dinputs_columns(dz, w, out, output, sums, n, m, k, d16, write16, 1);
 }
 
-// The same with bfloat16 operands (precision "bf16"): dz and w the GEMM's copies.
+// The same under precision "bf16": dz and w the GEMM's bfloat16 copies, the ReLU's output
+// bfloat16 too, and the result in d16 alone.
 template <typename T>
 __global__ void __launch_bounds__(COLUMN_SUM_THREADS)
-narrow_dinputs_relu_bgrad_bf16(const unsigned short* dz, const unsigned short* w, T* out,
-                               const T* output, T* sums, int n, int m, int k, unsigned short* d16,
-                               int write16) {
-    narrow_dinputs_columns(dz, w, out, output, sums, n, m, k, d16, write16);
+narrow_dinputs_relu_bgrad_bf16(const unsigned short* dz, const unsigned short* w,
+                               const unsigned short* output, T* sums, int n, int m, int k,
+                               unsigned short* d16) {
+    narrow_dinputs_columns(dz, w, (T*)nullptr, output, sums, n, m, k, d16, 1, 0);
 }
 
 // ---- optimizers: one kernel per rule over the flat parameter buffer ----------------------------

@@ -130,6 +130,12 @@ def one_kernel_bytes(rows: int, sizes: tuple[int, int, int], dtype: Any) -> int:
     return 8 * (64 + schedule.SIZE) + np.dtype(dtype).itemsize * elements  # doubles, then T
 
 
+def _need_bf16_result(kernel: str, d16: Any) -> None:
+    if d16 is None:
+        raise ValueError(f"{kernel} with a bfloat16 ReLU output writes its result in bfloat16 "
+                         "alone: d16 is needed")
+
+
 class Kernels:
     """kernels.cu's kernels with their launch shapes and argument lists."""
 
@@ -139,14 +145,18 @@ class Kernels:
         self._no_bf16 = xp.zeros(1, dtype=np.uint16)  # a bf16 output not asked for
         self._shared_opted_in: dict[int, int] = {}  # id(kernel) -> dynamic shared bytes asked for
 
-    def bias_act(self, z: Any, biases: Any, relu: bool, z16: Any = None) -> Any:
+    def bias_act(self, z: Any, biases: Any, relu: bool, z16: Any = None,
+                 only16: bool = False) -> Any:
         """z = z + biases, then max(z, 0) when ``relu``; in place. ``z16`` (uint16, z's shape):
-        the result rounded to bfloat16 as well, in the same pass."""
+        the result rounded to bfloat16 as well, in the same pass; with ``only16``, there alone
+        (z is left as it was: a hidden layer's output under precision "bf16")."""
+        if only16 and z16 is None:
+            raise ValueError("bias_act with only16 needs z16, the bfloat16 output")
         n, k = z.shape
         self.lookup("bias_act", z.dtype)((blocks(z.size),), (THREADS,),
                                          (z, biases, np.int64(n), np.int32(k), np.int32(relu),
-                                          *self._bf16_out(z16)))
-        return z
+                                          *self._bf16_out(z16), np.int32(not only16)))
+        return z16 if only16 else z
 
     def relu_backward(self, dvalues: Any, output: Any) -> Any:
         """dvalues = 0 where the ReLU's output was not positive; in place."""
@@ -170,12 +180,18 @@ class Kernels:
                                  d16: Any = None) -> Any:
         """relu_backward(dvalues, output), then column_sum(dvalues, sums), in one pass: the
         same bits as the two calls. ``d16``: the result rounded to bfloat16 as well, as for
-        ``bias_act``."""
+        ``bias_act``. Where ``output`` is bfloat16 (a hidden layer's under precision "bf16"),
+        the result goes to ``d16`` alone, and dvalues is only read; returns the result."""
         n, k = dvalues.shape
         width, stripes = column_sum_block(k)
+        grid, block = (-(-k // width),), (width, stripes)
+        if output.dtype == BF16_BITS:
+            _need_bf16_result("relu_backward_column_sum", d16)
+            self.lookup("relu_backward_column_sum_bf16", dvalues.dtype)(
+                grid, block, (dvalues, output, sums, np.int32(n), np.int32(k), d16))
+            return d16
         self.lookup("relu_backward_column_sum", dvalues.dtype)(
-            (-(-k // width),), (width, stripes),
-            (dvalues, output, sums, np.int32(n), np.int32(k), *self._bf16_out(d16)))
+            grid, block, (dvalues, output, sums, np.int32(n), np.int32(k), *self._bf16_out(d16)))
         return dvalues
 
     def narrow_forward(self, inputs: Any, weights: Any, biases: Any, out: Any) -> Any:
@@ -194,30 +210,41 @@ class Kernels:
                             dbiases: Any) -> Any:
         """dweights = inputs.T @ dz for at most NARROW_OUTPUTS outputs (dz the GEMM's operand:
         dvalues, or under precision "bf16" its bfloat16 copy, as inputs is), and dbiases = the
-        column sums of dvalues unless None; all C-contiguous."""
+        column sums of dvalues unless None (dvalues may be None then); all C-contiguous."""
         n, m = inputs.shape
         k = dweights.shape[1]
         name = "narrow_weight_grads_bf16" if inputs.dtype == BF16_BITS else "narrow_weight_grads"
         warps = -(-m // narrow_tile(k)) + (dbiases is not None)  # a warp's share each: no
         self.lookup(name, dweights.dtype)(  # grid-stride loop, so no cap on the blocks
             (-(-warps * 32 // THREADS),), (THREADS,),
-            (inputs, dz, dvalues, dweights, dweights if dbiases is None else dbiases, np.int32(n),
+            (inputs, dz, dweights if dvalues is None else dvalues, dweights,
+             dweights if dbiases is None else dbiases, np.int32(n),
              np.int32(m), np.int32(k), np.int32(dbiases is not None)))
         return dweights
 
     def narrow_dinputs_relu_bgrad(self, dz: Any, weights: Any, out: Any, output: Any, sums: Any,
                                   d16: Any = None) -> Any:
-        """out = dz @ weights.T for at most NARROW_OUTPUTS columns of dz (float, or under
-        precision "bf16" the GEMM's bfloat16 copies, as weights), 0 where ``output`` is not
-        positive; sums = its column sums; ``d16``: out rounded to bfloat16 as well. In
-        relu_backward_column_sum's blocks; all C-contiguous."""
-        n, m = out.shape
+        """out = dz @ weights.T for at most NARROW_OUTPUTS columns of dz, 0 where ``output`` is
+        not positive; sums = its column sums; ``d16``: out rounded to bfloat16 as well. With
+        bfloat16 operands (precision "bf16": the GEMM's copies of dz and weights), ``output`` is
+        bfloat16 too and the result goes to ``d16`` alone (``out`` is not written). In
+        relu_backward_column_sum's blocks; all C-contiguous. Returns the result."""
+        n, m = output.shape
+        k = weights.shape[1]
         width, stripes = column_sum_block(m)
-        name = "narrow_dinputs_relu_bgrad" + ("_bf16" if dz.dtype == BF16_BITS else "")
-        self.lookup(name, out.dtype)(
-            (-(-m // width),), (width, stripes),
-            (dz, weights, out, output, sums, np.int32(n), np.int32(m), np.int32(weights.shape[1]),
-             *self._bf16_out(d16)))
+        grid, block = (-(-m // width),), (width, stripes)
+        if dz.dtype == BF16_BITS:
+            _need_bf16_result("narrow_dinputs_relu_bgrad", d16)
+            if output.dtype != BF16_BITS:
+                raise ValueError("narrow_dinputs_relu_bgrad with bfloat16 operands needs the "
+                                 f"ReLU's output in bfloat16 too; got {output.dtype}")
+            self.lookup("narrow_dinputs_relu_bgrad_bf16", sums.dtype)(
+                grid, block, (dz, weights, output, sums, np.int32(n), np.int32(m), np.int32(k),
+                              d16))
+            return d16
+        self.lookup("narrow_dinputs_relu_bgrad", out.dtype)(
+            grid, block, (dz, weights, out, output, sums, np.int32(n), np.int32(m), np.int32(k),
+                          *self._bf16_out(d16)))
         return out
 
     def float_to_bf16(self, x: Any, out: Any) -> Any:

@@ -555,7 +555,8 @@ def test_only_a_few_outputs_and_c_contiguous_operands_take_the_narrow_kernels(em
     them off (narrow_kernels, on by default): up to 16 outputs (not 17),
     C-contiguous operands (a column slice of the inputs is not), operands of one dtype (a
     float32 batch into float64 weights is not), a layer with no ReLU of its own (the output
-    layer's forward; a hidden one's bias + ReLU stay on the GEMM path)."""
+    layer's forward; a hidden one's bias + ReLU stay on the GEMM path); under bf16, a ReLU
+    output below in bfloat16 with a bf16 array for the result."""
     asked = []
     monkeypatch.setattr(emulated.narrow_choice, "run",
                         lambda problem, ours, theirs: (asked.append(problem[0]), theirs())[1])
@@ -573,6 +574,16 @@ def test_only_a_few_outputs_and_c_contiguous_operands_take_the_narrow_kernels(em
         emulated.weight_grads(inputs, out, out, np.empty((m, k)), np.empty((1, k)))
         emulated.dinputs_relu_bgrad(out, w, np.empty((8, m)), np.abs(x[:, :m]), np.empty((1, m)))
         assert asked == expect, (k, inputs.flags.c_contiguous, relu)
+    # Precision "bf16": the ReLU output below is bfloat16 as the operands are, and the result
+    # goes to a bf16 array (the kernel writes no other); a float32 output below is not taken.
+    from gpunn.backends.cupy_backend import _narrow
+
+    x16, w16 = (np.zeros(shape, np.uint16) for shape in ((8, 12), (12, 3)))
+    dz16 = np.zeros((8, 3), np.uint16)
+    out, sums = np.empty((8, 12), np.float32), np.empty((1, 12), np.float32)
+    for relu_output, out16, takes in [(x16, x16.copy(), True), (x16, None, False),
+                                      (x.astype(np.float32), x16.copy(), False)]:
+        assert _narrow(3, out, (dz16, w16), (sums,), out16, relu_output) is takes
     off, w, out = emulated.configured(narrow_kernels=False), rng.standard_normal((12, 3)), np.empty((8, 3))
     off.dense_forward(x, w, np.zeros((1, 3)), out, False)
     off.weight_grads(x, out, out, np.empty((12, 3)), np.empty((1, 3)))

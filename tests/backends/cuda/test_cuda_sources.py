@@ -145,6 +145,7 @@ def test_the_largest_blocks_fit_the_register_file(arch):
 
     blocks = {"column_sum": launch.COLUMN_SUM_THREADS,
               "relu_backward_column_sum": launch.COLUMN_SUM_THREADS,
+              "relu_backward_column_sum_bf16": launch.COLUMN_SUM_THREADS,
               "narrow_dinputs_relu_bgrad": launch.COLUMN_SUM_THREADS,
               "narrow_dinputs_relu_bgrad_bf16": launch.COLUMN_SUM_THREADS,
               "narrow_forward": launch.THREADS, "narrow_weight_grads": launch.THREADS,

@@ -337,6 +337,54 @@ def test_relu_backward_column_sum_is_the_two_kernels_in_one_pass(backends, shape
                                       host(want).view(f"u{host(want).itemsize}"))
 
 
+@pytest.mark.parametrize("shape", SHAPES + [(40, 33)] + WIDE_SHAPES)
+@pytest.mark.parametrize("relu", [True, False])
+def test_below_a_dense_layer_the_bf16_passes_write_bfloat16_alone(backends, shape, relu, rng):
+    """Precision "bf16", a hidden layer below another Dense layer: bias_act with only16 writes
+    the bf16 result alone (z16: the same bits as the float32 pass's result rounded; z left as
+    the GEMM wrote it), and relu_backward_column_sum, reading that bf16 output, the ReLU gradient
+    in bf16 alone with its float32 column sums (dvalues only read): the same bits as the
+    relu_backward kernel on the widened output, column_sum and to_bf16, NaNs, signed zeros and a
+    float32 subnormal that bfloat16 rounds to 0 (no gradient passes it) included."""
+    from gpunn.backends.bf16 import widen
+
+    fast, ref, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    n, k = shape
+    specials = [np.nan, -0.0, 0.0, 1e-45, -1.0, np.inf, -np.nan, 1 + 2**-8]
+    z = rng.standard_normal(shape).astype(np.float32)
+    z.flat[:len(specials)] = specials[:z.size]
+    b = rng.standard_normal((1, k)).astype(np.float32)
+    b[0, :len(specials)] = 0.0
+    plain, alone = cp.array(z), cp.array(z)
+    z16 = cp.full(shape, 0xFFFF, np.uint16)
+    fast.kernels.bias_act(plain, cp.asarray(b), relu)
+    assert fast.kernels.bias_act(alone, cp.asarray(b), relu, z16, only16=True) is z16
+    np.testing.assert_array_equal(host(alone), z)  # not written
+    np.testing.assert_array_equal(host(z16), host(ref.to_bf16(plain, out=cp.empty(shape, np.uint16))))
+    with pytest.raises(ValueError, match="only16 needs z16"):
+        fast.kernels.bias_act(alone, cp.asarray(b), relu, only16=True)
+
+    d = rng.standard_normal(shape).astype(np.float32)
+    d.flat[:len(specials)] = specials[:d.size]
+    output = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
+    output.flat[::5] = (specials * d.size)[:len(output.flat[::5])]
+    output16 = ref.to_bf16(cp.asarray(output), out=cp.empty(shape, np.uint16))
+    want = fast.kernels.relu_backward(cp.array(d), widen(cp, output16))
+    want_sums = fast.kernels.column_sum(want, poisoned(cp, (1, k), np.float32))
+    want16 = ref.to_bf16(want, out=cp.empty(shape, np.uint16))
+    dvalues, got_sums = cp.array(d), poisoned(cp, (1, k), np.float32)
+    got16 = cp.full(shape, 0xFFFF, np.uint16)
+    assert fast.kernels.relu_backward_column_sum(dvalues, output16, got_sums, got16) is got16
+    np.testing.assert_array_equal(host(dvalues).view(np.uint32), d.view(np.uint32))  # only read
+    np.testing.assert_array_equal(host(got_sums).view(np.uint32), host(want_sums).view(np.uint32))
+    np.testing.assert_array_equal(host(got16), host(want16))
+    tiny = output == np.float32(1e-45)  # passes in float32, not in bf16
+    assert (host(got16)[tiny] == 0).all() and (tiny.any() or d.size < 16)
+    with pytest.raises(ValueError, match="d16 is needed"):
+        fast.kernels.relu_backward_column_sum(dvalues, output16, got_sums)
+
+
 @pytest.mark.parametrize("shape", [(1, 2), (300, 3), (64, 1000), (33, 65)])
 def test_softmax_cross_entropy_writes_the_bf16_copy_of_its_gradient(backends, shape, rng):
     """dlogits16 (precision "bf16"): the same dlogits, probabilities and losses as without it,
@@ -395,7 +443,8 @@ def test_the_narrow_kernels_compute_a_dense_layers_products(backends, n, m, k, o
     its column sums, its bf16 copy) for up to 16 outputs: the float64 products of the same
     operands (under bf16 the bfloat16 copies, widened, where db sums the float32 dvalues) to the
     dtype's rounding, every element of the poisoned outputs written; asked for no db, the same
-    dw and nothing else; the bf16 copy of dx rounded as to_bf16 rounds it. The forward with a
+    dw and nothing else; the bf16 copy of dx rounded as to_bf16 rounds it. Under bf16 the ReLU's
+    output is bfloat16 too, and dx goes to the bf16 array alone. The forward with a
     row a warp, two and four (launch.narrow_rows picks by the rows there are)."""
     from gpunn.backends.bf16 import widen
     from gpunn.backends.cuda import launch
@@ -430,12 +479,19 @@ def test_the_narrow_kernels_compute_a_dense_layers_products(backends, n, m, k, o
     output = rand(cp, rng, (n, m), dtype)
     output[output < 0] = 0  # a ReLU's output, a NaN at the first: no gradient passes it
     output[0, 0] = np.nan
+    if operands == "bf16":  # the layer below keeps its output in bfloat16 alone
+        output = ref.to_bf16(output, out=cp.empty(output.shape, np.uint16))
     dx, sums = poisoned(cp, (n, m), dtype), poisoned(cp, (1, m), dtype)
     d16 = cp.full((n, m), 0xFFFF, np.uint16) if operands != "float64" else None
-    fast.kernels.narrow_dinputs_relu_bgrad(dz, w, dx, output, sums, d16)
-    want = np.where(host(output) > 0, f64(dz) @ f64(w).T, 0.0)
-    np.testing.assert_allclose(host(dx), want, **close)
+    got = fast.kernels.narrow_dinputs_relu_bgrad(dz, w, dx, output, sums, d16)
+    want = np.where(f64(output) > 0, f64(dz) @ f64(w).T, 0.0)
     np.testing.assert_allclose(host(sums), want.sum(axis=0, keepdims=True), **close)
+    if operands == "bf16":  # the result in bfloat16 alone: dx is not written
+        assert got is d16 and np.isnan(host(dx)).all()
+        np.testing.assert_allclose(f64(d16), want, rtol=2**-8, atol=1e-30)
+        return
+    assert got is dx
+    np.testing.assert_allclose(host(dx), want, **close)
     if d16 is not None:
         np.testing.assert_array_equal(host(d16), host(ref.to_bf16(dx, out=cp.empty((n, m), np.uint16))))
 
