@@ -198,6 +198,43 @@ def gemm_of(a16, b16):
     return widen(np, to_host(a16)) @ widen(np, to_host(b16))
 
 
+def test_a_planned_step_rounds_its_inputs_once_as_they_are_loaded(emulated, monkeypatch):
+    """A planned bf16 step keeps its inputs in bfloat16 (the first Dense layer's GEMM operand,
+    which nothing else reads): a batch is rounded once as it is loaded, not by each step's
+    forward pass, and a shuffled one as it is gathered (take_rows_bf16, no float32 batch).
+    Training takes the same numbers, bit for bit, as with the float32 inputs buffer."""
+    converted = []
+    convert = emulated.kernels.float_to_bf16
+    monkeypatch.setattr(emulated.kernels, "float_to_bf16",
+                        lambda x, out: converted.append(x.shape) or convert(x, out))
+    X, y = spiral()  # 120 rows
+    model = network(emulated)
+    step = model.prepare_step(X, y)
+    for _ in range(3):
+        step()
+    assert converted.count((120, 2)) == 1 and converted.count((675,)) == 3
+    (planned,) = model.steps
+    np.testing.assert_array_equal(to_host(planned.x), bits(X))
+
+    gathered = []
+    take = emulated.kernels.take_rows
+    monkeypatch.setattr(emulated.kernels, "take_rows",
+                        lambda x, rows, out: gathered.append(out.dtype) or take(x, rows, out))
+    runs = []
+    for inputs in ("bf16", "float32"):
+        gathered.clear()
+        if inputs == "float32":  # the planned steps' inputs as they were: float32, rounded by
+            monkeypatch.setattr(steps, "x_dtype", lambda net: net.dtype)  # the forward pass
+        model = network(emulated)
+        history = model.fit(X, y, epochs=3, batch_size=32, seed=5, verbose=0)
+        runs.append((history.history, model.get_params()))
+        assert gathered.count(np.uint16) == (12 if inputs == "bf16" else 0)
+    (h16, p16), (h32, p32) = runs
+    assert h16 == h32
+    for a, b in zip(p16, p32):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_weights_bf16_copies_follow_weights_set_between_steps(emulated):
     """The flat copy is rounded every forward pass: weights set (set_params) or written in
     place between steps are what the next step's GEMMs read, and a Dense given a new weights
@@ -262,14 +299,14 @@ def test_a_bf16_model_saves_its_precision_and_loads_on_the_cpu_in_fp32(tmp_path)
         np.testing.assert_array_equal(a, b)
 
 
-def test_plan_bytes_counts_the_bf16_operands():
+def test_plan_bytes_counts_the_bf16_operands(emulated):
     """What a planned bf16 step allocates besides the float32 plan, counted from the buffers one
-    step leaves: the bfloat16 inputs and incoming gradient of each Dense layer, and the copy of
-    the flat parameters."""
+    planned step leaves: the bfloat16 inputs and incoming gradient of each Dense layer, and the
+    copy of the flat parameters, less what the step's input buffer saves in bfloat16."""
     X, y = spiral(samples=10)
-    fp32, bf16 = network(Bf16Numpy(), "fp32"), network(Bf16Numpy(), "bf16")
+    fp32, bf16 = network(emulated, "fp32"), network(emulated, "bf16")
     for model in (fp32, bf16):
-        model.train_step(X, y)
+        model.prepare_step(X, y)()  # the planned step alone (fit checks its loss eagerly too)
 
     def halves(model):
         flat = model.network.params16  # every weight's copy, in one buffer
@@ -277,5 +314,9 @@ def test_plan_bytes_counts_the_bf16_operands():
                    for buf in part.buffers.values()
                    if buf.dtype == np.uint16) + (0 if flat is None else flat.nbytes)
 
+    (step,) = bf16.steps
+    assert step.path == "planned" and step.x.dtype == np.uint16
     assert halves(fp32) == 0 and halves(bf16) > 0
-    assert steps.plan_bytes(bf16.network, 30) - steps.plan_bytes(fp32.network, 30) == halves(bf16)
+    saved = 30 * 2 * (4 - 2)  # the inputs, 30 rows of 2, in 2 bytes instead of 4
+    assert steps.plan_bytes(bf16.network, 30) - steps.plan_bytes(fp32.network, 30) \
+        == halves(bf16) - saved

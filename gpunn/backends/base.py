@@ -222,7 +222,11 @@ class Backend:
         return HostUploader(self)
 
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
-        """Gather the rows ``x[indices]`` into ``out`` (batching with shuffled indices)."""
+        """Gather the rows ``x[indices]`` into ``out`` (batching with shuffled indices); a
+        bfloat16 ``out`` (precision "bf16": the first Dense layer's GEMM operand) gets them
+        rounded."""
+        if out.dtype == BF16_BITS:
+            return round_to_bf16(self.xp, self.xp.take(x, indices, axis=0), out)
         return self.xp.take(x, indices, axis=0, out=out)
 
     def permutation(self, n: int, rng: np.random.Generator) -> Any:

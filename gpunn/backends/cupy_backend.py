@@ -187,7 +187,8 @@ class CupyBackend(Backend):
         return lambda: graph.launch(stream=cp.cuda.get_current_stream())
 
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
-        if x.ndim != 2 or x.dtype not in (np.float32, np.float64):
+        if x.ndim != 2 or x.dtype not in (np.float32, np.float64) \
+                or (out.dtype == BF16_BITS and x.dtype != np.float32):
             return super().take_rows(x, indices, out)  # labels: CuPy's own gather
         return self.kernels.take_rows(x, indices, out)
 

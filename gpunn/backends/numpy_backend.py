@@ -19,6 +19,7 @@ import numpy as np
 from . import jit, passes
 from . import schedule as slots
 from .base import CLIP, Backend, Options
+from .bf16 import BF16_BITS
 
 # Rows this narrow get their maximum column by column (k - 1 vectorised ops) instead of a
 # reduction along each short row.
@@ -178,6 +179,8 @@ class NumpyBackend(Backend):
                  *settings, flat[2][piece])
 
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
+        if out.dtype == BF16_BITS:
+            return super().take_rows(x, indices, out)
         # np.take's default mode ("raise") fills a buffer of its own and then copies it to out;
         # "clip" writes out directly (a 1024 x 784 float32 batch: 0.34 ms against 0.81 here).
         # The indices are a shuffle's, always in range, so nothing is clipped.

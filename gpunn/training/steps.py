@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.bf16 import BF16_BITS
 from ..layers import Dense, Linear, ReLU
 from ..losses import SoftmaxCrossEntropy
 from ..network import Network
@@ -108,6 +109,17 @@ class Steps:
         return len(self._made)
 
 
+def x_dtype(network: Network) -> Any:
+    """The planned steps' input buffer's dtype: the model's, or under precision "bf16" with a
+    Dense layer first, bfloat16. That layer's GEMM reads the data rounded to bfloat16, and
+    nothing else reads the data, so a batch is rounded once as it is loaded (a shuffled one
+    as it is gathered) instead of by every step's forward pass."""
+    first = network.layers[0]
+    if network.backend.precision == "bf16" and isinstance(first, Dense):
+        return BF16_BITS
+    return network.dtype
+
+
 def make_step(network: Network, rows: int, steps: int, totals: Any) -> Any:
     """A step object for the fastest path that can run: ``load`` a batch into it, ``run`` it."""
     path = choose(network, rows)
@@ -163,7 +175,7 @@ class PlannedSteps:
         bk = network.backend
         self.network, self.rows, self.steps, self.totals = network, rows, steps, totals
         try:
-            self.x = bk.empty((rows, network.n_inputs), network.dtype)
+            self.x = bk.empty((rows, network.n_inputs), x_dtype(network))
             self.y = bk.empty((rows,), np.int64)
         except Exception as exc:
             raise out_of_memory(network, rows, exc) from exc
@@ -187,13 +199,19 @@ class PlannedSteps:
             self.loaded = None
         elif start == 0 and stop == X.shape[0]:
             if self.loaded is not X:
-                self.x[...] = X
+                self._copy(X)
                 self.y[...] = y
                 self.loaded = X
         else:
-            self.x[...] = X[start:stop]
+            self._copy(X[start:stop])
             self.y[...] = y[start:stop]
             self.loaded = None
+
+    def _copy(self, x: Any) -> None:
+        if self.x.dtype == BF16_BITS:  # rounded once here, not by every step's forward pass
+            self.network.backend.to_bf16(x, out=self.x)
+        else:
+            self.x[...] = x
 
     def body(self) -> None:
         """The device work of the steps: what the graph records."""
@@ -254,16 +272,21 @@ def plan_bytes(network: Network, rows: int) -> int:
     losses."""
     itemsize = network.dtype.itemsize
     widths = [layer.n_neurons for layer in network.dense_layers]
-    floats = rows * (network.n_inputs + 2 * sum(widths) + 2 * network.n_outputs + 1)
+    floats = rows * (2 * sum(widths) + 2 * network.n_outputs + 1)
+    x_bytes = rows * network.n_inputs * np.dtype(x_dtype(network)).itemsize
     masks = [network.backend.relu_mask_shape(rows, layer.n_neurons)
              for layer in network.dense_layers if layer.grads_from_above]
     # Precision "bf16": each Dense's GEMM operands in bfloat16 (2 bytes), its inputs and incoming
-    # gradient, and a copy of all the parameters for the weights.
+    # gradient, and a copy of all the parameters for the weights; a Dense layer first reads the
+    # inputs buffer itself (x_bytes).
     halves = 0
     if network.backend.precision == "bf16":
         halves = network.params.size + sum(rows * (layer.n_inputs + layer.n_neurons)
                                            for layer in network.dense_layers)
-    return floats * itemsize + rows * 8 + sum(r * c for r, c in filter(None, masks)) + 2 * halves
+        if x_dtype(network) == BF16_BITS:
+            halves -= rows * network.n_inputs
+    return x_bytes + floats * itemsize + rows * 8 + sum(r * c for r, c in filter(None, masks)) \
+        + 2 * halves
 
 
 def out_of_memory(network: Network, rows: int, exc: Exception) -> MemoryError:

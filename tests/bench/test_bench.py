@@ -275,16 +275,16 @@ def test_the_op_profile_times_the_backend_calls_of_gpunns_step():
 
 def test_the_op_profile_shows_the_bf16_conversions_a_planned_step_makes(emulated, monkeypatch):
     """On the CuPy backend with its kernels run on the CPU: the planned step's device work, run
-    eagerly; under bf16, two separate conversions (the data; the three weights in one), and one
-    bias gradient of its own (the output layer's: the hidden layers' come with their ReLU
-    gradients)."""
+    eagerly; under bf16, one separate conversion a step (the three weights in one: the data was
+    rounded once, as it was loaded), and one bias gradient of its own (the output layer's: the
+    hidden layers' come with their ReLU gradients)."""
     monkeypatch.setattr(sys.modules["gpunn.bench.contenders"], "get_backend", lambda _: emulated)
     profile = bench.op_profile(bench.Workload((12, 16, 8, 3), 20), "tiny", "cupy", "bf16", "gpu",
                                steps=2)
     ops = {row["op"]: row["calls"] for row in profile["ops"]}
     assert profile["path"] == "planned"
     assert (ops["to_bf16"], ops["gemm"], ops["dinputs_relu_bgrad"], ops["bias_grad"]) == \
-        (2, 8, 2, 1)
+        (1, 8, 2, 1)
 
 
 def test_the_gpunn_cupy_rows_time_planned_steps_where_the_one_kernel_trainer_could_run(

@@ -156,4 +156,5 @@ SIZED_TRAINERS
 
 PLAIN(advance_schedule)
 PLAIN(float_to_bf16)
+PLAIN(take_rows_bf16)
 PLAIN(hold_device)

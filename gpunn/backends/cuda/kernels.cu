@@ -207,6 +207,19 @@ __global__ void take_rows(const T* x, const long long* rows, T* out, long long n
     }
 }
 
+// The same, each value rounded to bfloat16 (precision "bf16"): a shuffled batch gathered straight
+// into the first Dense layer's GEMM operand, where a gather and a rounding pass wrote the float32
+// batch and read it back.
+__global__ void take_rows_bf16(const float* x, const long long* rows, unsigned short* out,
+                               long long n_rows, int cols) {
+    long long size = n_rows * cols;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
+         i += (long long)gridDim.x * blockDim.x) {
+        long long r = i / cols;
+        out[i] = bf16_bits(x[rows[r] * cols + (i - r * cols)]);
+    }
+}
+
 // ---- bf16 GEMM operands (precision "bf16") --------------------------------------------------
 
 // out = x rounded to bfloat16 (bf16_bits), for operands no kernel above wrote already: the data

@@ -263,6 +263,10 @@ class Kernels:
             raise ValueError(f"take_rows needs C-contiguous rows; got x of strides {x.strides} and "
                              f"out of strides {out.strides} (np.ascontiguousarray makes them)")
         rows, cols = out.shape
+        if out.dtype == BF16_BITS:  # the rows rounded to bfloat16 on the way (float32 x)
+            self.lookup("take_rows_bf16")((blocks(out.size),), (THREADS,),
+                                          (x, indices, out, np.int64(rows), np.int32(cols)))
+            return out
         self.lookup("take_rows", x.dtype)((blocks(out.size),), (THREADS,),
                                           (x, indices, out, np.int64(rows), np.int32(cols)))
         return out

@@ -74,6 +74,29 @@ def test_dense_kernels_match_reference(backends, shape, dtype, rng):
     cp.testing.assert_array_equal(got, z[rows])
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rows_gathered_into_a_bf16_batch_are_rounded_on_the_way(backends, shape, rng):
+    """take_rows into a bfloat16 ``out`` (a planned bf16 step's inputs): the rows of a float32
+    array, in the shuffle's order, each value rounded as to_bf16 rounds it (a NaN, an infinity
+    and a tie included), every element of the poisoned output written; the NumPy backend's and
+    base.py's gathers the same."""
+    from gpunn.backends import get_backend
+
+    fast, ref, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    n, k = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.flat[:3] = [np.nan, np.inf, 1 + 2**-8][:x.size]
+    x = cp.asarray(x)
+    rows = cp.asarray(rng.permutation(n))
+    want = host(ref.to_bf16(x[rows], out=cp.empty(shape, np.uint16)))
+    for backend in (fast, ref):
+        got = backend.take_rows(x, rows, out=cp.full(shape, 0xFFFF, np.uint16))
+        np.testing.assert_array_equal(host(got), want)
+    got = get_backend("numpy").take_rows(host(x), host(rows), out=np.full(shape, 0xFFFF, np.uint16))
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("shape", [(1, 2), (5, 1), (300, 3), (64, 1000), (33, 65), (2, 2048)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("need_grad", [True, False])
