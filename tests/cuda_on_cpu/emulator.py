@@ -119,10 +119,17 @@ def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:
     params = kernel_parameters()
     launchers: dict[tuple, Launcher] = {}
 
+    built = set(cuda.name_expressions())  # what the backend has NVRTC build on a GPU
+
     def lookup(name: str, dtype: Any = None, sizes: tuple[int, ...] = ()) -> Launcher:
         sizes = tuple(sizes) if tuple(sizes) in SIZED_TRAINERS else ()
         key = (name, None if dtype is None else np.dtype(dtype), sizes)
         if key not in launchers:
+            # A GPU's module has only the instances named to NVRTC (the sized trainers aside):
+            # a kernel missing from cuda.TEMPLATED or PLAIN would fail there, so it fails here.
+            expression = name if dtype is None else \
+                f"{name}<{'float' if np.dtype(dtype) == np.float32 else 'double'}>"
+            assert expression in built, f"{expression} is not in cuda.name_expressions()"
             launchers[key] = Launcher(lib, name, dtype, params[name], sizes)
         return launchers[key]
 

@@ -9,11 +9,13 @@ from .. import schedule
 
 KERNELS_CU = Path(__file__).with_name("kernels.cu")
 
-TEMPLATED = ("bias_act", "relu_backward", "column_sum", "relu_backward_column_sum", "take_rows",
-             "softmax_cross_entropy", "narrow_forward", "narrow_forward_bf16", "narrow_weight_grads",
-             "narrow_weight_grads_bf16", "narrow_dinputs_relu_bgrad", "narrow_dinputs_relu_bgrad_bf16",
-             "sgd_update", "cache_update", "adam_update", "train_in_one_kernel")
-PLAIN = ("advance_schedule", "float_to_bf16", "hold_device")
+TEMPLATED = ("bias_act", "relu_backward", "column_sum", "relu_backward_column_sum",
+             "relu_backward_column_sum_bf16", "take_rows", "softmax_cross_entropy",
+             "narrow_forward", "narrow_forward_bf16", "narrow_weight_grads",
+             "narrow_weight_grads_bf16", "narrow_dinputs_relu_bgrad",
+             "narrow_dinputs_relu_bgrad_bf16", "sgd_update", "cache_update", "adam_update",
+             "train_in_one_kernel")
+PLAIN = ("advance_schedule", "float_to_bf16", "take_rows_bf16", "hold_device")
 
 #: Options given to NVRTC (through cupy.RawModule) besides the target architecture: the schedule's
 #: slots and the rule codes as macros (schedule.py), so the kernels read the slots Python writes.
