@@ -151,10 +151,7 @@ def test_hidden_layers_keep_their_outputs_and_gradients_in_bf16_alone(emulated, 
     the GEMMs' raw results. The loss's pass writes the copy of dlogits; the three weights are
     rounded in one pass over the flat parameters: of the nine copies a step of three Dense
     layers reads, the data's is the only other conversion. They are the exact roundings."""
-    converted = []
-    convert = emulated.kernels.float_to_bf16
-    monkeypatch.setattr(emulated.kernels, "float_to_bf16",
-                        lambda x, out: converted.append(x.shape) or convert(x, out))
+    converted = conversions(emulated, monkeypatch)
     X, y = spiral()  # 120 rows
     model = network(emulated)  # Dense(2, 32), Dense(32, 16), Dense(16, 3)
     params = model.get_params()  # what the step's forward pass reads
@@ -187,6 +184,15 @@ def test_hidden_layers_keep_their_outputs_and_gradients_in_bf16_alone(emulated, 
                                   bits(to_host(model.network.loss.dinputs)))
 
 
+def conversions(backend, monkeypatch):
+    """The shapes of the arrays ``backend``'s float_to_bf16 kernel rounds, as it is called."""
+    converted = []
+    convert = backend.kernels.float_to_bf16
+    monkeypatch.setattr(backend.kernels, "float_to_bf16",
+                        lambda x, out: converted.append(x.shape) or convert(x, out))
+    return converted
+
+
 def buffer(part, name):
     """The planned buffer ``name`` of a layer or loss (the one of that name)."""
     (found,) = [buf for (key, _, _), buf in part.buffers.items() if key == name]
@@ -203,10 +209,7 @@ def test_a_planned_step_rounds_its_inputs_once_as_they_are_loaded(emulated, monk
     which nothing else reads): a batch is rounded once as it is loaded, not by each step's
     forward pass, and a shuffled one as it is gathered (take_rows_bf16, no float32 batch).
     Training takes the same numbers, bit for bit, as with the float32 inputs buffer."""
-    converted = []
-    convert = emulated.kernels.float_to_bf16
-    monkeypatch.setattr(emulated.kernels, "float_to_bf16",
-                        lambda x, out: converted.append(x.shape) or convert(x, out))
+    converted = conversions(emulated, monkeypatch)
     X, y = spiral()  # 120 rows
     model = network(emulated)
     step = model.prepare_step(X, y)
