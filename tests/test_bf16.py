@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import CUPY_PROBLEM, to_host
+from cuda_on_cpu.emulator import emulated_backend
 from support.backends import Bf16Numpy
+from support.cublaslt import EPILOGUE, FakeLt, with_epilogues
 
 import gpunn as nn
 from gpunn.backends import get_backend
@@ -22,13 +24,31 @@ ON_GPU = [pytest.mark.gpu,
           pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")]
 
 
-@pytest.fixture(params=["reference-ops", "cpu-emulation", pytest.param("gpu", marks=ON_GPU)])
+@pytest.fixture(params=["reference-ops", "cpu-emulation", "cpu-emulation-cublaslt",
+                        pytest.param("gpu", marks=ON_GPU),
+                        pytest.param("gpu-cublaslt", marks=ON_GPU)])
 def bf16_backend(request):
+    """The backends bf16 runs on; "-cublaslt": with cuBLASLt's epilogues always (the stand-in's,
+    tests/support/cublaslt.py, on the CPU), where they run: bias + ReLU on the forward GEMMs, the
+    ReLU and bias gradients on the backward ones, writing bfloat16 themselves."""
     if request.param == "reference-ops":
         return Bf16Numpy()
     if request.param == "cpu-emulation":
         return request.getfixturevalue("emulated")
+    if request.param == "cpu-emulation-cublaslt":
+        return emulated_with_cublaslt(request.getfixturevalue("harness"))
+    if request.param == "gpu-cublaslt":
+        bk = gpu_bf16()
+        if bk.why_not("epilogues"):
+            pytest.skip(bk.why_not("epilogues"))
+        return bk.configured(epilogue_policy="always")
     return gpu_bf16()
+
+
+def emulated_with_cublaslt(harness, lt=None):
+    """A fresh emulated CuPy backend with the stand-in's cuBLASLt epilogues, always taken."""
+    return with_epilogues(emulated_backend(harness), lt or FakeLt()).configured(
+        epilogue_policy="always", tune_gemms=False)
 
 
 def gpu_bf16():
@@ -182,6 +202,48 @@ def test_hidden_layers_keep_their_outputs_and_gradients_in_bf16_alone(emulated, 
         np.testing.assert_array_equal(to_host(upper.dinputs), bits(np.where(passed, dz, 0)))
     np.testing.assert_array_equal(to_host(buffer(model.network.loss, "dinputs16")),
                                   bits(to_host(model.network.loss.dinputs)))
+
+
+def test_with_cublaslt_the_gemms_epilogues_write_the_bf16_outputs_and_gradients(harness,
+                                                                                 monkeypatch):
+    """Where cuBLASLt's epilogues run (the stand-in's, always), a hidden layer's bfloat16 output
+    comes from its forward GEMM's epilogue (RELU_AUX_BIAS: the float32 bias and the ReLU on the
+    float32 sums, rounded once as written, the mask kept), the gradient handed down from the
+    backward GEMM's (DRELU_BGRAD: the ReLU gradient from that mask, the float32 bias gradient),
+    and the output layer's bias from BIAS. The separate bias and ReLU-gradient passes do not run,
+    and no float32 activation or gradient is written. The outputs are the reference's bit for
+    bit; the gradients within float32 summation order."""
+    lt = FakeLt()
+    bk = emulated_with_cublaslt(harness, lt)
+    passes = []
+    for name in ("bias_act", "relu_backward_column_sum"):
+        run = getattr(bk.kernels, name)
+        monkeypatch.setattr(bk.kernels, name,
+                            lambda *a, _run=run, _name=name, **k: passes.append(_name) or _run(*a, **k))
+    X, y = spiral()
+    model = network(bk)  # Dense(2, 32), Dense(32, 16), Dense(16, 3)
+    model.train_step(X, y)  # plans the buffers
+    dense = [layer for layer in model.layers if isinstance(layer, nn.Dense)]
+    scratch = [buffer(lower, "output") for lower in dense[:-1]] + \
+              [buffer(upper, "dinputs") for upper in dense[1:]]
+    for array in scratch:
+        array[...] = np.nan
+    params = model.get_params()
+    lt.calls.clear()
+    passes.clear()
+    model.train_step(X, y)
+    assert sorted(epilogue for epilogue, _, _ in lt.calls) == \
+        [EPILOGUE.BIAS] + [EPILOGUE.RELU_AUX_BIAS] * 2 + [EPILOGUE.DRELU_BGRAD] * 2
+    assert passes == []
+    assert all(np.isnan(array).all() for array in scratch)
+    outputs = reference.forward([p.astype(np.float32) for p in params], X)
+    want, _ = reference.step([p.astype(np.float32) for p in params], X, y)
+    for lower, upper, output in zip(dense, dense[1:], outputs):
+        assert lower.relu_mask is not None and upper.dinputs.dtype == np.uint16
+        np.testing.assert_array_equal(lower.output, bits(output))
+    for i, layer in enumerate(dense):
+        np.testing.assert_allclose(layer.dweights, want[2 * i], rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(layer.dbiases, want[2 * i + 1], rtol=2e-5, atol=1e-7)
 
 
 def conversions(backend, monkeypatch):

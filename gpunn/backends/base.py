@@ -298,7 +298,8 @@ class Backend:
         """out = inputs @ weights + biases, then ReLU when ``relu``. Returns whether ``mask``
         (a ``relu_mask_shape`` buffer, or None) was written. ``out16`` (precision "bf16", a layer
         below another Dense layer): the result goes there, rounded to bfloat16, and ``out`` is
-        only the GEMM's float32 result (a GPU's bias pass reads it and writes out16 alone)."""
+        scratch: the GEMM's float32 result where a pass adds the bias (a GPU's reads it and
+        writes out16 alone), untouched where a cuBLASLt epilogue writes out16 itself."""
         self.gemm(inputs, weights, out=out)
         if relu:
             self.bias_relu(out, biases)
@@ -314,8 +315,9 @@ class Backend:
         out = dvalues @ weights.T where that layer's ReLU let values through (``below_output``
         > 0, or ``mask`` when ``dense_forward`` wrote one), else 0; ``below_dbiases`` = the column
         sums of out. ``out16`` (precision "bf16", where ``below_output`` is bfloat16 too): the
-        result goes there, rounded to bfloat16, as for ``dense_forward``; the bias gradient is
-        still summed from the float32 values. Returns the result (out or out16)."""
+        result goes there, rounded to bfloat16, as for ``dense_forward`` (``out`` is scratch);
+        the bias gradient is float32, summed from the float32 values. Returns the result (out
+        or out16)."""
         self.gemm(dvalues, weights, out=out, trans_b=True)
         self.relu_backward(out, below_output, out=out)
         self.bias_grad(out, out=below_dbiases)

@@ -244,8 +244,7 @@ class CupyBackend(Backend):
             lambda: self.kernels.narrow_weight_grads(inputs, dz, dvalues, dweights, dbiases), gemm)
 
     def relu_mask_shape(self, rows: int, cols: int) -> tuple[int, int] | None:
-        if not self.epilogues.available or self.epilogue_policy == "never" \
-                or self.precision == "bf16":  # bf16 GEMMs take the separate kernels (below)
+        if not self.epilogues.available or self.epilogue_policy == "never":
             return None
         return relu_mask_shape(rows, cols)
 
@@ -265,22 +264,29 @@ class CupyBackend(Backend):
 
     def _gemm_dense_forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
                             mask: Any, out16: Any) -> bool:
-        """dense_forward through a GEMM: cuBLASLt's epilogue or the separate kernels."""
-        if inputs.dtype == BF16_BITS:
-            # cuBLASLt would decline these operands, but the epilogue choice is keyed by shape
-            # and output dtype: a bf16 model's "no" would stick to a float32 model of its shapes.
-            # Below another Dense layer, the bias pass writes the bf16 output alone.
-            self.gemm(inputs, weights, out=out)
-            self.kernels.bias_act(out, biases, relu, out16, only16=out16 is not None)
-            return False
+        """dense_forward through a GEMM: cuBLASLt's epilogue or the separate kernels. With
+        bfloat16 operands the epilogue writes a bfloat16 ``out16`` itself, as the separate bias
+        pass does (below another Dense layer, the output is kept in bfloat16 alone)."""
+        bf16 = inputs.dtype == BF16_BITS
+
+        def separate() -> None:
+            if bf16:
+                self.gemm(inputs, weights, out=out)
+                self.kernels.bias_act(out, biases, relu, out16, only16=out16 is not None)
+            else:
+                super(CupyBackend, self).dense_forward(inputs, weights, biases, out, relu)
+
+        result = out16 if bf16 and out16 is not None else out
         kind = "relu_mask" if mask is not None else "relu" if relu else "bias"
+        # Keyed by the operands' and result's types too: a bf16 model's answer is not a float32
+        # model's of the same shapes.
         wrote_mask = self.epilogue_choice.run(
-            ("forward", kind, inputs.shape, weights.shape, out.dtype, self.tune_gemms),
-            lambda: self.epilogues.forward(inputs, weights, biases, out, relu, mask, self._tf32,
-                                           self.tune_gemms),
-            lambda: super(CupyBackend, self).dense_forward(inputs, weights, biases, out, relu),
-            self.epilogue_policy, self._tf32)
-        if out16 is not None:
+            ("forward", kind, inputs.shape, weights.shape, inputs.dtype, result.dtype,
+             self.tune_gemms),
+            lambda: self.epilogues.forward(inputs, weights, biases, result, relu, mask,
+                                           self._tf32, self.tune_gemms),
+            separate, self.epilogue_policy, self._tf32)
+        if out16 is not None and result is out:  # float32 operands, a bf16 copy asked for
             self.to_bf16(out, out16)
         return wrote_mask
 
@@ -306,20 +312,23 @@ class CupyBackend(Backend):
 
     def _gemm_dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, below_output: Any,
                                  below_dbiases: Any, mask: Any, out16: Any) -> None:
-        """dinputs_relu_bgrad through a GEMM: with cuBLASLt's epilogue or the separate kernels."""
-        def separate(out16: Any) -> None:  # one pass: the ReLU gradient, the bias gradient,
-            self.gemm(dvalues, weights, out=out, trans_b=True)  # any bf16 result
+        """dinputs_relu_bgrad through a GEMM: with cuBLASLt's epilogue or the separate kernels.
+        With bfloat16 operands the epilogue writes a bfloat16 ``out16`` itself."""
+        def separate() -> None:  # one pass: the ReLU gradient, the bias gradient, any bf16 result
+            self.gemm(dvalues, weights, out=out, trans_b=True)
             self.kernels.relu_backward_column_sum(out, below_output, below_dbiases, out16)
 
         if mask is None:  # the forward pass kept no mask: the separate kernels read the output
-            separate(out16)
+            separate()
             return
+        result = out16 if dvalues.dtype == BF16_BITS and out16 is not None else out
         fused = self.epilogue_choice.run(
-            ("dinputs", dvalues.shape, weights.shape, out.dtype, self.tune_gemms),
-            lambda: self.epilogues.dinputs_relu_bgrad(dvalues, weights, out, mask,
+            ("dinputs", dvalues.shape, weights.shape, dvalues.dtype, result.dtype,
+             self.tune_gemms),
+            lambda: self.epilogues.dinputs_relu_bgrad(dvalues, weights, result, mask,
                                                       below_dbiases, self._tf32, self.tune_gemms),
-            lambda: separate(out16), self.epilogue_policy, self._tf32)
-        if fused and out16 is not None:
+            separate, self.epilogue_policy, self._tf32)
+        if fused and out16 is not None and result is out:
             self.to_bf16(out, out16)
 
     # ---- a whole small network in one kernel ------------------------------------------------

@@ -24,6 +24,12 @@ tuned medium tf32 steps had been 4% slower than untuned ones, where cuBLAS runs 
 Every algorithm computes the same product, with its own order of summation. Where cuBLASLt has none
 (an epilogue it does not offer for that case, float64 on some versions), the calls return False and
 write nothing, and the backend takes its separate path.
+
+Precision "bf16": A and B are bfloat16, summed in float32 (compute type 32F, alpha and beta
+float32). D is float32, or for an epilogue that adds a bias or sums one's gradient, bfloat16: the
+epilogue works on the float32 sums and rounds once as it writes D (a hidden layer's output, or the
+gradient handed to the layer below, kept in bfloat16 alone). The bias and its gradient stay
+float32 (``BIAS_DATA_TYPE``), as the model's biases are.
 """
 
 from __future__ import annotations
@@ -57,6 +63,12 @@ DATA_TYPES = {np.dtype(np.float32): CUDA_R_32F, np.dtype(np.float64): CUDA_R_64F
               BF16_BITS: CUDA_R_16BF}
 
 
+def scale_dtype(out: np.dtype) -> np.dtype:
+    """The type alpha and beta are read in, and the bias (or its gradient) is kept in: D's, or
+    float32 for a bfloat16 D (compute type 32F)."""
+    return np.dtype(np.float32) if out == BF16_BITS else out
+
+
 def relu_mask_shape(rows: int, cols: int) -> tuple[int, int]:
     """The uint8 array holding the ReLU bit mask of a row-major (rows, cols) output.
 
@@ -85,7 +97,7 @@ class Spec(NamedTuple):
     trans_b: bool
     aux_ld: int  # the ReLU mask's leading dimension in bits; 0 for none
     operands: np.dtype  # A and B: float32, float64 or bfloat16 bits
-    out: np.dtype  # D: float32 or float64
+    out: np.dtype  # D: float32 or float64, or bfloat16 bits (bfloat16 A and B, with a bias)
     tf32: bool
     align_a: int
     align_b: int
@@ -102,9 +114,10 @@ class _Problem:
     def __init__(self, lt: Any, handle: int, spec: Spec, bias_ptr: int, aux_ptr: int) -> None:
         self.lt = lt
         operands, out = DATA_TYPES[spec.operands], DATA_TYPES[spec.out]
+        scale = DATA_TYPES[scale_dtype(spec.out)]
         compute = COMPUTE_64F if out == CUDA_R_64F else COMPUTE_32F_FAST_TF32 if spec.tf32 \
             else COMPUTE_32F
-        self.desc = lt.matmul_desc_create(compute, out)  # alpha and beta in D's type
+        self.desc = lt.matmul_desc_create(compute, scale)  # alpha and beta: D's type, or float32
         self.set(lt.MatmulDescAttribute.TRANSA, int(spec.trans_a))  # CUBLAS_OP_N = 0, _T = 1
         self.set(lt.MatmulDescAttribute.TRANSB, int(spec.trans_b))
         self.set(lt.MatmulDescAttribute.EPILOGUE, spec.epilogue)
@@ -114,6 +127,8 @@ class _Problem:
         # the flat buffer has can pick a kernel whose misaligned loads kill the CUDA context).
         if bias_ptr:
             self.set(lt.MatmulDescAttribute.BIAS_POINTER, bias_ptr)
+            if scale != out:  # a bfloat16 D: the bias (or its gradient) is float32, not D's type
+                self.set(lt.MatmulDescAttribute.BIAS_DATA_TYPE, scale)
         if spec.aux_ld:
             self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_LD, spec.aux_ld)
             self.set(lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, aux_ptr)
@@ -193,8 +208,9 @@ class Epilogues:
     def forward(self, inputs: Any, weights: Any, biases: Any, out: Any, relu: bool,
                 mask: Any = None, tf32: bool = False, tune: bool = False) -> bool:
         """out = inputs @ weights + biases, then ReLU when ``relu`` (its bit mask into ``mask``
-        when one is given), as one call (TF32 tensor cores for float32 when ``tf32``). False,
-        with nothing written, where cuBLASLt cannot."""
+        when one is given), as one call (TF32 tensor cores for float32 when ``tf32``). For
+        bfloat16 operands ``out`` may be bfloat16: the float32 result rounded as it is written.
+        False, with nothing written, where cuBLASLt cannot."""
         lt = self.lt
         if mask is not None:
             epilogue = lt.Epilogue.RELU_AUX_BIAS
@@ -208,7 +224,9 @@ class Epilogues:
     def dinputs_relu_bgrad(self, dvalues: Any, weights: Any, out: Any, mask: Any,
                            dbiases: Any, tf32: bool = False, tune: bool = False) -> bool:
         """out = (dvalues @ weights.T) * relu'(layer below), read from that layer's ``mask``;
-        dbiases = the column sums of out. False, with nothing written, where cuBLASLt cannot."""
+        dbiases = the column sums of out. For bfloat16 operands ``out`` may be bfloat16 (the
+        float32 result rounded as it is written; dbiases stays float32). False, with nothing
+        written, where cuBLASLt cannot."""
         # Column-major: out^T (n_in, rows) = op_T(weights^T) (n_in, n_out) @ dvalues^T.
         if weights.shape[1] == 1:  # K = 1 (a Dense(n, 1) above): nvmath calls it unsupported
             return False
@@ -233,7 +251,7 @@ class Epilogues:
                 trans_b: bool, bias: Any, mask: Any, tf32: bool, tune: bool,
                 fallback: Callable[[], None] | None = None) -> bool:
         operands, out = a.dtype, d.dtype
-        if not _takes(a, b, d, bias, mask) or (operands == BF16_BITS and bias is not None):
+        if not _takes(a, b, d, bias, mask):
             return False
         if self.handle is None:
             self.handle = self.lt.create()
@@ -262,10 +280,12 @@ class Epilogues:
         if mask is not None:
             problem.set(self.lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, mask_ptr)
 
-        def call() -> None:  # alpha 1 and beta 0, in D's type as the descriptor says
-            self.lt.matmul(self.handle, problem.desc, ONE[out].ctypes.data,
+        scale = scale_dtype(out)
+
+        def call() -> None:  # alpha 1 and beta 0, in the scale type the descriptor says
+            self.lt.matmul(self.handle, problem.desc, ONE[scale].ctypes.data,
                            a.data.ptr, problem.a, b.data.ptr, problem.b,
-                           ZERO[out].ctypes.data, d.data.ptr, problem.d, d.data.ptr, problem.d,
+                           ZERO[scale].ctypes.data, d.data.ptr, problem.d, d.data.ptr, problem.d,
                            problem.algo, self._workspace.data.ptr, WORKSPACE_BYTES,
                            self.cupy.cuda.get_current_stream().ptr)
 
@@ -311,15 +331,18 @@ class Epilogues:
 
 def _takes(a: Any, b: Any, d: Any, bias: Any, mask: Any) -> bool:
     """Whether cuBLASLt takes these operands as ``Epilogues`` calls it: A and B of one type,
-    float32 or float64 as D is (or bfloat16 bits for a float32 D), rows contiguous; the bias
-    and mask, where there are, contiguous, of D's type (the mask its shape) and 16-byte
-    aligned."""
+    float32 or float64 as D is, or bfloat16 bits for a float32 D (or a bfloat16 one where a bias
+    or its gradient comes with it); rows contiguous; the bias and mask, where there are,
+    contiguous, of ``scale_dtype`` (the mask its shape) and 16-byte aligned."""
     out = d.dtype
-    if out not in ONE or a.dtype != b.dtype or a.dtype not in (out, BF16_BITS) \
-            or (a.dtype == BF16_BITS and out != np.float32) \
-            or not all(blas_ready(x) for x in (a, b, d)):
+    if a.dtype != b.dtype or not all(blas_ready(x) for x in (a, b, d)):
         return False
-    if bias is not None and (bias.dtype != out or not bias.flags.c_contiguous
+    if a.dtype == BF16_BITS:
+        if out != np.float32 and not (out == BF16_BITS and bias is not None):
+            return False
+    elif out not in ONE or a.dtype != out:
+        return False
+    if bias is not None and (bias.dtype != scale_dtype(out) or not bias.flags.c_contiguous
                              or _alignment(bias.data.ptr) < 16):
         return False
     return mask is None or (mask.flags.c_contiguous and mask.shape == relu_mask_shape(*d.shape)

@@ -1,209 +1,21 @@
 """The cuBLASLt epilogue wrapper (gpunn/backends/cuda/cublaslt.py), checked on the CPU: a stand-in
-for nvmath's cublasLt module runs the column-major matmul and epilogue it is asked for on NumPy
-memory, reading descriptors, layouts and pointers as cuBLASLt would. What this shows: operands,
-leading dimensions, transposes, bias and mask pointers are wired so that the row-major results are
-right; that "no algorithm" leaves everything untouched. What it cannot show: cuBLASLt's own
-behaviour (tests/test_gpu_kernels.py checks that on a GPU)."""
+for nvmath's cublasLt module (tests/support/cublaslt.py) runs the column-major matmul and epilogue
+it is asked for on NumPy memory, reading descriptors, layouts and pointers as cuBLASLt would. What
+this shows: operands, leading dimensions, transposes, bias and mask pointers and data types are
+wired so that the row-major results are right; that "no algorithm" leaves everything untouched.
+What it cannot show: cuBLASLt's own behaviour (the gpu-marked tests of
+tests/training/test_gpu_training.py and tests/test_bf16.py check that on a GPU)."""
 
 from __future__ import annotations
 
-import ctypes
 import itertools
-import types
 
 import numpy as np
 import pytest
-from support.cuda import DeviceLike, column_major
+from support.cublaslt import DESC, EPILOGUE, PREF, Dev, FakeLt, aligned, epilogues
 
 from gpunn.backends.bf16 import BF16_BITS, round_to_bf16, widen
-from gpunn.backends.cuda.cublaslt import CANDIDATES, Epilogues, relu_mask_shape
-
-EPILOGUE = types.SimpleNamespace(DEFAULT=1, BIAS=4, RELU_BIAS=6, RELU_AUX_BIAS=134,
-                                 DRELU_BGRAD=152)
-DESC = types.SimpleNamespace(TRANSA=3, TRANSB=4, EPILOGUE=7, BIAS_POINTER=8,
-                             EPILOGUE_AUX_POINTER=11, EPILOGUE_AUX_LD=12)
-PREF = types.SimpleNamespace(MAX_WORKSPACE_BYTES=1, MIN_ALIGNMENT_A_BYTES=5,
-                             MIN_ALIGNMENT_B_BYTES=6, MIN_ALIGNMENT_C_BYTES=7,
-                             MIN_ALIGNMENT_D_BYTES=8)
-TYPES = {0: np.float32, 1: np.float64, 14: BF16_BITS}
-
-
-def read(ptr: int, dtype, count: int = 1) -> np.ndarray:
-    size = np.dtype(dtype).itemsize * count
-    return np.frombuffer((ctypes.c_char * size).from_address(ptr), dtype=dtype, count=count)
-
-
-class FakeLt:
-    """Just enough of nvmath.bindings.cublasLt, computing in NumPy. The ReLU mask format is this
-    stand-in's own (bit i % 8 of byte i // 8 of column j, columns aux_ld bits apart). It offers
-    ``algorithms`` algorithms per problem, numbered from 1 in the first word of each heuristic
-    result; ``algos`` lists the one each matmul ran, and one in ``failing`` raises; one in
-    ``not_offered`` comes with a state other than success."""
-
-    Epilogue, MatmulDescAttribute, MatmulPreferenceAttribute = EPILOGUE, DESC, PREF
-    cuBLASLtError = RuntimeError
-    matmul_heuristic_result_dtype = np.dtype([("algo", "<u8", (8,)), ("workspace_size", "<u8"),
-                                              ("state", "<i4"), ("waves_count", "<f4"),
-                                              ("reserved", "<i4", (4,))])
-
-    def __init__(self, unsupported=(), algorithms=1, failing=(), not_offered=()) -> None:
-        self.unsupported = set(unsupported)
-        self.algorithms, self.failing, self.not_offered = algorithms, set(failing), set(not_offered)
-        self.algos: list[int] = []
-        self.objects: dict[int, dict] = {}
-        self.calls: list[tuple] = []
-        self.planned: list[dict] = []  # the epilogue pointers and workspace each plan saw
-        self.destroyed: list[int] = []
-
-    def _new(self, **fields) -> int:
-        self.objects[len(self.objects) + 1] = fields
-        return len(self.objects)
-
-    @staticmethod
-    def get_matmul_desc_attribute_dtype(attr):
-        return {3: np.int32, 4: np.int32, 7: np.uint32}.get(attr, np.int64)
-
-    @staticmethod
-    def get_matmul_preference_attribute_dtype(attr):
-        return np.uint64 if attr == 1 else np.uint32
-
-    def create(self) -> int:
-        return 99
-
-    def matmul_desc_create(self, compute, scale):
-        return self._new(compute=compute, scale=scale)
-
-    def matmul_desc_set_attribute(self, desc, attr, ptr, size):
-        dtype = self.get_matmul_desc_attribute_dtype(attr)
-        assert size == np.dtype(dtype).itemsize
-        self.objects[desc][attr] = int(read(ptr, dtype)[0])
-
-    def matrix_layout_create(self, dtype, rows, cols, ld):
-        assert ld >= rows, "column-major: the leading dimension covers a column"
-        return self._new(dtype=TYPES[dtype], dtype_code=dtype, rows=rows, cols=cols, ld=ld)
-
-    def matmul_preference_create(self):
-        return self._new()
-
-    def matmul_preference_set_attribute(self, pref, attr, ptr, size):
-        self.objects[pref][attr] = int(read(ptr, self.get_matmul_preference_attribute_dtype(attr))[0])
-
-    def matmul_preference_destroy(self, pref):
-        pass
-
-    def matrix_layout_destroy(self, layout):
-        self.destroyed.append(layout)
-
-    def matmul_desc_destroy(self, desc):
-        self.destroyed.append(desc)
-
-    def matmul_algo_get_heuristic(self, handle, desc, a, b, c, d, pref, count, results, found):
-        assert count >= 1 and self.objects[pref][PREF.MAX_WORKSPACE_BYTES] > 0
-        attrs = self.objects[desc]
-        self.planned.append({"bias": attrs.get(DESC.BIAS_POINTER),
-                             "aux": attrs.get(DESC.EPILOGUE_AUX_POINTER),
-                             "workspace": self.objects[pref][PREF.MAX_WORKSPACE_BYTES],
-                             "count": count})
-        supported = self.objects[desc][DESC.EPILOGUE] not in self.unsupported
-        offered = min(count, self.algorithms) if supported else 0
-        size = self.matmul_heuristic_result_dtype.itemsize
-        state = self.matmul_heuristic_result_dtype.fields["state"][1]
-        for i in range(offered):
-            ctypes.c_uint64.from_address(results + i * size).value = i + 1
-            ctypes.c_int32.from_address(results + i * size + state).value = \
-                15 if i + 1 in self.not_offered else 0  # CUBLAS_STATUS_NOT_SUPPORTED
-        ctypes.c_int32.from_address(found).value = offered
-
-    def _matrix(self, ptr, layout):
-        lay = self.objects[layout]
-        m = column_major(ptr, lay["rows"], lay["cols"], lay["ld"], lay["dtype"])
-        return widen(np, m) if lay["dtype"] == BF16_BITS else m  # bf16 products are exact
-
-    def matmul(self, handle, desc, alpha, a, adesc, b, bdesc, beta, c, cdesc, d, ddesc, algo,
-               workspace, workspace_size, stream):
-        algo = int(read(algo, np.uint64)[0])
-        if algo in self.failing:
-            raise self.cuBLASLtError(f"CUBLAS_STATUS_NOT_SUPPORTED (algorithm {algo})")
-        attrs = self.objects[desc]
-        epilogue = attrs[DESC.EPILOGUE]
-        self.calls.append((epilogue, attrs[DESC.TRANSA], attrs[DESC.TRANSB]))
-        self.algos.append(algo)
-        A, B, D = self._matrix(a, adesc), self._matrix(b, bdesc), self._matrix(d, ddesc)
-        assert c == d and cdesc == ddesc
-        assert self.objects[desc]["scale"] == self.objects[ddesc]["dtype_code"], \
-            "alpha and beta are read in D's type"
-        opA = A.T if attrs[DESC.TRANSA] else A
-        opB = B.T if attrs[DESC.TRANSB] else B
-        assert opA.shape[1] == opB.shape[0] and D.shape == (opA.shape[0], opB.shape[1])
-        m, n = D.shape
-        al = read(alpha, D.dtype)[0]
-        result = al * (opA @ opB)
-        bias = read(attrs[DESC.BIAS_POINTER], D.dtype, m) if DESC.BIAS_POINTER in attrs else None
-        if epilogue in (EPILOGUE.BIAS, EPILOGUE.RELU_BIAS, EPILOGUE.RELU_AUX_BIAS):
-            result = result + bias[:, None]
-        if epilogue == EPILOGUE.RELU_AUX_BIAS:
-            self._mask(attrs, m, n)[...] = result > 0
-        if epilogue in (EPILOGUE.RELU_BIAS, EPILOGUE.RELU_AUX_BIAS):
-            result = np.maximum(result, 0)
-        if epilogue == EPILOGUE.DRELU_BGRAD:
-            result = result * np.asarray(self._mask(attrs, m, n))
-            bias[...] = result.sum(axis=1)  # bias was read from the pointer: writes go there
-        D[...] = result
-
-    def _mask(self, attrs, m, n):
-        """A (m, n) boolean view-and-write-back helper over the bit mask."""
-        ld_bytes = attrs[DESC.EPILOGUE_AUX_LD] // 8
-        assert ld_bytes % 16 == 0 and ld_bytes * 8 >= m
-        raw = read(attrs[DESC.EPILOGUE_AUX_POINTER], np.uint8, ld_bytes * n)
-        return BitMask(raw.reshape(n, ld_bytes), m)
-
-
-class BitMask:
-    """Bits of a (columns, bytes) uint8 array as an (m, n) boolean matrix, readable and writable."""
-
-    def __init__(self, raw: np.ndarray, m: int) -> None:
-        self.raw, self.m = raw, m
-
-    def __array__(self, dtype=None, copy=None):
-        bits = np.unpackbits(self.raw, axis=1, bitorder="little")[:, :self.m]
-        return bits.T.astype(bool)
-
-    def __setitem__(self, key, value):
-        bits = np.zeros((self.raw.shape[0], self.raw.shape[1] * 8), np.uint8)
-        bits[:, :self.m] = np.asarray(value).T
-        self.raw[...] = np.packbits(bits, axis=1, bitorder="little")
-
-
-def cupy_stand_in(capturing=lambda: False):
-    def empty(shape, dtype):
-        return DeviceLike(np.empty(shape, dtype))
-
-    stream = types.SimpleNamespace(ptr=7, is_capturing=capturing)
-    return types.SimpleNamespace(cuda=types.SimpleNamespace(get_current_stream=lambda: stream),
-                                 empty=empty, uint8=np.uint8)
-
-
-class Dev(DeviceLike):
-    """DeviceLike with flags.c_contiguous, as the wrapper checks bias and mask buffers."""
-
-    def __init__(self, arr: np.ndarray) -> None:
-        super().__init__(arr)
-        self.flags = types.SimpleNamespace(c_contiguous=arr.flags.c_contiguous)
-
-
-def epilogues(lt: FakeLt, capturing=lambda: False) -> Epilogues:
-    e = Epilogues(cupy_stand_in(capturing))  # nvmath may be absent: install the stand-in anyway
-    e.lt = lt
-    return e
-
-
-def aligned(arr: np.ndarray) -> np.ndarray:
-    """A copy of ``arr`` at a 256-byte aligned address (as CuPy's pool gives)."""
-    raw = np.empty(arr.nbytes + 256, np.uint8)
-    start = -raw.ctypes.data % 256
-    out = raw[start:start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
-    out[...] = arr
-    return out
+from gpunn.backends.cuda.cublaslt import CANDIDATES, relu_mask_shape
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -248,6 +60,71 @@ def test_drelu_bgrad_gives_the_lower_layers_gradients(dtype, rng):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out, expect, rtol=tol, atol=tol)
     np.testing.assert_allclose(db1, expect.sum(axis=0, keepdims=True), rtol=tol, atol=tol)
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    return aligned(round_to_bf16(np, values.astype(np.float32), np.empty(values.shape, BF16_BITS)))
+
+
+@pytest.mark.parametrize("relu, keep_mask", [(False, False), (True, False), (True, True)])
+def test_bf16_forward_epilogues_write_a_bf16_output_from_a_float32_bias(relu, keep_mask, rng):
+    """Precision "bf16" below another Dense layer: bfloat16 operands, the float32 bias added to
+    the float32 sums (BIAS_DATA_TYPE), the output written in bfloat16, rounded once; alpha and
+    beta in float32. The bias read as bfloat16 (D's type, cuBLASLt's default) would be garbage."""
+    rows, n_in, n_out = 7, 5, 13
+    lt = FakeLt()
+    e = epilogues(lt)
+    x, w = bf16_bits(rng.standard_normal((rows, n_in))), bf16_bits(rng.standard_normal((n_in, n_out)))
+    b = aligned(rng.standard_normal((1, n_out)).astype(np.float32))
+    out = aligned(np.full((rows, n_out), 0xFFFF, BF16_BITS))
+    mask = aligned(np.zeros(relu_mask_shape(rows, n_out), np.uint8)) if keep_mask else None
+    assert e.forward(Dev(x), Dev(w), Dev(b), Dev(out), relu, None if mask is None else Dev(mask))
+    z = widen(np, x) @ widen(np, w) + b
+    want = np.maximum(z, 0) if relu else z
+    np.testing.assert_array_equal(out, round_to_bf16(np, want, np.empty(want.shape, BF16_BITS)))
+    (problem,) = e.problems.values()
+    assert lt.objects[problem.desc][DESC.BIAS_DATA_TYPE] == 0  # CUDA_R_32F
+    assert lt.objects[problem.desc]["scale"] == 0
+    if keep_mask:
+        bits = np.unpackbits(mask, axis=1, bitorder="little")[:, :n_out]
+        np.testing.assert_array_equal(bits.astype(bool), z > 0)
+
+
+def test_bf16_drelu_bgrad_writes_a_bf16_gradient_and_a_float32_bias_gradient(rng):
+    rows, n_in, n_mid, n_out = 9, 3, 21, 6
+    e = epilogues(FakeLt())
+    x, w1 = bf16_bits(rng.standard_normal((rows, n_in))), bf16_bits(rng.standard_normal((n_in, n_mid)))
+    b1 = aligned(rng.standard_normal((1, n_mid)).astype(np.float32))
+    h = aligned(np.empty((rows, n_mid), BF16_BITS))
+    mask = aligned(np.zeros(relu_mask_shape(rows, n_mid), np.uint8))
+    assert e.forward(Dev(x), Dev(w1), Dev(b1), Dev(h), True, Dev(mask))
+    dvalues = bf16_bits(rng.standard_normal((rows, n_out)))
+    w2 = bf16_bits(rng.standard_normal((n_mid, n_out)))
+    out = aligned(np.full((rows, n_mid), 0xFFFF, BF16_BITS))
+    db1 = aligned(np.full((1, n_mid), np.nan, np.float32))
+    assert e.dinputs_relu_bgrad(Dev(dvalues), Dev(w2), Dev(out), Dev(mask), Dev(db1))
+    expect = (widen(np, dvalues) @ widen(np, w2).T) * (widen(np, h) > 0)
+    np.testing.assert_array_equal(out, round_to_bf16(np, expect, np.empty(expect.shape, BF16_BITS)))
+    np.testing.assert_allclose(db1, expect.sum(axis=0, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_a_bf16_output_needs_bf16_operands_and_a_float32_bias(rng):
+    """What the wrapper declines, writing nothing: a bfloat16 D with no bias (a plain GEMM gives
+    float32), or from float32 operands; a bfloat16 bias; a float64 D from bfloat16 operands."""
+    e = epilogues(FakeLt())
+    x, w = bf16_bits(rng.standard_normal((4, 3))), bf16_bits(rng.standard_normal((3, 5)))
+    out = aligned(np.full((4, 5), 0xFFFF, BF16_BITS))
+    b32 = aligned(np.zeros((1, 5), np.float32))
+    x32, w32 = aligned(np.ones((4, 3), np.float32)), aligned(np.ones((3, 5), np.float32))
+    assert not e.matmul(Dev(x), Dev(w), Dev(out))
+    assert not e.forward(Dev(x32), Dev(w32), Dev(b32), Dev(out), True)
+    assert not e.forward(Dev(x), Dev(w), Dev(bf16_bits(np.zeros((1, 5)))), Dev(out), True)
+    assert not e.forward(Dev(x), Dev(w), Dev(aligned(np.zeros((1, 5)))),
+                         Dev(aligned(np.full((4, 5), np.nan))), True)
+    assert (out == 0xFFFF).all() and e.problems == {}
+    logits = aligned(np.full((4, 5), np.nan, np.float32))  # the output layer: a float32 D
+    assert e.forward(Dev(x), Dev(w), Dev(b32), Dev(logits), False)
+    np.testing.assert_allclose(logits, widen(np, x) @ widen(np, w), rtol=1e-6)
 
 
 def test_no_algorithm_means_nothing_written(rng):
@@ -524,5 +401,6 @@ def test_stand_in_matches_the_real_bindings():
         real_count = len([a for a in doc_args.split(",") if a.strip()])
         fake_count = len(inspect.signature(getattr(FakeLt(), name)).parameters)
         assert fake_count == real_count, name
-    for attr in (DESC.TRANSA, DESC.TRANSB, DESC.EPILOGUE, DESC.BIAS_POINTER, DESC.EPILOGUE_AUX_LD):
+    for attr in (DESC.TRANSA, DESC.TRANSB, DESC.EPILOGUE, DESC.BIAS_POINTER, DESC.EPILOGUE_AUX_LD,
+                 DESC.BIAS_DATA_TYPE):
         assert FakeLt.get_matmul_desc_attribute_dtype(attr) is lt.get_matmul_desc_attribute_dtype(attr)
