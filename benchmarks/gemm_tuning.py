@@ -10,12 +10,16 @@ operand type, how many algorithms the heuristics offered, and each one's device 
 GEMMs, the one kept marked). What ``gpunn bench`` shows as gpunn-cupy (tuned, the default) against
 gpunn-cupy-untuned, this shows GEMM by GEMM. Then each product of a layer with few outputs that
 was timed in the narrow kernels against the GEMM path (the output layer's forward, and its weight
-and bias gradients), the faster marked.
+and bias gradients), and each epilogue choice the step timed (a cuBLASLt epilogue against the GEMM
+and the separate passes, by layer: the forward's bias, ReLU and mask, and the backward's ReLU and
+bias gradients), the faster marked.
 """
 
 from __future__ import annotations
 
 import argparse
+
+import numpy as np
 
 from gpunn.backends import get_backend
 from gpunn.bench import initial_params, workload_data
@@ -25,11 +29,22 @@ from gpunn.bench.workloads import WORKLOADS
 EPILOGUES = {1: "plain", 4: "bias", 6: "relu_bias", 134: "relu_aux_bias", 152: "drelu_bgrad"}
 
 
+def type_name(dtype: np.dtype) -> str:
+    return "bf16" if dtype == np.uint16 else dtype.name
+
+
+def faster_of(name: str, ms: float, other: str, other_ms: float) -> str:
+    """Two timings side by side, the faster starred (the first on a tie, as the choices do)."""
+    return (f"{name} {ms:.4f}{'*' if ms < other_ms else ''}, "
+            f"{other} {other_ms:.4f}{'*' if ms >= other_ms else ''}")
+
+
 def tuned(workload: str, precision: str) -> list[str]:
     """The report lines of the problems one tuned step of ``workload`` planned."""
     backend = get_backend("cupy")  # its problems and choices are shared by every model's
     problems, narrow = backend.epilogues.problems, backend.narrow_choice.times
-    before, narrow_before = set(problems), set(narrow)
+    epilogues = backend.epilogue_choice.times
+    before, narrow_before, epilogues_before = set(problems), set(narrow), set(epilogues)
     w = WORKLOADS[workload]
     X, y = workload_data(w)
     try:
@@ -48,7 +63,8 @@ def tuned(workload: str, precision: str) -> list[str]:
                          if i in problem.timings else "failed" for i in range(problem.count))
         lines.append(f"{workload:6} {precision} {EPILOGUES.get(spec.epilogue, spec.epilogue):13} "
                      f"m={spec.m} n={spec.n} k={spec.k} T={int(spec.trans_a)}{int(spec.trans_b)} "
-                     f"{spec.operands.name if spec.operands.name != 'uint16' else 'bf16'}: "
+                     f"{type_name(spec.operands)}"  # bf16 operands: into float32 or bf16
+                     f"{' -> ' + type_name(spec.out) if spec.operands == np.uint16 else ''}: "
                      f"{problem.count} offered; ms {times}"
                      + ("" if problem.fallback_ms is None else
                         f"; cuBLAS {problem.fallback_ms:.4f}{'*' if problem.declined else ''}"))
@@ -56,9 +72,20 @@ def tuned(workload: str, precision: str) -> list[str]:
         if problem not in narrow_before:
             kind, inputs, outputs = problem[:3]
             lines.append(f"{workload:6} {precision} narrow {kind:12} {inputs[0]} rows, {inputs[1]} "
-                         f"inputs, {outputs[1]} outputs: kernel ms {ours:.4f}"
-                         f"{'*' if ours < theirs else ''}, GEMM path {theirs:.4f}"
-                         f"{'*' if ours >= theirs else ''}")
+                         f"inputs, {outputs[1]} outputs: "
+                         + faster_of("kernel ms", ours, "GEMM path", theirs))
+    for key, (fused, separate) in epilogues.items():
+        if key not in epilogues_before:
+            # (cupy_backend.py's keys) forward: kind, inputs' and weights' shapes, operand and
+            # result types; dinputs: the gradient's and the weights' shapes, the types
+            if key[0] == "forward":
+                what, (rows, n_in), (_, n_out), types_ = key[1], key[2], key[3], key[4:6]
+            else:
+                what, (rows, n_out), (n_in, _), types_ = "drelu_bgrad", key[1], key[2], key[3:5]
+            lines.append(f"{workload:6} {precision} epilogue {key[0]} {what:10} {rows} rows, "
+                         f"{n_in} inputs, {n_out} outputs, {type_name(types_[0])} -> "
+                         f"{type_name(types_[1])}: "
+                         + faster_of("fused ms", fused, "separate", separate))
     return lines
 
 

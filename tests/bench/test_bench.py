@@ -518,8 +518,8 @@ def test_the_gemms_row_alone_keeps_the_output_layer_in_gemms(emulated, monkeypat
 def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     """benchmarks/gemm_tuning.py (run by make gpu-check): one line per problem a tuned step
     planned, each algorithm's time (and cuBLAS's, for plain GEMMs) with the kept one starred,
-    failures named, untuned and earlier problems left out; then each narrow-kernel choice the
-    step timed, the faster starred. Stand-ins for the GPU here."""
+    failures named, untuned and earlier problems left out; then each narrow-kernel choice and
+    each epilogue choice the step timed, the faster starred. Stand-ins for the GPU here."""
     import importlib.util
     from pathlib import Path
 
@@ -530,9 +530,9 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     script = importlib.util.module_from_spec(spec_of)
     spec_of.loader.exec_module(script)
 
-    def spec(epilogue, m, candidates, operands=np.float32):
+    def spec(epilogue, m, candidates, operands=np.float32, out=np.float32):
         return Spec(epilogue, m, 1024, 784, 1024, 784, m, False, True, 0, np.dtype(operands),
-                    np.dtype(np.float32), False, 256, 256, 256, 0, 0, candidates)
+                    np.dtype(out), False, 256, 256, 256, 0, 0, candidates)
 
     earlier = spec(1, 7, 8)
     problems = {earlier: types.SimpleNamespace()}
@@ -542,14 +542,23 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
             spec(1, 1024, 8, np.uint16): types.SimpleNamespace(count=1, chosen=0, timings={0: 0.5},
                                                                fallback_ms=0.75, declined=False),
             spec(1, 512, 8): types.SimpleNamespace(count=2, chosen=1, timings={0: 0.5, 1: 0.25},
-                                                   fallback_ms=0.125, declined=True)}
+                                                   fallback_ms=0.125, declined=True),
+            spec(134, 1024, 8, np.uint16, np.uint16): types.SimpleNamespace(
+                count=1, chosen=0, timings={0: 0.375}, fallback_ms=None, declined=False)}
+    bf16, f32 = np.dtype(np.uint16), np.dtype(np.float32)
+    epilogue_times = {("forward", "bias", (4, 8), (8, 2), f32, f32, True, False, "auto"): (1.0, 2.0)}
+    made_epilogues = {
+        ("forward", "relu_mask", (1024, 784), (784, 1024), bf16, bf16, True, False, "auto"):
+            (0.25, 0.375),
+        ("dinputs", (1024, 1024), (1024, 1024), f32, f32, True, True, "auto"): (0.5, 0.25)}
     narrow = {("forward", (4, 8), (8, 2)): (0.5, 0.25)}
     made_narrow = {("forward", (1024, 1024), (1024, 10), "more"): (0.0625, 0.125),
                    ("weight_grads", (1024, 1024), (1024, 10), "more"): (0.25, 0.125)}
     monkeypatch.setattr(script, "get_backend",
                         lambda name: types.SimpleNamespace(
                             epilogues=types.SimpleNamespace(problems=problems),
-                            narrow_choice=types.SimpleNamespace(times=narrow)))
+                            narrow_choice=types.SimpleNamespace(times=narrow),
+                            epilogue_choice=types.SimpleNamespace(times=epilogue_times)))
     steps = []
 
     def gpunn_run(backend, tune_gemms):
@@ -560,6 +569,7 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
                 steps.append(precision)
                 problems.update(made)
                 narrow.update(made_narrow)
+                epilogue_times.update(made_epilogues)
             return types.SimpleNamespace(step=step, sync=lambda: None)
         return make
 
@@ -568,14 +578,19 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     assert script.tuned("small", "tf32") == [
         "small  tf32 relu_bias     m=1024 n=1024 k=784 T=01 float32: 3 offered; "
         "ms 0.2500 0.1250* failed",
-        "small  tf32 plain         m=1024 n=1024 k=784 T=01 bf16: 1 offered; ms 0.5000*; "
-        "cuBLAS 0.7500",
+        "small  tf32 plain         m=1024 n=1024 k=784 T=01 bf16 -> float32: 1 offered; "
+        "ms 0.5000*; cuBLAS 0.7500",
         "small  tf32 plain         m=512 n=1024 k=784 T=01 float32: 2 offered; ms 0.5000 0.2500; "
         "cuBLAS 0.1250*",
+        "small  tf32 relu_aux_bias m=1024 n=1024 k=784 T=01 bf16 -> bf16: 1 offered; ms 0.3750*",
         "small  tf32 narrow forward      1024 rows, 1024 inputs, 10 outputs: kernel ms 0.0625*, "
         "GEMM path 0.1250",
         "small  tf32 narrow weight_grads 1024 rows, 1024 inputs, 10 outputs: kernel ms 0.2500, "
-        "GEMM path 0.1250*"]
+        "GEMM path 0.1250*",
+        "small  tf32 epilogue forward relu_mask  1024 rows, 784 inputs, 1024 outputs, bf16 -> bf16: "
+        "fused ms 0.2500*, separate 0.3750",
+        "small  tf32 epilogue dinputs drelu_bgrad 1024 rows, 1024 inputs, 1024 outputs, "
+        "float32 -> float32: fused ms 0.5000, separate 0.2500*"]
     assert steps == ["tf32", "tf32"]
 
 

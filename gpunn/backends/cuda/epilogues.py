@@ -24,6 +24,9 @@ class EpilogueChoice(timing.Choices):
                  hold: Callable[[float], None] | None = None) -> None:
         super().__init__(cupy, hold)  # decisions: the problem key, with precision and policy
         self.available = available  # cuBLASLt through nvmath-python
+        #: decision key -> (fused ms, separate ms) for TIMED_CALLS calls each, as measured
+        #: (benchmarks/gemm_tuning.py reports them)
+        self.times: dict[tuple, tuple[float, float]] = {}
 
     def run(self, problem: tuple, fused: Any, separate: Any, policy: str, tf32: bool) -> bool:
         """Run ``fused`` (a cuBLASLt call that returns False where it cannot run) or
@@ -42,7 +45,8 @@ class EpilogueChoice(timing.Choices):
             elif policy == "always":
                 faster = self.decisions[key] = True
             else:
-                faster = self.decisions[key] = self.time(fused) < self.time(separate)
+                self.times[key] = self.time(fused), self.time(separate)
+                faster = self.decisions[key] = self.times[key][0] < self.times[key][1]
         if faster and fused():
             return True
         separate()

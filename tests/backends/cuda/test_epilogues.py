@@ -56,6 +56,7 @@ def test_auto_keeps_whichever_measured_faster(fused_ms, expect):
     assert calls.log[0] == "fused"  # tried once for support, then the chosen one each time
     assert calls.log[1:] == ["fused" if expect else "separate"] * 2
     assert c.decisions == {("p", False, "auto"): expect}
+    assert c.times == {("p", False, "auto"): (fused_ms, 2.0)}  # for benchmarks/gemm_tuning.py
 
 
 def test_the_timed_calls_wait_behind_a_hold_so_the_events_time_the_device():
