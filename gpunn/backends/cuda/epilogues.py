@@ -23,10 +23,7 @@ class EpilogueChoice(timing.Choices):
     def __init__(self, cupy: Any, available: bool,
                  hold: Callable[[float], None] | None = None) -> None:
         super().__init__(cupy, hold)  # decisions: the problem key, with precision and policy
-        self.available = available  # cuBLASLt through nvmath-python
-        #: decision key -> (fused ms, separate ms) for TIMED_CALLS calls each, as measured
-        #: (benchmarks/gemm_tuning.py reports them)
-        self.times: dict[tuple, tuple[float, float]] = {}
+        self.available = available  # cuBLASLt through nvmath-python (times: fused, separate)
 
     def run(self, problem: tuple, fused: Any, separate: Any, policy: str, tf32: bool) -> bool:
         """Run ``fused`` (a cuBLASLt call that returns False where it cannot run) or

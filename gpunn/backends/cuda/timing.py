@@ -52,6 +52,9 @@ class Choices:
         self.hold = hold  # keeps the device busy for the seconds given (launch.Kernels.hold_device)
         #: problem -> whether the way that is not the fallback runs
         self.decisions: dict[tuple, bool] = {}
+        #: problem -> (that way's ms, the fallback's ms) for TIMED_CALLS calls each, where both
+        #: were measured (benchmarks/gemm_tuning.py reports them)
+        self.times: dict[tuple, tuple[float, float]] = {}
         self.said_failed = False
 
     def capturing(self) -> bool:
@@ -83,8 +86,6 @@ class Faster(Choices):
                  prefer: bool | None = None) -> None:
         super().__init__(cupy, hold)
         self.prefer = prefer
-        #: problem -> (our ms, their ms) for TIMED_CALLS calls each, as measured
-        self.times: dict[tuple, tuple[float, float]] = {}
 
     def run(self, problem: tuple, ours: Callable[[], Any], theirs: Callable[[], Any]) -> bool:
         """Run ``ours`` or ``theirs``, whichever measured faster for ``problem``; returns whether
