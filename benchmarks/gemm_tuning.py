@@ -22,6 +22,7 @@ import argparse
 import numpy as np
 
 from gpunn.backends import get_backend
+from gpunn.backends.bf16 import BF16_BITS
 from gpunn.bench import initial_params, workload_data
 from gpunn.bench.contenders import Skip, gpunn_run
 from gpunn.bench.workloads import WORKLOADS
@@ -30,7 +31,7 @@ EPILOGUES = {1: "plain", 4: "bias", 6: "relu_bias", 134: "relu_aux_bias", 152: "
 
 
 def type_name(dtype: np.dtype) -> str:
-    return "bf16" if dtype == np.uint16 else dtype.name
+    return "bf16" if dtype == BF16_BITS else dtype.name
 
 
 def faster_of(name: str, ms: float, other: str, other_ms: float) -> str:
@@ -64,7 +65,7 @@ def tuned(workload: str, precision: str) -> list[str]:
         lines.append(f"{workload:6} {precision} {EPILOGUES.get(spec.epilogue, spec.epilogue):13} "
                      f"m={spec.m} n={spec.n} k={spec.k} T={int(spec.trans_a)}{int(spec.trans_b)} "
                      f"{type_name(spec.operands)}"  # bf16 operands: into float32 or bf16
-                     f"{' -> ' + type_name(spec.out) if spec.operands == np.uint16 else ''}: "
+                     f"{' -> ' + type_name(spec.out) if spec.operands == BF16_BITS else ''}: "
                      f"{problem.count} offered; ms {times}"
                      + ("" if problem.fallback_ms is None else
                         f"; cuBLAS {problem.fallback_ms:.4f}{'*' if problem.declined else ''}"))

@@ -62,10 +62,6 @@ def test_drelu_bgrad_gives_the_lower_layers_gradients(dtype, rng):
     np.testing.assert_allclose(db1, expect.sum(axis=0, keepdims=True), rtol=tol, atol=tol)
 
 
-def bf16_bits(values: np.ndarray) -> np.ndarray:
-    return aligned(round_to_bf16(np, values.astype(np.float32), np.empty(values.shape, BF16_BITS)))
-
-
 @pytest.mark.parametrize("relu, keep_mask", [(False, False), (True, False), (True, True)])
 def test_bf16_forward_epilogues_write_a_bf16_output_from_a_float32_bias(relu, keep_mask, rng):
     """Precision "bf16" below another Dense layer: bfloat16 operands, the float32 bias added to
@@ -74,7 +70,7 @@ def test_bf16_forward_epilogues_write_a_bf16_output_from_a_float32_bias(relu, ke
     rows, n_in, n_out = 7, 5, 13
     lt = FakeLt()
     e = epilogues(lt)
-    x, w = bf16_bits(rng.standard_normal((rows, n_in))), bf16_bits(rng.standard_normal((n_in, n_out)))
+    x, w = bf16(rng.standard_normal((rows, n_in)), 0), bf16(rng.standard_normal((n_in, n_out)), 0)
     b = aligned(rng.standard_normal((1, n_out)).astype(np.float32))
     out = aligned(np.full((rows, n_out), 0xFFFF, BF16_BITS))
     mask = aligned(np.zeros(relu_mask_shape(rows, n_out), np.uint8)) if keep_mask else None
@@ -93,13 +89,13 @@ def test_bf16_forward_epilogues_write_a_bf16_output_from_a_float32_bias(relu, ke
 def test_bf16_drelu_bgrad_writes_a_bf16_gradient_and_a_float32_bias_gradient(rng):
     rows, n_in, n_mid, n_out = 9, 3, 21, 6
     e = epilogues(FakeLt())
-    x, w1 = bf16_bits(rng.standard_normal((rows, n_in))), bf16_bits(rng.standard_normal((n_in, n_mid)))
+    x, w1 = bf16(rng.standard_normal((rows, n_in)), 0), bf16(rng.standard_normal((n_in, n_mid)), 0)
     b1 = aligned(rng.standard_normal((1, n_mid)).astype(np.float32))
     h = aligned(np.empty((rows, n_mid), BF16_BITS))
     mask = aligned(np.zeros(relu_mask_shape(rows, n_mid), np.uint8))
     assert e.forward(Dev(x), Dev(w1), Dev(b1), Dev(h), True, Dev(mask))
-    dvalues = bf16_bits(rng.standard_normal((rows, n_out)))
-    w2 = bf16_bits(rng.standard_normal((n_mid, n_out)))
+    dvalues = bf16(rng.standard_normal((rows, n_out)), 0)
+    w2 = bf16(rng.standard_normal((n_mid, n_out)), 0)
     out = aligned(np.full((rows, n_mid), 0xFFFF, BF16_BITS))
     db1 = aligned(np.full((1, n_mid), np.nan, np.float32))
     assert e.dinputs_relu_bgrad(Dev(dvalues), Dev(w2), Dev(out), Dev(mask), Dev(db1))
@@ -112,13 +108,13 @@ def test_a_bf16_output_needs_bf16_operands_and_a_float32_bias(rng):
     """What the wrapper declines, writing nothing: a bfloat16 D with no bias (a plain GEMM gives
     float32), or from float32 operands; a bfloat16 bias; a float64 D from bfloat16 operands."""
     e = epilogues(FakeLt())
-    x, w = bf16_bits(rng.standard_normal((4, 3))), bf16_bits(rng.standard_normal((3, 5)))
+    x, w = bf16(rng.standard_normal((4, 3)), 0), bf16(rng.standard_normal((3, 5)), 0)
     out = aligned(np.full((4, 5), 0xFFFF, BF16_BITS))
     b32 = aligned(np.zeros((1, 5), np.float32))
     x32, w32 = aligned(np.ones((4, 3), np.float32)), aligned(np.ones((3, 5), np.float32))
     assert not e.matmul(Dev(x), Dev(w), Dev(out))
     assert not e.forward(Dev(x32), Dev(w32), Dev(b32), Dev(out), True)
-    assert not e.forward(Dev(x), Dev(w), Dev(bf16_bits(np.zeros((1, 5)))), Dev(out), True)
+    assert not e.forward(Dev(x), Dev(w), Dev(bf16(np.zeros((1, 5)), 0)), Dev(out), True)
     assert not e.forward(Dev(x), Dev(w), Dev(aligned(np.zeros((1, 5)))),
                          Dev(aligned(np.full((4, 5), np.nan))), True)
     assert (out == 0xFFFF).all() and e.problems == {}
