@@ -5,10 +5,13 @@ and a device).
 
 For each workload and precision, one bench step of gpunn's network with ``tune_gemms`` on, then
 each cuBLASLt problem it tuned: the epilogue, the column-major sizes m, n, k and transposes, the
-operand type, how many algorithms the heuristics offered, and each one's device time for
-``timing.TIMED_CALLS`` calls (the heuristics' first choice first, then cuBLAS's own for plain
-GEMMs, the one kept marked). What ``gpunn bench`` shows as gpunn-cupy (tuned, the default) against
-gpunn-cupy-untuned, this shows GEMM by GEMM. Then each product of a layer with few outputs that
+operand type, how many algorithms the heuristics offered (and how much of the device their
+first fills: its waves), how many split-K variants were added, and each candidate's device time
+for ``timing.TIMED_CALLS`` calls (the heuristics' first choice first, then the split-K variants,
+each with its parts and reduction, ``/k4c``: k in 4 parts added up in the compute type in the
+workspace, ``i``: in place, then cuBLAS's own for plain GEMMs, the one kept marked). What
+``gpunn bench`` shows as gpunn-cupy (tuned, the default) against gpunn-cupy-untuned, this shows
+GEMM by GEMM. Then each product of a layer with few outputs that
 was timed in the narrow kernels against the GEMM path (the output layer's forward, and its weight
 and bias gradients), and each epilogue choice the step timed (a cuBLASLt epilogue against the GEMM
 and the separate passes, by layer: the forward's bias, ReLU and mask, and the backward's ReLU and
@@ -28,6 +31,7 @@ from gpunn.bench.contenders import Skip, gpunn_run
 from gpunn.bench.workloads import WORKLOADS
 
 EPILOGUES = {1: "plain", 4: "bias", 6: "relu_bias", 134: "relu_aux_bias", 152: "drelu_bgrad"}
+REDUCTIONS = {1: "i", 2: "c", 4: "o"}  # cublasLtReductionScheme_t: in place, compute type, output
 
 
 def type_name(dtype: np.dtype) -> str:
@@ -38,6 +42,12 @@ def faster_of(name: str, ms: float, other: str, other_ms: float) -> str:
     """Two timings side by side, the faster starred (the first on a tie, as the choices do)."""
     return (f"{name} {ms:.4f}{'*' if ms < other_ms else ''}, "
             f"{other} {other_ms:.4f}{'*' if ms >= other_ms else ''}")
+
+
+def split_of(parts: int, reduction: int) -> str:
+    """A candidate's split over k: '' for none, else e.g. '/k4c' (4 parts, added up in the
+    compute type, in the workspace) or '/k2i' (in place, in D)."""
+    return "" if parts == 1 else f"/k{parts}{REDUCTIONS.get(reduction, reduction)}"
 
 
 def tuned(workload: str, precision: str) -> list[str]:
@@ -60,13 +70,16 @@ def tuned(workload: str, precision: str) -> list[str]:
         if spec in before or spec.candidates == 1:
             continue
         kept = -1 if problem.declined else problem.chosen
-        times = " ".join(f"{problem.timings[i]:.4f}{'*' if i == kept else ''}"
-                         if i in problem.timings else "failed" for i in range(problem.count))
+        times = " ".join((f"{problem.timings[i]:.4f}{'*' if i == kept else ''}"
+                          if i in problem.timings else "failed") + split_of(*problem.splits[i])
+                         for i in range(problem.count))
+        waves = float(problem.results["waves_count"][0])
         lines.append(f"{workload:6} {precision} {EPILOGUES.get(spec.epilogue, spec.epilogue):13} "
                      f"m={spec.m} n={spec.n} k={spec.k} T={int(spec.trans_a)}{int(spec.trans_b)} "
                      f"{type_name(spec.operands)}"  # bf16 operands: into float32 or bf16
                      f"{' -> ' + type_name(spec.out) if spec.operands == BF16_BITS else ''}: "
-                     f"{problem.count} offered; ms {times}"
+                     f"{problem.offered} offered (waves {waves:.2f}), "
+                     f"{problem.count - problem.offered} split-K; ms {times}"
                      + ("" if problem.fallback_ms is None else
                         f"; cuBLAS {problem.fallback_ms:.4f}{'*' if problem.declined else ''}"))
     for problem, (ours, theirs) in narrow.items():
@@ -96,7 +109,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32,tf32,bf16")
     args = parser.parse_args()
     print("ms: device time of the timed calls of each algorithm, the heuristics' first choice "
-          "first, then (plain GEMMs) cuBLAS's own; * the one kept (narrow: kernel or GEMM path)")
+          "first, then split-K variants (/k<parts><c: compute type, i: in place>), then (plain "
+          "GEMMs) cuBLAS's own; * the one kept (narrow: kernel or GEMM path)")
     for workload in args.workloads.split(","):
         for precision in args.precision.split(","):
             for line in tuned(workload, precision):

@@ -534,17 +534,23 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
         return Spec(epilogue, m, 1024, 784, 1024, 784, m, False, True, 0, np.dtype(operands),
                     np.dtype(out), False, 256, 256, 256, 0, 0, candidates)
 
+    def problem(timings, chosen, fallback_ms=None, declined=False, offered=None, count=None,
+                splits=(), waves=0.5):
+        count = count or len(timings)
+        return types.SimpleNamespace(
+            count=count, offered=offered or count, chosen=chosen, timings=timings,
+            fallback_ms=fallback_ms, declined=declined,
+            splits=[(1, 0)] * (count - len(splits)) + list(splits),
+            results={"waves_count": np.array([waves] + [1.0] * (count - 1), np.float32)})
+
     earlier = spec(1, 7, 8)
     problems = {earlier: types.SimpleNamespace()}
-    made = {spec(6, 1024, 8): types.SimpleNamespace(count=3, chosen=1, timings={0: 0.25, 1: 0.125},
-                                                    fallback_ms=None, declined=False),
+    made = {spec(6, 1024, 8): problem({0: 0.25, 1: 0.125}, 1, count=3),
             spec(1, 10, 1): types.SimpleNamespace(),
-            spec(1, 1024, 8, np.uint16): types.SimpleNamespace(count=1, chosen=0, timings={0: 0.5},
-                                                               fallback_ms=0.75, declined=False),
-            spec(1, 512, 8): types.SimpleNamespace(count=2, chosen=1, timings={0: 0.5, 1: 0.25},
-                                                   fallback_ms=0.125, declined=True),
-            spec(134, 1024, 8, np.uint16, np.uint16): types.SimpleNamespace(
-                count=1, chosen=0, timings={0: 0.375}, fallback_ms=None, declined=False)}
+            spec(1, 1024, 8, np.uint16): problem({0: 0.5, 1: 0.25, 2: 0.375}, 1, 0.75,
+                                                 offered=1, splits=[(2, 2), (4, 1)], waves=0.25),
+            spec(1, 512, 8): problem({0: 0.5, 1: 0.25}, 1, 0.125, True),
+            spec(134, 1024, 8, np.uint16, np.uint16): problem({0: 0.375}, 0)}
     bf16, f32 = np.dtype(np.uint16), np.dtype(np.float32)
     epilogue_times = {("forward", "bias", (4, 8), (8, 2), f32, f32, True, False, "auto"): (1.0, 2.0)}
     made_epilogues = {
@@ -576,13 +582,14 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     monkeypatch.setattr(script, "gpunn_run", gpunn_run)
     monkeypatch.setattr(script, "workload_data", lambda w: (None, None))
     assert script.tuned("small", "tf32") == [
-        "small  tf32 relu_bias     m=1024 n=1024 k=784 T=01 float32: 3 offered; "
-        "ms 0.2500 0.1250* failed",
-        "small  tf32 plain         m=1024 n=1024 k=784 T=01 bf16 -> float32: 1 offered; "
-        "ms 0.5000*; cuBLAS 0.7500",
-        "small  tf32 plain         m=512 n=1024 k=784 T=01 float32: 2 offered; ms 0.5000 0.2500; "
-        "cuBLAS 0.1250*",
-        "small  tf32 relu_aux_bias m=1024 n=1024 k=784 T=01 bf16 -> bf16: 1 offered; ms 0.3750*",
+        "small  tf32 relu_bias     m=1024 n=1024 k=784 T=01 float32: 3 offered (waves 0.50), "
+        "0 split-K; ms 0.2500 0.1250* failed",
+        "small  tf32 plain         m=1024 n=1024 k=784 T=01 bf16 -> float32: 1 offered "
+        "(waves 0.25), 2 split-K; ms 0.5000 0.2500*/k2c 0.3750/k4i; cuBLAS 0.7500",
+        "small  tf32 plain         m=512 n=1024 k=784 T=01 float32: 2 offered (waves 0.50), "
+        "0 split-K; ms 0.5000 0.2500; cuBLAS 0.1250*",
+        "small  tf32 relu_aux_bias m=1024 n=1024 k=784 T=01 bf16 -> bf16: 1 offered (waves 0.50), "
+        "0 split-K; ms 0.3750*",
         "small  tf32 narrow forward      1024 rows, 1024 inputs, 10 outputs: kernel ms 0.0625*, "
         "GEMM path 0.1250",
         "small  tf32 narrow weight_grads 1024 rows, 1024 inputs, 10 outputs: kernel ms 0.2500, "

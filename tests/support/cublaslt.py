@@ -23,6 +23,9 @@ DESC = types.SimpleNamespace(TRANSA=3, TRANSB=4, EPILOGUE=7, BIAS_POINTER=8,
 PREF = types.SimpleNamespace(MAX_WORKSPACE_BYTES=1, MIN_ALIGNMENT_A_BYTES=5,
                              MIN_ALIGNMENT_B_BYTES=6, MIN_ALIGNMENT_C_BYTES=7,
                              MIN_ALIGNMENT_D_BYTES=8)
+CONFIG = types.SimpleNamespace(SPLITK_NUM=2, REDUCTION_SCHEME=3)
+CAP = types.SimpleNamespace(SPLITK_SUPPORT=0, REDUCTION_SCHEME_MASK=1)
+REDUCTION = types.SimpleNamespace(INPLACE=1, COMPUTE_TYPE=2)
 TYPES = {0: np.float32, 1: np.float64, 14: BF16_BITS}
 CODES = {np.dtype(dtype): code for code, dtype in TYPES.items()}
 
@@ -37,17 +40,31 @@ class FakeLt:
     stand-in's own (bit i % 8 of byte i // 8 of column j, columns aux_ld bits apart). It offers
     ``algorithms`` algorithms per problem, numbered from 1 in the first word of each heuristic
     result; ``algos`` lists the one each matmul ran, and one in ``failing`` raises; one in
-    ``not_offered`` comes with a state other than success."""
+    ``not_offered`` comes with a state other than success.
+
+    Split-K: an algorithm in ``splittable`` can split its sum over k (its configuration in the
+    algorithm's second and third words: parts and reduction scheme), with the reduction schemes
+    in ``schemes``; ``waves`` gives each algorithm's waves count (0.25 where not given), which a
+    split multiplies; ``matmul_algo_check`` refuses an epilogue in ``unsplittable``, a scheme the
+    algorithm lacks, or an in-place reduction into bfloat16, and wants the parts' float32 room in
+    the workspace for the compute-type scheme. A split algorithm sums k in its parts, in order,
+    and ``algos`` lists it as (number, parts, scheme)."""
 
     Epilogue, MatmulDescAttribute, MatmulPreferenceAttribute = EPILOGUE, DESC, PREF
+    MatmulAlgoConfigAttribute, MatmulAlgoCapAttribute, ReductionScheme = CONFIG, CAP, REDUCTION
     cuBLASLtError = RuntimeError
     matmul_heuristic_result_dtype = np.dtype([("algo", "<u8", (8,)), ("workspace_size", "<u8"),
                                               ("state", "<i4"), ("waves_count", "<f4"),
                                               ("reserved", "<i4", (4,))])
 
-    def __init__(self, unsupported=(), algorithms=1, failing=(), not_offered=()) -> None:
+    def __init__(self, unsupported=(), algorithms=1, failing=(), not_offered=(), splittable=(),
+                 schemes=REDUCTION.INPLACE | REDUCTION.COMPUTE_TYPE, waves=None,
+                 unsplittable=()) -> None:
         self.unsupported = set(unsupported)
         self.algorithms, self.failing, self.not_offered = algorithms, set(failing), set(not_offered)
+        self.splittable, self.schemes, self.waves = set(splittable), schemes, waves or {}
+        self.unsplittable = set(unsplittable)
+        self.checked: list[tuple] = []  # (algorithm, parts, scheme) of each check
         self.algos: list[int] = []
         self.objects: dict[int, dict] = {}
         self.calls: list[tuple] = []
@@ -65,6 +82,49 @@ class FakeLt:
     @staticmethod
     def get_matmul_preference_attribute_dtype(attr):
         return np.uint64 if attr == 1 else np.uint32
+
+    @staticmethod
+    def get_matmul_algo_config_attribute_dtype(attr):
+        return np.int32 if attr == CONFIG.SPLITK_NUM else np.uint32
+
+    @staticmethod
+    def get_matmul_algo_cap_attribute_dtype(attr):
+        return np.int32 if attr == CAP.SPLITK_SUPPORT else np.uint32
+
+    @staticmethod
+    def _words(algo):
+        return read(algo, np.uint64, 3)  # number, split-K parts (0: none set), reduction scheme
+
+    def matmul_algo_config_get_attribute(self, algo, attr, buf, size, written):
+        dtype = self.get_matmul_algo_config_attribute_dtype(attr)
+        assert size == np.dtype(dtype).itemsize
+        read(buf, dtype)[...] = self._words(algo)[1 if attr == CONFIG.SPLITK_NUM else 2]
+
+    def matmul_algo_config_set_attribute(self, algo, attr, buf, size):
+        dtype = self.get_matmul_algo_config_attribute_dtype(attr)
+        assert size == np.dtype(dtype).itemsize
+        self._words(algo)[1 if attr == CONFIG.SPLITK_NUM else 2] = read(buf, dtype)[0]
+
+    def matmul_algo_cap_get_attribute(self, algo, attr, buf, size, written):
+        dtype = self.get_matmul_algo_cap_attribute_dtype(attr)
+        assert size == np.dtype(dtype).itemsize
+        number = int(self._words(algo)[0])
+        read(buf, dtype)[...] = (number in self.splittable if attr == CAP.SPLITK_SUPPORT
+                                 else self.schemes)
+
+    def matmul_algo_check(self, handle, desc, a, b, c, d, algo, result):
+        number, parts, scheme = (int(w) for w in self._words(algo))
+        self.checked.append((number, parts, scheme))
+        out = self.objects[d]
+        if (number not in self.splittable or not scheme & self.schemes
+                or self.objects[desc][DESC.EPILOGUE] in self.unsplittable
+                or (scheme == REDUCTION.INPLACE and out["dtype"] == BF16_BITS)):
+            raise self.cuBLASLtError("CUBLAS_STATUS_NOT_SUPPORTED (algo check)")
+        fields = self.matmul_heuristic_result_dtype.fields
+        room = 4 * out["rows"] * out["cols"] * parts if scheme == REDUCTION.COMPUTE_TYPE else 0
+        ctypes.c_uint64.from_address(result + fields["workspace_size"][1]).value = room
+        ctypes.c_float.from_address(result + fields["waves_count"][1]).value = \
+            self.waves.get(number, 0.25) * parts
 
     def create(self) -> int:
         return 99
@@ -107,10 +167,13 @@ class FakeLt:
         offered = min(count, self.algorithms) if supported else 0
         size = self.matmul_heuristic_result_dtype.itemsize
         state = self.matmul_heuristic_result_dtype.fields["state"][1]
+        waves = self.matmul_heuristic_result_dtype.fields["waves_count"][1]
         for i in range(offered):
             ctypes.c_uint64.from_address(results + i * size).value = i + 1
             ctypes.c_int32.from_address(results + i * size + state).value = \
                 15 if i + 1 in self.not_offered else 0  # CUBLAS_STATUS_NOT_SUPPORTED
+            ctypes.c_float.from_address(results + i * size + waves).value = \
+                self.waves.get(i + 1, 0.25)
         ctypes.c_int32.from_address(found).value = offered
 
     def _matrix(self, ptr, layout, raw=False):
@@ -122,13 +185,13 @@ class FakeLt:
 
     def matmul(self, handle, desc, alpha, a, adesc, b, bdesc, beta, c, cdesc, d, ddesc, algo,
                workspace, workspace_size, stream):
-        algo = int(read(algo, np.uint64)[0])
+        algo, parts, scheme = (int(w) for w in self._words(algo))
         if algo in self.failing:
             raise self.cuBLASLtError(f"CUBLAS_STATUS_NOT_SUPPORTED (algorithm {algo})")
         attrs = self.objects[desc]
         epilogue = attrs[DESC.EPILOGUE]
         self.calls.append((epilogue, attrs[DESC.TRANSA], attrs[DESC.TRANSB]))
-        self.algos.append(algo)
+        self.algos.append((algo, parts, scheme) if parts > 1 else algo)
         A, B, D = self._matrix(a, adesc), self._matrix(b, bdesc), self._matrix(d, ddesc, raw=True)
         assert c == d and cdesc == ddesc
         # alpha and beta are read in D's type, or float32 for a bfloat16 D (compute type 32F)
@@ -139,7 +202,11 @@ class FakeLt:
         assert opA.shape[1] == opB.shape[0] and D.shape == (opA.shape[0], opB.shape[1])
         m, n = D.shape
         al = read(alpha, scale)[0]
-        result = al * (opA @ opB)
+        if parts > 1:  # the sum over k in parts, added up in order
+            cuts = np.array_split(np.arange(opA.shape[1]), parts)
+            result = al * sum(opA[:, cut] @ opB[cut, :] for cut in cuts)
+        else:
+            result = al * (opA @ opB)
         # The bias (or its gradient) in D's type unless BIAS_DATA_TYPE says otherwise, as cuBLASLt
         bias_type = TYPES[attrs[DESC.BIAS_DATA_TYPE]] if DESC.BIAS_DATA_TYPE in attrs else D.dtype
         bias = read(attrs[DESC.BIAS_POINTER], bias_type, m) if DESC.BIAS_POINTER in attrs else None

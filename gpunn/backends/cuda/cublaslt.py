@@ -18,9 +18,14 @@ epilogue) gets one descriptor and an algorithm, asked of cuBLASLt's heuristics o
 (``tune=True``, the backend option ``tune_gemms``), the heuristics are asked for up to
 ``CANDIDATES`` algorithms and each is timed on the first eager call (``timing.py``: the device's
 work, behind a hold), and the fastest kept, as XLA does for its GEMMs; untuned, their first choice
-runs. A tuned plain GEMM times cuBLAS's own choice beside them (``fallback``): where cuBLAS is
-faster, ``matmul`` declines the problem from then on, and the backend calls cuBLAS (on an H200,
-tuned medium tf32 steps had been 4% slower than untuned ones, where cuBLAS runs every plain GEMM).
+runs. Tuned, the candidates also include split-K variants of the offered algorithms that leave
+part of the device idle (``waves_count`` under 1: too few output tiles for its SMs, as medium's
+1024 x 1024 products on an H200's 132 SMs, or a classifier's 10-column ones): the sum over k cut
+into 2, 4, ... parts run side by side and then added up (``split_counts``), each variant that
+cuBLASLt's own check accepts with the workspace there is. A tuned plain GEMM times cuBLAS's own
+choice beside them (``fallback``): where cuBLAS is faster, ``matmul`` declines the problem from
+then on, and the backend calls cuBLAS (on an H200, tuned medium tf32 steps had been 4% slower
+than untuned ones, where cuBLAS runs every plain GEMM).
 Every algorithm computes the same product, with its own order of summation. Where cuBLASLt has none
 (an epilogue it does not offer for that case, float64 on some versions), the calls return False and
 write nothing, and the backend takes its separate path.
@@ -55,6 +60,11 @@ WORKSPACE_SLACK = 256
 MAX_PROBLEMS = 256
 #: Algorithms asked of the heuristics, and timed, for a tuned problem.
 CANDIDATES = 8
+#: Split-K variants: at most this many parts, each at least MIN_SPLIT_K long, and no more parts
+#: than keep the launch within MAX_SPLIT_WAVES waves of the device.
+MAX_SPLITS = 32
+MIN_SPLIT_K = 64
+MAX_SPLIT_WAVES = 2.0
 
 # cudaDataType and cublasComputeType_t values (library_types.h, cublas_api.h).
 CUDA_R_32F, CUDA_R_64F, CUDA_R_16BF = 0, 1, 14
@@ -67,6 +77,21 @@ def scale_dtype(out: np.dtype) -> np.dtype:
     """The type alpha and beta are read in, and the bias (or its gradient) is kept in: D's, or
     float32 for a bfloat16 D (compute type 32F)."""
     return np.dtype(np.float32) if out == BF16_BITS else out
+
+
+def split_counts(waves: float, k: int) -> list[int]:
+    """The split-K part counts tried for an algorithm whose launch the heuristics say fills
+    ``waves`` of the device: none where it is full (1 or more), else 2, 4, 8, ... while the parts
+    stay within MAX_SPLIT_WAVES waves (2 and 4 where the heuristics did not say: 0), MAX_SPLITS
+    parts and MIN_SPLIT_K of k each."""
+    if waves >= 1:
+        return []
+    counts, parts = [], 2
+    while (parts <= MAX_SPLITS and k // parts >= MIN_SPLIT_K
+           and (waves * parts <= MAX_SPLIT_WAVES if waves > 0 else parts <= 4)):
+        counts.append(parts)
+        parts *= 2
+    return counts
 
 
 def relu_mask_shape(rows: int, cols: int) -> tuple[int, int]:
@@ -155,7 +180,12 @@ class _Problem:
             found[0] = 0
         finally:
             lt.matmul_preference_destroy(pref)
-        self.count = int(found[0])  # algorithms offered, best guess first
+        self.offered = int(found[0])  # by the heuristics, best guess first
+        #: each candidate's split-K parts and reduction scheme (1 and 0: one pass over k)
+        self.splits = [self._split(index) for index in range(self.offered)]
+        if spec.candidates > 1:
+            self._add_split_k(handle, spec)
+        self.count = len(self.splits)  # candidates: those offered, then split-K variants
         self.supported = self.count > 0
         self.chosen = 0
         self.tuned = spec.candidates == 1  # nothing to choose between
@@ -167,6 +197,92 @@ class _Problem:
     def algo(self) -> int:
         """The address of the chosen algorithm (its heuristic result starts with it)."""
         return self.results.ctypes.data + self.chosen * self.results.itemsize
+
+    def _algo_attribute(self, get: Any, dtype_of: Any, index: int, attr: Any) -> int:
+        """One attribute of candidate ``index``'s algorithm, a capability or its configuration."""
+        buf = np.zeros(1, dtype=dtype_of(attr))
+        written = np.zeros(1, dtype=np.uint64)
+        get(self.results.ctypes.data + index * self.results.itemsize, int(attr), buf.ctypes.data,
+            buf.itemsize, written.ctypes.data)
+        return int(buf[0])
+
+    def _config(self, index: int, attr: Any) -> int:
+        return self._algo_attribute(self.lt.matmul_algo_config_get_attribute,
+                                    self.lt.get_matmul_algo_config_attribute_dtype, index, attr)
+
+    def _capability(self, index: int, attr: Any) -> int:
+        return self._algo_attribute(self.lt.matmul_algo_cap_get_attribute,
+                                    self.lt.get_matmul_algo_cap_attribute_dtype, index, attr)
+
+    def _split(self, index: int) -> tuple[int, int]:
+        """An offered algorithm's split-K parts and reduction scheme, as the heuristics set them
+        (1 and 0 for one they did not mark successful, or that does not say)."""
+        config = self.lt.MatmulAlgoConfigAttribute
+        if self.results[index]["state"] != 0:
+            return 1, 0
+        try:
+            return (max(1, self._config(index, config.SPLITK_NUM)),
+                    self._config(index, config.REDUCTION_SCHEME))
+        except self.lt.cuBLASLtError:
+            return 1, 0
+
+    def _add_split_k(self, handle: int, spec: Spec) -> None:
+        """Append to the candidates the split-K variants of each offered algorithm that leaves
+        part of the device idle (``split_counts``) and can split (its capabilities), with each
+        reduction scheme it has that sums the parts in float32 or wider: in D itself (INPLACE),
+        or in the workspace in the compute type (not INPLACE for a bfloat16 D, whose parts would
+        be added in bfloat16). cuBLASLt checks each variant (``matmul_algo_check``); one it
+        refuses, or that needs more workspace than there is, is left out."""
+        lt = self.lt
+        schemes = [int(lt.ReductionScheme.COMPUTE_TYPE)] + (
+            [] if spec.out == BF16_BITS else [int(lt.ReductionScheme.INPLACE)])
+        variants = []
+        for index in range(self.offered):
+            row = self.results[index]
+            if row["state"] != 0 or self.splits[index][0] > 1:
+                continue
+            try:
+                if not self._capability(index, lt.MatmulAlgoCapAttribute.SPLITK_SUPPORT):
+                    continue
+                mask = self._capability(index, lt.MatmulAlgoCapAttribute.REDUCTION_SCHEME_MASK)
+            except lt.cuBLASLtError:
+                continue
+            for parts in split_counts(float(row["waves_count"]), spec.k):
+                for reduction in (r for r in schemes if r & mask):
+                    variant = self._variant(handle, spec, index, parts, reduction)
+                    if variant is not None:
+                        variants.append(variant)
+                        self.splits.append((parts, reduction))
+        if variants:  # one array: the chosen candidate's address is an offset into it
+            self.results = np.concatenate([self.results[:self.offered], *variants])
+
+    def _variant(self, handle: int, spec: Spec, index: int, parts: int,
+                 reduction: int) -> np.ndarray | None:
+        """Candidate ``index``'s heuristic result with its algorithm split ``parts`` ways over k
+        (reduction scheme ``reduction``), its workspace and waves as cuBLASLt's check gives them;
+        None where the check refuses it or it needs more workspace than there is."""
+        lt = self.lt
+        config = lt.MatmulAlgoConfigAttribute
+        variant = self.results[index:index + 1].copy()  # the algorithm is a plain struct: copied
+        algo = variant.ctypes.data
+        check = np.zeros(1, dtype=lt.matmul_heuristic_result_dtype)
+        try:
+            for attr, value in ((config.SPLITK_NUM, parts), (config.REDUCTION_SCHEME, reduction)):
+                buf = np.array([value], lt.get_matmul_algo_config_attribute_dtype(attr))
+                lt.matmul_algo_config_set_attribute(algo, int(attr), buf.ctypes.data,
+                                                    buf.itemsize)
+            lt.matmul_algo_check(handle, self.desc, self.a, self.b, self.d, self.d, algo,
+                                 check.ctypes.data)
+        except lt.cuBLASLtError as exc:
+            _log.debug("gpunn: cuBLASLt %s: algorithm %d split %d ways (reduction %d) refused: %s",
+                       spec, index, parts, reduction, exc)
+            return None
+        if check["workspace_size"][0] > WORKSPACE_BYTES - WORKSPACE_SLACK:
+            return None
+        variant["workspace_size"] = check["workspace_size"]
+        variant["waves_count"] = check["waves_count"]
+        variant["state"] = 0
+        return variant
 
     def set(self, attr: Any, value: int) -> None:
         buf = np.array([value], dtype=self.lt.get_matmul_desc_attribute_dtype(attr))

@@ -12,10 +12,11 @@ import itertools
 
 import numpy as np
 import pytest
-from support.cublaslt import DESC, EPILOGUE, PREF, Dev, FakeLt, aligned, epilogues
+from support.cublaslt import CAP, CONFIG, DESC, EPILOGUE, PREF, REDUCTION, Dev, FakeLt, aligned, epilogues
 
 from gpunn.backends.bf16 import BF16_BITS, round_to_bf16, widen
-from gpunn.backends.cuda.cublaslt import CANDIDATES, relu_mask_shape
+from gpunn.backends.cuda import cublaslt
+from gpunn.backends.cuda.cublaslt import CANDIDATES, relu_mask_shape, split_counts
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -265,10 +266,11 @@ def test_plain_matmul_declines_what_cublaslt_does_not_take(rng):
     assert np.isnan(out).all()
 
 
-def tuned(algorithms=4, failing=(), costs=None, capturing=lambda: False):
-    """Epilogues over a FakeLt offering ``algorithms``, with a timer that runs the call it times
-    and returns the cost of the algorithm that ran (``costs``, by number)."""
-    lt = FakeLt(algorithms=algorithms, failing=failing)
+def tuned(algorithms=4, failing=(), costs=None, capturing=lambda: False, **split_k):
+    """Epilogues over a FakeLt offering ``algorithms`` (``split_k``: its split-K arguments), with
+    a timer that runs the call it times and returns the cost of the algorithm that ran
+    (``costs``, by number, or (number, parts, scheme) for a split one)."""
+    lt = FakeLt(algorithms=algorithms, failing=failing, **split_k)
     e = epilogues(lt, capturing)
     timed: list[int] = []
 
@@ -374,6 +376,78 @@ def test_nothing_is_timed_inside_a_capture(rng):
     np.testing.assert_allclose(out, a @ b)
 
 
+@pytest.mark.parametrize("waves, k, counts", [
+    (1.0, 4096, []), (1.5, 4096, []),  # the device is full: nothing to gain
+    (0.48, 1024, [2, 4]),  # medium's 1024 x 1024 products: up to two waves
+    (0.06, 1024, [2, 4, 8, 16]),  # a 10-column product: parts of at least 64 of k
+    (0.06, 8192, [2, 4, 8, 16, 32]),  # at most 32 parts
+    (0.0, 1024, [2, 4]),  # the heuristics did not say
+    (0.5, 100, [])])  # too short to cut
+def test_split_counts_fill_an_idle_device_and_no_more(waves, k, counts):
+    assert split_counts(waves, k) == counts
+
+
+INPLACE, COMPUTE = REDUCTION.INPLACE, REDUCTION.COMPUTE_TYPE
+
+
+def test_tuning_times_split_k_variants_where_the_device_would_sit_idle(rng):
+    """Tuned, each offered algorithm that can split k and leaves SMs idle gets its split-K
+    variants (each count split_counts gives, each reduction scheme it has), checked by cuBLASLt
+    and timed after the heuristics' own; the fastest runs, and gives the product."""
+    costs = {1: 3.0, 2: 2.0, (1, 2, COMPUTE): 1.5, (1, 2, INPLACE): 1.25, (1, 4, COMPUTE): 0.5,
+             (1, 4, INPLACE): 1.0}
+    lt, e, timed = tuned(algorithms=2, costs=costs, splittable={1}, waves={1: 0.25, 2: 0.25})
+    a, b = aligned(rng.standard_normal((6, 256))), aligned(rng.standard_normal((256, 5)))
+    for _ in range(2):
+        out = aligned(np.full((6, 5), np.nan))
+        assert e.matmul(Dev(a), Dev(b), Dev(out), tune=True)
+        np.testing.assert_allclose(out, a @ b)
+    assert timed == [1, 2, (1, 2, COMPUTE), (1, 2, INPLACE), (1, 4, COMPUTE), (1, 4, INPLACE)]
+    assert lt.algos[len(timed):] == [(1, 4, COMPUTE)] * 2  # the two calls
+    (problem,) = e.problems.values()
+    assert problem.offered == 2 and problem.count == 6 and problem.chosen == 4
+    assert problem.splits == [(1, 0), (1, 0), (2, COMPUTE), (2, INPLACE), (4, COMPUTE),
+                              (4, INPLACE)]
+    # each variant's workspace and waves are the check's: the parts' float32 sums, 4 x 0.25 waves
+    assert problem.results["workspace_size"][2:].tolist() == [4 * 30 * 2, 0, 4 * 30 * 4, 0]
+    assert problem.results["waves_count"][2:].tolist() == [0.5, 0.5, 1.0, 1.0]
+    assert problem.results["algo"][:, 0].tolist() == [1, 2, 1, 1, 1, 1]  # the others untouched
+
+
+def test_split_k_variants_are_only_those_cublaslt_accepts_and_has_room_for(rng, monkeypatch):
+    """No variants untuned, for a full device, for an algorithm that cannot split, or for one
+    cuBLASLt's check refuses (an epilogue); a bfloat16 D adds its parts in float32 alone
+    (compute type, never in place), and a variant needing more workspace than there is is
+    left out."""
+    x, w = aligned(rng.standard_normal((6, 128))), aligned(rng.standard_normal((128, 5)))
+    b = aligned(rng.standard_normal((1, 5)))
+    lt, e, _ = tuned(algorithms=2, costs={1: 1.0, 2: 2.0}, splittable={1}, waves={1: 1.0})
+    assert e.matmul(Dev(x), Dev(w), Dev(aligned(np.empty((6, 5)))), tune=True)
+    lt2, e2, _ = tuned(algorithms=1, costs={1: 1.0}, splittable={1},
+                       unsplittable={EPILOGUE.RELU_BIAS})
+    assert e2.forward(Dev(x), Dev(w), Dev(b), Dev(aligned(np.empty((6, 5)))), True, tune=True)
+    lt3, e3, _ = tuned(algorithms=1, costs={1: 1.0}, splittable={1})
+    assert e3.matmul(Dev(x), Dev(w), Dev(aligned(np.empty((6, 5)))))  # untuned
+    assert lt.checked == [] and lt3.checked == []
+    assert lt2.checked == [(1, 2, COMPUTE), (1, 2, INPLACE)]  # each refused
+    for e_ in (e, e2, e3):
+        (problem,) = e_.problems.values()
+        assert problem.count == problem.offered and set(problem.splits) == {(1, 0)}
+
+    # bf16: float32 room for 2 parts of a (6, 5) D fits the workspace, for 4 it does not
+    monkeypatch.setattr(cublaslt, "WORKSPACE_BYTES", 4 * 30 * 2 + cublaslt.WORKSPACE_SLACK)
+    lt, e, timed = tuned(algorithms=1, costs={1: 1.0, (1, 2, COMPUTE): 0.5}, splittable={1})
+    x16 = bf16(rng.standard_normal((6, 256)), 0)  # k = 256: 2 or 4 parts
+    w16 = bf16(rng.standard_normal((256, 5)), 0)
+    b32 = aligned(rng.standard_normal((1, 5)).astype(np.float32))
+    out = aligned(np.zeros((6, 5), BF16_BITS))
+    assert e.forward(Dev(x16), Dev(w16), Dev(b32), Dev(out), True, tune=True)
+    assert lt.checked == [(1, 2, COMPUTE), (1, 4, COMPUTE)] and timed == [1, (1, 2, COMPUTE)]
+    want = np.maximum(widen(np, x16) @ widen(np, w16) + b32, 0).astype(np.float32)
+    np.testing.assert_array_equal(widen(np, out), widen(np, round_to_bf16(
+        np, want, np.empty(want.shape, BF16_BITS))))
+
+
 def test_stand_in_matches_the_real_bindings():
     """Names, values and call signatures of the stand-in are those of nvmath's cublasLt, so the
     wrapper tested against it calls the real module the same way (where nvmath is installed)."""
@@ -382,7 +456,8 @@ def test_stand_in_matches_the_real_bindings():
 
     lt = pytest.importorskip("nvmath.bindings.cublasLt")
     for group, real in ((EPILOGUE, lt.Epilogue), (DESC, lt.MatmulDescAttribute),
-                        (PREF, lt.MatmulPreferenceAttribute)):
+                        (PREF, lt.MatmulPreferenceAttribute), (CONFIG, lt.MatmulAlgoConfigAttribute),
+                        (CAP, lt.MatmulAlgoCapAttribute), (REDUCTION, lt.ReductionScheme)):
         for name, value in vars(group).items():
             assert int(getattr(real, name)) == value, name
     real = lt.matmul_heuristic_result_dtype  # the wrapper passes its address as the algorithm's
@@ -392,7 +467,9 @@ def test_stand_in_matches_the_real_bindings():
     for name in ("matmul_desc_create", "matmul_desc_set_attribute", "matrix_layout_create",
                  "matmul_preference_create", "matmul_preference_set_attribute",
                  "matmul_preference_destroy", "matmul_algo_get_heuristic", "matmul", "create",
-                 "matrix_layout_destroy", "matmul_desc_destroy"):
+                 "matrix_layout_destroy", "matmul_desc_destroy", "matmul_algo_check",
+                 "matmul_algo_config_get_attribute", "matmul_algo_config_set_attribute",
+                 "matmul_algo_cap_get_attribute"):
         doc_args = re.match(rf"{name}\((.*?)\)", getattr(lt, name).__doc__).group(1)
         real_count = len([a for a in doc_args.split(",") if a.strip()])
         fake_count = len(inspect.signature(getattr(FakeLt(), name)).parameters)
@@ -400,3 +477,11 @@ def test_stand_in_matches_the_real_bindings():
     for attr in (DESC.TRANSA, DESC.TRANSB, DESC.EPILOGUE, DESC.BIAS_POINTER, DESC.EPILOGUE_AUX_LD,
                  DESC.BIAS_DATA_TYPE):
         assert FakeLt.get_matmul_desc_attribute_dtype(attr) is lt.get_matmul_desc_attribute_dtype(attr)
+    for attr in vars(CONFIG).values():
+        assert FakeLt.get_matmul_algo_config_attribute_dtype(attr) is \
+            lt.get_matmul_algo_config_attribute_dtype(attr)
+    for attr in vars(CAP).values():
+        assert FakeLt.get_matmul_algo_cap_attribute_dtype(attr) is \
+            lt.get_matmul_algo_cap_attribute_dtype(attr)
+    for field in ("workspace_size", "waves_count"):  # the split-K variants read them
+        assert real.fields[field] == FakeLt.matmul_heuristic_result_dtype.fields[field]

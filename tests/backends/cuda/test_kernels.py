@@ -206,6 +206,73 @@ def test_tuned_cublaslt_gemms_match_cupy_matmul(trans, operands, m, k, n, rng):
     assert tuned and all(p.tuned and p.supported and 0 <= p.chosen < p.count for p in tuned)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+@pytest.mark.gpu
+@pytest.mark.skipif(CUPY_PROBLEM is not None, reason=f"no CUDA device: {CUPY_PROBLEM}")
+def test_every_tuned_candidate_split_k_or_not_computes_the_same_products(precision, rng):
+    """Products with few output tiles (16 or 10 columns, 1024 rows and 1024 of k) leave most
+    SMs idle, so tuning adds split-K variants of the offered algorithms: each candidate that
+    ran, forced in turn, gives the kept one's results (plain, RELU_AUX_BIAS with its mask,
+    DRELU_BGRAD with its bias gradient) to rounding; and in float32 cuBLASLt took at least one
+    split variant of the plain product (an algorithm with SPLITK_SUPPORT whose check passed)."""
+    from gpunn.backends.bf16 import BF16_BITS, widen
+    from gpunn.backends.cuda.cublaslt import Epilogues, relu_mask_shape
+
+    fast, _, cp = gpu_backends()
+    if precision != "fp32" and fast.why_not(precision):
+        pytest.skip(fast.why_not(precision))
+    e = Epilogues(cp)  # its own problems: those below are this test's
+    assert e.available, e.why_not
+    tf32, bf16 = precision == "tf32", precision == "bf16"
+
+    def operand(shape):
+        x = rand(cp, rng, shape, np.float32)
+        return fast.to_bf16(x, cp.empty(shape, BF16_BITS)) if bf16 else x
+
+    rows, n_in, n_out, n_up = 1024, 1024, 16, 1024
+    x, w, w_up = operand((rows, n_in)), operand((n_in, n_out)), operand((n_out, n_up))
+    dvalues, h10 = operand((rows, n_up)), operand((n_up, 10))
+    b = rand(cp, rng, (1, n_out), np.float32)
+    mask = cp.zeros(relu_mask_shape(rows, n_out), cp.uint8)
+    out_type = BF16_BITS if bf16 else np.float32
+
+    def forward():
+        out = cp.zeros((rows, n_out), out_type)
+        assert e.forward(x, w, b, out, True, mask, tf32=tf32, tune=True)
+        return [out.copy(), mask.copy()]
+
+    def backward():
+        out, dbiases = cp.zeros((rows, n_out), out_type), poisoned(cp, (1, n_out), np.float32)
+        assert e.dinputs_relu_bgrad(dvalues, w_up, out, mask, dbiases, tf32=tf32, tune=True)
+        return [out, dbiases]
+
+    def plain():
+        out = poisoned(cp, (rows, 10), np.float32)
+        assert e.matmul(dvalues, h10, out, tf32=tf32, tune=True)
+        return [out]
+
+    close = {"rtol": 2.0 ** -7, "atol": 1e-2} if bf16 else {"rtol": 1e-4, "atol": 1e-3}
+    split = []
+    for run in (forward, backward, plain):
+        first = run()  # tuned here
+        problem = list(e.problems.values())[-1]
+        split.append(problem.count - problem.offered)
+        kept = problem.chosen
+        for index in sorted(problem.timings):
+            problem.chosen = index
+            what = f"candidate {index}, split {problem.splits[index]}"
+            for got, want in zip(run(), first):
+                if got.dtype == cp.uint8:  # a sum within rounding of 0 may change sides
+                    bits = cp.unpackbits(got ^ want).sum()
+                    assert int(bits) <= 2, f"{what}: {int(bits)} mask bits differ"
+                    continue
+                if got.dtype == BF16_BITS:
+                    got, want = widen(cp, got), widen(cp, want)
+                cp.testing.assert_allclose(got, want, **close, err_msg=what)
+        problem.chosen = kept
+    assert precision != "fp32" or split[2] > 0, "no split-K variant of the 10-column product"
+
+
 EPILOGUE_SHAPES = [(1, 2, 64), (300, 2, 64), (33, 65, 1000), (257, 129, 31), (1024, 784, 1024)]
 
 
