@@ -94,6 +94,8 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "skipped": {"type": "array", "items": {"type": "object", "required": ["impl", "reason"]}},
+        "failed": {"type": "array", "items": {"type": "object",
+                                              "required": ["impl", "workload", "error"]}},
         "op_profiles": {
             "type": "array",
             "description": "gpunn bench --ops: each backend's planned path on each workload "
@@ -236,6 +238,9 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"Warning: {m['blas_warning']}."]
     for s in doc["skipped"]:
         lines.append(f"\nSkipped: {s['impl']} ({s.get('workload', '')}): {s['reason']}")
+    for f in doc.get("failed", []):
+        lines.append(f"\nFailed: {f['impl']} ({f['workload']}, {f.get('precision', '')}): "
+                     f"{f['error']}")
     for profile in doc.get("op_profiles", []):
         lines += ["", f"Op profile: {op_profile_title(profile)}", "",
                   "| op | calls per step | ms per step | share |", "|---|---|---|---|"]

@@ -12,6 +12,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -137,15 +138,15 @@ def run_suite(workloads: list[str], backends: list[str], peers: list[str], preci
                     if precision == "fp32" or device == "gpu":  # tf32 and bf16 are GPU precisions
                         suite.workload(name, device, precision)
     doc = {"machine": machine_info(device_names, suite.ceilings), "results": suite.results,
-           "skipped": suite.skipped}
+           "skipped": suite.skipped, "failed": suite.failed}
     if ops:
         doc["op_profiles"] = suite.op_profiles
     return doc
 
 
 class Suite:
-    """What ``run_suite`` gathers: result rows, skipped contenders, GEMM ceilings, and with
-    ``ops`` the op profiles of gpunn's steps."""
+    """What ``run_suite`` gathers: result rows, skipped contenders, contenders that failed,
+    GEMM ceilings, and with ``ops`` the op profiles of gpunn's steps."""
 
     def __init__(self, backends: list[str], peers: list[str], repeats: int, seconds: float,
                  check_steps: int, log: Callable[[str], Any], ops: bool = False) -> None:
@@ -154,12 +155,22 @@ class Suite:
         self.op_profiles: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
+        self.failed: list[dict[str, str]] = []
         self.ceilings: dict[str, float] = {}
 
     def skip(self, impl: str, workload: str, reason: str) -> None:
         entry = {"impl": impl, "workload": workload, "reason": reason}
         if entry not in self.skipped:  # every precision skips for the same reason
             self.skipped.append(entry)
+
+    def fail(self, impl: str, workload: str, precision: str, exc: Exception) -> None:
+        """A contender that raised: its traceback into the log, the error into ``failed``, and
+        no row for it on that workload; the bench goes on with the others (a first run on a new
+        GPU should still give every row that works) and ``gpunn bench`` exits 1."""
+        self.failed.append({"impl": impl, "workload": workload, "precision": precision,
+                            "error": f"{type(exc).__name__}: {exc}"})
+        self.log(f"FAILED  {impl} on {workload} ({precision}):\n"
+                 + "".join(traceback.format_exception(exc)).rstrip())
 
     def book(self, device: str) -> None:
         """The book's whole run for every contender that has a version of it."""
@@ -176,6 +187,9 @@ class Suite:
                 continue
             except ImportError as exc:
                 self.skip(impl, "book", f"not importable: {exc}")
+                continue
+            except Exception as exc:
+                self.fail(impl, "book", "fp32", exc)
                 continue
             rows.append({
                 "workload": "book", "impl": impl,
@@ -204,8 +218,12 @@ class Suite:
         ceiling_samples = []
         for _ in range(self.repeats):
             ceiling_samples.append(gemm_ceiling(device, precision, self.seconds / 2))
-            for impl, (_, run, _) in runs.items():
-                times[impl].append(time_steps(run, self.seconds))
+            for impl, (_, run, _) in list(runs.items()):
+                try:
+                    times[impl].append(time_steps(run, self.seconds))
+                except Exception as exc:
+                    self.fail(impl, name, precision, exc)
+                    del runs[impl], times[impl]
         self.ceilings[key] = ceiling = statistics.median(ceiling_samples) if ceiling_samples else 0.0
         rows = []
         for impl, (backend, _, final_loss) in runs.items():
@@ -254,6 +272,8 @@ class Suite:
                 self.skip(impl, name, str(why))
             except ImportError as exc:
                 self.skip(impl, name, f"not importable: {exc}")
+            except Exception as exc:
+                self.fail(impl, name, precision, exc)
         return runs
 
 
@@ -357,6 +377,8 @@ def main(args: Any) -> int:
         doc["results"] += data_parallel(workloads, backends, args.nproc, repeats, seconds)
     for s in doc["skipped"]:
         print(f"skipped: {s['impl']} ({s.get('workload', '')}): {s['reason']}")
+    for f in doc["failed"]:
+        print(f"FAILED: {f['impl']} ({f['workload']}, {f['precision']}): {f['error']}")
     print(noise_note(doc))
     if args.json:
         write_atomic(args.json, json.dumps(doc, indent=2).encode())
@@ -364,4 +386,4 @@ def main(args: Any) -> int:
         write_atomic(args.markdown, markdown(doc).encode())
     if args.plot:
         plot(doc, args.plot)
-    return 0
+    return 1 if doc["failed"] else 0

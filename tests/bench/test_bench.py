@@ -369,6 +369,69 @@ def test_a_failed_op_profile_is_reported_and_the_bench_goes_on(monkeypatch):
             "reason": "RuntimeError: no events here"} in doc["skipped"]
 
 
+def test_a_contender_that_raises_is_reported_as_failed_and_the_bench_goes_on(monkeypatch, tmp_path,
+                                                                          capsys):
+    """One contender raising while it is set up, another while it is timed (after the check
+    steps), a third in the book's run: each is listed as failed with its error (and its
+    traceback in the output), the others are measured and written, and the command exits 1."""
+    suite = sys.modules["gpunn.bench.suite"]
+    real = suite.contenders
+
+    def broken_contenders(backends, peers, device):
+        out = real(backends, peers, device)
+        backend, streamed = out["gpunn-numpy-streamed"]
+
+        def fails_when_timed(*args):
+            run, steps = streamed(*args), [0]
+
+            def step():
+                steps[0] += 1
+                if steps[0] > 5:  # the check steps pass; the timed ones do not
+                    raise RuntimeError("illegal memory access")
+                run.step()
+            return bench.Run(step, run.sync, run.loss)
+
+        def fails_at_once(*args):
+            raise ValueError("bad plan")
+
+        out["gpunn-numpy-streamed"] = (backend, fails_when_timed)
+        out["numpy-book"] = ("numpy", fails_at_once)
+        return out
+
+    real_book = suite.book_run
+
+    def book_run(impl, device):
+        if impl == "gpunn-numpy":
+            raise RuntimeError("book went wrong")
+        return real_book(impl, device)
+
+    monkeypatch.setattr(suite, "contenders", broken_contenders)
+    monkeypatch.setattr(suite, "book_run", book_run)
+    paths = {k: tmp_path / f"out.{k}" for k in ("json", "md")}
+    code = cli.main(["bench", "--quick", "--repeats", "1", "--workloads", "small,book",
+                     "--peers", "numpy-book", "--threads", "1", "--json", str(paths["json"]),
+                     "--markdown", str(paths["md"])])
+    out = capsys.readouterr().out
+    assert code == 1
+    doc = json.loads(paths["json"].read_text())
+    jsonschema.validate(doc, bench.SCHEMA)
+    assert doc["failed"] == [
+        {"impl": "numpy-book", "workload": "small", "precision": "fp32",
+         "error": "ValueError: bad plan"},
+        {"impl": "gpunn-numpy-streamed", "workload": "small", "precision": "fp32",
+         "error": "RuntimeError: illegal memory access"},
+        {"impl": "gpunn-numpy", "workload": "book", "precision": "fp32",
+         "error": "RuntimeError: book went wrong"}]
+    rows = {(r["workload"], r["impl"]) for r in doc["results"]}
+    assert ("small", "gpunn-numpy") in rows and ("small", "step-gemms") in rows
+    assert not rows & {("small", "gpunn-numpy-streamed"), ("small", "numpy-book"),
+                       ("book", "gpunn-numpy")}
+    assert "FAILED: gpunn-numpy-streamed (small, fp32): RuntimeError: illegal memory access" in out
+    assert "Traceback (most recent call last)" in out and "in fails_when_timed" not in out
+    assert "in step" in out  # the timed step's own frame
+    assert "Failed: numpy-book (small, fp32): ValueError: bad plan" in paths["md"].read_text()
+
+
 def test_steps_are_timed_in_one_run_waited_for_once(monkeypatch):
     """On a clock that a step moves by 1 ms: the time per step, from a run of at least
     ``seconds`` with one wait at its end (shorter runs before it only size it), not a wait
