@@ -578,20 +578,26 @@ def test_the_gemms_row_alone_keeps_the_output_layer_in_gemms(emulated, monkeypat
         row(wide, bench.initial_params(wide.sizes), X, y, "fp32", "gpu")
 
 
+def benchmark_script(name: str) -> types.ModuleType:
+    """benchmarks/<name>.py, loaded as a module (the folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / f"{name}.py"
+    spec_of = importlib.util.spec_from_file_location(name, path)
+    script = importlib.util.module_from_spec(spec_of)
+    spec_of.loader.exec_module(script)
+    return script
+
+
 def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     """benchmarks/gemm_tuning.py (run by make gpu-check): one line per problem a tuned step
     planned, each algorithm's time (and cuBLAS's, for plain GEMMs) with the kept one starred,
     failures named, untuned and earlier problems left out; then each narrow-kernel choice and
     each epilogue choice the step timed, the faster starred. Stand-ins for the GPU here."""
-    import importlib.util
-    from pathlib import Path
-
     from gpunn.backends.cuda.cublaslt import Spec
 
-    path = Path(__file__).parents[2] / "benchmarks" / "gemm_tuning.py"
-    spec_of = importlib.util.spec_from_file_location("gemm_tuning", path)
-    script = importlib.util.module_from_spec(spec_of)
-    spec_of.loader.exec_module(script)
+    script = benchmark_script("gemm_tuning")
 
     def spec(epilogue, m, candidates, operands=np.float32, out=np.float32):
         return Spec(epilogue, m, 1024, 784, 1024, 784, m, False, True, 0, np.dtype(operands),
@@ -664,23 +670,40 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     assert steps == ["tf32", "tf32"]
 
 
+def test_a_case_of_the_gemm_tuning_script_that_raises_leaves_the_others_reported(monkeypatch,
+                                                                                capsys):
+    """A workload and precision whose tuned step raises prints FAILED and its traceback; the
+    cases after it still report, and the script exits 1."""
+    script = benchmark_script("gemm_tuning")
+
+    def tuned(workload, precision):
+        if precision == "tf32":
+            raise RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")
+        return [f"{workload} {precision}: one line"]
+
+    monkeypatch.setattr(script, "tuned", tuned)
+    monkeypatch.setattr(sys, "argv", ["gemm_tuning.py", "--workloads", "medium,large",
+                                      "--precision", "tf32,bf16"])
+    assert script.main() == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith(("medium", "large"))] == [
+        "medium tf32: FAILED", "medium bf16: one line", "large tf32: FAILED", "large bf16: one line"]
+    assert "RuntimeError: CUBLAS_STATUS_EXECUTION_FAILED" in lines
+    monkeypatch.setattr(script, "tuned", lambda workload, precision: ["fine"])
+    assert script.main() == 0
+
+
 def test_the_read_ahead_script_times_streamed_steps_with_each_count_of_workers(emulated, monkeypatch):
     """benchmarks/read_ahead.py (run by make gpu-check): resident, then streamed with each count
     of upload workers (the uploader built with that many batches ahead and 2 slots more) and of
     batches to a start, each with the calling thread's CPU time and time in the uploader's
     finish, then READ_AHEAD, the grouping and finish as they were. The CuPy backend's kernels on
     the CPU and a stand-in runtime here."""
-    import importlib.util
-    from pathlib import Path
-
     from support.cuda_runtime import Runtime
 
     from gpunn.backends.cuda import transfer
 
-    path = Path(__file__).parents[2] / "benchmarks" / "read_ahead.py"
-    spec_of = importlib.util.spec_from_file_location("read_ahead", path)
-    script = importlib.util.module_from_spec(spec_of)
-    spec_of.loader.exec_module(script)
+    script = benchmark_script("read_ahead")
     monkeypatch.setattr(sys.modules["gpunn.bench.contenders"], "get_backend", lambda _: emulated)
     monkeypatch.setattr(transfer, "CupyRuntime", lambda xp: Runtime())
     monkeypatch.setattr(transfer, "WORKER_MIN_BYTES", 0)  # this workload's batches are tiny
