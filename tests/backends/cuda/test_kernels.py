@@ -236,25 +236,30 @@ def test_every_tuned_candidate_split_k_or_not_computes_the_same_products(precisi
     mask = cp.zeros(relu_mask_shape(rows, n_out), cp.uint8)
     out_type = BF16_BITS if bf16 else np.float32
 
+    # Each returns its outputs, or None where cuBLASLt offers no algorithm (whether it takes
+    # bf16 epilogues with a float32 bias is test_bf16's question; here only float32 must run).
     def forward():
         out = cp.zeros((rows, n_out), out_type)
-        assert e.forward(x, w, b, out, True, mask, tf32=tf32, tune=True)
-        return [out.copy(), mask.copy()]
+        ran = e.forward(x, w, b, out, True, mask, tf32=tf32, tune=True)
+        return [out.copy(), mask.copy()] if ran else None
 
     def backward():
         out, dbiases = cp.zeros((rows, n_out), out_type), poisoned(cp, (1, n_out), np.float32)
-        assert e.dinputs_relu_bgrad(dvalues, w_up, out, mask, dbiases, tf32=tf32, tune=True)
-        return [out, dbiases]
+        ran = e.dinputs_relu_bgrad(dvalues, w_up, out, mask, dbiases, tf32=tf32, tune=True)
+        return [out, dbiases] if ran else None
 
     def plain():
         out = poisoned(cp, (rows, 10), np.float32)
-        assert e.matmul(dvalues, h10, out, tf32=tf32, tune=True)
-        return [out]
+        return [out] if e.matmul(dvalues, h10, out, tf32=tf32, tune=True) else None
 
     close = {"rtol": 2.0 ** -7, "atol": 1e-2} if bf16 else {"rtol": 1e-4, "atol": 1e-3}
     split = []
     for run in (forward, backward, plain):
         first = run()  # tuned here
+        assert first is not None or precision != "fp32", f"cuBLASLt offered no {run.__name__}"
+        if first is None:
+            split.append(0)
+            continue
         problem = list(e.problems.values())[-1]
         split.append(problem.count - problem.offered)
         kept = problem.chosen
