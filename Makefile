@@ -10,6 +10,9 @@ CUDA_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 13 14 15,$(CUDA_MAJOR)),cuda13,cu
 # Extra `gpunn bench` arguments for gpu-check, to fit a short lease: the later option wins, e.g.
 # make gpu-check GPU_BENCH="--workloads small,medium,book --precision fp32,bf16"
 GPU_BENCH ?=
+# gpu-check: seconds one gpu-marked test may take (where pytest-timeout is installed, as on the
+# lent machines) before it fails and the rest go on: a hung test would otherwise eat the lease.
+GPU_TEST_TIMEOUT ?= 180
 # Other versions of kernels.cu for gpu-check's phases to time beside this one, e.g.
 # git show 92d7960:gpunn/backends/cuda/kernels.cu > old-kernels.cu; make gpu-check PHASES_COMPARE=old-kernels.cu
 PHASES_COMPARE ?=
@@ -66,7 +69,8 @@ gpu-check:
 	export PYTHONPATH="$$site:$$PWD"; \
 	python3 -m gpunn info; \
 	python3 -c "import cuda.core" 2>/dev/null || echo "cuda.core does not import here (nvmath-python 1.0 wants it): carry its wheel, ../shared/gpu/fetch-wheels.sh cuda-core"; \
-	python3 -m pytest -q -rfEs -m gpu -p no:cacheprovider --ignore=tests/backends/cuda/test_cuda_sources.py tests || status=$$?; \
+	python3 -m pytest -q -rfEs -m gpu -p no:cacheprovider --ignore=tests/backends/cuda/test_cuda_sources.py \
+	  $$(python3 -c "import pytest_timeout" 2>/dev/null && echo --timeout=$(GPU_TEST_TIMEOUT)) tests || status=$$?; \
 	python3 -m gpunn bench --backends cupy --repeats 5 --ops $(GPU_BENCH) --json "$${OUT:-.}/bench.json" \
 	  --markdown "$${OUT:-.}/bench.md" || status=$$?; \
 	python3 benchmarks/one_kernel_phases.py $(if $(PHASES_COMPARE),--compare $(PHASES_COMPARE),) \
