@@ -65,7 +65,7 @@ class FakeLt:
         self.splittable, self.schemes, self.waves = set(splittable), schemes, waves or {}
         self.unsplittable = set(unsplittable)
         self.checked: list[tuple] = []  # (algorithm, parts, scheme) of each check
-        self.algos: list[int] = []
+        self.algos: list[int | tuple[int, int, int]] = []  # a split one: (number, parts, scheme)
         self.objects: dict[int, dict] = {}
         self.calls: list[tuple] = []
         self.planned: list[dict] = []  # the epilogue pointers and workspace each plan saw
