@@ -60,6 +60,18 @@ __device__ __forceinline__ float operand(unsigned short bits) {
     return __uint_as_float((unsigned int)bits << 16);
 }
 
+// Whether the ReLU passed its input, given its output: output > 0, a subnormal float counting as
+// 0. CuPy compiles every kernel with -ftz=true, under which a float comparison calls a subnormal 0
+// (as NumPy does with denormals flushed); but on an H200 relu_backward and
+// relu_backward_column_sum, both compiled so, answered differently for an output of 1e-45. Read
+// from the bits, every kernel gives the same answer whatever the compiler makes of a comparison:
+// a positive normal number or +infinity passes; zeros, subnormals, negatives and NaNs do not.
+__device__ __forceinline__ bool relu_passed(float x) {
+    unsigned int bits = __float_as_uint(x);
+    return bits >= 0x00800000u && bits <= 0x7f800000u;
+}
+__device__ __forceinline__ bool relu_passed(double x) { return x > 0; }
+
 // ---- Dense forward and ReLU backward ----------------------------------------------------------
 
 // z = z + biases (broadcast over rows), then max(z, 0) when relu != 0. z is (n, k), row-major.
@@ -86,7 +98,7 @@ template <typename T>
 __global__ void relu_backward(T* dvalues, const T* output, long long size) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
          i += (long long)gridDim.x * blockDim.x) {
-        if (!(output[i] > T(0))) dvalues[i] = T(0);
+        if (!relu_passed(output[i])) dvalues[i] = T(0);
     }
 }
 
@@ -160,7 +172,7 @@ __device__ __forceinline__ void relu_backward_columns(T* dvalues, const O* outpu
                 int row = first + r * stripes;
                 long long i = (long long)row * k + col;
                 d[r] = row < n ? dvalues[i] : T(0);
-                passed[r] = row < n && operand(output[i]) > 0;  // NaN and -0 pass nothing
+                passed[r] = row < n && relu_passed(operand(output[i]));
             }
 #pragma unroll
             for (int r = 0; r < RELU_SUM_ROWS; ++r) {
@@ -540,7 +552,7 @@ __device__ __forceinline__ void narrow_dinputs_columns(const In* dz, const In* w
                 for (int c = 0; c < NARROW_OUTPUTS; ++c) {
                     if (c < k) d[r] += operand(dz_row[c]) * wc[c];
                 }
-                if (!(operand(output[(long long)row * m + col]) > 0)) d[r] = T(0);
+                if (!relu_passed(operand(output[(long long)row * m + col]))) d[r] = T(0);
             }
 #pragma unroll
             for (int r = 0; r < RELU_SUM_ROWS; ++r) {
