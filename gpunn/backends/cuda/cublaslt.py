@@ -356,7 +356,7 @@ class Epilogues:
         """Row-major out = op(a) @ op(b), as ``cublas.Gemm.gemm`` (bfloat16 operands give a
         float32 out), with no epilogue. False, with nothing written, where cuBLASLt cannot.
         Tuned, ``fallback`` (the same product through the caller's other path) is timed with the
-        algorithms; False from then on where it was the fastest."""
+        algorithms; where it was the fastest, False from then on to each call that passes one."""
         # Column-major: out^T = op(b)^T @ op(a)^T, the swap of cublas.py.
         return self._matmul(self.lt.Epilogue.DEFAULT, a=b, b=a, d=out,
                             k=a.shape[0] if trans_a else a.shape[1], trans_a=trans_b,
@@ -409,8 +409,8 @@ class Epilogues:
             self._tune(problem, call, spec, fallback)
             if not problem.supported:
                 return False
-        if problem.declined:
-            return False
+        if problem.declined and fallback is not None:  # a caller without one still gets the
+            return False  # fastest algorithm (the same problem, declined by another caller)
         call()
         return True
 

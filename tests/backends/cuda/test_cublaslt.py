@@ -305,8 +305,9 @@ def test_tuning_keeps_the_fastest_algorithm(rng):
 
 def test_a_tuned_plain_gemm_keeps_cublas_where_its_own_choice_is_faster(rng):
     """The caller's other path (cuBLAS, for the backend) is timed once beside the algorithms: where
-    it is the fastest, matmul declines the problem from then on, writing nothing; where it is
-    not, the fastest algorithm runs. Epilogue problems are not given one."""
+    it is the fastest, matmul declines the problem from then on, writing nothing, to callers that
+    have that path; where it is not, the fastest algorithm runs. Epilogue problems are not given
+    one."""
     a, b = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
     for cublas_ms, declined in ((0.5, True), (1.5, False)):
         lt, e, timed = tuned(costs={1: 3.0, 2: 1.0, 3: 2.0, 4: 5.0})
@@ -329,6 +330,12 @@ def test_a_tuned_plain_gemm_keeps_cublas_where_its_own_choice_is_faster(rng):
         assert problem.declined is declined
         assert lt.algos[4:] == ([] if declined else [2, 2, 2])
         assert fallbacks == []  # timed (by the stand-in timer), never run by matmul itself
+        # a caller with no other path (the same problem): the fastest algorithm, declined or not
+        # (on an H200 the backend's decline left a later caller with nothing)
+        out = aligned(np.full((4, 5), np.nan))
+        assert e.matmul(Dev(a), Dev(b), Dev(out), tune=True)
+        np.testing.assert_allclose(out, a @ b)
+        assert lt.algos[-1] == 2 and timed == [1, 2, 3, 4]
 
 
 def test_tuning_passes_over_algorithms_that_fail(rng):
