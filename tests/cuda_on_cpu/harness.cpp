@@ -155,6 +155,7 @@ SIZED_TRAINERS
     }
 
 PLAIN(advance_schedule)
+PLAIN(bias_act_quads)
 PLAIN(float_to_bf16)
 PLAIN(take_rows_bf16)
 PLAIN(hold_device)

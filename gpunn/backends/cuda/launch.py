@@ -23,6 +23,10 @@ MAX_BLOCKS = 8192  # grid-stride loops cover the rest
 ONE_KERNEL_THREADS = 512  # kernels.cu's ONE_KERNEL_THREADS (its __launch_bounds__)
 FOLDED_INPUTS = 3  # kernels.cu's FOLDED_INPUTS (dW1 summed with the hidden gradient up to this)
 COLUMN_SUM_THREADS = 1024  # kernels.cu's COLUMN_SUM_THREADS (the column sums' blocks)
+QUAD_COLUMNS, QUAD_ROWS = 32, 8  # kernels.cu's: bias_act_quads' block, column quads by rows
+#: bias_act_quads' blocks at most: about one wave of them on an H100's or H200's 132 SMs (8 of
+#: 256 threads a SM); the threads of a larger array walk down its rows.
+QUAD_MAX_BLOCKS = 1024
 #: Blocks a column sum is spread over where its columns allow: one 1024-thread block an SM at
 #: these kernels' registers, and an H100 or H200 has 132 SMs.
 COLUMN_SUM_BLOCKS = 128
@@ -153,9 +157,17 @@ class Kernels:
         if only16 and z16 is None:
             raise ValueError("bias_act with only16 needs z16, the bfloat16 output")
         n, k = z.shape
-        self.lookup("bias_act", z.dtype)((blocks(z.size),), (THREADS,),
-                                         (z, biases, np.int64(n), np.int32(k), np.int32(relu),
-                                          *self._bf16_out(z16), np.int32(not only16)))
+        if z.dtype == np.float32 and k % 4 == 0:  # four columns a thread (kernels.cu)
+            column_blocks = -(-(k // 4) // QUAD_COLUMNS)
+            row_blocks = max(1, min(-(-n // QUAD_ROWS), QUAD_MAX_BLOCKS // column_blocks))
+            self.lookup("bias_act_quads")(
+                (column_blocks * row_blocks,), (QUAD_COLUMNS, QUAD_ROWS),
+                (z, biases, np.int64(n), np.int32(k), np.int32(relu), *self._bf16_out(z16),
+                 np.int32(not only16), np.int32(column_blocks)))
+        else:
+            self.lookup("bias_act", z.dtype)((blocks(z.size),), (THREADS,),
+                                             (z, biases, np.int64(n), np.int32(k), np.int32(relu),
+                                              *self._bf16_out(z16), np.int32(not only16)))
         return z16 if only16 else z
 
     def relu_backward(self, dvalues: Any, output: Any) -> Any:

@@ -437,6 +437,48 @@ def test_relu_backward_column_sum_is_the_two_kernels_in_one_pass(backends, shape
                                       host(want).view(f"u{host(want).itemsize}"))
 
 
+@pytest.mark.parametrize("shape, max_blocks", [((1, 4), 1024), ((33, 8), 1024),
+                                               ((257, 1000), 1024), ((37, 4100), 1024),
+                                               ((2100, 132), 1024), ((301, 12), 2)])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_bias_act_by_column_quads_gives_the_bits_of_bias_act(backends, shape, max_blocks, aligned,
+                                                             rng, monkeypatch):
+    """float32 rows of a multiple of 4 columns take bias_act_quads (four columns a thread, no
+    remainder per element, vector loads and stores where z and z16 are aligned for them): the
+    same bits as the bias_act kernel, with and without the ReLU, the bf16 copy and the float32
+    result, NaNs and signed zeros included; z and z16 off their 16- and 8-byte alignment too;
+    and with the grid held to 2 blocks, where each thread walks down many rows."""
+    from gpunn.backends.cuda import launch
+
+    monkeypatch.setattr(launch, "QUAD_MAX_BLOCKS", max_blocks)
+    fast, _, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    n, k = shape
+    z = rng.standard_normal(shape).astype(np.float32)
+    z.flat[:6] = [np.nan, -0.0, 0.0, -np.nan, 1 + 2**-8, -1e-40][:z.size]
+    b = rng.standard_normal((1, k)).astype(np.float32)
+    b[0, :2] = 0.0
+    skip = 0 if aligned else 1  # one element in: 4 bytes off a float32's, 2 off a bf16's
+
+    def buffer(dtype, fill):
+        return cp.full(n * k + skip, fill, dtype)[skip:].reshape(shape)
+
+    for relu in (True, False):
+        for write16, only16 in ((False, False), (True, False), (True, True)):
+            want, want16 = cp.array(z), cp.full(shape, 0xFFFF, np.uint16)
+            launch_args = (want, cp.asarray(b), np.int64(n), np.int32(k), np.int32(relu),
+                           want16, np.int32(write16), np.int32(not only16))
+            fast.kernels.lookup("bias_act", np.float32)((launch.blocks(z.size),),
+                                                        (launch.THREADS,), launch_args)
+            got, got16 = buffer(np.float32, 0.0), buffer(np.uint16, 0xFFFF)
+            got[...] = cp.asarray(z)
+            fast.kernels.bias_act(got, cp.asarray(b), relu, got16 if write16 else None, only16)
+            what = f"relu {relu}, bf16 copy {write16}, alone {only16}"
+            np.testing.assert_array_equal(host(got).view(np.uint32), host(want).view(np.uint32),
+                                          err_msg=what)
+            np.testing.assert_array_equal(host(got16), host(want16), err_msg=what)
+
+
 def test_every_relu_gradient_kernel_passes_nothing_where_the_output_was_subnormal(backends, rng):
     """relu_backward, relu_backward_column_sum and narrow_dinputs_relu_bgrad agree on which
     outputs the ReLU passed, written out by hand: positive normal numbers and +inf; not zeros,
