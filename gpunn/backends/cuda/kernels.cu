@@ -94,8 +94,9 @@ __global__ void bias_act(T* z, const T* biases, long long n, int k, int relu, un
 
 // bias_act for float32 rows of a multiple of 4 columns: each thread takes four neighbouring
 // columns, keeps their biases in registers and walks down the rows, so no element's column is
-// found by a 64-bit remainder (bias_act's i % k, some tens of instructions an element; on an H200
-// its pass over medium's 1024 x 1024 moved 0.84 TB/s) and, where z and z16 are aligned for it,
+// found by a remainder (bias_act's i % k: 64-bit, or 32-bit where the values fit, some tens of
+// instructions an element either way; on an H200 its pass over medium's 1024 x 1024 moved about
+// 0.84 TB/s, eagerly timed by gpunn bench --ops) and, where z and z16 are aligned for it,
 // four values move at a time (a 16-byte read, 16- and 8-byte writes; see float_to_bf16). The
 // same operations on each value as bias_act: the same bits. A block is 32 column quads by 8 rows;
 // the one-dimensional grid is column_blocks blocks across the columns times as many down the rows.
