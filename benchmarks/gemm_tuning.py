@@ -13,9 +13,10 @@ workspace, ``i``: in place, then cuBLAS's own for plain GEMMs, the one kept mark
 ``gpunn bench`` shows as gpunn-cupy (tuned, the default) against gpunn-cupy-untuned, this shows
 GEMM by GEMM. Then each product of a layer with few outputs that
 was timed in the narrow kernels against the GEMM path (the output layer's forward, and its weight
-and bias gradients), and each epilogue choice the step timed (a cuBLASLt epilogue against the GEMM
-and the separate passes, by layer: the forward's bias, ReLU and mask, and the backward's ReLU and
-bias gradients), the faster marked.
+and bias gradients), each tf32 weight gradient timed from a transposed copy of an operand
+against the GEMM as it is (the copy's time included), and each epilogue choice the step timed
+(a cuBLASLt epilogue against the GEMM and the separate passes, by layer: the forward's bias,
+ReLU and mask, and the backward's ReLU and bias gradients), the faster marked.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def tuned(workload: str, precision: str) -> list[str]:
     """The report lines of the problems one tuned step of ``workload`` planned."""
     backend = get_backend("cupy")  # its problems and choices are shared by every model's
     problems, narrow = backend.epilogues.problems, backend.narrow_choice.times
-    epilogues = backend.epilogue_choice.times
+    epilogues, transposes = backend.epilogue_choice.times, backend.transpose_choice.times
     before, narrow_before, epilogues_before = set(problems), set(narrow), set(epilogues)
+    transposes_before = set(transposes)
     w = WORKLOADS[workload]
     X, y = workload_data(w)
     try:
@@ -90,6 +92,12 @@ def tuned(workload: str, precision: str) -> list[str]:
             lines.append(f"{workload:6} {precision} narrow {kind:12} {inputs[0]} rows, {inputs[1]} "
                          f"inputs, {outputs[1]} outputs: "
                          + faster_of("kernel ms", ours, "GEMM path", theirs))
+    for problem, (copied, plain) in transposes.items():
+        if problem not in transposes_before:
+            _, (rows, n_in), (_, n_out) = problem
+            lines.append(f"{workload:6} {precision} weight_grads from a transposed copy: {rows} "
+                         f"rows, {n_in} inputs, {n_out} outputs: "
+                         + faster_of("copy + GEMM ms", copied, "GEMM as it is", plain))
     for key, (fused, separate) in epilogues.items():
         if key not in epilogues_before:
             # (cupy_backend.py's keys) forward: kind, inputs' and weights' shapes, operand and

@@ -49,7 +49,8 @@ class Options:
     #: and ``transfer.GROUP_BYTES``).
     upload_thread: bool = False
     #: GEMMs through cuBLASLt with each problem's candidate algorithms timed on its first call
-    #: and the fastest kept (on by default on the CuPy backend, where it measured faster than
+    #: and the fastest kept, and under tf32 each weight gradient timed from a transposed copy of
+    #: an operand as well (on by default on the CuPy backend, where it measured faster than
     #: cuBLAS's own choice; the NumPy backend's BLAS chooses for itself).
     tune_gemms: bool = False
     #: A Dense layer with up to 16 outputs (a classifier's output layer) may run its products in

@@ -629,10 +629,13 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
     narrow = {("forward", (4, 8), (8, 2)): (0.5, 0.25)}
     made_narrow = {("forward", (1024, 1024), (1024, 10), "more"): (0.0625, 0.125),
                    ("weight_grads", (1024, 1024), (1024, 10), "more"): (0.25, 0.125)}
+    transposes = {("weight_grads", (4, 8), (4, 2)): (0.5, 0.25)}
+    made_transposes = {("weight_grads", (8192, 4096), (8192, 4096)): (0.75, 1.0)}
     monkeypatch.setattr(script, "get_backend",
                         lambda name: types.SimpleNamespace(
                             epilogues=types.SimpleNamespace(problems=problems),
                             narrow_choice=types.SimpleNamespace(times=narrow),
+                            transpose_choice=types.SimpleNamespace(times=transposes),
                             epilogue_choice=types.SimpleNamespace(times=epilogue_times)))
     steps = []
 
@@ -644,6 +647,7 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
                 steps.append(precision)
                 problems.update(made)
                 narrow.update(made_narrow)
+                transposes.update(made_transposes)
                 epilogue_times.update(made_epilogues)
             return types.SimpleNamespace(step=step, sync=lambda: None)
         return make
@@ -663,6 +667,8 @@ def test_the_gemm_tuning_script_reports_each_tuned_problem(monkeypatch, capsys):
         "GEMM path 0.1250",
         "small  tf32 narrow weight_grads 1024 rows, 1024 inputs, 10 outputs: kernel ms 0.2500, "
         "GEMM path 0.1250*",
+        "small  tf32 weight_grads from a transposed copy: 8192 rows, 4096 inputs, 4096 outputs: "
+        "copy + GEMM ms 0.7500*, GEMM as it is 1.0000",
         "small  tf32 epilogue forward relu_mask  1024 rows, 784 inputs, 1024 outputs, bf16 -> bf16: "
         "fused ms 0.2500*, separate 0.3750",
         "small  tf32 epilogue dinputs drelu_bgrad 1024 rows, 1024 inputs, 1024 outputs, "

@@ -16,7 +16,7 @@ TEMPLATED = ("bias_act", "relu_backward", "column_sum", "relu_backward_column_su
              "narrow_dinputs_relu_bgrad_bf16", "sgd_update", "cache_update", "adam_update",
              "train_in_one_kernel")
 PLAIN = ("advance_schedule", "bias_act_quads", "float_to_bf16", "take_rows_bf16",
-         "hold_device")
+         "transpose", "hold_device")
 
 #: Options given to NVRTC (through cupy.RawModule) besides the target architecture: the schedule's
 #: slots and the rule codes as macros (schedule.py), so the kernels read the slots Python writes.

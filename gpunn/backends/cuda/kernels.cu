@@ -155,6 +155,39 @@ bias_act_quads(float* z, const float* biases, long long n, int k, int relu, unsi
     }
 }
 
+// out = x transposed: x (n rows of k) into out (k rows of n), both row-major, for the
+// weight gradients of precision "tf32" (cupy_backend.py): Hopper's TF32 tensor cores read
+// operands that run along the sum, and inputs.T @ dz sums down the columns of both, the batch;
+// a copy of one that runs along it gives that GEMM the forward's layout. (On an H200, large's
+// tf32 GEMMs of 1.4e11 multiply-adds took 1.03 ms each where neither operand ran along the sum
+// (the weight gradients), 0.71 where one did (the forward), 0.66 where both did (the gradient
+// handed down): gemm_tuning.py.) A TRANSPOSE_TILE square at a time goes through shared
+// memory, so that the reads (along x's rows) and the writes (along out's) are both a warp on
+// consecutive addresses; a tile's row is one longer than the tile, so the warp that reads one
+// of its columns meets 32 banks, not one. The one-dimensional grid walks the tiles,
+// column_tiles of them across x, row by row of tiles.
+#define TRANSPOSE_TILE 32
+#define TRANSPOSE_ROWS 8
+#define TRANSPOSE_THREADS (TRANSPOSE_TILE * TRANSPOSE_ROWS)
+__global__ void __launch_bounds__(TRANSPOSE_THREADS)
+transpose(const float* x, float* out, long long n, int k, int column_tiles, long long tiles) {
+    __shared__ float tile[TRANSPOSE_TILE][TRANSPOSE_TILE + 1];
+    for (long long t = blockIdx.x; t < tiles; t += gridDim.x) {
+        long long first_row = (t / column_tiles) * TRANSPOSE_TILE;
+        long long first_col = (t % column_tiles) * (long long)TRANSPOSE_TILE;
+        for (int j = threadIdx.y; j < TRANSPOSE_TILE; j += TRANSPOSE_ROWS) {
+            long long row = first_row + j, col = first_col + threadIdx.x;
+            if (row < n && col < k) tile[j][threadIdx.x] = x[row * k + col];
+        }
+        __syncthreads();
+        for (int j = threadIdx.y; j < TRANSPOSE_TILE; j += TRANSPOSE_ROWS) {
+            long long col = first_col + j, row = first_row + threadIdx.x;
+            if (col < k && row < n) out[col * n + row] = tile[threadIdx.x][j];
+        }
+        __syncthreads();  // every value of the tile is out before the next tile comes in
+    }
+}
+
 // dvalues = dvalues where the ReLU passed its input (output > 0), else 0; in place. (Below a
 // Dense layer, relu_backward_column_sum does this with the bias gradient and any bf16 copy.)
 template <typename T>

@@ -24,6 +24,7 @@ ONE_KERNEL_THREADS = 512  # kernels.cu's ONE_KERNEL_THREADS (its __launch_bounds
 FOLDED_INPUTS = 3  # kernels.cu's FOLDED_INPUTS (dW1 summed with the hidden gradient up to this)
 COLUMN_SUM_THREADS = 1024  # kernels.cu's COLUMN_SUM_THREADS (the column sums' blocks)
 QUAD_COLUMNS, QUAD_ROWS = 32, 8  # kernels.cu's: bias_act_quads' block, column quads by rows
+TRANSPOSE_TILE, TRANSPOSE_ROWS = 32, 8  # kernels.cu's: transpose's tile, and its block's rows
 #: bias_act_quads' blocks at most: about one wave of them on an H100's or H200's 132 SMs (8 of
 #: 256 threads a SM); the threads of a larger array walk down its rows.
 QUAD_MAX_BLOCKS = 1024
@@ -264,6 +265,21 @@ class Kernels:
         thread takes four values at a time where both are aligned for it."""
         self.lookup("float_to_bf16")((blocks((x.size + 3) // 4),), (THREADS,),
                                      (x, out, np.int64(x.size)))
+        return out
+
+    def transpose(self, x: Any, out: Any) -> Any:
+        """out = x.T for float32 x of (n, k) and out of (k, n), both C-contiguous."""
+        n, k = x.shape
+        if x.dtype != np.float32 or out.dtype != np.float32 or out.shape != (k, n) \
+                or not (x.flags.c_contiguous and out.flags.c_contiguous):
+            raise ValueError(f"transpose takes C-contiguous float32 x and out of its transposed "
+                             f"shape; got x {x.dtype} {x.shape} of strides {x.strides} and out "
+                             f"{out.dtype} {out.shape} of strides {out.strides}")
+        column_tiles = -(-k // TRANSPOSE_TILE)
+        tiles = column_tiles * -(-n // TRANSPOSE_TILE)
+        self.lookup("transpose")((max(1, min(tiles, MAX_BLOCKS)),), (TRANSPOSE_TILE, TRANSPOSE_ROWS),
+                                 (x, out, np.int64(n), np.int32(k), np.int32(column_tiles),
+                                  np.int64(tiles)))
         return out
 
     def hold_device(self, seconds: float) -> None:

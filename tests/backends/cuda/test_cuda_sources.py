@@ -76,7 +76,7 @@ def test_host_constants_match_the_sources():
     assert threads and int(threads.group(1)) == launch.ONE_KERNEL_THREADS
     threads = re.search(r"#define COLUMN_SUM_THREADS (\d+)", cuda.source())
     assert threads and int(threads.group(1)) == launch.COLUMN_SUM_THREADS
-    for name in ("QUAD_COLUMNS", "QUAD_ROWS"):
+    for name in ("QUAD_COLUMNS", "QUAD_ROWS", "TRANSPOSE_TILE", "TRANSPOSE_ROWS"):
         quad = re.search(rf"#define {name} (\d+)", cuda.source())
         assert quad and int(quad.group(1)) == getattr(launch, name)
     folded = re.search(r"#define FOLDED_INPUTS (\d+)", cuda.source())

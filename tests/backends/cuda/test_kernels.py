@@ -479,6 +479,65 @@ def test_bias_act_by_column_quads_gives_the_bits_of_bias_act(backends, shape, ma
             np.testing.assert_array_equal(host(got16), host(want16), err_msg=what)
 
 
+@pytest.mark.parametrize("shape, max_blocks", [((1, 1), 8192), ((1, 33), 8192), ((33, 1), 8192),
+                                               ((70, 45), 8192), ((64, 32), 8192),
+                                               ((100, 257), 3)])
+def test_transpose_writes_every_value_of_x_transposed(backends, shape, max_blocks, rng,
+                                                      monkeypatch):
+    """transpose (a tile at a time through shared memory): out is x.T bit for bit, every element
+    of the poisoned output written, at sizes short of a tile, across several and past a tile's
+    edge; with the grid held to 3 blocks, each walks many tiles."""
+    from gpunn.backends.cuda import launch
+
+    monkeypatch.setattr(launch, "MAX_BLOCKS", max_blocks)
+    fast, _, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    x = rand(cp, rng, shape, np.float32)
+    out = fast.kernels.transpose(x, poisoned(cp, shape[::-1], np.float32))
+    np.testing.assert_array_equal(host(out), host(x).T)
+    with pytest.raises(ValueError, match="transpose takes C-contiguous float32"):
+        fast.kernels.transpose(x, poisoned(cp, shape, np.float64))
+
+
+@pytest.mark.parametrize("n_in, n_out", [(33, 65), (65, 33), (40, 40)])
+@pytest.mark.parametrize("transposed", [True, False])
+def test_tf32_weight_gradients_from_a_transposed_copy_are_the_same_products(
+        backends, n_in, n_out, transposed, rng, monkeypatch):
+    """Under tf32 (tuned), dweights = inputs.T @ dz may run from a transposed copy of the
+    narrower operand (inputs, or dz where it has fewer columns), whichever measured faster:
+    either way, the products of float64 to float32's rounding on the CPU (tf32's on a GPU), the
+    bias gradient the column sums, and the copy made only on that way. fp32 never copies."""
+    import dataclasses
+
+    fast, _, cp = backends
+    host = np.asarray if cp is np else cp.asnumpy
+    if cp is np:  # no tf32 on the CPU: the option set as a GPU would take it (the GEMMs stay NumPy's)
+        monkeypatch.setattr(fast, "options", dataclasses.replace(fast.options, precision="tf32"))
+        monkeypatch.setattr(fast, "transposed", {})
+        close = {"rtol": 1e-5, "atol": 1e-5}
+    else:
+        if fast.why_not("tf32"):
+            pytest.skip(fast.why_not("tf32"))
+        fast = fast.configured(precision="tf32")
+        close = {"rtol": 0, "atol": 4 * 2**-10 * np.sqrt(70)}  # operands rounded to 10 bits
+    monkeypatch.setattr(fast.transpose_choice, "prefer", transposed)
+    x, dz = rand(cp, rng, (70, n_in), np.float32), rand(cp, rng, (70, n_out), np.float32)
+    dw, db = poisoned(cp, (n_in, n_out), np.float32), poisoned(cp, (1, n_out), np.float32)
+    fast.weight_grads(x, dz, dz, dw, db)
+    np.testing.assert_allclose(host(dw), host(x).astype(np.float64).T @ host(dz), **close)
+    np.testing.assert_allclose(host(db), host(dz).sum(axis=0, keepdims=True), rtol=1e-5, atol=1e-5)
+    copied = (min(n_in, n_out), 70)  # the shape of the copy: inputs.T on a tie
+    if cp is np:  # (a GPU's buffers are the backend's, kept from other tests)
+        assert list(fast.transposed) == ([copied] if transposed else [])
+        monkeypatch.setattr(fast, "transposed", {})
+        dw[...] = np.nan
+        fast.configured(precision="fp32").weight_grads(x, dz, dz, dw, db)
+        assert fast.transposed == {}
+        np.testing.assert_allclose(dw, x.astype(np.float64).T @ dz, **close)
+    elif transposed:
+        assert copied in fast.transposed
+
+
 def test_every_relu_gradient_kernel_passes_nothing_where_the_output_was_subnormal(backends, rng):
     """relu_backward, relu_backward_column_sum and narrow_dinputs_relu_bgrad agree on which
     outputs the ReLU passed, written out by hand: positive normal numbers and +inf; not zeros,
