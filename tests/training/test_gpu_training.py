@@ -200,6 +200,41 @@ def test_epilogue_and_separate_paths_train_alike(precision):
         np.testing.assert_allclose(a, b, rtol=10 * rtol, atol=rtol)
 
 
+def test_tf32_weight_gradients_from_transposed_copies_train_as_the_gemms_as_they_are(monkeypatch):
+    """tf32 weight gradients from a transposed copy of an operand (recorded in the step's CUDA
+    graph), or from the GEMMs as they are: the same training within tf32's tolerance; left to
+    the timing, each hidden layer's weight gradient is timed once, both ways."""
+    from gpunn.backends import get_backend
+
+    bk = get_backend("cupy")
+    if bk.why_not("tf32"):
+        pytest.skip(bk.why_not("tf32"))
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    monkeypatch.setattr(bk.transpose_choice, "decisions", {})  # this test's alone, then as before
+    monkeypatch.setattr(bk.transpose_choice, "times", {})
+    results = []
+    for prefer in (True, False, None):
+        monkeypatch.setattr(bk.transpose_choice, "prefer", prefer)
+        nn.set_seed(0)
+        model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 48, init="he"),
+                               nn.ReLU(), nn.Dense(48, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=0.1, momentum=0.9), backend="cupy",
+                      precision="tf32")
+        model.backend.narrow_kernels = False  # the output layer's weight gradient in a GEMM too
+        history = model.fit(X, y, epochs=30, batch_size=64, seed=0, verbose=0)
+        results.append((model.get_params(), history["loss"]))
+        if prefer:  # copies of the narrower operand: the first layer's inputs (2 columns),
+            # the others' gradients (48 and 3)
+            assert {(2, 64), (48, 64), (3, 64)} <= set(bk.transposed)
+        if prefer is None:
+            timed = {key[1:] for key in bk.transpose_choice.times}
+            assert {((64, 2), (64, 64)), ((64, 64), (64, 48)), ((64, 48), (64, 3))} <= timed
+    for params, losses in results[1:]:
+        np.testing.assert_allclose(losses, results[0][1], rtol=2e-2, atol=1e-5)
+        for a, b in zip(params, results[0][0]):
+            np.testing.assert_allclose(a, b, rtol=0.2, atol=2e-2)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_tuned_gemms_train_as_cublas_does(precision):
     """tune_gemms (every GEMM through cuBLASLt, each problem's algorithms timed and the fastest
