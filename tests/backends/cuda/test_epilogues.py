@@ -174,6 +174,53 @@ def test_tuned_gemms_go_through_cublaslt(emulated, tune, takes, rng):
     assert lt.calls[before] == ("forward", tune)  # declined: then the separate path's GEMM
 
 
+class ForwardLt(RecordingLt):
+    """A cuBLASLt that takes every forward epilogue: with a mask (RELU_AUX_BIAS) or without
+    (RELU_BIAS), writing what cuBLASLt would (the mask: one byte a row here, 1 where passed)."""
+
+    def forward(self, inputs, weights, biases, out, relu, mask, tf32, tune):
+        self.calls.append("aux" if mask is not None else "relu")
+        out[...] = np.maximum(inputs @ weights + biases, 0)
+        if mask is not None:
+            mask[...] = out > 0
+        return True
+
+
+@pytest.mark.parametrize("policy, fastest, ran, wrote_mask", [
+    ("auto", "aux", "aux", True), ("auto", "relu", "relu", False),
+    ("auto", "separate", "separate", False), ("always", "separate", "aux", True),
+    ("never", "aux", "separate", False)])
+def test_where_the_mask_costs_more_the_relu_may_still_ride_on_the_forward_gemm(
+        emulated, policy, fastest, ran, wrote_mask, rng):
+    """A hidden layer's forward in training (a mask buffer given) has three ways: the GEMM
+    writing the mask (RELU_AUX_BIAS, so the backward can take DRELU_BGRAD), the GEMM with bias
+    and ReLU but no mask (RELU_BIAS: the backward reads the output), or the separate passes.
+    Under "auto" each is timed once and the fastest runs from then on; "always" takes the mask
+    where cuBLASLt offers it, "never" none. Whichever runs, the output is the layer's, and the
+    mask is said to be written only where it was."""
+    bk = emulated.configured(epilogue_policy=policy, tune_gemms=False)
+    lt = ForwardLt()
+    bk.epilogues, bk.epilogue_choice = lt, choice()
+    ms = {"aux": 3.0, "relu": 2.0, "separate": 2.5}
+    ms[fastest] = 1.0
+
+    def timed(fn):
+        before = len(lt.calls)
+        fn()
+        return ms[lt.calls[before] if len(lt.calls) > before else "separate"]
+
+    bk.epilogue_choice.time = timed
+    x, w = rng.standard_normal((6, 3)), rng.standard_normal((3, 8))
+    b = rng.standard_normal((1, 8))
+    for _ in range(2):  # decided on the first call; the second runs the choice alone
+        mask, out = np.zeros((6, 8), np.uint8), np.full((6, 8), np.nan)
+        before = len(lt.calls)
+        assert bk.dense_forward(x, w, b, out, relu=True, mask=mask) is wrote_mask
+    np.testing.assert_allclose(out, np.maximum(x @ w + b, 0))
+    assert lt.calls[before:] == ([] if ran == "separate" else [ran])
+    assert mask.any() == wrote_mask
+
+
 def faster(capturing=False, prefer=None):
     stream = types.SimpleNamespace(is_capturing=lambda: capturing)
     cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(get_current_stream=lambda: stream))
