@@ -481,14 +481,23 @@ __global__ void softmax_cross_entropy(const T* logits, const long long* labels, 
 // problem and keeps the faster (cupy_backend.py), so where they lose they are not used.
 #define NARROW_OUTPUTS 16
 
+// Values of x (the (n, m) operand, read from memory, not cache) a lane of the narrow forward and
+// weight-gradient kernels reads before it uses any: each warp has only its few rows or columns
+// to walk, a read at a time (32 for medium's 1024 inputs, each waiting on memory: about 10 us on
+// an H200, against 1.2 us for x's 4 MB at the device's bandwidth), so reading several at once
+// hides that wait. Each lane still adds its products in the same order: the same bits.
+#define NARROW_AHEAD 8
+
 // out = x @ w + b: x (n, m), w (m, k), k <= NARROW_OUTPUTS. A warp takes ROWS rows at a time,
 // its lanes the inputs j = lane, lane + 32, ... (a row's reads are whole lines), each lane
 // keeping every row's k partial sums; warp_sums adds them across the warp, and the bias comes
 // last, as it does after a GEMM. More rows a warp, the more rows each weight a lane reads
 // serves; fewer, the more warps there are for the SMs (the launch picks: launch.narrow_rows).
+// A lane reads the x values of AHEAD of its inputs (NARROW_AHEAD in all) before using them.
 template <int ROWS, typename T, typename In>
 __device__ __forceinline__ void narrow_forward_rows(const In* x, const In* w, const T* b, T* out,
                                                     int n, int m, int k) {
+    constexpr int AHEAD = NARROW_AHEAD / ROWS;
     int lane = threadIdx.x & 31;
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, warps = (gridDim.x * blockDim.x) >> 5;
     for (int first = warp * ROWS; first < n; first += warps * ROWS) {
@@ -498,15 +507,29 @@ __device__ __forceinline__ void narrow_forward_rows(const In* x, const In* w, co
 #pragma unroll
             for (int c = 0; c < NARROW_OUTPUTS; ++c) acc[r][c] = T(0);
         }
-        for (int j = lane; j < m; j += 32) {
-            T wj[NARROW_OUTPUTS];
+        for (int base = lane; base < m; base += 32 * AHEAD) {
+            T xv[AHEAD][ROWS];
 #pragma unroll
-            for (int c = 0; c < NARROW_OUTPUTS; ++c) wj[c] = c < k ? operand(w[j * k + c]) : T(0);
+            for (int a = 0; a < AHEAD; ++a) {
+                int j = base + 32 * a;
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                T xv = first + r < n ? operand(x[(long long)(first + r) * m + j]) : T(0);
+                for (int r = 0; r < ROWS; ++r) {
+                    xv[a][r] = j < m && first + r < n ? operand(x[(long long)(first + r) * m + j])
+                                                      : T(0);
+                }
+            }
 #pragma unroll
-                for (int c = 0; c < NARROW_OUTPUTS; ++c) acc[r][c] += xv * wj[c];
+            for (int a = 0; a < AHEAD; ++a) {
+                int j = base + 32 * a;
+                if (j >= m) break;
+                T wj[NARROW_OUTPUTS];
+#pragma unroll
+                for (int c = 0; c < NARROW_OUTPUTS; ++c) wj[c] = c < k ? operand(w[j * k + c]) : T(0);
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+                    for (int c = 0; c < NARROW_OUTPUTS; ++c) acc[r][c] += xv[a][r] * wj[c];
+                }
             }
         }
         int c = (lane >> 1) & (NARROW_OUTPUTS - 1);  // the output warp_sums leaves this lane
@@ -546,6 +569,8 @@ __global__ void narrow_forward_bf16(const unsigned short* x, const unsigned shor
 // grid. A warp takes TILE rows of dw (inputs first, first + 1, ...) and all k columns, its lanes
 // the rows i = lane, lane + 32, ... of x and dz, and warp_sums adds the lanes' sums. The warps of
 // a block take neighbouring inputs, so the sector a lane reads of a row of x serves them all.
+// A lane reads the x values of AHEAD of its rows (NARROW_AHEAD values in all, at least a row's)
+// before using them.
 // The warp after dw's last takes db = the column sums of dvalues (the layer's gradient as it is:
 // dz is the GEMM's operand, the same array or, under bf16, its bfloat16 copy), when with_bias.
 template <int TILE, typename T, typename In>
@@ -553,30 +578,55 @@ __device__ __forceinline__ void narrow_weight_grads_tiles(const In* x, const In*
                                                           const T* dvalues, T* dw, T* db, int n,
                                                           int m, int k, int with_bias) {
     constexpr int KMAX = NARROW_OUTPUTS / TILE;  // slot s: dw's row first + s / KMAX, column s % KMAX
+    constexpr int AHEAD = NARROW_AHEAD / TILE > 1 ? NARROW_AHEAD / TILE : 1;  // rows of x read ahead
     int lane = threadIdx.x & 31;
     int first = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * TILE;
     T acc[NARROW_OUTPUTS];
 #pragma unroll
     for (int s = 0; s < NARROW_OUTPUTS; ++s) acc[s] = T(0);
     if (first < m) {
-        for (int i = lane; i < n; i += 32) {
-            T a[TILE], d[KMAX];
+        for (int base = lane; base < n; base += 32 * AHEAD) {
+            T a[AHEAD][TILE];
 #pragma unroll
-            for (int t = 0; t < TILE; ++t) {
-                a[t] = first + t < m ? operand(x[(long long)i * m + first + t]) : T(0);
+            for (int h = 0; h < AHEAD; ++h) {
+                int i = base + 32 * h;
+#pragma unroll
+                for (int t = 0; t < TILE; ++t) {
+                    a[h][t] = i < n && first + t < m ? operand(x[(long long)i * m + first + t]) : T(0);
+                }
             }
 #pragma unroll
-            for (int c = 0; c < KMAX; ++c) d[c] = c < k ? operand(dz[(long long)i * k + c]) : T(0);
+            for (int h = 0; h < AHEAD; ++h) {
+                int i = base + 32 * h;
+                if (i >= n) break;
+                T d[KMAX];
 #pragma unroll
-            for (int t = 0; t < TILE; ++t) {
+                for (int c = 0; c < KMAX; ++c) d[c] = c < k ? operand(dz[(long long)i * k + c]) : T(0);
 #pragma unroll
-                for (int c = 0; c < KMAX; ++c) acc[t * KMAX + c] += a[t] * d[c];
+                for (int t = 0; t < TILE; ++t) {
+#pragma unroll
+                    for (int c = 0; c < KMAX; ++c) acc[t * KMAX + c] += a[h][t] * d[c];
+                }
             }
         }
     } else if (first - m < TILE && with_bias) {  // the warp after dw's last: db
-        for (int i = lane; i < n; i += 32) {
+        // Rows of dvalues read before any is added: NARROW_AHEAD values, at least a row's (each
+        // value read ahead holds a register, and the kernel's most sets how many warps fit).
+        constexpr int ROWS_AHEAD = NARROW_AHEAD / KMAX > 1 ? NARROW_AHEAD / KMAX : 1;
+        for (int base = lane; base < n; base += 32 * ROWS_AHEAD) {
+            T v[ROWS_AHEAD][KMAX];
 #pragma unroll
-            for (int c = 0; c < KMAX; ++c) acc[c] += c < k ? dvalues[(long long)i * k + c] : T(0);
+            for (int h = 0; h < ROWS_AHEAD; ++h) {
+                int i = base + 32 * h;
+#pragma unroll
+                for (int c = 0; c < KMAX; ++c) v[h][c] = i < n && c < k ? dvalues[(long long)i * k + c] : T(0);
+            }
+#pragma unroll
+            for (int h = 0; h < ROWS_AHEAD; ++h) {
+                if (base + 32 * h >= n) break;
+#pragma unroll
+                for (int c = 0; c < KMAX; ++c) acc[c] += v[h][c];
+            }
         }
     } else {
         return;  // the whole warp: past the work

@@ -657,9 +657,10 @@ def test_float_to_bf16_at_any_size_and_alignment(backends, x_offset, out_offset,
 
 #: (rows, inputs, outputs): one of each, odd sizes, each of the weight gradient's tiles (16, 8,
 #: 4, 2 and 1 rows of dw a warp for 1, 2, 3-4, 5-8 and 9-16 outputs), inputs short of a lane's
-#: first pass and past several.
+#: first pass and past several, and inputs (forward) and rows (weight and bias gradients) past
+#: several of the reads a lane makes ahead (kernels.cu's NARROW_AHEAD).
 NARROW = [(1, 1, 1), (9, 70, 1), (5, 3, 2), (300, 64, 3), (129, 31, 5), (40, 100, 9), (33, 65, 10),
-          (67, 40, 16)]
+          (67, 40, 16), (70, 300, 10), (300, 40, 12)]
 
 
 @pytest.mark.parametrize("n, m, k", NARROW)
