@@ -200,6 +200,51 @@ def test_epilogue_and_separate_paths_train_alike(precision):
         np.testing.assert_allclose(a, b, rtol=10 * rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_with_no_mask_offered_the_relu_still_rides_on_the_forward_gemm_and_trains_alike(
+        precision, monkeypatch):
+    """Where cuBLASLt offers no RELU_AUX_BIAS (made so here), epilogues "always" take RELU_BIAS
+    for the hidden layers' training forward, with no mask kept, and the backward reads the
+    ReLU from the outputs: the same training as the separate passes ("never")."""
+    from gpunn.backends import get_backend
+
+    bk = get_backend("cupy")
+    if precision != "fp32" and bk.why_not(precision):
+        pytest.skip(bk.why_not(precision))
+    if not bk.epilogues.available:
+        pytest.skip(bk.epilogues.why_not)
+    real, ran = bk.epilogues.forward, []
+
+    def forward(inputs, weights, biases, out, relu, mask, tf32=False, tune=False):
+        if mask is not None:
+            return False  # as where cuBLASLt offers no algorithm for it
+        done = real(inputs, weights, biases, out, relu, mask, tf32, tune)
+        ran.append((relu, done))
+        return done
+
+    monkeypatch.setattr(bk.epilogues, "forward", forward)
+    monkeypatch.setattr(bk.epilogue_choice, "decisions", {})  # this test's alone
+    X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
+    results = []
+    for policy in ("always", "never"):
+        nn.set_seed(0)
+        model = nn.Sequential([nn.Dense(2, 64, init="he"), nn.ReLU(), nn.Dense(64, 48, init="he"),
+                               nn.ReLU(), nn.Dense(48, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=0.1, momentum=0.9), backend="cupy",
+                      precision=precision)
+        model.backend.epilogue_policy = policy
+        history = model.fit(X, y, epochs=30, batch_size=64, seed=0, verbose=0)
+        results.append((model.get_params(), history["loss"]))
+        if policy == "always":
+            assert (True, True) in ran, ran  # RELU_BIAS ran
+            assert all(layer.relu_mask is None for layer in model.dense_layers)
+    (p_fused, l_fused), (p_sep, l_sep) = results
+    rtol = 1e-4 if precision == "fp32" else 2e-2
+    np.testing.assert_allclose(l_fused, l_sep, rtol=rtol, atol=1e-5)
+    for a, b in zip(p_fused, p_sep):
+        np.testing.assert_allclose(a, b, rtol=10 * rtol, atol=rtol)
+
+
 def test_tf32_weight_gradients_from_transposed_copies_train_as_the_gemms_as_they_are(monkeypatch):
     """tf32 weight gradients from a transposed copy of an operand (recorded in the step's CUDA
     graph), or from the GEMMs as they are: the same training within tf32's tolerance; left to
