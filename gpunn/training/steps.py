@@ -33,6 +33,12 @@ EPOCHS_PER_LAUNCH = 64
 #: parameter check, the copy kept for a rollback) is paid 10 times instead of 157 in the book's
 #: run. A launch stays short: about 13 ms of the book's epochs on a CPU core.
 ONE_KERNEL_EPOCHS_PER_LAUNCH = 1024
+#: Steps a model keeps at most. Each holds its inputs' buffers and, recorded, a graph that holds
+#: every buffer its step writes; a fit makes two (its batches and the last, shorter one; or a
+#: full-batch launch and the last, shorter launch), and each train_step of another size one more.
+#: Past this many, the one used least recently is let go, with the layers' buffers (the steps
+#: kept hold theirs through their graphs, or make them again), and made again should it come back.
+MAX_STEPS = 8
 #: The paths, fastest last.
 PATHS = ("eager", "planned", "one-kernel")
 
@@ -97,10 +103,20 @@ class Steps:
         # share of the whole batch (distributed training).
         net = self.network
         key = (rows, steps, net.backend.options, net.share, net.group is not None)
-        step = self._made.get(key)
+        step = self._made.pop(key, None)  # put back last: the most recently used
         if step is None:
-            step = self._made[key] = make_step(self.network, rows, steps, self.totals)
+            if len(self._made) >= MAX_STEPS:
+                self._let_go(next(iter(self._made)))
+            step = make_step(self.network, rows, steps, self.totals)
+        self._made[key] = step
         return step
+
+    def _let_go(self, key: tuple) -> None:
+        """Drop a step and the buffers the layers and the loss keep, so that what only it used
+        is freed (the steps kept hold theirs through their graphs, or make them again)."""
+        del self._made[key]
+        for part in (*self.network.layers, self.network.loss):
+            part.buffers.clear()
 
     def __iter__(self) -> Any:
         return iter(self._made.values())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.backends import PlanningNumpy
+from support.backends import PlanningNumpy, RecordingNumpy
 from support.training import OPTIMIZERS, made_steps
 
 import gpunn as nn
@@ -147,3 +147,42 @@ def test_steps_are_made_once_per_size_and_options():
     model.backend.epilogue_policy = "never"  # another option: a step of its own
     model.fit(X, y, epochs=1, batch_size=32, verbose=0)
     assert len(model.steps) == 4
+
+
+def test_past_max_steps_the_least_recently_used_step_is_let_go_with_the_buffers(monkeypatch):
+    """A model keeps at most steps.MAX_STEPS steps: one more lets the least recently used go (a
+    step taken again counts as the latest), and the buffers the layers and the loss keep with
+    it; a step let go is made again should its size come back."""
+    monkeypatch.setattr(steps, "MAX_STEPS", 3)
+    X, y = nn.datasets.spiral_data(samples=50, classes=3, seed=0)  # 150 rows
+    model = build(OPTIMIZERS[0], True)
+    first = {rows: model.steps.get(rows) for rows in (10, 20, 30)}
+    assert model.steps.get(10) is first[10]  # taken again: the latest now
+    model.fit(X, y, epochs=1, batch_size=30, shuffle=False, verbose=0)  # takes the 30-row step
+    assert [step.rows for step in model.steps] == [20, 10, 30]
+    assert all(layer.buffers for layer in model.dense_layers)
+    model.steps.get(40)
+    assert [step.rows for step in model.steps] == [10, 30, 40]
+    assert not any(part.buffers for part in (*model.layers, model.network.loss))
+    assert model.steps.get(20) is not first[20]  # made again, in the place of the 10-row step
+    assert [step.rows for step in model.steps] == [30, 40, 20]
+
+
+@pytest.mark.parametrize("backend", [PlanningNumpy, RecordingNumpy])
+def test_steps_let_go_and_made_again_train_as_steps_kept(backend, monkeypatch):
+    """Fits over five batch sizes in turn, twice, with at most two steps kept (each fit lets
+    the last one's go, buffers and recorded graphs with them) give the bits of fits that keep
+    every step."""
+    X, y = nn.datasets.spiral_data(samples=50, classes=3, seed=0)
+    params = []
+    for most in (2, 100):
+        monkeypatch.setattr(steps, "MAX_STEPS", most)
+        model = nn.Sequential([nn.Dense(2, 16, init="he", seed=1), nn.ReLU(),
+                               nn.Dense(16, 3, seed=3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(lr=0.1, momentum=0.9), backend=backend())
+        for batch_size in (16, 24, 32, 40, 48) * 2:
+            model.fit(X, y, epochs=2, batch_size=batch_size, seed=batch_size, verbose=0)
+        assert len(model.steps) == min(most, 8)  # 16, 24, 32, 40, 48 rows and the last 6, 22, 30
+        params.append(model.get_params())
+    for a, b in zip(*params):
+        np.testing.assert_array_equal(a, b)
