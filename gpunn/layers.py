@@ -267,9 +267,10 @@ class Dense(Layer):
         gemm_dvalues = self._gemm_operand(bk, "dvalues16", dvalues)
         # dbiases too, unless the layer above already wrote them
         if self.grads_from_above:
-            bk.weight_grads(inputs, gemm_dvalues, None, self.dweights, None)
+            bk.weight_grads(inputs, gemm_dvalues, None, self.dweights, None, scratch=self.buffer)
         else:
-            bk.weight_grads(inputs, gemm_dvalues, dvalues, self.dweights, self.dbiases)
+            bk.weight_grads(inputs, gemm_dvalues, dvalues, self.dweights, self.dbiases,
+                            scratch=self.buffer)
         if self.regularized:
             bk.penalty_grad(self.dweights, self.weights, self.weight_regularizer_l1,
                             self.weight_regularizer_l2)

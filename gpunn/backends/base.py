@@ -276,11 +276,14 @@ class Backend:
         """dbiases = the column sums of dvalues."""
         return self.xp.sum(dvalues, axis=0, keepdims=True, out=out)
 
-    def weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any, dbiases: Any) -> None:
+    def weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any, dbiases: Any,
+                     scratch: Any = None) -> None:
         """A Dense layer's gradients: dweights = inputs.T @ dz, dz being the GEMM's operand
         (dvalues itself, or under precision "bf16" its bfloat16 copy, as inputs is then), and
         dbiases = the column sums of dvalues, unless None (the layer above wrote them; dvalues
-        may be None then)."""
+        may be None then). ``scratch(name, shape, dtype)``: a buffer kept with the layer's
+        others, for a way of the backend's that needs one (so that a recorded step holds it,
+        and it goes when the step does); None: a new array where one is needed."""
         self.gemm(inputs, dz, out=dweights, trans_a=True)
         if dbiases is not None:
             self.bias_grad(dvalues, out=dbiases)

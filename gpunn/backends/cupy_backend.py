@@ -71,9 +71,8 @@ class CupyBackend(Backend):
         self.epilogue_choice = EpilogueChoice(cupy, self.epilogues.available, self.kernels.hold_device)
         self.narrow_choice = timing.Faster(cupy, self.kernels.hold_device)
         #: Per problem, whether tf32 weight gradients run faster from a transposed copy of an
-        #: operand (``_gemm_weight_grads``), and those copies' buffers, one per shape.
+        #: operand (``_gemm_weight_grads``).
         self.transpose_choice = timing.Faster(cupy, self.kernels.hold_device)
-        self.transposed: dict[tuple[int, int], Any] = {}
 
     # ---- what runs here ------------------------------------------------------------------
 
@@ -235,9 +234,10 @@ class CupyBackend(Backend):
     def bias_grad(self, dvalues: Any, out: Any) -> Any:
         return self.kernels.column_sum(dvalues, out)
 
-    def weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any, dbiases: Any) -> None:
+    def weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any, dbiases: Any,
+                     scratch: Any = None) -> None:
         def gemm() -> None:
-            self._gemm_weight_grads(inputs, dz, dvalues, dweights, dbiases)
+            self._gemm_weight_grads(inputs, dz, dvalues, dweights, dbiases, scratch)
 
         if not (self.narrow_kernels
                 and _narrow(dweights.shape[1], dweights, (inputs, dz), (dvalues, dbiases))):
@@ -248,11 +248,11 @@ class CupyBackend(Backend):
             lambda: self.kernels.narrow_weight_grads(inputs, dz, dvalues, dweights, dbiases), gemm)
 
     def _gemm_weight_grads(self, inputs: Any, dz: Any, dvalues: Any, dweights: Any,
-                           dbiases: Any) -> None:
+                           dbiases: Any, scratch: Any) -> None:
         """weight_grads through a GEMM: as base.py's, or, for tuned tf32 GEMMs, from a copy of
         the narrower operand transposed so that it runs along the sum (the batch), where that
-        measured faster, copy included (kernels.cu's transpose says why it can be). The copy's
-        buffer is kept, one per shape, as big as that operand."""
+        measured faster, copy included (kernels.cu's transpose says why it can be). The copy is
+        written into the layer's ``scratch`` buffer "transposed", as big as that operand."""
         def as_they_are() -> None:
             super(CupyBackend, self).weight_grads(inputs, dz, dvalues, dweights, dbiases)
 
@@ -260,22 +260,21 @@ class CupyBackend(Backend):
                 and inputs.flags.c_contiguous and dz.flags.c_contiguous):
             return as_they_are()
 
+        def copy(x: Any) -> Any:  # x.T, C-contiguous
+            shape = x.shape[::-1]
+            out = self.xp.empty(shape, np.float32) if scratch is None else \
+                scratch("transposed", shape, np.float32)
+            return self.kernels.transpose(x, out)
+
         def transposed() -> None:
             if inputs.shape[1] <= dz.shape[1]:  # inputs.T @ dz = (the copy) @ dz
-                self.gemm(self._transposed(inputs), dz, out=dweights)
+                self.gemm(copy(inputs), dz, out=dweights)
             else:  # inputs.T @ (the copy).T
-                self.gemm(inputs, self._transposed(dz), out=dweights, trans_a=True, trans_b=True)
+                self.gemm(inputs, copy(dz), out=dweights, trans_a=True, trans_b=True)
             if dbiases is not None:
                 self.bias_grad(dvalues, out=dbiases)
 
         self.transpose_choice.run(("weight_grads", inputs.shape, dz.shape), transposed, as_they_are)
-
-    def _transposed(self, x: Any) -> Any:
-        """x.T, C-contiguous, in the buffer kept for its shape."""
-        shape = x.shape[::-1]
-        if shape not in self.transposed:
-            self.transposed[shape] = self.xp.empty(shape, np.float32)
-        return self.kernels.transpose(x, self.transposed[shape])
 
     def relu_mask_shape(self, rows: int, cols: int) -> tuple[int, int] | None:
         if not self.epilogues.available or self.epilogue_policy == "never":

@@ -146,7 +146,6 @@ def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:
     # a test sets prefer = True.
     bk.narrow_choice = timing.Faster(None, prefer=False)
     bk.transpose_choice = timing.Faster(None, prefer=False)  # likewise: the GEMM as it is
-    bk.transposed = {}
     bk.to_numpy = lambda x: np.array(x, copy=True)
     bk.synchronize = lambda: None
     bk.max_shared_bytes = lambda: 227 << 10  # an H100's or H200's opt-in limit

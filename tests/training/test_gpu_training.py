@@ -261,9 +261,13 @@ def test_tf32_weight_gradients_from_transposed_copies_train_as_the_gemms_as_they
         monkeypatch.setattr(bk.transpose_choice, "prefer", prefer)
         # narrow kernels off: the output layer's weight gradient in a GEMM too
         results.append(train_three_layers("tf32", narrow_kernels=False))
-        if prefer:  # copies of the narrower operand: the first layer's inputs (2 columns),
-            # the others' gradients (48 and 3)
-            assert {(2, 64), (48, 64), (3, 64)} <= set(bk.transposed)
+        if prefer:  # copies of the narrower operand, in each layer's buffers: the first
+            # layer's inputs (2 columns), the others' gradients (48 and 3)
+            model = results[-1][0]
+            copies = [{key[1] for key in layer.buffers if key[0] == "transposed"}
+                      for layer in model.dense_layers]
+            assert all(shape in shapes for shape, shapes in zip([(2, 64), (48, 64), (3, 64)],
+                                                                copies)), copies
         if prefer is None:
             timed = {key[1:] for key in bk.transpose_choice.times}
             assert {((64, 2), (64, 64)), ((64, 64), (64, 48)), ((64, 48), (64, 3))} <= timed

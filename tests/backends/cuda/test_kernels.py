@@ -506,14 +506,14 @@ def test_tf32_weight_gradients_from_a_transposed_copy_are_the_same_products(
     """Under tf32 (tuned), dweights = inputs.T @ dz may run from a transposed copy of the
     narrower operand (inputs, or dz where it has fewer columns), whichever measured faster:
     either way, the products of float64 to float32's rounding on the CPU (tf32's on a GPU), the
-    bias gradient the column sums, and the copy made only on that way. fp32 never copies."""
+    bias gradient the column sums, and the copy written into the layer's scratch buffer only on
+    that way. fp32 never copies."""
     import dataclasses
 
     fast, _, cp = backends
     host = np.asarray if cp is np else cp.asnumpy
     if cp is np:  # no tf32 on the CPU: the option set as a GPU would take it (the GEMMs stay NumPy's)
         monkeypatch.setattr(fast, "options", dataclasses.replace(fast.options, precision="tf32"))
-        monkeypatch.setattr(fast, "transposed", {})
         close = {"rtol": 1e-5, "atol": 1e-5}
     else:
         if fast.why_not("tf32"):
@@ -521,21 +521,25 @@ def test_tf32_weight_gradients_from_a_transposed_copy_are_the_same_products(
         fast = fast.configured(precision="tf32")
         close = {"rtol": 0, "atol": 4 * 2**-10 * np.sqrt(70)}  # operands rounded to 10 bits
     monkeypatch.setattr(fast.transpose_choice, "prefer", transposed)
+    asked = []
+
+    def scratch(name, shape, dtype):  # as a layer's buffer: poisoned, and what was asked noted
+        asked.append((name, shape, np.dtype(dtype)))
+        return poisoned(cp, shape, dtype)
+
     x, dz = rand(cp, rng, (70, n_in), np.float32), rand(cp, rng, (70, n_out), np.float32)
     dw, db = poisoned(cp, (n_in, n_out), np.float32), poisoned(cp, (1, n_out), np.float32)
-    fast.weight_grads(x, dz, dz, dw, db)
+    fast.weight_grads(x, dz, dz, dw, db, scratch=scratch)
     np.testing.assert_allclose(host(dw), host(x).astype(np.float64).T @ host(dz), **close)
     np.testing.assert_allclose(host(db), host(dz).sum(axis=0, keepdims=True), rtol=1e-5, atol=1e-5)
     copied = (min(n_in, n_out), 70)  # the shape of the copy: inputs.T on a tie
-    if cp is np:  # (a GPU's buffers are the backend's, kept from other tests)
-        assert list(fast.transposed) == ([copied] if transposed else [])
-        monkeypatch.setattr(fast, "transposed", {})
-        dw[...] = np.nan
-        fast.configured(precision="fp32").weight_grads(x, dz, dz, dw, db)
-        assert fast.transposed == {}
-        np.testing.assert_allclose(dw, x.astype(np.float64).T @ dz, **close)
-    elif transposed:
-        assert copied in fast.transposed
+    assert asked == ([("transposed", copied, np.dtype(np.float32))] if transposed else [])
+    asked.clear()
+    dw[...] = np.nan
+    fast.configured(precision="fp32").weight_grads(x, dz, dz, dw, db, scratch=scratch)
+    assert asked == []
+    np.testing.assert_allclose(host(dw), host(x).astype(np.float64).T @ host(dz),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_every_relu_gradient_kernel_passes_nothing_where_the_output_was_subnormal(backends, rng):
