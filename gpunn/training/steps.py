@@ -37,7 +37,8 @@ ONE_KERNEL_EPOCHS_PER_LAUNCH = 1024
 #: every buffer its step writes; a fit makes two (its batches and the last, shorter one; or a
 #: full-batch launch and the last, shorter launch), and each train_step of another size one more.
 #: Past this many, the one used least recently is let go, with the layers' buffers (the steps
-#: kept hold theirs through their graphs, or make them again), and made again should it come back.
+#: kept hold theirs through their graphs, or make them again), and made again should it come back;
+#: the steps of distributed training are kept.
 MAX_STEPS = 8
 #: The paths, fastest last.
 PATHS = ("eager", "planned", "one-kernel")
@@ -106,7 +107,11 @@ class Steps:
         step = self._made.pop(key, None)  # put back last: the most recently used
         if step is None:
             if len(self._made) >= MAX_STEPS:
-                self._let_go(next(iter(self._made)))
+                # Not a step of distributed training: every rank must keep the same ones, or one
+                # would record a step again (all ranks agreeing) while another replays its own.
+                oldest = next((made for made in self._made if not made[-1]), None)
+                if oldest is not None:
+                    self._let_go(oldest)
             step = make_step(self.network, rows, steps, self.totals)
         self._made[key] = step
         return step

@@ -186,3 +186,23 @@ def test_steps_let_go_and_made_again_train_as_steps_kept(backend, monkeypatch):
         params.append(model.get_params())
     for a, b in zip(*params):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_steps_of_distributed_training_are_never_let_go(monkeypatch):
+    """Every rank must keep the same recorded steps (recording one again makes all ranks agree),
+    so past MAX_STEPS the least recently used step made outside distributed training goes, and
+    with none of those, none."""
+    import types
+
+    monkeypatch.setattr(steps, "MAX_STEPS", 2)
+    model = build(OPTIMIZERS[0], True)
+    net = model.network
+    monkeypatch.setattr(net, "group", types.SimpleNamespace(size=1))  # distributed, one rank
+    spread = [model.steps.get(rows) for rows in (10, 20, 30)]
+    assert list(model.steps) == spread  # all kept, past MAX_STEPS
+    monkeypatch.setattr(net, "group", None)
+    alone = model.steps.get(40)
+    assert list(model.steps) == [*spread, alone]
+    assert list(model.steps)[-1] is model.steps.get(40)
+    model.steps.get(50)  # lets the 40-row step go, the one made outside distributed training
+    assert [step.rows for step in model.steps] == [10, 20, 30, 50]
