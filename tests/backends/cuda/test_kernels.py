@@ -664,7 +664,7 @@ def test_float_to_bf16_at_any_size_and_alignment(backends, x_offset, out_offset,
 #: first pass and past several, and inputs (forward) and rows (weight and bias gradients) past
 #: several of the reads a lane makes ahead (kernels.cu's NARROW_AHEAD).
 NARROW = [(1, 1, 1), (9, 70, 1), (5, 3, 2), (300, 64, 3), (129, 31, 5), (40, 100, 9), (33, 65, 10),
-          (67, 40, 16), (70, 300, 10), (300, 40, 12)]
+          (67, 40, 16), (70, 300, 10), (300, 40, 12), (300, 20, 1)]
 
 
 @pytest.mark.parametrize("n, m, k", NARROW)
