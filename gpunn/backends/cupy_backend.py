@@ -311,13 +311,13 @@ class CupyBackend(Backend):
 
         result = out16 if bf16 and out16 is not None else out
 
-        def epilogue(kind: str, mask: Any, otherwise: Any) -> bool:
+        def epilogue(kind: str, into_mask: Any, otherwise: Any) -> bool:
             # Keyed by the operands' and result's types too: a bf16 model's answer is not a
             # float32 model's of the same shapes.
             return self.epilogue_choice.run(
                 ("forward", kind, inputs.shape, weights.shape, inputs.dtype, result.dtype,
                  self.tune_gemms),
-                lambda: self.epilogues.forward(inputs, weights, biases, result, relu, mask,
+                lambda: self.epilogues.forward(inputs, weights, biases, result, relu, into_mask,
                                                self._tf32, self.tune_gemms),
                 otherwise, self.epilogue_policy, self._tf32)
 
