@@ -386,6 +386,8 @@ def gpu_paths(bk) -> str:
         parts[1] += f", policy {bk.epilogue_policy!r}, GEMMs {'' if bk.tune_gemms else 'un'}tuned"
     parts.append(f"narrow kernels: {'on' if bk.narrow_kernels else 'off'} (Dense layers of up to "
                  f"{NARROW_OUTPUTS} outputs, where faster than GEMMs)")
+    parts.append(f"weight gradients on a second stream: {'on' if bk.overlap_weight_grads else 'off'}"
+                 f" (overlap_weight_grads; in recorded steps)")
     return "; ".join(parts)
 
 

@@ -265,17 +265,24 @@ class Dense(Layer):
         # reads self.inputs and self.weights, whatever was assigned to them since).
         inputs, weights = self.operands if bk.precision == "bf16" else (self.inputs, self.weights)
         gemm_dvalues = self._gemm_operand(bk, "dvalues16", dvalues)
-        # dbiases too, unless the layer above already wrote them
-        if self.grads_from_above:
-            bk.weight_grads(inputs, gemm_dvalues, None, self.dweights, None, scratch=self.buffer)
-        else:
-            bk.weight_grads(inputs, gemm_dvalues, dvalues, self.dweights, self.dbiases,
-                            scratch=self.buffer)
-        if self.regularized:
-            bk.penalty_grad(self.dweights, self.weights, self.weight_regularizer_l1,
-                            self.weight_regularizer_l2)
-            bk.penalty_grad(self.dbiases, self.biases, self.bias_regularizer_l1,
-                            self.bias_regularizer_l2)
+
+        def weight_grads() -> None:
+            # dbiases too, unless the layer above already wrote them
+            if self.grads_from_above:
+                bk.weight_grads(inputs, gemm_dvalues, None, self.dweights, None,
+                                scratch=self.buffer)
+            else:
+                bk.weight_grads(inputs, gemm_dvalues, dvalues, self.dweights, self.dbiases,
+                                scratch=self.buffer)
+            if self.regularized:
+                bk.penalty_grad(self.dweights, self.weights, self.weight_regularizer_l1,
+                                self.weight_regularizer_l2)
+                bk.penalty_grad(self.dbiases, self.biases, self.bias_regularizer_l1,
+                                self.bias_regularizer_l2)
+
+        # Nothing below reads these gradients or writes what they are made from, so inside a
+        # network's backward pass they may run beside the gradient handed down (Backend.aside).
+        bk.aside(weight_grads)
         if self.need_dinputs:
             dtype = self.weights.dtype if dvalues.dtype == BF16_BITS else dvalues.dtype
             out = self.buffer("dinputs", self.inputs.shape, dtype)

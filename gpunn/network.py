@@ -242,10 +242,13 @@ class Network(LayerStack):
         if copy is not None and dvalues is self.loss.dinputs and isinstance(last, Dense):
             last.rounded["dvalues16"] = (dvalues, copy)
             self.loss.dinputs16 = None
-        for layer in reversed(self.layers[self.first_trainable:]):
-            if isinstance(layer, ReLU) and layer.folded:
-                continue
-            dvalues = layer.backward(dvalues)
+        # Each layer's weight gradients may run beside the layers below (Dense.backward puts
+        # them aside); all are done when the pass is, before anything reads them.
+        with self.backend.overlap():
+            for layer in reversed(self.layers[self.first_trainable:]):
+                if isinstance(layer, ReLU) and layer.folded:
+                    continue
+                dvalues = layer.backward(dvalues)
 
     def step(self, x: Any, y: Any) -> tuple[Any, Any]:
         """One optimizer step on a batch; returns per-sample losses and the outputs."""

@@ -7,10 +7,12 @@ Ops write into ``out`` buffers planned by the caller, so a training step allocat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,8 @@ CLIP = 1e-7
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 EPILOGUE_POLICIES = ("auto", "always", "never")
+#: ``Backend.overlap`` where nothing is put aside: nothing to do on entering or leaving.
+_NOTHING_ASIDE = contextlib.nullcontext()
 #: What ``Backend.why_not`` answers for.
 FEATURES = ("planned_steps", "graphs", "epilogues", "tf32", "bf16", "one_kernel_trainer")
 
@@ -57,6 +61,11 @@ class Options:
     #: kernels of gpunn's own instead of GEMMs, each where it measured faster on its first call
     #: (on by default on the CuPy backend; the NumPy backend's BLAS takes every product).
     narrow_kernels: bool = False
+    #: In a recorded training step, each Dense layer's weight and bias gradients run on a second
+    #: stream beside the gradient it hands down, which the layers below wait for and they do not:
+    #: two GEMMs of medium's size each leave an H200's SMs half idle (CuPy backend; off by
+    #: default until it is timed there: ``gpunn bench``'s gpunn-cupy-overlap row).
+    overlap_weight_grads: bool = False
 
 
 #: The options that are on or off (checked to be bools).
@@ -165,6 +174,10 @@ class Backend:
         bias gradients, the gradient it hands to a Dense -> ReLU below) may run in gpunn's own
         kernels, each where it measured faster than the GEMM path on its first call (the CuPy
         backend).""")
+    overlap_weight_grads = _option(
+        "overlap_weight_grads",
+        """Whether a recorded training step runs each Dense layer's weight and bias gradients on
+        a second stream, beside the gradient handed down (the CuPy backend).""")
 
     # ---- arrays and data movement -------------------------------------------------------
 
@@ -249,6 +262,18 @@ class Backend:
         """Record ``body``'s device work; returns a function that replays it. Only where
         ``why_not("graphs")`` is None."""
         raise RuntimeError(self.why_not("graphs"))
+
+    def overlap(self) -> contextlib.AbstractContextManager[None]:
+        """A stretch of work (a network's backward pass) in which ``aside`` may let work run
+        beside what follows it; all of it has finished, as far as later work can tell, when the
+        stretch ends. Here, as on any backend without streams, work put aside simply runs."""
+        return _NOTHING_ASIDE
+
+    def aside(self, work: Callable[[], Any]) -> None:
+        """Run ``work``, whose results nothing reads, and whose inputs nothing writes, before
+        the ``overlap`` stretch it is in ends: a backend may run it beside the work that follows
+        (the CuPy backend, on a second stream). Here it runs now."""
+        work()
 
     # ---- dense layer ----------------------------------------------------------------------
 

@@ -11,13 +11,15 @@ one-kernel trainer) are its own.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from .base import Backend, Options
 from .bf16 import BF16_BITS
-from .cuda import launch, timing
+from .cuda import launch, streams, timing, transfer
 from .cuda.cublaslt import relu_mask_shape
 
 CUDA_DEV_ATTR_MAX_SHARED_OPTIN = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin
@@ -73,6 +75,12 @@ class CupyBackend(Backend):
         #: Per problem, whether tf32 weight gradients run faster from a transposed copy of an
         #: operand (``_gemm_weight_grads``).
         self.transpose_choice = timing.Faster(cupy, self.kernels.hold_device)
+        #: Where a recorded step's backward runs the work it puts aside (overlap_weight_grads).
+        self.side = streams.SideStream(transfer.CupyRuntime(cupy), self._give_own_gemm_state)
+
+    def _give_own_gemm_state(self, stream: Any) -> None:
+        self.blas.add_stream(stream)
+        self.epilogues.add_stream(stream)
 
     # ---- what runs here ------------------------------------------------------------------
 
@@ -131,8 +139,6 @@ class CupyBackend(Backend):
 
     def uploader(self, rows: int, x_tail: tuple[int, ...], x_dtype: Any,
                  y_tail: tuple[int, ...] | None, y_dtype: Any, most_batches: int = 1) -> Any:
-        from .cuda import transfer
-
         batches = transfer.batches_per_start(rows, x_tail, x_dtype, y_tail, y_dtype, most_batches)
         background = self.options.upload_thread and transfer.worth_workers(
             rows * batches, x_tail, x_dtype, y_tail, y_dtype)
@@ -188,6 +194,40 @@ class CupyBackend(Backend):
             finally:
                 graph = stream.end_capture()
         return lambda: graph.launch(stream=cp.cuda.get_current_stream())
+
+    def capturing(self) -> bool:
+        """Whether a graph is being recorded on the current stream now."""
+        return self.xp.cuda.get_current_stream().is_capturing()
+
+    #: The side stream while a backward pass puts work aside there (``overlap``), else None.
+    _aside_to: Any = None
+
+    def overlap(self) -> contextlib.AbstractContextManager[None]:
+        return self._overlapping() if self.overlap_weight_grads else super().overlap()
+
+    @contextlib.contextmanager
+    def _overlapping(self) -> Iterator[None]:
+        # Only in a recorded step: outside a capture each way of a layer's products is timed
+        # (tune_gemms, the narrow and epilogue choices), and must have the device to itself.
+        # The side stream is made outside a capture (the step's first call), never inside one.
+        side = None
+        if not self.capturing():
+            self.side.make()
+        elif self.side.made:
+            side = self.side
+        self._aside_to = side
+        try:
+            yield
+        finally:
+            self._aside_to = None
+            if side is not None:
+                side.join()
+
+    def aside(self, work: Callable[[], Any]) -> None:
+        if self._aside_to is None:
+            work()
+        else:
+            self._aside_to.run(work)
 
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
         if x.ndim != 2 or x.dtype not in (np.float32, np.float64) \

@@ -36,13 +36,14 @@ class Skip(Exception):
 
 
 def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False,
-              tune_gemms: bool | None = None, narrow: bool = True):
+              tune_gemms: bool | None = None, narrow: bool = True, overlap: bool = False):
     """gpunn on ``backend``; on CuPy, ``epilogues`` is the model's epilogue_policy ("never": the
     separate kernels only, to show what the cuBLASLt epilogues add) and ``tune_gemms`` its
     option of that name where given (None: the backend's default, tuned; False: cuBLAS's own
     choice, to show what tuning adds); ``narrow`` False turns narrow_kernels off (every product
     in GEMMs, to show what those kernels add; Skip where the output layer is too wide to take
-    them); ``one_kernel`` its
+    them); ``overlap`` True turns overlap_weight_grads on (the weight gradients beside the
+    gradients handed down, on a second stream); ``one_kernel`` its
     one_kernel_trainer (Dense -> ReLU -> Dense only; on NumPy the numba-compiled one), all set
     before the step is planned."""
     def make(w: Workload, params, X, y, precision: str, device: str) -> Run:
@@ -57,6 +58,7 @@ def gpunn_run(backend: str, epilogues: str = "auto", one_kernel: bool = False,
                     raise Skip(f"the output layer's {w.sizes[-1]} outputs are more than the narrow "
                                f"kernels take ({NARROW_OUTPUTS}): the same as gpunn-cupy")
                 bk.narrow_kernels = False
+            bk.overlap_weight_grads = overlap
         use_one_kernel(model, one_kernel, len(y))
         step = model.prepare_step(X, y)
         return Run(step, bk.synchronize, lambda: model.evaluate(X, y)["loss"])
@@ -307,6 +309,7 @@ def contenders(backends: list[str], peers: list[str], device: str) -> dict[str, 
         out["gpunn-cupy-separate"] = ("cupy", gpunn_run("cupy", epilogues="never"))
         out["gpunn-cupy-untuned"] = ("cupy", gpunn_run("cupy", tune_gemms=False))
         out["gpunn-cupy-gemms"] = ("cupy", gpunn_run("cupy", narrow=False))
+        out["gpunn-cupy-overlap"] = ("cupy", gpunn_run("cupy", overlap=True))
         out["gpunn-cupy-one-kernel"] = ("cupy", gpunn_run("cupy", one_kernel=True))
         out["gpunn-cupy-streamed-unthreaded"] = ("cupy", gpunn_streamed_run("cupy", upload_thread=False))
     if device == "cpu" and "numpy" in backends:

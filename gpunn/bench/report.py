@@ -56,6 +56,8 @@ SCHEMA: dict[str, Any] = {
                                             "(tune_gemms off: cuBLAS chooses each GEMM's "
                                             "algorithm), gpunn-cupy-gemms (narrow_kernels "
                                             "off: the output layer in GEMMs too), "
+                                            "gpunn-cupy-overlap (overlap_weight_grads "
+                                            "on: weight gradients on a second stream), "
                                             "gpunn-cupy-one-kernel "
                                             "(the one-block trainer), gpunn-numpy-one-kernel "
                                             "(its CPU sibling, compiled by numba), pytorch, "

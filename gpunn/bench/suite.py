@@ -177,7 +177,7 @@ class Suite:
         rows = []
         for impl in contenders(self.backends, self.peers, device):
             if impl in ("numpy-book", "gpunn-cupy-separate", "gpunn-cupy-untuned",
-                        "gpunn-cupy-gemms", STEP_GEMMS) \
+                        "gpunn-cupy-gemms", "gpunn-cupy-overlap", STEP_GEMMS) \
                     or "-streamed" in impl:  # per step only (a full batch is never streamed)
                 continue
             try:

@@ -578,6 +578,27 @@ def test_the_gemms_row_alone_keeps_the_output_layer_in_gemms(emulated, monkeypat
         row(wide, bench.initial_params(wide.sizes), X, y, "fp32", "gpu")
 
 
+def test_the_overlap_row_alone_puts_weight_gradients_on_a_second_stream(emulated, monkeypatch):
+    """gpunn-cupy-overlap switches overlap_weight_grads on: in a recorded step (here: told it is
+    one) each Dense layer's weight gradients go to the side stream (a stand-in runtime that logs
+    each use); gpunn-cupy leaves them on the one stream. The same training either way."""
+    from support.cuda_runtime import Runtime
+
+    from gpunn.backends.cuda.streams import SideStream
+
+    contenders = sys.modules["gpunn.bench.contenders"]
+    monkeypatch.setattr(contenders, "get_backend", lambda _: emulated)
+    runtime = Runtime(stream_name="side")
+    side = SideStream(runtime)
+    side.make()
+    monkeypatch.setattr(emulated, "side", side)
+    monkeypatch.setattr(emulated, "capturing", lambda: True)
+    losses, calls = train_rows(contenders, ("gpunn-cupy", "gpunn-cupy-overlap"), 2, runtime.log)
+    assert calls["gpunn-cupy"] == []
+    assert calls["gpunn-cupy-overlap"].count(("use", "side")) == 2 * 2  # two Dense layers a step
+    assert losses["gpunn-cupy"] == losses["gpunn-cupy-overlap"]
+
+
 def benchmark_script(name: str) -> types.ModuleType:
     """benchmarks/<name>.py, loaded as a module (the folder is not a package)."""
     import importlib.util

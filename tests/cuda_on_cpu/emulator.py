@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from support.cuda_runtime import Runtime
 
 from gpunn.backends import cuda
 from gpunn.backends.base import Backend
 from gpunn.backends.cuda import launch, timing
 from gpunn.backends.cuda.epilogues import EpilogueChoice
+from gpunn.backends.cuda.streams import SideStream
 from gpunn.backends.cupy_backend import CupyBackend
 
 HARNESS = Path(__file__).with_name("harness.cpp")
@@ -151,4 +153,8 @@ def emulated_backend(lib: ctypes.CDLL) -> CupyBackend:
     bk.max_shared_bytes = lambda: 227 << 10  # an H100's or H200's opt-in limit
     bk.free_memory = lambda: float(80 << 30)
     bk.uploader = lambda *shapes: Backend.uploader(bk, *shapes)  # plain copies: no streams here
+    # No graphs here, so never inside a capture: work put aside (overlap_weight_grads) runs where
+    # it is put; the side stream is a stand-in that logs its calls, for tests that say otherwise.
+    bk.capturing = lambda: False
+    bk.side = SideStream(Runtime(stream_name="side"))
     return bk

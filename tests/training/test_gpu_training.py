@@ -276,6 +276,26 @@ def test_tf32_weight_gradients_from_transposed_copies_train_as_the_gemms_as_they
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_weight_gradients_on_a_second_stream_train_as_on_one(precision, monkeypatch):
+    """overlap_weight_grads: in the recorded steps each Dense layer's weight gradients run on the
+    side stream, beside the gradient handed down (a fork and a join in the CUDA graph, a cuBLAS
+    handle and workspaces of the side stream's own); the same training as on one stream, within
+    the precision's tolerance, and the work did go there."""
+    from gpunn.backends import get_backend
+
+    bk = get_backend("cupy")
+    if precision != "fp32" and bk.why_not(precision):
+        pytest.skip(bk.why_not(precision))
+    if bk.why_not("graphs"):
+        pytest.skip(bk.why_not("graphs"))
+    forks, run = [], bk.side.run
+    monkeypatch.setattr(bk.side, "run", lambda work: (forks.append(work), run(work))[1])
+    overlapped = train_three_layers(precision, overlap_weight_grads=True)
+    assert bk.side.made and forks, "nothing went to the side stream"
+    assert_three_layers_alike(overlapped, train_three_layers(precision), precision)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_tuned_gemms_train_as_cublas_does(precision):
     """tune_gemms (every GEMM through cuBLASLt, each problem's algorithms timed and the fastest
     kept, cuBLAS's own choice timed beside a plain GEMM's) against cuBLAS's own choice: the same

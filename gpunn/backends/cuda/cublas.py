@@ -4,7 +4,9 @@ CuPy refuses to call cuBLAS while a stream is being captured (its setStream rais
 NotImplementedError), so a training step with CuPy's matmul cannot become a CUDA graph. Calling
 cuBLAS through nvmath-python's bindings with our own handle captures fine. The handle follows the
 current stream; after each stream change the workspace is set again, because cublasSetStream
-resets it (a graph must not use cuBLAS's own workspace allocations).
+resets it (a graph must not use cuBLAS's own workspace allocations). A stream whose GEMMs may run
+at the same time as the others' (the CuPy backend's side stream, ``add_stream``) has a handle and
+a workspace of its own, bound once, outside any capture.
 
 Without nvmath-python the same calls go through ``cupy.matmul(..., out=)``: correct, eager only.
 """
@@ -42,6 +44,8 @@ class Gemm:
         self.handle: int | None = None
         self.tf32 = False
         self._stream: int | None = None
+        #: stream pointer -> (handle, workspace) of a stream with its own (``add_stream``)
+        self._own: dict[int, tuple[int, Any]] = {}
         self._said_fallback = False
         try:
             from nvmath.bindings import cublas
@@ -68,12 +72,34 @@ class Gemm:
         if bool(enabled) == self.tf32:
             return
         self.tf32 = bool(enabled)
-        if self.handle is not None:
-            self._set_math_mode()
+        for handle in [self.handle, *(own for own, _ in self._own.values())]:
+            if handle is not None:  # the handles made so far; one made later gets it then
+                self._set_math_mode(handle)
 
-    def _set_math_mode(self) -> None:
+    def _set_math_mode(self, handle: int) -> None:
         mode = self.cublas.Math.TF32_TENSOR_OP_MATH if self.tf32 else self.cublas.Math.DEFAULT_MATH
-        self.cublas.set_math_mode(self.handle, int(mode))
+        self.cublas.set_math_mode(handle, int(mode))
+
+    def add_stream(self, stream: Any) -> None:
+        """A handle and a workspace of their own for GEMMs on ``stream``, which may run while
+        another stream's do (the others share one workspace, their work being in one order).
+        Called outside any capture."""
+        if self.cublas is None or stream.ptr in self._own:
+            return
+        handle = self.cublas.create()
+        workspace = self.cupy.empty(WORKSPACE_BYTES, dtype=self.cupy.uint8)
+        self.cublas.set_stream(handle, stream.ptr)
+        self.cublas.set_workspace(handle, workspace.data.ptr, WORKSPACE_BYTES)
+        self._own[stream.ptr] = handle, workspace
+        self._set_math_mode(handle)
+
+    def _handle(self) -> int:
+        """The handle for GEMMs on the current stream: its own, or the shared one pointed at it."""
+        own = self._own.get(self.cupy.cuda.get_current_stream().ptr)
+        if own is not None:
+            return own[0]
+        self.bind_stream()
+        return self.handle
 
     def bind_stream(self) -> None:
         """Point our handle at the current stream (done before a capture begins, too)."""
@@ -81,7 +107,7 @@ class Gemm:
         if self.handle is None:
             self.handle = self.cublas.create()
             self._workspace = self.cupy.empty(WORKSPACE_BYTES, dtype=self.cupy.uint8)
-            self._set_math_mode()
+            self._set_math_mode(self.handle)
         if stream != self._stream:
             self.cublas.set_stream(self.handle, stream)
             # set_stream resets the workspace, so give ours again.
@@ -103,14 +129,14 @@ class Gemm:
         # A row-major (r, c) array with row stride ld is, to column-major cuBLAS, its transpose
         # (c, r) with leading dimension ld. So out^T = op(b)^T @ op(a)^T: swap a and b, keep the
         # transpose flags, and m, n become out's columns and rows.
-        self.bind_stream()
+        handle = self._handle()
         self.set_tf32(tf32)
         n_rows, m_cols = out.shape
         k = a.shape[0] if trans_a else a.shape[1]
         itemsize = out.itemsize
         gemm = self.cublas.sgemm if out.dtype == np.float32 else self.cublas.dgemm
         op = {False: int(self.cublas.Operation.N), True: int(self.cublas.Operation.T)}
-        gemm(self.handle, op[trans_b], op[trans_a], m_cols, n_rows, k,
+        gemm(handle, op[trans_b], op[trans_a], m_cols, n_rows, k,
              ONE[out.dtype].ctypes.data, b.data.ptr, b.strides[0] // itemsize,
              a.data.ptr, a.strides[0] // itemsize,
              ZERO[out.dtype].ctypes.data, out.data.ptr, out.strides[0] // itemsize)
@@ -124,12 +150,12 @@ class Gemm:
             raise ValueError(f"a bf16 GEMM takes two bf16 operands and a float32 output, each with "
                              f"contiguous rows; got {a.dtype} {a.strides}, {b.dtype} {b.strides} -> "
                              f"{out.dtype} {out.strides}")
-        self.bind_stream()
+        handle = self._handle()
         n_rows, m_cols = out.shape  # the row-major to column-major swap of ``gemm``
         k = a.shape[0] if trans_a else a.shape[1]
         op = {False: int(self.cublas.Operation.N), True: int(self.cublas.Operation.T)}
         f32 = np.dtype(np.float32)
-        self.cublas.gemm_ex(self.handle, op[trans_b], op[trans_a], m_cols, n_rows, k,
+        self.cublas.gemm_ex(handle, op[trans_b], op[trans_a], m_cols, n_rows, k,
                             ONE[f32].ctypes.data, b.data.ptr, CUDA_R_16BF, b.strides[0] // 2,
                             a.data.ptr, CUDA_R_16BF, a.strides[0] // 2,
                             ZERO[f32].ctypes.data, out.data.ptr, CUDA_R_32F, out.strides[0] // 4,

@@ -303,6 +303,9 @@ class Epilogues:
         self.cupy = cupy
         self.hold = hold
         self.handle: int | None = None
+        #: stream pointer -> the workspace of a stream whose matmuls may run while another
+        #: stream's do (``add_stream``); the other streams share ``_workspace``, in turn
+        self._own: dict[int, Any] = {}
         self.problems: dict[Spec, _Problem] = {}
         try:
             from nvmath.bindings import cublasLt
@@ -316,6 +319,11 @@ class Epilogues:
     @property
     def available(self) -> bool:
         return self.lt is not None
+
+    def add_stream(self, stream: Any) -> None:
+        """A workspace of its own for matmuls on ``stream`` (called outside any capture)."""
+        if self.lt is not None and stream.ptr not in self._own:
+            self._own[stream.ptr] = self.cupy.empty(WORKSPACE_BYTES, dtype=self.cupy.uint8)
 
     def time(self, fn: Any) -> float:
         """Device milliseconds for timing.TIMED_CALLS calls of ``fn``, queued behind the hold."""
@@ -399,11 +407,12 @@ class Epilogues:
         scale = scale_dtype(out)
 
         def call() -> None:  # alpha 1 and beta 0, in the scale type the descriptor says
+            stream = self.cupy.cuda.get_current_stream().ptr
+            workspace = self._own.get(stream, self._workspace)
             self.lt.matmul(self.handle, problem.desc, ONE[scale].ctypes.data,
                            a.data.ptr, problem.a, b.data.ptr, problem.b,
                            ZERO[scale].ctypes.data, d.data.ptr, problem.d, d.data.ptr, problem.d,
-                           problem.algo, self._workspace.data.ptr, WORKSPACE_BYTES,
-                           self.cupy.cuda.get_current_stream().ptr)
+                           problem.algo, workspace.data.ptr, WORKSPACE_BYTES, stream)
 
         if not problem.tuned and not self.cupy.cuda.get_current_stream().is_capturing():
             self._tune(problem, call, spec, fallback)

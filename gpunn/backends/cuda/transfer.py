@@ -107,6 +107,10 @@ class CupyRuntime:
     def current_stream(self) -> Any:
         return self.cupy.cuda.get_current_stream()
 
+    def using(self, stream: Any) -> Any:
+        """A context in which ``stream`` is the current stream (CuPy's streams are such)."""
+        return stream
+
     def pinned(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return self.cupyx.empty_pinned(shape, dtype=dtype)
 

@@ -117,3 +117,39 @@ def test_bf16_gemm_refuses_mixed_operands(rng):
     b = rng.standard_normal((3, 2)).astype(np.float32)
     with pytest.raises(ValueError, match="two bf16 operands and a float32 output"):
         g.gemm(DeviceLike(a), DeviceLike(b), DeviceLike(np.empty((4, 2), np.float32)), False, False)
+
+
+def test_gemms_on_a_stream_of_their_own_take_its_handle_and_workspace(rng):
+    """A stream added with ``add_stream`` (the CuPy backend's side stream) has a handle of its
+    own, bound to it and to a workspace of its own once, when added (never inside a capture);
+    GEMMs on any other stream take the shared handle, pointed at their stream as before. tf32
+    reaches every handle."""
+    calls: list = []
+    g = stand_in_gemm(calls)
+    made, bound, used = iter(range(1, 10)), [], []
+    g.cublas.create = lambda: next(made)
+    g.cublas.set_stream = lambda h, s: bound.append(("stream", h, s))
+    g.cublas.set_workspace = lambda h, p, n: bound.append(("workspace", h, p))
+    g.cublas.set_math_mode = lambda h, mode: bound.append(("math", h, mode))
+    sgemm = g.cublas.sgemm
+    g.cublas.sgemm = lambda handle, *args: (used.append(handle), sgemm(handle, *args))[1]
+    current = types.SimpleNamespace(ptr=7)
+    g.cupy.cuda.get_current_stream = lambda: current
+    g.add_stream(types.SimpleNamespace(ptr=9))
+    g.add_stream(types.SimpleNamespace(ptr=9))  # once
+    own_workspace = bound[1][2]
+    assert bound == [("stream", 1, 9), ("workspace", 1, own_workspace), ("math", 1, 0)]
+    a, b = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)
+    out = np.empty((4, 2), np.float32)
+    for ptr in (7, 9, 9, 7, 8):
+        current.ptr = ptr
+        g.gemm(DeviceLike(a), DeviceLike(b), DeviceLike(out), False, False)
+        np.testing.assert_allclose(out, a @ b, rtol=1e-6)
+    assert used == [2, 1, 1, 2, 2]
+    shared_workspace = bound[5][2]
+    assert shared_workspace != own_workspace
+    assert bound[3:] == [("math", 2, 0), ("stream", 2, 7), ("workspace", 2, shared_workspace),
+                         ("stream", 2, 8), ("workspace", 2, shared_workspace)]
+    del bound[:]
+    g.set_tf32(True)
+    assert sorted(bound) == [("math", 1, 3), ("math", 2, 3)]

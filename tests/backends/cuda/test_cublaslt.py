@@ -9,6 +9,7 @@ tests/training/test_gpu_training.py and tests/test_bf16.py check that on a GPU).
 from __future__ import annotations
 
 import itertools
+import types
 
 import numpy as np
 import pytest
@@ -492,3 +493,25 @@ def test_stand_in_matches_the_real_bindings():
             lt.get_matmul_algo_cap_attribute_dtype(attr)
     for field in ("workspace_size", "waves_count"):  # the split-K variants read them
         assert real.fields[field] == FakeLt.matmul_heuristic_result_dtype.fields[field]
+
+
+def test_matmuls_on_a_stream_of_their_own_take_its_workspace(rng):
+    """A stream added with ``add_stream`` (the CuPy backend's side stream, whose matmuls may run
+    while another stream's do) gets a workspace of its own; every other stream shares the first,
+    their work being in one order. Each call names the stream it is queued on."""
+    lt = FakeLt()
+    e = epilogues(lt)
+    seen, matmul = [], lt.matmul
+    lt.matmul = lambda *args: (seen.append((args[13], args[15])), matmul(*args))[1]
+    x, w = aligned(rng.standard_normal((4, 3))), aligned(rng.standard_normal((3, 5)))
+    b, out = aligned(rng.standard_normal((1, 5))), aligned(np.empty((4, 5)))
+    current = e.cupy.cuda.get_current_stream()
+    e.add_stream(types.SimpleNamespace(ptr=9))
+    e.add_stream(types.SimpleNamespace(ptr=9))  # once
+    for ptr in (7, 9, 7, 8):
+        current.ptr = ptr
+        assert e.forward(Dev(x), Dev(w), Dev(b), Dev(out), True)
+        np.testing.assert_allclose(out, np.maximum(x @ w + b, 0))
+    (shared, _), (own, _) = seen[:2]
+    assert shared != own
+    assert seen == [(shared, 7), (own, 9), (shared, 7), (shared, 8)]

@@ -205,12 +205,13 @@ def test_info_names_the_gpu_paths_and_why_not(emulated):
                                    "precision tf32: no (precision 'tf32' needs cuBLAS through "
                                    "nvmath-python: CUDA on the CPU); precision bf16: yes; narrow "
                                    "kernels: on (Dense layers of up to 16 outputs, where faster "
-                                   "than GEMMs)")
+                                   "than GEMMs); weight gradients on a second stream: off "
+                                   "(overlap_weight_grads; in recorded steps)")
     assert "one-kernel trainer: yes" in gpu_paths(emulated)  # on by default on a GPU
-    assert gpu_paths(emulated.configured(narrow_kernels=False)).endswith("; narrow kernels: off "
-                                                                         "(Dense layers of up to 16 "
-                                                                         "outputs, where faster "
-                                                                         "than GEMMs)")
+    assert "; narrow kernels: off (Dense layers of up to 16 outputs, where faster than GEMMs);" \
+        in gpu_paths(emulated.configured(narrow_kernels=False))
+    assert gpu_paths(emulated.configured(overlap_weight_grads=True)).endswith(
+        "; weight gradients on a second stream: on (overlap_weight_grads; in recorded steps)")
 
 
 def test_info_says_whether_the_cublaslt_gemms_are_tuned(emulated, monkeypatch):
