@@ -63,7 +63,7 @@ class Options:
     narrow_kernels: bool = False
     #: In a recorded training step, each Dense layer's weight and bias gradients run on a second
     #: stream beside the gradient it hands down, which the layers below wait for and they do not:
-    #: two GEMMs of medium's size each leave an H200's SMs half idle (CuPy backend; off by
+    #: a GEMM of medium's size has too few tiles to fill an H200's SMs (CuPy backend; off by
     #: default until it is timed there: ``gpunn bench``'s gpunn-cupy-overlap row).
     overlap_weight_grads: bool = False
 
