@@ -4,6 +4,7 @@ nvidia-cuda-nvrtc wheels carry the compiler, so a kernel that would not build fa
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -42,6 +43,31 @@ def compile_source(text: str, name: str, arch: str, expressions: list[str],
     return err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace").rstrip("\x00 "), lowered
 
 
+def launched_blocks() -> dict[str, int]:
+    """The kernels whose blocks are largest: name -> the threads a block launches with."""
+    from gpunn.backends.cuda import launch
+
+    return {"column_sum": launch.COLUMN_SUM_THREADS,
+            "relu_backward_column_sum": launch.COLUMN_SUM_THREADS,
+            "relu_backward_column_sum_bf16": launch.COLUMN_SUM_THREADS,
+            "narrow_dinputs_relu_bgrad": launch.COLUMN_SUM_THREADS,
+            "narrow_dinputs_relu_bgrad_bf16": launch.COLUMN_SUM_THREADS,
+            "narrow_forward": launch.THREADS, "narrow_weight_grads": launch.THREADS,
+            "train_in_one_kernel": launch.ONE_KERNEL_THREADS}
+
+
+#: The trainer as the backend builds it for the book's network (its sizes fixed).
+BOOK_TRAINERS = [f"train_in_one_kernel<{t}, 2, 64, 3>" for t in ("float", "double")]
+
+
+@functools.cache
+def kernels_built(arch: str) -> tuple[bool, str, dict]:
+    """kernels.cu compiled once per architecture for the tests below: every instance the backend
+    asks NVRTC for, the book's sized trainers, and ptxas's report of each kernel's registers."""
+    return compile_source(cuda.source(), "kernels.cu", arch, cuda.name_expressions() + BOOK_TRAINERS,
+                          options=(*cuda.NVRTC_OPTIONS, "--ptxas-options=-v"))
+
+
 def test_there_are_sources():
     assert cuda.KERNELS_CU in SOURCES
 
@@ -49,8 +75,10 @@ def test_there_are_sources():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
 def test_cuda_source_compiles(path, arch):
-    expressions = cuda.name_expressions() if path == cuda.KERNELS_CU else []
-    ok, log, lowered = compile_source(path.read_text(), path.name, arch, expressions)
+    if path == cuda.KERNELS_CU:
+        ok, log, lowered = kernels_built(arch)
+    else:
+        ok, log, lowered = compile_source(path.read_text(), path.name, arch, [])
     assert ok, f"{path.name} does not compile for {arch}:\n{log}"
     missing = [e for e, mangled in lowered.items() if not mangled]
     assert not missing, f"kernel instances not found: {missing}"
@@ -144,20 +172,9 @@ def test_the_largest_blocks_fit_the_register_file(arch):
     launch fails on the device alone; its report (-v) says here."""
     import re
 
-    from gpunn.backends.cuda import launch
-
-    blocks = {"column_sum": launch.COLUMN_SUM_THREADS,
-              "relu_backward_column_sum": launch.COLUMN_SUM_THREADS,
-              "relu_backward_column_sum_bf16": launch.COLUMN_SUM_THREADS,
-              "narrow_dinputs_relu_bgrad": launch.COLUMN_SUM_THREADS,
-              "narrow_dinputs_relu_bgrad_bf16": launch.COLUMN_SUM_THREADS,
-              "narrow_forward": launch.THREADS, "narrow_weight_grads": launch.THREADS,
-              "train_in_one_kernel": launch.ONE_KERNEL_THREADS}
-    expressions = [f"{name}<{t}>" for name in blocks for t in ("float", "double")]
-    # and the trainer as the backend builds it for the book's network (its sizes fixed)
-    expressions += [f"train_in_one_kernel<{t}, 2, 64, 3>" for t in ("float", "double")]
-    ok, log, lowered = compile_source(cuda.source(), "kernels.cu", arch, expressions,
-                                      options=(*cuda.NVRTC_OPTIONS, "--ptxas-options=-v"))
+    blocks = launched_blocks()
+    expressions = [f"{name}<{t}>" for name in blocks for t in ("float", "double")] + BOOK_TRAINERS
+    ok, log, lowered = kernels_built(arch)
     assert ok, log
     used = dict(re.findall(r"Function properties for (\w+)\n.*?\n.*?Used (\d+) registers", log))
     for expr in expressions:
