@@ -31,21 +31,23 @@ from gpunn.backends.cuda.streams import SideStream
 from gpunn.backends.cupy_backend import CupyBackend
 
 HARNESS = Path(__file__).with_name("harness.cpp")
+HARNESS_CHECKS = Path(__file__).with_name("harness_checks.cu")
 #: The network sizes (n_in, hidden, k) the harness builds the one-kernel trainer for, as the
 #: backend does on a GPU for each network: the book's, dW1 summed in a pass of its own, a hidden
 #: layer wider than the block, and two classes. Other sizes run the kernel built for none (the
 #: same arithmetic; test_cuda_on_cpu checks that the two give the same bits).
 SIZED_TRAINERS = ((2, 64, 3), (5, 24, 3), (2, 600, 3), (3, 40, 2))
 DYNAMIC_SHARED_BYTES = 256 * 1024  # harness.cpp's buffer
+DEADLOCK = -1  # harness.cpp's launch: some threads of a block waited at a barrier forever
 SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64, "float": np.float32,
            "unsigned short": np.uint16}
 C_TYPES = {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float64: ctypes.c_double,
            np.float32: ctypes.c_float}
 
 
-def build(directory: Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL | str:
+def build(directory: Path, defines: tuple[str, ...] = (), checks: bool = False) -> ctypes.CDLL | str:
     """The harness library, or why it cannot be built here (no g++). A build error raises.
-    ``defines``: -D options besides the backend's."""
+    ``defines``: -D options besides the backend's; ``checks``: with harness_checks.cu's kernels."""
     compiler = shutil.which("g++")
     if compiler is None:
         return "no g++ here to build the CUDA-on-CPU harness"
@@ -53,7 +55,9 @@ def build(directory: Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL | str:
     defines = [option for option in cuda.NVRTC_OPTIONS if option.startswith("-D")] + list(defines)
     defines.append("-DSIZED_TRAINERS=" + " ".join(f"SIZED_TRAINER({a}, {b}, {c})"
                                                    for a, b, c in SIZED_TRAINERS))
-    result = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w",
+    if checks:
+        defines.append(f'-DHARNESS_CHECKS="{HARNESS_CHECKS}"')
+    result = subprocess.run([compiler, "-std=c++20", "-O1", "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-w",
                              *defines, "-I", str(cuda.KERNELS_CU.parent), str(HARNESS), "-o", str(lib)],
                             capture_output=True, text=True)
     if result.returncode != 0:
@@ -111,6 +115,7 @@ class Launcher:
         assert len(grid) == 1 or all(g == 1 for g in grid[1:]), "1-D grids only"
         block = tuple(block) + (1,) * (2 - len(block))
         past = self.fn(grid[0], block[0], block[1], shared_mem, argv)
+        assert past != DEADLOCK, f"{self.name}: threads wait at a barrier that others never reach"
         assert past == 0, f"{self.name} wrote {past} bytes of shared memory past the " \
                           f"{shared_mem} it was launched with"
 

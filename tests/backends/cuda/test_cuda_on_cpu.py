@@ -1,9 +1,10 @@
 """The CuPy backend's training, with its CUDA kernels run on the CPU (tests/cuda_on_cpu: kernels.cu
-compiled with g++, one std::thread per CUDA thread, barriers for __syncthreads, shared memory
-poisoned with NaN). What this shows without a GPU: the kernels compute the planned step, the
-backend launches them with the arguments their signatures ask for, and the one-block trainer
-trains as the planned steps do. What it cannot show: GPU timing, cuBLAS/cuBLASLt, CUDA graphs, and
-races that only a GPU's scheduling would expose (test_gpu.py covers those on a device)."""
+compiled with g++, a fiber per CUDA thread taking turns at the barriers of __syncthreads and warp
+shuffles, shared memory poisoned with NaN). What this shows without a GPU: the kernels compute the
+planned step, the backend launches them with the arguments their signatures ask for, and the
+one-block trainer trains as the planned steps do. What it cannot show: GPU timing,
+cuBLAS/cuBLASLt, CUDA graphs, and races that only a GPU's scheduling would expose (test_gpu.py
+covers those on a device)."""
 
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ def test_cupy_backend_trains_as_numpy(emulated, make_opt, batch_size, one_kernel
     """fit on the CuPy backend (planned steps, eager: no graphs here) equals fit on NumPy in
     float64, within summation-order differences; with the one-block trainer too."""
     # The one-kernel trainer: launches of 64 and 6 epochs. Emulated, the planned steps are slow
-    # (one std::thread per CUDA thread, a block at a time), so they run fewer epochs.
+    # (a fiber per CUDA thread, a block at a time), so they run fewer epochs.
     epochs = 2 if batch_size else 70 if one_kernel else 6
     cupy_model, cupy_history = train(emulated, make_opt, batch_size, epochs, one_kernel)
     numpy_model, numpy_history = train("numpy", make_opt, batch_size, epochs)

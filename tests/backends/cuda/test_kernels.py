@@ -2,7 +2,7 @@
 odd sizes, with output buffers poisoned first so an unwritten element shows up as NaN.
 
 Twice: on a CUDA device (CuPy; gpu-marked), and on the CPU, where tests/cuda_on_cpu compiles
-kernels.cu with g++ and runs each kernel with one std::thread per CUDA thread, through the CuPy
+kernels.cu with g++ and runs each kernel with a fiber per CUDA thread, through the CuPy
 backend's own launch code (so argument lists are checked against the kernels' signatures too).
 cuBLAS and cuBLASLt are GPU-only."""
 
