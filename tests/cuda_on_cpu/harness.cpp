@@ -1,4 +1,4 @@
-// Runs the kernels of gpunn/backends/cuda/kernels.cu on the CPU, for tests/test_cuda_on_cpu.py.
+// Runs the kernels of gpunn/backends/cuda/kernels.cu on the CPU, for the tests without a GPU.
 // A launch runs its blocks one after another. A block's threads are fibers that take turns on the
 // calling thread, each on a stack of its own: a thread runs until it waits at a barrier
 // (__syncthreads(), or its warp's, twice in each __shfl_xor_sync) or returns, then the next takes
@@ -18,7 +18,8 @@
 // Built by the test with g++ -std=c++20 -U_FORTIFY_SOURCE (no check that a longjmp goes up the
 // same stack: here it goes from one fiber's stack to another's).
 #if defined(__APPLE__)
-#define _XOPEN_SOURCE 600  // macOS declares the ucontext functions only then
+#define _XOPEN_SOURCE 600  // macOS declares the ucontext functions only then,
+#define _DARWIN_C_SOURCE   // and MAP_ANONYMOUS then only with this
 #endif
 #include <algorithm>
 #include <atomic>
