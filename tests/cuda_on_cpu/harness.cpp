@@ -11,7 +11,8 @@
 // fixed seed: the same launches in the same order take the same turns. Threads waiting for ones
 // that never arrive end the launch with an error.
 // __shared__ arrays are function statics, the dynamic shared memory is one buffer poisoned with
-// NaN bytes before each launch, atomicAdd is an atomic_ref. Entry points take their arguments as
+// NaN bytes before each block (a block sees nothing the one before wrote there, as on a GPU),
+// atomicAdd is an atomic_ref. Entry points take their arguments as
 // cuLaunchKernel does: an array of pointers to each argument's value, after the launch's dynamic
 // shared memory in bytes; they return how many bytes past that the kernel wrote (on a GPU, a write
 // past it is an illegal address that ends the CUDA context), or DEADLOCK.
@@ -75,6 +76,7 @@ static std::vector<unsigned> turns;  // the order of this round's turns
 static unsigned late_warp = 0;
 static unsigned long long draws = 0x9E3779B97F4A7C15ull;  // xorshift64's state
 alignas(16) static unsigned char dynamic_shared[256 * 1024];
+static unsigned launch_shared = 0;  // the launch's share of it, in bytes
 
 // A number in [0, bound), drawn.
 static unsigned draw(unsigned bound) {
@@ -132,7 +134,10 @@ static void fiber_main() {
         blockIdx = {b, 0, 0};
         (*running)();
         leave_barriers(*me);
-        if (block_end.arrived + 1 == block_end.expected) count_every_thread();  // the last back
+        if (block_end.arrived + 1 == block_end.expected) {  // the last back: the next block
+            count_every_thread();                          // starts with every thread counted
+            std::memset(dynamic_shared, 0xFF, launch_shared);  // and with no value of this one's
+        }
         arrive_and_wait(block_end);
     }
     me->done = true;
@@ -259,6 +264,7 @@ static long long launch(unsigned grid, unsigned block_x, unsigned block_y, unsig
     blockDim = {block_x, block_y, 1};
     gridDim = {grid, 1, 1};
     std::memset(dynamic_shared, 0xFF, sizeof(dynamic_shared));  // NaN in every float and double
+    launch_shared = shared;
     running = &kernel;
     if (!run_fibers(threads)) return DEADLOCK;
     long long past = 0;  // poison bytes past the launch's share that a kernel overwrote

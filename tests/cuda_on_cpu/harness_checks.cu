@@ -12,6 +12,17 @@ __global__ void read_neighbour(int* out, int synced) {
     out[threadIdx.x] = slot[(threadIdx.x + 1) % blockDim.x];
 }
 
+// Block 0 writes its dynamic shared memory; every later block reads it without writing it: on a
+// GPU each block has shared memory of its own, so they read garbage (here, the poison: -1).
+// out[b] = what block b read, for one thread a block.
+__global__ void read_the_block_befores_shared(int* out) {
+    DYNAMIC_SHARED_MEMORY(memory);
+    int* slot = reinterpret_cast<int*>(memory);
+    if (blockIdx.x == 0) slot[threadIdx.x] = 7;
+    __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = slot[0];
+}
+
 // Thread 0 writes 1, every thread reads it, and after a warp shuffle thread 0 writes 2 over it,
 // with a barrier between the reads and the write where `synced` (else a race: on a GPU, warp 0 may
 // be done before another warp reads); out[i] = the value thread i read.
@@ -48,6 +59,7 @@ __global__ void wait_at_two_barriers(int* out) {
 }
 
 PLAIN(read_neighbour)
+PLAIN(read_the_block_befores_shared)
 PLAIN(read_before_overwrite)
 PLAIN(return_early)
 PLAIN(wait_at_two_barriers)

@@ -22,15 +22,16 @@ def checks(tmp_path_factory):
     return lib
 
 
-def launch(lib, name: str, threads: int, *args, shared: int = 0) -> int:
-    """One block of ``threads``; ``args``: int32 arrays (passed by pointer) and Python ints."""
+def launch(lib, name: str, threads: int, *args, shared: int = 0, blocks: int = 1) -> int:
+    """``blocks`` of ``threads``; ``args``: int32 arrays (passed by pointer) and Python ints."""
     values = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else ctypes.c_int(a)
               for a in args]
     argv = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p)
                                              for v in values])
     fn = getattr(lib, f"{name}_plain")
     fn.restype = ctypes.c_longlong
-    return fn(ctypes.c_uint(1), ctypes.c_uint(threads), ctypes.c_uint(1), ctypes.c_uint(shared), argv)
+    return fn(ctypes.c_uint(blocks), ctypes.c_uint(threads), ctypes.c_uint(1), ctypes.c_uint(shared),
+              argv)
 
 
 @pytest.mark.parametrize("threads", [64, 96])
@@ -69,6 +70,13 @@ def test_a_missing_barrier_shows_when_one_warp_lags_behind(checks):
             late_reads.append((synced, np.count_nonzero(out == 2)))
     assert all(n == 0 for synced, n in late_reads if synced)
     assert any(n > 0 for synced, n in late_reads if not synced), late_reads
+
+
+def test_each_block_starts_with_shared_memory_of_its_own(checks):
+    """Later blocks do not see what block 0 wrote in shared memory: the poison (-1)."""
+    out = np.full(3, -7, dtype=np.int32)
+    assert launch(checks, "read_the_block_befores_shared", 64, out, shared=4 * 64, blocks=3) == 0
+    np.testing.assert_array_equal(out, [7, -1, -1])
 
 
 @pytest.mark.parametrize("n", [0, 10, 34, 64])  # even: no shuffle with a lane that returned
