@@ -17,7 +17,7 @@ GPU_TEST_TIMEOUT ?= 180
 # git show 92d7960:gpunn/backends/cuda/kernels.cu > old-kernels.cu; make gpu-check PHASES_COMPARE=old-kernels.cu
 PHASES_COMPARE ?=
 
-.PHONY: demo test lint docs bench gpu-check mutate clean
+.PHONY: demo test lint docs bench gpu-check mutate mutate-barriers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,11 @@ $(VENV)/.mutate-deps: pyproject.toml | $(PY)
 mutate: $(VENV)/.mutate-deps
 	$(VENV)/bin/mutmut run $(ONLY)
 	$(VENV)/bin/mutmut results
+
+# The same for kernels.cu's __syncthreads() (tests/cuda_on_cpu/barrier_mutants.py): each taken
+# out in turn, the kernels run on the CPU; a barrier no test needed is a race the tests would miss.
+mutate-barriers: $(VENV)/.test-deps
+	$(PY) tests/cuda_on_cpu/barrier_mutants.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis mutants site *.egg-info

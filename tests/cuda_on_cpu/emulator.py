@@ -13,6 +13,7 @@ and which has no CUDA graphs or cuBLASLt (a compute capability 9.0 device for pr
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import shutil
 import subprocess
@@ -32,6 +33,8 @@ from gpunn.backends.cupy_backend import CupyBackend
 
 HARNESS = Path(__file__).with_name("harness.cpp")
 HARNESS_CHECKS = Path(__file__).with_name("harness_checks.cu")
+#: Another kernels.cu for the harness to run (barrier_mutants.py's copies); else the backend's.
+KERNELS_ENV = "GPUNN_HARNESS_KERNELS"
 #: The network sizes (n_in, hidden, k) the harness builds the one-kernel trainer for, as the
 #: backend does on a GPU for each network: the book's, dW1 summed in a pass of its own, a hidden
 #: layer wider than the block, and two classes. Other sizes run the kernel built for none (the
@@ -47,18 +50,22 @@ C_TYPES = {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float64: ctyp
 
 def build(directory: Path, defines: tuple[str, ...] = (), checks: bool = False) -> ctypes.CDLL | str:
     """The harness library, or why it cannot be built here (no g++). A build error raises.
-    ``defines``: -D options besides the backend's; ``checks``: with harness_checks.cu's kernels."""
+    ``defines``: -D options besides the backend's; ``checks``: with harness_checks.cu's kernels.
+    The kernels are the backend's kernels.cu, or the file GPUNN_HARNESS_KERNELS names."""
     compiler = shutil.which("g++")
     if compiler is None:
         return "no g++ here to build the CUDA-on-CPU harness"
     lib = directory / "harness.so"
+    kernels = Path(os.environ.get(KERNELS_ENV, cuda.KERNELS_CU))
+    if kernels.name != "kernels.cu":  # harness.cpp includes it by that name
+        raise ValueError(f"{KERNELS_ENV} must name a file called kernels.cu; got {kernels}")
     defines = [option for option in cuda.NVRTC_OPTIONS if option.startswith("-D")] + list(defines)
     defines.append("-DSIZED_TRAINERS=" + " ".join(f"SIZED_TRAINER({a}, {b}, {c})"
                                                    for a, b, c in SIZED_TRAINERS))
     if checks:
         defines.append(f'-DHARNESS_CHECKS="{HARNESS_CHECKS}"')
     result = subprocess.run([compiler, "-std=c++20", "-O1", "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-w",
-                             *defines, "-I", str(cuda.KERNELS_CU.parent), str(HARNESS), "-o", str(lib)],
+                             *defines, "-I", str(kernels.parent), str(HARNESS), "-o", str(lib)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"harness.cpp did not build:\n{result.stderr[-4000:]}")

@@ -94,3 +94,45 @@ def test_threads_waiting_for_each_other_forever_end_the_launch_with_an_error(che
     out = np.full(64, -7, dtype=np.int32)
     assert launch(checks, "return_early", 64, out, 64) == 0
     np.testing.assert_array_equal(out, np.arange(64) + (np.arange(64) ^ 1) + 1)
+
+
+# ---- barrier_mutants.py: kernels.cu's __syncthreads() taken out one at a time -----------------
+
+def test_the_barrier_mutants_are_each_barrier_of_kernels_cu_taken_out_alone():
+    from cuda_on_cpu import barrier_mutants as mutants
+
+    source = mutants.KERNELS_CU.read_text()
+    lines = mutants.barriers(source)
+    code = [line.split("//")[0] for line in source.splitlines()]
+    assert len(lines) == sum(c.count(mutants.BARRIER) for c in code) > 10
+    for line in lines:
+        mutant = mutants.without(source, line).splitlines()
+        changed = [i + 1 for i, (a, b) in enumerate(zip(mutant, source.splitlines())) if a != b]
+        assert changed == [line] and mutants.BARRIER not in mutant[line - 1].split("//")[0]
+
+
+def test_a_barrier_mutant_runs_the_tests_against_its_own_kernels(monkeypatch):
+    """End to end on one barrier (the transpose's, between a tile's loads and its stores), its
+    tests only: taken out, they fail; the NVRTC checks and the GPU are not involved."""
+    from cuda_on_cpu import barrier_mutants as mutants
+
+    source = mutants.KERNELS_CU.read_text()
+    line = next(n for n in mutants.barriers(source)
+                if "transpose(" in "".join(source.splitlines()[n - 15:n]))
+    monkeypatch.setattr(mutants, "TESTS", ["tests/backends/cuda/test_kernels.py", "-k",
+                                           "test_transpose_writes_every_value and cpu"])
+    caught_at, failed = mutants.run(line, source)
+    assert caught_at == line and failed and "test_transpose_writes_every_value" in failed
+
+
+def test_the_harness_takes_the_kernels_file_it_is_given(tmp_path, monkeypatch):
+    from cuda_on_cpu.emulator import KERNELS_ENV
+
+    broken = tmp_path / "kernels.cu"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setenv(KERNELS_ENV, str(broken))
+    with pytest.raises(RuntimeError, match="did not build"):
+        build(tmp_path)
+    monkeypatch.setenv(KERNELS_ENV, str(tmp_path / "other.cu"))
+    with pytest.raises(ValueError, match="kernels.cu"):
+        build(tmp_path)
