@@ -1,5 +1,5 @@
 // Kernels that check harness.cpp itself, not gpunn's: built in only by test_cuda_on_cpu_harness.py
-// (emulator.build(checks=True)), each with a PLAIN entry point. One block, int arrays.
+// (emulator.build(checks=True)), each with a PLAIN entry point; int arrays.
 
 // Each thread writes its slot of the dynamic shared memory, then reads its neighbour's, with a
 // barrier between where `synced` (else a race: a GPU may run the read first); out[i] = the value

@@ -2,8 +2,10 @@
 What the kernel tests rely on: a barrier holds every thread until all have arrived; threads that
 have returned do not hold it up; a missing barrier shows (a read before the write it needed, the
 turns going in a new order each round; or after a write over it, one warp lagging behind the
-others as far as the barriers allow); and threads that wait for one another forever end the
-launch with an error instead of hanging the test run. The kernels are tests/cuda_on_cpu/harness_checks.cu."""
+others as far as the barriers allow); each block starts with shared memory of its own; and
+threads that wait for one another forever end the launch with an error instead of hanging the
+test run. The kernels are tests/cuda_on_cpu/harness_checks.cu. Then barrier_mutants.py (`make
+mutate-barriers`), which takes kernels.cu's barriers out one at a time."""
 
 from __future__ import annotations
 
