@@ -64,8 +64,9 @@ def build(directory: Path, defines: tuple[str, ...] = (), checks: bool = False) 
                                                    for a, b, c in SIZED_TRAINERS))
     if checks:
         defines.append(f'-DHARNESS_CHECKS="{HARNESS_CHECKS}"')
-    result = subprocess.run([compiler, "-std=c++20", "-O1", "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-w",
-                             *defines, "-I", str(kernels.parent), str(HARNESS), "-o", str(lib)],
+    result = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-U_FORTIFY_SOURCE", "-shared",
+                             "-fPIC", "-w", *defines, "-I", str(kernels.parent), str(HARNESS),
+                             "-o", str(lib)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"harness.cpp did not build:\n{result.stderr[-4000:]}")

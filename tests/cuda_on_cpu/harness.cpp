@@ -16,7 +16,7 @@
 // cuLaunchKernel does: an array of pointers to each argument's value, after the launch's dynamic
 // shared memory in bytes; they return how many bytes past that the kernel wrote (on a GPU, a write
 // past it is an illegal address that ends the CUDA context), or DEADLOCK.
-// Built by the test with g++ -std=c++20 -U_FORTIFY_SOURCE (no check that a longjmp goes up the
+// Built by the test with g++ -std=c++20 -pthread -U_FORTIFY_SOURCE (no check that a longjmp goes up the
 // same stack: here it goes from one fiber's stack to another's).
 #if defined(__APPLE__)
 #define _XOPEN_SOURCE 600  // macOS declares the ucontext functions only then,
@@ -29,6 +29,7 @@
 #include <functional>
 #include <math.h>
 #include <memory>
+#include <mutex>
 #include <setjmp.h>
 #include <sys/mman.h>
 #include <type_traits>
@@ -258,8 +259,13 @@ static T atomicAdd(T* address, T value) { return std::atomic_ref<T>(*address).fe
 
 #include "kernels.cu"
 
+// One launch at a time: ctypes lets go of the GIL during a call, so Python threads (an uploader's
+// workers, say) could otherwise launch at once into the one set of fibers, barriers and memory.
+static std::mutex launching;
+
 static long long launch(unsigned grid, unsigned block_x, unsigned block_y, unsigned shared,
                         const std::function<void()>& kernel) {
+    std::lock_guard<std::mutex> one_at_a_time(launching);
     unsigned threads = block_x * block_y;
     blockDim = {block_x, block_y, 1};
     gridDim = {grid, 1, 1};

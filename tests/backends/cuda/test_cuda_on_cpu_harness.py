@@ -98,6 +98,24 @@ def test_threads_waiting_for_each_other_forever_end_the_launch_with_an_error(che
     np.testing.assert_array_equal(out, np.arange(64) + (np.arange(64) ^ 1) + 1)
 
 
+def test_launches_from_several_python_threads_take_turns(checks):
+    """ctypes lets go of the GIL during a launch: launches from threads at once run one at a
+    time, each right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def launches(threads: int) -> bool:
+        for _ in range(20):
+            out = np.full(threads, -7, dtype=np.int32)
+            if launch(checks, "read_neighbour", threads, out, 1, shared=4 * threads) != 0:
+                return False
+            if not np.array_equal(out, (np.arange(threads) + 1) % threads):
+                return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(launches, [32, 64, 96, 128]))
+
+
 # ---- barrier_mutants.py: kernels.cu's __syncthreads() taken out one at a time -----------------
 
 def test_the_barrier_mutants_are_each_barrier_of_kernels_cu_taken_out_alone():
