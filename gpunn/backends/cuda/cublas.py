@@ -86,12 +86,20 @@ class Gemm:
         Called outside any capture."""
         if self.cublas is None or stream.ptr in self._own:
             return
-        handle = self.cublas.create()
-        workspace = self.cupy.empty(WORKSPACE_BYTES, dtype=self.cupy.uint8)
-        self.cublas.set_stream(handle, stream.ptr)
-        self.cublas.set_workspace(handle, workspace.data.ptr, WORKSPACE_BYTES)
+        handle, workspace = self._new_handle()
+        self._bind(handle, stream.ptr, workspace)
         self._own[stream.ptr] = handle, workspace
+
+    def _new_handle(self) -> tuple[int, Any]:
+        """A handle in the current math mode, and a workspace for it."""
+        handle = self.cublas.create()
         self._set_math_mode(handle)
+        return handle, self.cupy.empty(WORKSPACE_BYTES, dtype=self.cupy.uint8)
+
+    def _bind(self, handle: int, stream: int, workspace: Any) -> None:
+        self.cublas.set_stream(handle, stream)
+        # set_stream resets the workspace, so give ours again.
+        self.cublas.set_workspace(handle, workspace.data.ptr, WORKSPACE_BYTES)
 
     def _handle(self) -> int:
         """The handle for GEMMs on the current stream: its own, or the shared one pointed at it."""
@@ -105,13 +113,9 @@ class Gemm:
         """Point our handle at the current stream (done before a capture begins, too)."""
         stream = self.cupy.cuda.get_current_stream().ptr
         if self.handle is None:
-            self.handle = self.cublas.create()
-            self._workspace = self.cupy.empty(WORKSPACE_BYTES, dtype=self.cupy.uint8)
-            self._set_math_mode(self.handle)
+            self.handle, self._workspace = self._new_handle()
         if stream != self._stream:
-            self.cublas.set_stream(self.handle, stream)
-            # set_stream resets the workspace, so give ours again.
-            self.cublas.set_workspace(self.handle, self._workspace.data.ptr, WORKSPACE_BYTES)
+            self._bind(self.handle, stream, self._workspace)
             self._stream = stream
 
     def gemm(self, a: Any, b: Any, out: Any, trans_a: bool, trans_b: bool,

@@ -137,8 +137,8 @@ def test_gemms_on_a_stream_of_their_own_take_its_handle_and_workspace(rng):
     g.cupy.cuda.get_current_stream = lambda: current
     g.add_stream(types.SimpleNamespace(ptr=9))
     g.add_stream(types.SimpleNamespace(ptr=9))  # once
-    own_workspace = bound[1][2]
-    assert bound == [("stream", 1, 9), ("workspace", 1, own_workspace), ("math", 1, 0)]
+    own_workspace = bound[2][2]
+    assert bound == [("math", 1, 0), ("stream", 1, 9), ("workspace", 1, own_workspace)]
     a, b = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)
     out = np.empty((4, 2), np.float32)
     for ptr in (7, 9, 9, 7, 8):
