@@ -87,6 +87,13 @@ def kernel_parameters() -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+def argument_pointers(values: list[Any]) -> Any:
+    """What an entry point of the harness takes for its arguments, as cuLaunchKernel does: an
+    array of pointers to each value (ctypes scalars)."""
+    return (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p)
+                                             for v in values])
+
+
 class Launcher:
     """A kernel of kernels.cu, called like CuPy's: kernel(grid, block, args, shared_mem=0)."""
 
@@ -117,9 +124,7 @@ class Launcher:
         assert len(args) == len(self.params), (self.name, len(args), len(self.params))
         assert shared_mem <= min(DYNAMIC_SHARED_BYTES, max(self.max_dynamic_shared_size_bytes,
                                                            48 << 10)), (self.name, shared_mem)
-        values = [self._value(t, n, a) for (t, n), a in zip(self.params, args)]
-        argv = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p)
-                                                 for v in values])
+        argv = argument_pointers([self._value(t, n, a) for (t, n), a in zip(self.params, args)])
         assert len(grid) == 1 or all(g == 1 for g in grid[1:]), "1-D grids only"
         block = tuple(block) + (1,) * (2 - len(block))
         past = self.fn(grid[0], block[0], block[1], shared_mem, argv)

@@ -13,7 +13,7 @@ import ctypes
 
 import numpy as np
 import pytest
-from cuda_on_cpu.emulator import DEADLOCK, build
+from cuda_on_cpu.emulator import DEADLOCK, argument_pointers, build
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,8 @@ def checks(tmp_path_factory):
 
 def launch(lib, name: str, threads: int, *args, shared: int = 0, blocks: int = 1) -> int:
     """``blocks`` of ``threads``; ``args``: int32 arrays (passed by pointer) and Python ints."""
-    values = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else ctypes.c_int(a)
-              for a in args]
-    argv = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p)
-                                             for v in values])
+    argv = argument_pointers([ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray)
+                              else ctypes.c_int(a) for a in args])
     fn = getattr(lib, f"{name}_plain")
     fn.restype = ctypes.c_longlong
     return fn(ctypes.c_uint(blocks), ctypes.c_uint(threads), ctypes.c_uint(1), ctypes.c_uint(shared),
