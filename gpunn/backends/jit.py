@@ -11,7 +11,12 @@ inner loops run down the columns on vector registers: the logits summed one hidd
 time, the softmax a sample at a time, then per hidden unit its ReLU again and its gradients
 summed in registers, with nothing stored per sample. Measured on the book's float32 run, the
 trainer alone: 0.36 s with plain loops over samples, 0.27 s per sample written out, 0.25 s over
-columns, 0.13 s over columns with denormals flushed.
+columns, 0.13 s over columns with denormals flushed (2-core Xeon). Then on a 2-core AMD EPYC,
+from 0.15-0.18 s to 0.09-0.10 s: the softmax's loop over samples on vector registers too, with
+exp and log that the compiler inlines (jit_math.py) and no ZeroDivisionError test before each
+division (ERROR_MODEL). What the last epoch leaves for the layers (``if last``) is written by
+loops of their own, a column at a time: a step of the spiral's network (one epoch a call) took
+24 us before, 18.5 us so.
 
 That takes networks of up to ``COLUMNS_UP_TO`` inputs and classes together; wider ones take the
 NumPy backend's steps, which BLAS makes as fast or faster there (the figures at
@@ -40,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from . import denormals, jit_cache
+from . import denormals, jit_cache, jit_math
 from . import schedule as slots
 
 try:
@@ -54,6 +59,11 @@ else:
 #: LLVM's fast-math flags allowed: reassociating sums (to vectorise them), fused multiply-adds,
 #: and -0 treated as 0. Not "nnan"/"ninf": those would let the compiler drop NaN checks.
 REASSOCIATE = {"reassoc", "contract", "nsz"}
+#: What a division by zero gives: inf or NaN, as in NumPy (and so the NumPy steps, which the
+#: trainer must match). numba's default, "python", raises ZeroDivisionError instead, and the test
+#: it puts before every division keeps the loop around it off vector registers: the softmax's
+#: loop over 300 samples took 7.1 us so, 0.9 us without (2-core AMD EPYC, AVX-512).
+ERROR_MODEL = "numpy"
 
 
 def train(X: np.ndarray, y: np.ndarray, params: np.ndarray, grads: np.ndarray,
@@ -65,11 +75,11 @@ def train(X: np.ndarray, y: np.ndarray, params: np.ndarray, grads: np.ndarray,
     sched = np.array(schedule, dtype=np.float64)
     state_1 = states[0] if states else params  # unused by the rules that keep no state
     state_2 = states[1] if len(states) > 1 else params
-    trainer = _compiled(X.shape[1], outs["logits"].shape[1])
+    compiled = trainer(X.shape[1], outs["logits"].shape[1])
     with denormals.flushed():
-        trainer(X, y.astype(np.int64, copy=False), params, grads, state_1, state_2, sched,
-                totals, epochs, code, hyper, epsilon, outs["hidden"], outs["dhidden"],
-                outs["logits"], outs["probs"], outs["dlogits"], outs["losses"].reshape(-1))
+        compiled(X, y.astype(np.int64, copy=False), params, grads, state_1, state_2, sched,
+                 totals, epochs, code, hyper, epsilon, outs["hidden"], outs["dhidden"],
+                 outs["logits"], outs["probs"], outs["dlogits"], outs["losses"].reshape(-1))
     schedule[:] = sched.tolist() if isinstance(schedule, list) else sched
 
 
@@ -88,7 +98,7 @@ COLUMNS_UP_TO = 16
 _trainers: dict[tuple[int, int], Any] = {}
 
 
-def _compiled(n_in: int, k: int) -> Any:
+def trainer(n_in: int, k: int) -> Any:
     """The compiled trainer for ``n_in`` inputs and ``k`` classes (numba compiles it on first
     use, once per dtype, and keeps what it compiled in jit_cache's folder for later runs)."""
     if numba is None:
@@ -102,8 +112,9 @@ def _compiled(n_in: int, k: int) -> Any:
 
 
 #: What a written-out trainer's module starts with: the names its source uses.
-COLUMNS_IMPORTS = ("import math\n\nimport numpy as np\n\n"
-                   "from gpunn.backends.jit import _advance, _update\n\n\n")
+COLUMNS_IMPORTS = ("import numpy as np\n\n"
+                   "from gpunn.backends.jit import advance, update\n"
+                   "from gpunn.backends.jit_math import exp_nonpositive, log_positive\n\n\n")
 
 
 def _columns_trainer(n_in: int, k: int) -> Any:
@@ -115,20 +126,26 @@ def _columns_trainer(n_in: int, k: int) -> Any:
     except OSError:  # this file unreadable (gpunn in a zip): no salt, so no cache
         cached = None
     if cached is not None:
-        return _jit(cached.train, cache=True)
-    namespace: dict[str, Any] = {"np": np, "math": math, "_advance": _advance, "_update": _update}
+        return njit(cached.train, cache=True)
+    namespace: dict[str, Any] = {"np": np, "advance": advance, "update": update,
+                                 "exp_nonpositive": jit_math.exp_nonpositive,
+                                 "log_positive": jit_math.log_positive}
     exec(compile(source, f"<gpunn.backends.jit columns {n_in}x{k}>", "exec"), namespace)
-    return _jit(namespace["train"])
+    return njit(namespace["train"])
 
 
 def _salt() -> str:
-    """What a cached trainer depends on besides its own source: this file (the helpers it
-    calls) and the versions of numba and Python."""
-    return f"{Path(__file__).read_text()}\0{numba.__version__}\0{sys.version}"
+    """What a cached trainer depends on besides its own source: this file and jit_math.py (the
+    helpers it calls) and the versions of numba and Python."""
+    helpers = (Path(__file__).read_text(), Path(jit_math.__file__).read_text())
+    return "\0".join((*helpers, numba.__version__, sys.version))
 
 
-def _jit(function: Any, cache: bool = False) -> Any:
-    return numba.njit(fastmath=REASSOCIATE, nogil=True, cache=cache)(function)
+def njit(function: Any, cache: bool = False) -> Any:
+    """``function`` compiled by numba as the trainer and its helpers are: REASSOCIATE's fast-math
+    flags, ERROR_MODEL, and the GIL let go while it runs."""
+    return numba.njit(fastmath=REASSOCIATE, error_model=ERROR_MODEL, nogil=True,
+                      cache=cache)(function)
 
 
 def columns_source(n_in: int, k: int) -> str:
@@ -169,11 +186,30 @@ def columns_source(n_in: int, k: int) -> str:
                 f"{indent}if not a > zero:\n"
                 f"{indent}    g = zero\n")
 
-    # The label's probability, picked by comparisons (the columns are scalars, not an array).
-    pick = "".join(f"            {'if' if c == 0 else 'elif'} label == {c}:\n"
-                   f"                p_true = p{c}\n" for c in cs[:-1])
-    pick += (f"            else:\n                p_true = p{k - 1}\n" if k > 1
-             else "            p_true = p0\n")
+    def softmax(indent: str) -> str:
+        """A sample's logits (l), probabilities (p), label and clipped loss: the label's
+        probability picked by comparisons (the columns are scalars, not an array), exp and log
+        from jit_math, which the compiler inlines, so the loop over samples runs on vector
+        registers."""
+        pick = "".join(f"{'if' if c == 0 else 'elif'} label == {c}:\n    p_true = p{c}\n"
+                       for c in cs[:-1])
+        pick += f"else:\n    p_true = p{k - 1}\n" if k > 1 else "p_true = p0\n"
+        lines = (f"{each('l{i} = z{i}[s] + b2[{i}]', cs)}\n"
+                 "best = 0\n"
+                 "top = l0\n"
+                 + "".join(f"if l{c} > top:\n    best = {c}\n    top = l{c}\n" for c in cs[1:])
+                 + f"{each('p{i} = exp_nonpositive(l{i} - top)', cs)}\n"
+                 f"total = zero{each(' + p{i}', cs, '')}\n"
+                 f"{each('p{i} = p{i} / total', cs)}\n"
+                 "label = y[s]\n"
+                 + pick
+                 + "if p_true < clip_low:  # clipped (a NaN stays one)\n"
+                 "    p_true = clip_low\n"
+                 "elif p_true > clip_high:\n"
+                 "    p_true = clip_high\n"
+                 "loss = -log_positive(p_true)\n")
+        return "".join(indent + line + "\n" for line in lines.splitlines())
+
     outer, inner, record = " " * 12, " " * 16, " " * 20
     return f"""\
 def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code, hyper,
@@ -195,6 +231,8 @@ def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code,
 {each("    x{i} = np.empty(n, X.dtype)", xs, chr(10))}
 {each("    z{i} = np.empty(n, X.dtype)", cs, chr(10))}
 {each("    d{i} = np.empty(n, X.dtype)", cs, chr(10))}
+{each("    logit{i} = np.empty(n, X.dtype); prob{i} = np.empty(n, X.dtype)", cs, chr(10))}
+    loss_of = np.empty(n, X.dtype)
     for s in range(n):
         {each("x{i}[s] = X[s, {i}]", xs)}
     for epoch in range(epochs):
@@ -207,27 +245,21 @@ def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code,
         loss_sum = 0.0
         correct = 0
         for s in range(n):
-            {each("l{i} = z{i}[s] + b2[{i}]", cs)}
-            best = 0
-            top = l0
-{"".join(f"            if l{c} > top:{chr(10)}                best = {c}{chr(10)}"
-         f"                top = l{c}{chr(10)}" for c in cs[1:])}\
-            {each("p{i} = math.exp(l{i} - top)", cs)}
-            total = zero{each(" + p{i}", cs, "")}
-            {each("p{i} = p{i} / total", cs)}
-            label = y[s]
-{pick}\
-            if p_true < clip_low:  # clipped (a NaN stays one)
-                p_true = clip_low
-            elif p_true > clip_high:
-                p_true = clip_high
-            loss = -math.log(p_true)
+{softmax(outer)}\
             loss_sum += loss
             correct += best == label
 {each("            d{i}[s] = (p{i} - (one if label == {i} else zero)) * inv_n", cs, chr(10))}
-            if last:
-                losses[s] = loss
-{each("                logits[s, {i}] = l{i}; probs[s, {i}] = p{i}; dlogits[s, {i}] = d{i}[s]", cs, chr(10))}
+        if last:  # what the loss and the output layer hold after the step: in a loop of
+            # its own (stores the loop above might skip would keep it off vector registers),
+            # into columns (the rows' stores, a class apart, would too), then into the rows
+            for s in range(n):
+{softmax(inner)}\
+                loss_of[s] = loss
+{each("                logit{i}[s] = l{i}; prob{i}[s] = p{i}", cs, chr(10))}
+            for s in range(n):
+                losses[s] = loss_of[s]
+{each("                logits[s, {i}] = logit{i}[s]; probs[s, {i}] = prob{i}[s]", cs, chr(10))}
+{each("                dlogits[s, {i}] = d{i}[s]", cs, chr(10))}
         {each("t{i} = zero", cs)}
         for s in range(n):
             {each("t{i} += d{i}[s]", cs)}
@@ -248,10 +280,10 @@ def train(X, y, params, grads, state_1, state_2, schedule, totals, epochs, code,
                     dhidden[s, j] = g
         totals[epoch, 0] += loss_sum
         totals[epoch, 1] += correct
-        _advance(schedule)
-        _update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, scalars)
+        advance(schedule)
+        update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, scalars)
 """
-def _advance(schedule):
+def advance(schedule):
     """schedule.advance, compiled."""
     iterations = schedule[slots.ITERATIONS]
     step = iterations + 1.0
@@ -261,7 +293,7 @@ def _advance(schedule):
     schedule[slots.ITERATIONS] = step
 
 
-def _update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, scalars):
+def update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, scalars):
     """One rule over every parameter, as kernels.cu's rules compute it: in the model's dtype
     (``scalars``, of that dtype, converts the float64 settings as the kernels' casts do)."""
     scalars[0] = schedule[slots.LR_T]
@@ -301,5 +333,5 @@ def _update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, sca
 
 
 if numba is not None:  # the helpers are called from compiled code, so compiled too
-    _advance = numba.njit(fastmath=REASSOCIATE)(_advance)
-    _update = numba.njit(fastmath=REASSOCIATE)(_update)
+    advance = njit(advance)
+    update = njit(update)
