@@ -30,7 +30,8 @@ def test_rewrite_replaces_only_the_block():
     doc = json.loads((ROOT / "benchmarks" / "cpu-bench.json").read_text())
     text = f"before\n{readme_table.BEGIN}\nold table\n{readme_table.END}\nafter\n"
     new = readme_table.rewrite(text, doc)
-    assert new.startswith(f"before\n{readme_table.BEGIN}\nOne `gpunn bench` run, 2026-11-27, on ")
+    date = doc["machine"]["date"]
+    assert new.startswith(f"before\n{readme_table.BEGIN}\nOne `gpunn bench` run, {date}, on ")
     assert new.endswith(f"{readme_table.END}\nafter\n") and "| small, per step | " in new
     with pytest.raises(ValueError, match="no .* block to rewrite"):
         readme_table.rewrite("no markers here", doc)
