@@ -62,7 +62,8 @@ REASSOCIATE = {"reassoc", "contract", "nsz"}
 #: What a division by zero gives: inf or NaN, as in NumPy (and so the NumPy steps, which the
 #: trainer must match). numba's default, "python", raises ZeroDivisionError instead, and the test
 #: it puts before every division keeps the loop around it off vector registers: the softmax's
-#: loop over 300 samples took 7.1 us so, 0.9 us without (2-core AMD EPYC, AVX-512).
+#: loop over 300 samples took 10.3 us so with jit_math's exp and log, 1.3 us without (with the C
+#: library's: 5.3 and 3.0 us; 2-core AMD EPYC, AVX-512).
 ERROR_MODEL = "numpy"
 
 

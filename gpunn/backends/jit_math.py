@@ -5,8 +5,9 @@ Why: numba turns ``math.exp`` and ``math.log`` into calls of the C library's ``e
 ``logf``, one value at a time (numba vectorises them only with Intel's SVML, which the pip
 wheels of llvmlite are not built for). A call in a loop keeps the whole loop scalar, so the
 softmax took about a third of the book's run. Written as arithmetic on the value and its bits,
-as here, the compiler inlines them and runs the loop on vector registers. Measured on this
-project's 2-core AMD EPYC (AVX-512): the softmax loop over 300 samples, 7.1 us scalar, 0.9 us so.
+as here, the compiler inlines them and runs the loop on vector registers. Measured on a 2-core
+AMD EPYC (AVX-512), the softmax's loop over the book's 300 samples compiled as the trainer is
+(jit.ERROR_MODEL): 3.0 us with the C library's exp and log, 1.3 us with these.
 
 The polynomials are Cephes's ``expf`` and ``logf`` (Stephen L. Moshier), and so are the ways of
 reducing the argument. Checked against float64 over the ranges the trainer uses

@@ -92,9 +92,9 @@ def close_elementwise(b, a):
 
 def trains_as_the_planned_steps(make_opt, batch_size, one_kernel_backend, sizes=(2, 16, 3),
                                 dtype="float64", close=close_elementwise, epochs=None):
-    """What the one-kernel trainer leaves after ``epochs`` (150 full-batch, 4 of batches of 64)
-    against the planned steps': every array ``close`` to the planned one, and the same count of
-    iterations."""
+    """What the one-kernel trainer leaves after ``epochs`` (unless given, 150 full-batch or 4 of
+    batches of 64) against what the planned steps leave: every array ``close`` to the planned
+    one, and the same count of iterations."""
     X, y = nn.datasets.spiral_data(samples=50, classes=3, seed=0)
     if sizes[0] != 2:  # more inputs and classes: the spiral's points, features and labels spread
         rng = np.random.default_rng(5)
