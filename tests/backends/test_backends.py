@@ -144,6 +144,25 @@ def test_numpy_ops_match_reference(rng):
             np.testing.assert_array_equal(got, data[order])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(300, 64), (1024, 300), (7,), (2, 3, 5)])
+def test_numpy_relu_is_the_references_bits(shape, dtype, rng):
+    """The NumPy backend's ReLU takes its maximum against an array of zeros (a row of them past
+    ZEROS_UP_TO elements), the reference's against the scalar 0: the same bits, NaN of either
+    sign, signed zeros, infinities and denormals included, in place or not."""
+    x = rng.standard_normal(shape).astype(dtype).reshape(-1)
+    specials = np.array([np.nan, -np.nan, -0.0, 0.0, np.inf, -np.inf, -1e-40, 1e-40], dtype)
+    x[:specials.size] = specials[:x.size]
+    x = x.reshape(shape)
+    fast = NumpyBackend()
+    got, want = fast.relu(x, out=np.empty_like(x)), Backend(np).relu(x, out=np.empty_like(x))
+    as_bits = {4: np.uint32, 8: np.uint64}[x.itemsize]
+    np.testing.assert_array_equal(got.view(as_bits), want.view(as_bits))
+    in_place = x.copy()
+    assert fast.relu(in_place, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place.view(as_bits), want.view(as_bits))
+
+
 @pytest.mark.parametrize("rule", ["sgd", "sgd-momentum", "adagrad", "rmsprop", "adam"])
 @pytest.mark.parametrize("shape", [(100_003,), (257, 300)])
 def test_numpy_updates_in_pieces_equal_the_whole_update_bit_for_bit(rule, shape, rng,
