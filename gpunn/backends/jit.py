@@ -128,10 +128,18 @@ def _columns_trainer(n_in: int, k: int) -> Any:
         cached = None
     if cached is not None:
         return njit(cached.train, cache=True)
+    return in_memory(n_in, k)
+
+
+def in_memory(n_in: int, k: int) -> Any:
+    """The written-out trainer compiled in this process and kept nowhere: where there is no
+    cache folder, and for a look at its code (numba shows none for code it loaded from its
+    cache)."""
     namespace: dict[str, Any] = {"np": np, "advance": advance, "update": update,
                                  "exp_nonpositive": jit_math.exp_nonpositive,
                                  "log_positive": jit_math.log_positive}
-    exec(compile(source, f"<gpunn.backends.jit columns {n_in}x{k}>", "exec"), namespace)
+    exec(compile(columns_source(n_in, k), f"<gpunn.backends.jit columns {n_in}x{k}>", "exec"),
+         namespace)
     return njit(namespace["train"])
 
 

@@ -111,9 +111,7 @@ def test_the_float32_trainer_calls_no_scalar_exp_or_log():
     [signature] = [s for s in jit.trainer(2, 3).signatures if str(s[0].dtype) == "float32"]
     # The same source compiled again in memory for that signature: numba shows no code it loaded
     # from its cache, and the fit's trainer may have come from there.
-    namespace: dict = {}
-    exec(jit.COLUMNS_IMPORTS + jit.columns_source(2, 3), namespace)
-    fresh = jit.njit(namespace["train"])
+    fresh = jit.in_memory(2, 3)
     fresh.compile(signature)
     llvm = fresh.inspect_llvm(signature)
     called = set(re.findall(r"call [^@]*@([\w.]+)", llvm))
