@@ -112,8 +112,8 @@ def test_book_epochs(benchmark, impl):
     import gpunn as nn
     from gpunn.backends import jit
 
-    if impl == "fast" and jit.WHY_NOT is not None:
-        pytest.skip(jit.WHY_NOT)
+    if impl == "fast" and jit.why_not() is not None:
+        pytest.skip(jit.why_not())
     X, y = nn.datasets.spiral_data(samples=100, classes=3, seed=0)
     model = nn.Sequential([nn.Dense(2, 64), nn.ReLU(), nn.Dense(64, 3)])
     model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.05, decay=5e-7), backend="numpy")

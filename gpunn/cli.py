@@ -343,7 +343,8 @@ def info() -> int:
         print(f"warning: {warning}")
     from gpunn.backends import jit, jit_cache
 
-    if jit.WHY_NOT is None:
+    trainer_why_not = jit.why_not()
+    if trainer_why_not is None:
         print(f"CPU one-kernel trainer: on by default for Dense -> ReLU -> Dense networks of up to "
               f"{jit.COLUMNS_UP_TO} inputs and classes together; "
               f"model.backend.one_kernel_trainer = False turns it off")
@@ -351,12 +352,13 @@ def info() -> int:
         print(f"compiled trainers kept in {folder}" if folder else
               f"compiled trainers kept nowhere ({jit_cache.ENV} is empty)")
     else:
-        print(f"CPU one-kernel trainer: unavailable ({jit.WHY_NOT})")
+        print(f"CPU one-kernel trainer: unavailable ({trainer_why_not})")
     from gpunn.backends import passes
 
+    passes_why_not = passes.why_not()
     print("CPU element-wise passes compiled: " + (
-        f"on arrays of {passes.COMPILED_FROM:,} elements or more" if passes.WHY_NOT is None
-        else f"no, NumPy's calls ({passes.WHY_NOT})"))
+        f"on arrays of {passes.COMPILED_FROM:,} elements or more" if passes_why_not is None
+        else f"no, NumPy's calls ({passes_why_not})"))
     problem = cupy_problem()
     if problem:
         print(f"cupy: unavailable ({problem})")

@@ -45,8 +45,8 @@ def test_cli_info(capsys):
     assert "backends available: numpy" in out and "numpy " in out and "BLAS" in out
     assert ("CPU one-kernel trainer: on by default for Dense -> ReLU -> Dense networks of up to 16 "
             "inputs and classes together; model.backend.one_kernel_trainer = False turns it off"
-            if jit.WHY_NOT is None else
-            f"CPU one-kernel trainer: unavailable ({jit.WHY_NOT})") in out
+            if jit.why_not() is None else
+            f"CPU one-kernel trainer: unavailable ({jit.why_not()})") in out
 
 
 def test_cli_train_npz_with_save_plot_checkpoint_resume_then_predict(tmp_path, capsys):

@@ -14,72 +14,91 @@ NumPy).
 ``flushed()`` turns both on for the calling thread around a block and puts the register back as
 it was when the block ends, by exception or not, so NumPy's own operations keep IEEE denormals.
 It changes nothing but values below the smallest normal number. Where it cannot (not x86-64, or
-no numba) it does nothing, and ``WHY_NOT`` says why.
+no numba) it does nothing, and ``why_not()`` says why. numba is imported, and the register's
+readers compiled, on first use (numba_import.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import numba_import
 
 #: MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6) switches.
 FTZ_DAZ = 0x8040
 
-try:
-    import numba
+
+def why_not() -> str | None:
+    """None where ``flushed`` flushes (x86-64 with numba; asking imports numba), else why not."""
+    machine = platform.machine()
+    if machine.lower() not in ("x86_64", "amd64"):
+        return f"x86-64 only (this is {machine})"
+    return numba_import.why_not()
+
+
+@functools.cache
+def _registers() -> tuple[Callable[[], int], Callable[[int], None]]:
+    """Compiled functions that read and write the calling thread's MXCSR (made on first use:
+    they import numba)."""
+    numba = numba_import.numba()
     from llvmlite import ir
     from numba.core import cgutils, types
     from numba.extending import intrinsic
-except ImportError as exc:
-    numba = None
-    WHY_NOT: str | None = f"needs numba ({exc})"
-else:
-    WHY_NOT = (None if platform.machine().lower() in ("x86_64", "amd64")
-               else f"x86-64 only (this is {platform.machine()})")
 
+    def through(builder: Any, name: str, slot: Any) -> None:
+        """Call LLVM's stmxcsr or ldmxcsr on the 4 bytes at ``slot``."""
+        byte_pointer = ir.IntType(8).as_pointer()
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer]), name)
+        builder.call(function, [builder.bitcast(slot, byte_pointer)])
 
-def _mxcsr_through(builder: object, name: str, slot: object) -> None:
-    """Call LLVM's stmxcsr or ldmxcsr on the 4 bytes at ``slot``."""
-    byte_pointer = ir.IntType(8).as_pointer()
-    function = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer]), name)
-    builder.call(function, [builder.bitcast(slot, byte_pointer)])
-
-
-if WHY_NOT is None:
     @intrinsic
-    def _read_mxcsr(typingctx):  # type: ignore[no-untyped-def]
+    def read_mxcsr(typingctx):  # type: ignore[no-untyped-def]
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
             slot = cgutils.alloca_once(builder, ir.IntType(32))
-            _mxcsr_through(builder, "llvm.x86.sse.stmxcsr", slot)
+            through(builder, "llvm.x86.sse.stmxcsr", slot)
             return builder.load(slot)
         return types.uint32(), codegen
 
     @intrinsic
-    def _write_mxcsr(typingctx, value):  # type: ignore[no-untyped-def]
+    def write_mxcsr(typingctx, value):  # type: ignore[no-untyped-def]
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
             slot = cgutils.alloca_once(builder, ir.IntType(32))
             builder.store(args[0], slot)
-            _mxcsr_through(builder, "llvm.x86.sse.ldmxcsr", slot)
+            through(builder, "llvm.x86.sse.ldmxcsr", slot)
             return context.get_dummy_value()
         return types.void(types.uint32), codegen
 
     @numba.njit
-    def mxcsr() -> int:
-        """The calling thread's MXCSR register."""
-        return _read_mxcsr()
+    def read() -> int:
+        return read_mxcsr()
 
     @numba.njit
-    def set_mxcsr(value: int) -> None:
-        _write_mxcsr(numba.uint32(value))
+    def write(value: int) -> None:
+        write_mxcsr(numba.uint32(value))
+
+    return read, write
+
+
+def mxcsr() -> int:
+    """The calling thread's MXCSR register (where ``why_not`` is None)."""
+    return _registers()[0]()
+
+
+def set_mxcsr(value: int) -> None:
+    """Write the calling thread's MXCSR register (where ``why_not`` is None)."""
+    _registers()[1](value)
 
 
 @contextlib.contextmanager
 def flushed() -> Iterator[None]:
-    """Denormal results and operands are 0 in this thread inside the block (where ``WHY_NOT``
+    """Denormal results and operands are 0 in this thread inside the block (where ``why_not``
     is None); the register is as it was after it."""
-    if WHY_NOT is not None:
+    if why_not() is not None:
         yield
         return
     before = mxcsr()

@@ -33,7 +33,8 @@ meaning (no "fast" math that assumes them away), so a diverging run is caught as
 NumPy path.
 
 numba is optional (``pip install "gpunn[jit]"``); without it the NumPy backend takes its usual
-steps and ``why_not`` says so.
+steps and ``why_not()`` says so. It is imported when a trainer is first wanted
+(numba_import.py), not when gpunn is.
 """
 
 from __future__ import annotations
@@ -45,16 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from . import denormals, jit_cache, jit_math
+from . import denormals, jit_cache, jit_math, numba_import
 from . import schedule as slots
-
-try:
-    import numba
-except ImportError as exc:  # the NumPy backend's own steps then
-    numba = None
-    WHY_NOT: str | None = f'needs numba (pip install "gpunn[jit]"; {exc})'
-else:
-    WHY_NOT = None
 
 #: LLVM's fast-math flags allowed: reassociating sums (to vectorise them), fused multiply-adds,
 #: and -0 treated as 0. Not "nnan"/"ninf": those would let the compiler drop NaN checks.
@@ -65,6 +58,11 @@ REASSOCIATE = {"reassoc", "contract", "nsz"}
 #: loop over 300 samples took 10.3 us so with jit_math's exp and log, 1.3 us without (with the C
 #: library's: 5.3 and 3.0 us; 2-core AMD EPYC, AVX-512).
 ERROR_MODEL = "numpy"
+
+
+def why_not() -> str | None:
+    """None where the trainer can be compiled (numba imports: asking imports it), else why not."""
+    return numba_import.why_not()
 
 
 def train(X: np.ndarray, y: np.ndarray, params: np.ndarray, grads: np.ndarray,
@@ -102,8 +100,9 @@ _trainers: dict[tuple[int, int], Any] = {}
 def trainer(n_in: int, k: int) -> Any:
     """The compiled trainer for ``n_in`` inputs and ``k`` classes (numba compiles it on first
     use, once per dtype, and keeps what it compiled in jit_cache's folder for later runs)."""
-    if numba is None:
-        raise RuntimeError(f"the CPU one-kernel trainer {WHY_NOT}")
+    reason = why_not()
+    if reason is not None:
+        raise RuntimeError(f"the CPU one-kernel trainer {reason}")
     if n_in + k > COLUMNS_UP_TO:
         raise ValueError(f"the CPU one-kernel trainer takes up to {COLUMNS_UP_TO} inputs and "
                          f"classes together; got {n_in} + {k}")
@@ -114,8 +113,9 @@ def trainer(n_in: int, k: int) -> Any:
 
 #: What a written-out trainer's module starts with: the names its source uses.
 COLUMNS_IMPORTS = ("import numpy as np\n\n"
-                   "from gpunn.backends.jit import advance, update\n"
-                   "from gpunn.backends.jit_math import exp_nonpositive, log_positive\n\n\n")
+                   "from gpunn.backends import jit\n"
+                   "from gpunn.backends.jit_math import exp_nonpositive, log_positive\n\n"
+                   "advance, update = jit.advance.compiled, jit.update.compiled\n\n\n")
 
 
 def _columns_trainer(n_in: int, k: int) -> Any:
@@ -135,7 +135,8 @@ def in_memory(n_in: int, k: int) -> Any:
     """The written-out trainer compiled in this process and kept nowhere: where there is no
     cache folder, and for a look at its code (numba shows none for code it loaded from its
     cache)."""
-    namespace: dict[str, Any] = {"np": np, "advance": advance, "update": update,
+    namespace: dict[str, Any] = {"np": np, "advance": advance.compiled,
+                                 "update": update.compiled,
                                  "exp_nonpositive": jit_math.exp_nonpositive,
                                  "log_positive": jit_math.log_positive}
     exec(compile(columns_source(n_in, k), f"<gpunn.backends.jit columns {n_in}x{k}>", "exec"),
@@ -147,14 +148,16 @@ def _salt() -> str:
     """What a cached trainer depends on besides its own source: this file and jit_math.py (the
     helpers it calls) and the versions of numba and Python."""
     helpers = (Path(__file__).read_text(), Path(jit_math.__file__).read_text())
-    return "\0".join((*helpers, numba.__version__, sys.version))
+    return "\0".join((*helpers, numba_import.numba().__version__, sys.version))
 
 
 def njit(function: Any, cache: bool = False) -> Any:
     """``function`` compiled by numba as the trainer and its helpers are: REASSOCIATE's fast-math
-    flags, ERROR_MODEL, and the GIL let go while it runs."""
-    return numba.njit(fastmath=REASSOCIATE, error_model=ERROR_MODEL, nogil=True,
-                      cache=cache)(function)
+    flags, ERROR_MODEL, and the GIL let go while it runs (jit_math's exp and log taught to numba
+    first)."""
+    jit_math.register()
+    return numba_import.numba().njit(fastmath=REASSOCIATE, error_model=ERROR_MODEL, nogil=True,
+                                     cache=cache)(function)
 
 
 def columns_source(n_in: int, k: int) -> str:
@@ -341,6 +344,6 @@ def update(params, grads, state_1, state_2, schedule, code, hyper, epsilon, scal
             params[q] -= lr * (m * correct_1) / (math.sqrt(v * correct_2) + eps)
 
 
-if numba is not None:  # the helpers are called from compiled code, so compiled too
-    advance = njit(advance)
-    update = njit(update)
+# Called from compiled code, so compiled too (on first use; the trainer takes ``.compiled``).
+advance = numba_import.OnFirstCall(advance, njit)
+update = numba_import.OnFirstCall(update, njit)

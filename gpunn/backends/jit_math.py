@@ -19,21 +19,19 @@ takes x <= 0 (a logit less the row's largest), and ``log_positive`` a positive n
 still caught. float64 values go to ``math.exp`` and ``math.log`` as before: there the scalar
 calls cost the same, and the float64 trainer is the one tests compare with NumPy to 1e-12.
 
-Called from Python (not compiled), each is ``math.exp`` or ``math.log``: the reference.
+Called from Python (not compiled), each is ``math.exp`` or ``math.log``: the reference. numba
+compiles them so only after ``register()``, which jit.njit calls, and which imports numba.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import numpy as np
 
-try:
-    from llvmlite import ir
-    from numba import types
-    from numba.extending import intrinsic, overload
-except ImportError:  # no numba: the trainer is not compiled, and these are math's
-    intrinsic = None
+from . import numba_import
 
 _F = np.float32
 #: The least float32 whose exp is a normal float32 (at least 2^-126); below it exp gives 0, as
@@ -64,65 +62,81 @@ def log_positive(x: float) -> float:
     return math.log(x)
 
 
-if intrinsic is not None:
+def _exp32(x):  # type: ignore[no-untyped-def]
+    """exp_nonpositive of a float32, as numba compiles it (after ``register``)."""
+    # A NaN fails the comparison and goes through as EXP_LOWEST, for which all below is
+    # defined; it is put back at the end (an integer made from a NaN would be undefined).
+    normal = x >= EXP_LOWEST
+    xs = x if normal else EXP_LOWEST
+    # x = n ln 2 + r, n the nearest integer to x / ln 2 (n <= 0: truncating x / ln 2 - 1/2
+    # rounds it), |r| <= ln 2 / 2; then e^x = 2^n e^r.
+    n = np.int32(xs * _LOG2_E - _HALF)
+    nf = _F(n)
+    r = (xs - nf * _LN2_HIGH) - nf * _LN2_LOW
+    p = _EXP_TERMS[0]
+    for c in _EXP_TERMS[1:]:
+        p = p * r + c
+    e_r = p * (r * r) + r + _ONE
+    two_to_n = _from_bits(np.int32((n + _BIAS) << _FRACTION_BITS))  # n >= -126: normal
+    if normal:
+        return e_r * two_to_n
+    return x if x != x else _ZERO
+
+
+def _log32(x):  # type: ignore[no-untyped-def]
+    """log_positive of a float32, as numba compiles it (after ``register``)."""
+    # x = m 2^e with m in [1/2, 1) from its bits; then with m in [sqrt(1/2), sqrt(2)) (m doubled
+    # and e less one below sqrt(1/2)), ln x = e ln 2 + ln(1 + f), f = m - 1.
+    bits = _bits(x)
+    e = ((bits >> _FRACTION_BITS) & 0xFF) - (_BIAS - 1)
+    m = _from_bits((bits & _SIGN_AND_FRACTION) | _HALFS_EXPONENT)
+    below = m < _SQRT_HALF
+    e = e - 1 if below else e
+    f = (m + m - _ONE) if below else (m - _ONE)
+    ef = _F(e)
+    ff = f * f
+    p = _LOG_TERMS[0]
+    for c in _LOG_TERMS[1:]:
+        p = p * f + c
+    ln = ((f * ff * p + ef * _LN2_LOW) - _HALF * ff + f) + ef * _LN2_HIGH
+    return ln if x == x else x
+
+
+#: A float32's bits as an int32, and the float32 with given bits: numba intrinsics that
+#: ``register`` makes (they need numba), for _exp32 and _log32.
+_bits: Any = None
+_from_bits: Any = None
+
+
+@functools.cache
+def register() -> None:
+    """Make numba compile calls of exp_nonpositive and log_positive on float32 as _exp32 and
+    _log32 (float64: math's), in code compiled after this; jit.njit calls it first. The first
+    call imports numba (numba_import.py)."""
+    global _bits, _from_bits
+    numba_import.numba()
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic, overload
+
     @intrinsic
-    def _bits(typingctx, x):  # type: ignore[no-untyped-def]
-        """A float32's bits as an int32."""
+    def bits(typingctx, x):  # type: ignore[no-untyped-def]
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
             return builder.bitcast(args[0], ir.IntType(32))
         return types.int32(types.float32), codegen
 
     @intrinsic
-    def _from_bits(typingctx, bits):  # type: ignore[no-untyped-def]
-        """The float32 with these bits."""
+    def from_bits(typingctx, bits):  # type: ignore[no-untyped-def]
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
             return builder.bitcast(args[0], ir.FloatType())
         return types.float32(types.int32), codegen
 
-    @overload(exp_nonpositive, jit_options={"fastmath": False})
-    def _exp_nonpositive(x):  # type: ignore[no-untyped-def]
-        if x != types.float32:
-            return lambda x: math.exp(x)
+    _bits, _from_bits = bits, from_bits
 
-        def exp32(x):  # type: ignore[no-untyped-def]
-            # A NaN fails the comparison and goes through as EXP_LOWEST, for which all below is
-            # defined; it is put back at the end (an integer made from a NaN would be undefined).
-            normal = x >= EXP_LOWEST
-            xs = x if normal else EXP_LOWEST
-            # x = n ln 2 + r, n the nearest integer to x / ln 2 (n <= 0: truncating x / ln 2 -
-            # 1/2 rounds it), |r| <= ln 2 / 2; then e^x = 2^n e^r.
-            n = np.int32(xs * _LOG2_E - _HALF)
-            nf = _F(n)
-            r = (xs - nf * _LN2_HIGH) - nf * _LN2_LOW
-            p = _EXP_TERMS[0]
-            for c in _EXP_TERMS[1:]:
-                p = p * r + c
-            e_r = p * (r * r) + r + _ONE
-            two_to_n = _from_bits(np.int32((n + _BIAS) << _FRACTION_BITS))  # n >= -126: normal
-            if normal:
-                return e_r * two_to_n
-            return x if x != x else _ZERO
-        return exp32
+    @overload(exp_nonpositive, jit_options={"fastmath": False})
+    def exp(x):  # type: ignore[no-untyped-def]
+        return _exp32 if x == types.float32 else lambda x: math.exp(x)
 
     @overload(log_positive, jit_options={"fastmath": False})
-    def _log_positive(x):  # type: ignore[no-untyped-def]
-        if x != types.float32:
-            return lambda x: math.log(x)
-
-        def log32(x):  # type: ignore[no-untyped-def]
-            # x = m 2^e with m in [1/2, 1) from its bits; then with m in [sqrt(1/2), sqrt(2))
-            # (m doubled and e less one below sqrt(1/2)), ln x = e ln 2 + ln(1 + f), f = m - 1.
-            bits = _bits(x)
-            e = ((bits >> _FRACTION_BITS) & 0xFF) - (_BIAS - 1)
-            m = _from_bits((bits & _SIGN_AND_FRACTION) | _HALFS_EXPONENT)
-            below = m < _SQRT_HALF
-            e = e - 1 if below else e
-            f = (m + m - _ONE) if below else (m - _ONE)
-            ef = _F(e)
-            ff = f * f
-            p = _LOG_TERMS[0]
-            for c in _LOG_TERMS[1:]:
-                p = p * f + c
-            ln = ((f * ff * p + ef * _LN2_LOW) - _HALF * ff + f) + ef * _LN2_HIGH
-            return ln if x == x else x
-        return log32
+    def log(x):  # type: ignore[no-untyped-def]
+        return _log32 if x == types.float32 else lambda x: math.log(x)

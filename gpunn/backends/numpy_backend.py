@@ -54,13 +54,12 @@ class NumpyBackend(Backend):
         if not self.one_kernel_trainer:
             return (f"switched off on the {self.name} backend; "
                     f"model.backend.one_kernel_trainer = True turns it on")
-        if jit.WHY_NOT is not None:
-            return f"the CPU one-kernel trainer {jit.WHY_NOT}"
         if sizes is not None and sizes[0] + sizes[2] > jit.COLUMNS_UP_TO:
             return (f"the CPU one-kernel trainer takes up to {jit.COLUMNS_UP_TO} inputs and classes "
                     f"together (this network has {sizes[0]} + {sizes[2]}); wider networks take "
                     f"the NumPy steps, as fast or faster there")
-        return None
+        reason = jit.why_not()  # asked last: it imports numba
+        return None if reason is None else f"the CPU one-kernel trainer {reason}"
 
     def train_in_one_kernel(self, X: Any, y: Any, params: Any, grads: Any, states: list[Any],
                             schedule: Any, totals: Any, epochs: int, rule: tuple[int, float, float],

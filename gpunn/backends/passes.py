@@ -15,6 +15,8 @@ for them (measured: the same passes on two threads made the medium step 33 -> 58
 
 numba is optional; without it, and for arrays under ``COMPILED_FROM`` elements (where a compiled
 call saves nothing and the first would cost a compile), the NumPy backend makes its NumPy calls.
+Each pass is compiled on its first call, once per dtype, and numba is imported then
+(numba_import.py): a run with no array that large never imports it.
 """
 
 from __future__ import annotations
@@ -24,25 +26,25 @@ from typing import Any
 
 import numpy as np
 
-try:
-    import numba
-except ImportError as exc:
-    numba = None
-    WHY_NOT: str | None = f'needs numba (pip install "gpunn[jit]"; {exc})'
-else:
-    WHY_NOT = None
+from . import numba_import
 
 #: Arrays this large or larger take the compiled passes (a 300 x 64 layer, the book's, does not).
 COMPILED_FROM = 1 << 16
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def why_not() -> str | None:
+    """None where the passes can be compiled (numba imports: asking imports it), else why not."""
+    return numba_import.why_not()
+
+
 def takes(*arrays: Any) -> bool:
-    """Whether the compiled passes take these arrays: numba is here, they are large, C-ordered
-    and all float32 or all float64."""
+    """Whether the compiled passes take these arrays: they are large, C-ordered and all float32
+    or all float64, and numba is here (asked last: the first large array imports it)."""
     first = arrays[0]
-    return (WHY_NOT is None and first.size >= COMPILED_FROM and first.dtype in FLOATS
-            and all(a.flags.c_contiguous and a.dtype == first.dtype for a in arrays))
+    return (first.size >= COMPILED_FROM and first.dtype in FLOATS
+            and all(a.flags.c_contiguous and a.dtype == first.dtype for a in arrays)
+            and why_not() is None)
 
 
 def bias_relu(z, biases):
@@ -109,8 +111,13 @@ def adam(params, grads, momentums, cache, beta_1, rest_1, beta_2, rest_2, correc
         params[q] = params[q] + m / (math.sqrt(v * correct_2) + epsilon) * minus_lr_corrected
 
 
-if numba is not None:  # compiled on first use, once per dtype; error_model numpy: x / 0 is inf
-    (bias_relu, relu_backward, relu_backward_in_place, sgd, sgd_momentum, cache_step,
-     adam) = (numba.njit(error_model="numpy", nogil=True)(f)
-              for f in (bias_relu, relu_backward, relu_backward_in_place, sgd, sgd_momentum,
-                        cache_step, adam))
+def _compile(function: Any) -> Any:
+    """njit with error_model numpy (x / 0 is inf, as in NumPy) and the GIL let go."""
+    return numba_import.numba().njit(error_model="numpy", nogil=True)(function)
+
+
+# Compiled on first call, once per dtype.
+(bias_relu, relu_backward, relu_backward_in_place, sgd, sgd_momentum, cache_step,
+ adam) = (numba_import.OnFirstCall(f, _compile)
+          for f in (bias_relu, relu_backward, relu_backward_in_place, sgd, sgd_momentum,
+                    cache_step, adam))

@@ -8,8 +8,8 @@ import pytest
 
 from gpunn.backends import denormals
 
-pytestmark = pytest.mark.skipif(denormals.WHY_NOT is not None,
-                                reason=f"no denormal flush here: {denormals.WHY_NOT}")
+pytestmark = pytest.mark.skipif(denormals.why_not() is not None,
+                                reason=f"no denormal flush here: {denormals.why_not()}")
 
 TINY = np.finfo(np.float32).tiny  # the smallest normal float32, 1.2e-38
 

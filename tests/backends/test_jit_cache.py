@@ -79,7 +79,7 @@ RUN = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
 def test_the_next_run_loads_the_trainer_numba_compiled_before_and_trains_the_same(tmp_path):
     """Two processes with one cache folder: the first compiles the book network's trainer and
     numba keeps it; the second loads it (a cache hit, nothing compiled) and trains to the same
@@ -102,12 +102,12 @@ def test_the_next_run_loads_the_trainer_numba_compiled_before_and_trains_the_sam
 def test_info_names_the_folder_the_compiled_trainers_are_kept_in(tmp_path, monkeypatch, capsys):
     from gpunn import cli
 
-    monkeypatch.setattr(jit, "WHY_NOT", None)
+    monkeypatch.setattr(jit, "why_not", lambda: None)
     for setting, said in ((str(tmp_path), f"compiled trainers kept in {tmp_path / 'jit'}"),
                           ("", f"compiled trainers kept nowhere ({jit_cache.ENV} is empty)")):
         monkeypatch.setenv(jit_cache.ENV, setting)
         assert cli.main(["info"]) == 0
         assert said in capsys.readouterr().out.splitlines()
-    monkeypatch.setattr(jit, "WHY_NOT", "needs numba (pretended missing)")
+    monkeypatch.setattr(jit, "why_not", lambda: "needs numba (pretended missing)")
     assert cli.main(["info"]) == 0
     assert "compiled trainers" not in capsys.readouterr().out

@@ -13,8 +13,8 @@ import pytest
 import gpunn as nn
 from gpunn.backends import jit, jit_math
 
-pytestmark = pytest.mark.skipif(jit.WHY_NOT is not None,
-                                reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+pytestmark = pytest.mark.skipif(jit.why_not() is not None,
+                                reason=f"no CPU one-kernel trainer: {jit.why_not()}")
 
 TINY = np.finfo(np.float32).tiny  # the smallest normal float32
 

@@ -13,8 +13,8 @@ from gpunn.backends import schedule as slots
 from gpunn.backends.base import Backend
 from gpunn.backends.numpy_backend import NumpyBackend
 
-compiled = pytest.mark.skipif(passes.WHY_NOT is not None,
-                              reason=f"no compiled passes: {passes.WHY_NOT}")
+compiled = pytest.mark.skipif(passes.why_not() is not None,
+                              reason=f"no compiled passes: {passes.why_not()}")
 SHAPE = (300, 257)  # 77,100 elements: over passes.COMPILED_FROM, not a multiple of a vector
 DTYPES = [np.float32, np.float64]
 RULES = ["sgd", "sgd-momentum", "adagrad", "rmsprop", "adam"]
@@ -113,7 +113,7 @@ def test_the_numpy_backend_takes_the_compiled_passes_for_large_arrays_only(monke
     calls.clear()
     step(z[:200, :64].copy(), b[:, :64].copy(), np.ones((200, 64), np.float32))  # the book's size
     step(z[:, ::2], b[:, ::2].copy(), np.ones((300, 129), np.float32))  # every other column
-    monkeypatch.setattr(passes, "WHY_NOT", "needs numba (here: pretended missing)")
+    monkeypatch.setattr(passes, "why_not", lambda: "needs numba (here: pretended missing)")
     step(z, b, np.ones(SHAPE, np.float32))
     assert calls == []
 
@@ -122,7 +122,7 @@ def test_info_says_whether_the_passes_are_compiled(capsys, monkeypatch):
     from gpunn import cli
 
     for why_not in (None, 'needs numba (pip install "gpunn[jit]"; here: pretended missing)'):
-        monkeypatch.setattr(passes, "WHY_NOT", why_not)
+        monkeypatch.setattr(passes, "why_not", lambda why_not=why_not: why_not)
         assert cli.main(["info"]) == 0
         line = next(x for x in capsys.readouterr().out.splitlines() if "element-wise" in x)
         assert line == ("CPU element-wise passes compiled: on arrays of 65,536 elements or more"

@@ -52,7 +52,7 @@ def test_a_full_batch_launch_of_the_one_kernel_trainer_takes_up_to_1024_epochs()
         np.testing.assert_allclose(histories[0][key], histories[1][key], rtol=1e-7)
 
 
-@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
 @pytest.mark.parametrize("make_opt", RULES)
 @pytest.mark.parametrize("batch_size", [None, 64])
 @pytest.mark.parametrize("sizes", [(2, 16, 3), (4, 8, 12)])
@@ -64,7 +64,7 @@ def test_the_compiled_cpu_trainer_trains_as_the_planned_steps(make_opt, batch_si
     trains_as_the_planned_steps(make_opt, batch_size, "numpy", sizes)
 
 
-@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
 @pytest.mark.parametrize("make_opt", RULES)
 @pytest.mark.parametrize("batch_size", [None, 64])
 @pytest.mark.parametrize("sizes", [(2, 16, 3), (4, 8, 12)])
@@ -154,20 +154,19 @@ def test_the_numpy_backend_takes_the_compiled_trainer_where_numba_is_and_the_net
         return model.compile(nn.SoftmaxCrossEntropy(), nn.SGD(), backend="numpy")
 
     narrow, wide = book(), book(5, 12)
-    if jit.WHY_NOT is None:
+    if jit.why_not() is None:
         assert steps.choose(narrow.network, 300) == "one-kernel"
         assert book(4, 12).backend.why_not("one_kernel_trainer", sizes=(4, 8, 12)) is None
     too_wide = ("the CPU one-kernel trainer takes up to 16 inputs and classes together (this "
                 "network has 5 + 12); wider networks take the NumPy steps, as fast or faster there")
-    no_numba = f"the CPU one-kernel trainer {jit.WHY_NOT}"
-    assert steps.why_not(wide.network, "one-kernel", 300) == (no_numba if jit.WHY_NOT else too_wide)
+    assert steps.why_not(wide.network, "one-kernel", 300) == too_wide  # with numba or without
     assert steps.choose(wide.network, 300) == "eager"
     narrow.backend.one_kernel_trainer = False
     assert steps.choose(narrow.network, 300) == "eager"
     assert steps.why_not(narrow.network, "one-kernel", 300) == \
         "switched off on the numpy backend; model.backend.one_kernel_trainer = True turns it on"
     narrow.backend.one_kernel_trainer = True
-    monkeypatch.setattr(jit, "WHY_NOT", 'needs numba (pip install "gpunn[jit]"; no numba here)')
+    monkeypatch.setattr(jit, "why_not", lambda: 'needs numba (pip install "gpunn[jit]"; no numba here)')
     assert steps.why_not(narrow.network, "one-kernel", 300) == \
         'the CPU one-kernel trainer needs numba (pip install "gpunn[jit]"; no numba here)'
     assert steps.why_not(narrow.network, "planned", 300) == \
@@ -208,7 +207,7 @@ def test_shared_memory_of_the_books_run():
     assert 48 << 10 < need < 227 << 10
 
 
-@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
 def test_the_compiled_cpu_trainer_diverges_as_the_planned_steps_do():
     """A NaN loss (float32 overflow at lr 1e30) stops training at the same epoch with the same
     message, and the rollback leaves the same finite parameters."""
@@ -225,7 +224,7 @@ def test_the_compiled_cpu_trainer_diverges_as_the_planned_steps_do():
         np.testing.assert_allclose(b, a, rtol=1e-6)
 
 
-@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
 @pytest.mark.parametrize("dtype, make_opt, epochs, tolerance", [
     ("float64", lambda: nn.Adam(lr=0.05, decay=5e-7), 30, 1e-12),
     ("float32", lambda: nn.SGD(lr=1.0), 100, 1e-5)])
@@ -248,7 +247,7 @@ def test_the_compiled_cpu_trainer_agrees_with_the_numpy_steps_on_the_books_run(
     np.testing.assert_allclose(losses[1], losses[0], rtol=0, atol=tolerance)
 
 
-@pytest.mark.skipif(jit.WHY_NOT is not None, reason=f"no CPU one-kernel trainer: {jit.WHY_NOT}")
+@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
 def test_the_compiled_cpu_trainer_flushes_denormals_and_only_while_it_runs():
     """A class 95 below the others in float32 has a probability of exp(-95) = 5e-42 and
     gradients smaller still, denormals: the NumPy steps keep them, the compiled trainer
