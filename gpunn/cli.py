@@ -357,7 +357,8 @@ def info() -> int:
 
     passes_why_not = passes.why_not()
     print("CPU element-wise passes compiled: " + (
-        f"on arrays of {passes.COMPILED_FROM:,} elements or more" if passes_why_not is None
+        f"on arrays of {passes.COMPILED_FROM:,} elements or more, once a process has taken "
+        f"{passes.NUMPY_FIRST:,} elements through NumPy's calls" if passes_why_not is None
         else f"no, NumPy's calls ({passes_why_not})"))
     problem = cupy_problem()
     if problem:

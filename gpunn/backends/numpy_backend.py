@@ -122,7 +122,7 @@ class NumpyBackend(Backend):
         return super().bias_relu(z, biases)
 
     def relu_backward(self, dvalues: Any, output: Any, out: Any) -> Any:
-        if not passes.takes(dvalues, output, out) or dvalues.shape != output.shape:
+        if dvalues.shape != output.shape or not passes.takes(dvalues, output, out):
             return super().relu_backward(dvalues, output, out=out)
         if out is dvalues:
             passes.relu_backward_in_place(dvalues.reshape(-1), output.reshape(-1))

@@ -16,7 +16,17 @@ for them (measured: the same passes on two threads made the medium step 33 -> 58
 numba is optional; without it, and for arrays under ``COMPILED_FROM`` elements (where a compiled
 call saves nothing and the first would cost a compile), the NumPy backend makes its NumPy calls.
 Each pass is compiled on its first call, once per dtype, and numba is imported then
-(numba_import.py): a run with no array that large never imports it.
+(numba_import.py).
+
+The passes start only once a process has taken ``NUMPY_FIRST`` elements through NumPy's calls
+for ops they would take (a ski rental: rent until the rent paid equals the price, then buy).
+Their first use in a process costs about 0.55 s (2-core AMD EPYC: importing numba, starting its
+compiler, compiling the pass; a fresh process's first predict of 10,000 rows through
+784-256-128-10 took 0.59-0.63 s with them, 0.04-0.05 s without, and its second 0.03 s either
+way), and they save 0.27 (SGD) to 1.5 (Adam) ns an element, about 0.5 typically (medium's
+arrays, the same machine): they pay back only over about a billion elements. So a one-shot
+predict or evaluate, or a short fit, never compiles, and a long fit (medium: after about 170
+steps) loses at most about what compiling costs. The numbers are the same bits either way.
 """
 
 from __future__ import annotations
@@ -38,13 +48,44 @@ def why_not() -> str | None:
     return numba_import.why_not()
 
 
+#: Elements a process takes through NumPy's calls, for ops the passes would take, before the
+#: passes start (the module's docstring says why).
+NUMPY_FIRST = 1_000_000_000
+
+
+class NumpyFirst:
+    """How many more elements go through NumPy's calls before the passes start."""
+
+    def __init__(self, elements: int) -> None:
+        self.remaining = elements
+
+    def over(self, elements: int) -> bool:
+        """Whether NumPy's calls are done with; where not, an op over ``elements`` elements is
+        counted off (it goes through them)."""
+        if self.remaining <= 0:
+            return True
+        self.remaining -= elements
+        return False
+
+
+#: This process's count.
+numpy_first = NumpyFirst(NUMPY_FIRST)
+
+
 def takes(*arrays: Any) -> bool:
     """Whether the compiled passes take these arrays: they are large, C-ordered and all float32
-    or all float64, and numba is here (asked last: the first large array imports it)."""
+    or all float64, ``numpy_first`` is over (these are counted off where it is not), and numba
+    is here (asked last: the first arrays the passes take import it)."""
     first = arrays[0]
     return (first.size >= COMPILED_FROM and first.dtype in FLOATS
             and all(a.flags.c_contiguous and a.dtype == first.dtype for a in arrays)
-            and why_not() is None)
+            and numpy_first.over(first.size) and why_not() is None)
+
+
+def start_now() -> None:
+    """Let the passes take arrays from now on in this process, whatever has been through NumPy's
+    calls (the bench, which times the steady state of a long run)."""
+    numpy_first.remaining = 0
 
 
 def bias_relu(z, biases):

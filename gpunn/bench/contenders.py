@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import SGD, Adam, Dense, ReLU, Sequential, SoftmaxCrossEntropy, set_seed
-from ..backends import Backend, get_backend
+from ..backends import Backend, get_backend, passes
 from ..backends.bf16 import BF16_BITS
 from ..backends.cuda.launch import NARROW_OUTPUTS
 from ..training import steps
@@ -83,6 +83,9 @@ def gpunn_model(w: Workload, params: list, backend: str, precision: str) -> Sequ
     model = Sequential(layers)
     model.set_params(params)
     model.compile(SoftmaxCrossEntropy(), SGD(lr=LR), backend=bk, precision=precision)
+    # The steady state of a long run: on the CPU, with the compiled element-wise passes (which
+    # a process otherwise starts after a billion elements through NumPy's calls: passes.py).
+    passes.start_now()
     # Planned steps (cuBLAS and kernels; on the CPU the NumPy steps) unless a row asks for the
     # one-kernel trainer, which is on by default on a GPU and, with numba, on the CPU: gpunn-<backend>,
     # its streamed row and its op profile time the same path.

@@ -20,6 +20,13 @@ DTYPES = [np.float32, np.float64]
 RULES = ["sgd", "sgd-momentum", "adagrad", "rmsprop", "adam"]
 
 
+@pytest.fixture(autouse=True)
+def passes_from_the_first_op(monkeypatch):
+    """The passes take large arrays from the first op here (a process starts them only after
+    passes.NUMPY_FIRST elements through NumPy's calls: test_a_process_starts_the_passes_...)."""
+    monkeypatch.setattr(passes, "numpy_first", passes.NumpyFirst(0))
+
+
 def with_specials(rng: np.random.Generator, dtype: type, shape: tuple = SHAPE) -> np.ndarray:
     """Normal values, and in some places NaN (either sign), infinities, signed zeros, denormals
     and values near the overflow."""
@@ -125,6 +132,43 @@ def test_info_says_whether_the_passes_are_compiled(capsys, monkeypatch):
         monkeypatch.setattr(passes, "why_not", lambda why_not=why_not: why_not)
         assert cli.main(["info"]) == 0
         line = next(x for x in capsys.readouterr().out.splitlines() if "element-wise" in x)
-        assert line == ("CPU element-wise passes compiled: on arrays of 65,536 elements or more"
-                        if why_not is None else
+        assert line == ("CPU element-wise passes compiled: on arrays of 65,536 elements or "
+                        "more, once a process has taken 1,000,000,000 elements through NumPy's "
+                        "calls" if why_not is None else
                         f"CPU element-wise passes compiled: no, NumPy's calls ({why_not})")
+
+
+@compiled
+def test_a_process_starts_the_passes_once_numpy_first_elements_went_through_numpys_calls(
+        monkeypatch, rng):
+    """Ops the passes would take go through NumPy's calls until NUMPY_FIRST elements have, then
+    the passes take them, the same bits either way; small arrays count for nothing. A process
+    starts with NUMPY_FIRST, a billion; start_now() ends the wait."""
+    assert passes.NUMPY_FIRST == 1_000_000_000
+    calls = []
+    compiled_pass = passes.bias_relu
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return compiled_pass(*args)
+
+    monkeypatch.setattr(passes, "bias_relu", counted)
+    size = SHAPE[0] * SHAPE[1]
+    monkeypatch.setattr(passes, "numpy_first", passes.NumpyFirst(2 * size))
+    fast, ref = NumpyBackend(), Backend(np)
+    z = rng.standard_normal(SHAPE).astype(np.float32)
+    b = rng.standard_normal((1, SHAPE[1])).astype(np.float32)
+    for i in range(4):
+        fast.bias_relu(z[:200, :64].copy(), b[:, :64].copy())  # the book's size: not counted
+        got, want = z.copy(), z.copy()
+        fast.bias_relu(got, b)
+        ref.bias_relu(want, b)
+        same_bits(got, want)
+        assert calls == [SHAPE] * max(0, i - 1), i  # NumPy's calls for the first two
+    assert passes.numpy_first.remaining == 0
+    monkeypatch.setattr(passes, "numpy_first", passes.NumpyFirst(passes.NUMPY_FIRST))
+    fast.bias_relu(z.copy(), b)
+    assert len(calls) == 2
+    passes.start_now()
+    fast.bias_relu(z.copy(), b)
+    assert len(calls) == 3
