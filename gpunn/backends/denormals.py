@@ -40,11 +40,27 @@ def why_not() -> str | None:
     return numba_import.why_not()
 
 
+#: The calling thread's MXCSR read and written: numba intrinsics that ``intrinsics()`` makes
+#: (they need numba), for the functions of REGISTERS.
+read_register: Any = None
+write_register: Any = None
+
+#: Functions that read and write the register, as a module's source: compiled by numba, from a
+#: file where the caller keeps compiled code (jit.py, through jit_cache: compiling them took
+#: about 0.1 s of every process's first trainer), else in memory (``registers``).
+REGISTERS = ("import numba\n\n"
+             "from gpunn.backends.denormals import read_register, write_register\n\n\n"
+             "def read():\n"
+             "    return read_register()\n\n\n"
+             "def write(value):\n"
+             "    write_register(numba.uint32(value))\n")
+
+
 @functools.cache
-def _registers() -> tuple[Callable[[], int], Callable[[int], None]]:
-    """Compiled functions that read and write the calling thread's MXCSR (made on first use:
-    they import numba)."""
-    numba = numba_import.numba()
+def intrinsics() -> None:
+    """Make ``read_register`` and ``write_register`` (the first call imports numba)."""
+    global read_register, write_register
+    numba_import.numba()
     from llvmlite import ir
     from numba.core import cgutils, types
     from numba.extending import intrinsic
@@ -57,7 +73,7 @@ def _registers() -> tuple[Callable[[], int], Callable[[int], None]]:
         builder.call(function, [builder.bitcast(slot, byte_pointer)])
 
     @intrinsic
-    def read_mxcsr(typingctx):  # type: ignore[no-untyped-def]
+    def read(typingctx):  # type: ignore[no-untyped-def]
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
             slot = cgutils.alloca_once(builder, ir.IntType(32))
             through(builder, "llvm.x86.sse.stmxcsr", slot)
@@ -65,7 +81,7 @@ def _registers() -> tuple[Callable[[], int], Callable[[int], None]]:
         return types.uint32(), codegen
 
     @intrinsic
-    def write_mxcsr(typingctx, value):  # type: ignore[no-untyped-def]
+    def write(typingctx, value):  # type: ignore[no-untyped-def]
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
             slot = cgutils.alloca_once(builder, ir.IntType(32))
             builder.store(args[0], slot)
@@ -73,37 +89,42 @@ def _registers() -> tuple[Callable[[], int], Callable[[int], None]]:
             return context.get_dummy_value()
         return types.void(types.uint32), codegen
 
-    @numba.njit
-    def read() -> int:
-        return read_mxcsr()
+    read_register, write_register = read, write
 
-    @numba.njit
-    def write(value: int) -> None:
-        write_mxcsr(numba.uint32(value))
 
-    return read, write
+@functools.cache
+def registers() -> tuple[Callable[[], int], Callable[[int], None]]:
+    """REGISTERS' read and write, compiled in this process (for callers that keep no file)."""
+    intrinsics()
+    namespace: dict[str, Any] = {}
+    exec(compile(REGISTERS, "<gpunn.backends.denormals registers>", "exec"), namespace)
+    njit = numba_import.numba().njit
+    return njit(namespace["read"]), njit(namespace["write"])
 
 
 def mxcsr() -> int:
     """The calling thread's MXCSR register (where ``why_not`` is None)."""
-    return _registers()[0]()
+    return registers()[0]()
 
 
 def set_mxcsr(value: int) -> None:
     """Write the calling thread's MXCSR register (where ``why_not`` is None)."""
-    _registers()[1](value)
+    registers()[1](value)
 
 
 @contextlib.contextmanager
-def flushed() -> Iterator[None]:
+def flushed(compiled: tuple[Callable[[], int], Callable[[int], None]] | None = None
+            ) -> Iterator[None]:
     """Denormal results and operands are 0 in this thread inside the block (where ``why_not``
-    is None); the register is as it was after it."""
+    is None); the register is as it was after it. ``compiled``: REGISTERS' read and write as
+    the caller compiled them (None: ``registers()``)."""
     if why_not() is not None:
         yield
         return
-    before = mxcsr()
-    set_mxcsr(before | FTZ_DAZ)
+    read, write = compiled or registers()
+    before = read()
+    write(before | FTZ_DAZ)
     try:
         yield
     finally:
-        set_mxcsr(before)
+        write(before)

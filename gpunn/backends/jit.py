@@ -39,6 +39,7 @@ steps and ``why_not()`` says so. It is imported when a trainer is first wanted
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def train(X: np.ndarray, y: np.ndarray, params: np.ndarray, grads: np.ndarray,
     state_1 = states[0] if states else params  # unused by the rules that keep no state
     state_2 = states[1] if len(states) > 1 else params
     compiled = trainer(X.shape[1], outs["logits"].shape[1])
-    with denormals.flushed():
+    with denormals.flushed(flush_registers()):
         compiled(X, y.astype(np.int64, copy=False), params, grads, state_1, state_2, sched,
                  totals, epochs, code, hyper, epsilon, outs["hidden"], outs["dhidden"],
                  outs["logits"], outs["probs"], outs["dlogits"], outs["losses"].reshape(-1))
@@ -144,10 +145,29 @@ def in_memory(n_in: int, k: int) -> Any:
     return njit(namespace["train"])
 
 
+@functools.cache
+def flush_registers() -> tuple[Any, Any] | None:
+    """denormals' functions that read and write the register (``REGISTERS``), compiled from a
+    file in the cache folder, where numba keeps them for the next process; None where there is
+    no cache folder (denormals compiles its own), or no flushing here."""
+    if denormals.why_not() is not None:
+        return None
+    denormals.intrinsics()
+    try:
+        cached = jit_cache.module("mxcsr", denormals.REGISTERS, _salt())
+    except OSError:  # this file unreadable (gpunn in a zip): no salt, so no cache
+        cached = None
+    if cached is None:
+        return None
+    njit = numba_import.numba().njit
+    return njit(cached.read, cache=True), njit(cached.write, cache=True)
+
+
 def _salt() -> str:
-    """What a cached trainer depends on besides its own source: this file and jit_math.py (the
-    helpers it calls) and the versions of numba and Python."""
-    helpers = (Path(__file__).read_text(), Path(jit_math.__file__).read_text())
+    """What cached code depends on besides its own source: this file, jit_math.py and
+    denormals.py (the helpers and intrinsics it calls) and the versions of numba and Python."""
+    helpers = (Path(__file__).read_text(), Path(jit_math.__file__).read_text(),
+               Path(denormals.__file__).read_text())
     return "\0".join((*helpers, numba_import.numba().__version__, sys.version))
 
 

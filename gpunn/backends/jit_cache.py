@@ -1,5 +1,6 @@
 """Compiled CPU code kept between runs: the one-kernel trainer that jit.py writes out for a
-network's sizes, as a module file numba can cache.
+network's sizes, and the functions with which it flushes denormals (denormals.REGISTERS), each
+as a module file numba can cache.
 
 numba compiles a function again in every process unless it is cached, and it caches only
 functions that live in a file. The written-out trainer is source text made at run time, so it is

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from gpunn.backends import jit, jit_cache
+from gpunn.backends import denormals, jit, jit_cache
 
 SOURCE = "def twice(x):\n    return 2 * x\n"
 
@@ -72,8 +72,13 @@ RUN = textwrap.dedent("""
     model.backend.one_kernel_trainer = True
     model.fit(X, y, epochs=20, batch_size=None, verbose=0)
     stats = jit._trainers[(2, 3)].stats
+    flush = jit.flush_registers()  # None: no cache folder, or no flushing on this machine
+    flush_stats = None if flush is None else [
+        sum(sum(getattr(f.stats, kind).values()) for f in flush)
+        for kind in ("cache_hits", "cache_misses")]
     print(json.dumps({"hits": sum(stats.cache_hits.values()),
                       "misses": sum(stats.cache_misses.values()),
+                      "flush": flush_stats,
                       "params": hashlib.sha256(b"".join(p.tobytes() for p in
                                                         model.get_params())).hexdigest()}))
 """)
@@ -83,7 +88,8 @@ RUN = textwrap.dedent("""
 def test_the_next_run_loads_the_trainer_numba_compiled_before_and_trains_the_same(tmp_path):
     """Two processes with one cache folder: the first compiles the book network's trainer and
     numba keeps it; the second loads it (a cache hit, nothing compiled) and trains to the same
-    bits. With the cache off, a third compiles in memory, to the same bits again."""
+    bits. With the cache off, a third compiles in memory, to the same bits again. So with the
+    functions that read and write the register for flushing denormals, on x86-64."""
     def run(folder):
         env = {**os.environ, jit_cache.ENV: folder}
         done = subprocess.run([sys.executable, "-c", RUN], env=env, capture_output=True,
@@ -97,6 +103,9 @@ def test_the_next_run_loads_the_trainer_numba_compiled_before_and_trains_the_sam
     assert (uncached["hits"], uncached["misses"]) == (0, 1)
     assert first["params"] == second["params"] == uncached["params"]
     assert list((tmp_path / "jit" / "__pycache__").glob("columns_2x3_*.nbi"))
+    flushing = denormals.why_not() is None
+    assert (first["flush"], second["flush"], uncached["flush"]) == \
+        (([0, 2], [2, 0], None) if flushing else (None, None, None))
 
 
 def test_info_names_the_folder_the_compiled_trainers_are_kept_in(tmp_path, monkeypatch, capsys):
