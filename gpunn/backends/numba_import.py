@@ -8,7 +8,8 @@ So passes.py, jit.py, jit_math.py and denormals.py reach numba only through ``nu
 when they first compile; a run that needs none of them never imports it.
 
 numba is optional (``pip install "gpunn[jit]"``). Where it is missing, or its import fails (a
-numba too old for this NumPy raises ImportError), ``why_not`` says so and callers keep to NumPy.
+numba too old for this NumPy raises ImportError; llvmlite's library that will not load,
+OSError), ``why_not`` says so and callers keep to NumPy.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _imported() -> tuple[Any, str | None]:
     """numba and None, or None and why its import failed: tried once, on the first call."""
     try:
         import numba
-    except ImportError as exc:
+    except (ImportError, OSError) as exc:  # OSError: llvmlite's library would not load
         return None, f'needs numba (pip install "gpunn[jit]"; {exc})'
     return numba, None
 

@@ -24,6 +24,8 @@ CHILD = """
 import hashlib, sys
 if sys.argv[1] == "blocked":
     sys.modules["numba"] = None
+elif sys.argv[1] == "broken":  # a numba package whose import raises OSError, found first
+    sys.path.insert(0, sys.argv[2])
 import numpy as np
 import gpunn as nn
 from gpunn.backends import jit, passes
@@ -64,9 +66,9 @@ print(jit.why_not())
 """
 
 
-def child(mode: str) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True,
-                          timeout=240, env={**os.environ, "GPUNN_BACKEND": ""})
+def child(mode: str, *args: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", CHILD, mode, *args], capture_output=True,
+                          text=True, timeout=240, env={**os.environ, "GPUNN_BACKEND": ""})
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
@@ -85,11 +87,20 @@ def test_numba_is_imported_by_the_first_compiled_code_not_by_import_gpunn(as_ins
         assert (after_large, book_path) == ("False", "eager")
 
 
-def test_where_numba_does_not_import_the_numpy_steps_run_and_say_why(as_installed):
+@pytest.mark.parametrize("how", ["blocked", "broken"])
+def test_where_numba_does_not_import_the_numpy_steps_run_and_say_why(as_installed, how,
+                                                                     tmp_path):
+    """Blocked: ImportError, as for numba missing or too old for this NumPy. Broken: OSError, as
+    where llvmlite's library will not load."""
+    if how == "broken":
+        (tmp_path / "numba").mkdir()
+        (tmp_path / "numba" / "__init__.py").write_text(
+            'raise OSError("libllvmlite.so: cannot open shared object file")\n')
     after_import, after_small, after_short, digest, after_large, book_path, why_not = \
-        child("blocked")
+        child(how, str(tmp_path))
     assert (after_import, after_small, after_short, after_large, book_path) == \
         ("False", "False", "False", "False", "eager")
     assert why_not.startswith('needs numba (pip install "gpunn[jit]"; '), why_not
+    assert how != "broken" or why_not.endswith("cannot open shared object file)"), why_not
     # The compiled passes give the same bits as NumPy's calls (test_passes.py), so the run does.
     assert digest == as_installed[3]
