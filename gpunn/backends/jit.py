@@ -122,26 +122,17 @@ COLUMNS_IMPORTS = ("import numpy as np\n\n"
 def _columns_trainer(n_in: int, k: int) -> Any:
     """The written-out trainer, compiled; from a file in the cache folder where there is one, so
     that numba keeps what it compiled for the next run (jit_cache.py), else in memory."""
-    source = columns_source(n_in, k)
-    try:
-        cached = jit_cache.module(f"columns_{n_in}x{k}", COLUMNS_IMPORTS + source, _salt())
-    except OSError:  # this file unreadable (gpunn in a zip): no salt, so no cache
-        cached = None
-    if cached is not None:
-        return njit(cached.train, cache=True)
-    return in_memory(n_in, k)
+    cached = _cached(f"columns_{n_in}x{k}", COLUMNS_IMPORTS + columns_source(n_in, k))
+    return in_memory(n_in, k) if cached is None else njit(cached.train, cache=True)
 
 
 def in_memory(n_in: int, k: int) -> Any:
     """The written-out trainer compiled in this process and kept nowhere: where there is no
     cache folder, and for a look at its code (numba shows none for code it loaded from its
     cache)."""
-    namespace: dict[str, Any] = {"np": np, "advance": advance.compiled,
-                                 "update": update.compiled,
-                                 "exp_nonpositive": jit_math.exp_nonpositive,
-                                 "log_positive": jit_math.log_positive}
-    exec(compile(columns_source(n_in, k), f"<gpunn.backends.jit columns {n_in}x{k}>", "exec"),
-         namespace)
+    namespace: dict[str, Any] = {}
+    exec(compile(COLUMNS_IMPORTS + columns_source(n_in, k),
+                 f"<gpunn.backends.jit columns {n_in}x{k}>", "exec"), namespace)
     return njit(namespace["train"])
 
 
@@ -153,14 +144,20 @@ def flush_registers() -> tuple[Any, Any] | None:
     if denormals.why_not() is not None:
         return None
     denormals.intrinsics()
-    try:
-        cached = jit_cache.module("mxcsr", denormals.REGISTERS, _salt())
-    except OSError:  # this file unreadable (gpunn in a zip): no salt, so no cache
-        cached = None
+    cached = _cached("mxcsr", denormals.REGISTERS)
     if cached is None:
         return None
     njit = numba_import.numba().njit
     return njit(cached.read, cache=True), njit(cached.write, cache=True)
+
+
+def _cached(name: str, source: str) -> Any:
+    """The module ``source`` makes, from its file in jit_cache's folder (numba keeps what it
+    compiles from there for the next process); None where there is no folder to keep it in."""
+    try:
+        return jit_cache.module(name, source, _salt())
+    except OSError:  # this file unreadable (gpunn in a zip): no salt, so no cache
+        return None
 
 
 def _salt() -> str:

@@ -76,23 +76,12 @@ class NumpyBackend(Backend):
             pass
         return platform.processor() or platform.machine() or "CPU"
 
-    def _ones(self, shape: tuple[int, int], dtype: Any) -> np.ndarray:
-        key = ("ones", shape, dtype)
+    def _kept(self, make: Any, shape: tuple[int, int], dtype: Any) -> np.ndarray:
+        """``make(shape, dtype)`` (np.ones, np.zeros, or np.empty for scratch), made once per
+        shape and dtype and kept."""
+        key = (make, shape, dtype)
         if key not in self._cache:
-            self._cache[key] = np.ones(shape, dtype)
-        return self._cache[key]
-
-    def _zeros(self, shape: tuple[int, int], dtype: Any) -> np.ndarray:
-        key = ("zeros", shape, dtype)
-        if key not in self._cache:
-            self._cache[key] = np.zeros(shape, dtype)
-        return self._cache[key]
-
-    def _rows(self, n: int, dtype: Any) -> np.ndarray:
-        """A scratch column of one value per row (row maxima, then row sums)."""
-        key = ("rows", n, dtype)
-        if key not in self._cache:
-            self._cache[key] = np.empty((n, 1), dtype)
+            self._cache[key] = make(shape, dtype)
         return self._cache[key]
 
     def new_schedule(self, values: list[float]) -> Any:
@@ -112,7 +101,7 @@ class NumpyBackend(Backend):
         if x.ndim != 2 or x.dtype not in passes.FLOATS:
             return super().relu(x, out=out)
         rows, cols = x.shape
-        zeros = self._zeros((rows if x.size <= ZEROS_UP_TO else 1, cols), x.dtype)
+        zeros = self._kept(np.zeros, (rows if x.size <= ZEROS_UP_TO else 1, cols), x.dtype)
         return np.maximum(x, zeros, out=out)
 
     def bias_relu(self, z: Any, biases: Any) -> Any:
@@ -209,7 +198,7 @@ class NumpyBackend(Backend):
 
     def bias_grad(self, dvalues: Any, out: Any) -> Any:
         # Column sums as ones(1, n) @ dvalues: a BLAS GEMV, 2-4x faster than np.sum(axis=0).
-        return np.matmul(self._ones((1, dvalues.shape[0]), dvalues.dtype), dvalues, out=out)
+        return np.matmul(self._kept(np.ones, (1, dvalues.shape[0]), dvalues.dtype), dvalues, out=out)
 
     def _row_max(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         k = x.shape[1]
@@ -222,11 +211,11 @@ class NumpyBackend(Backend):
 
     def softmax(self, x: Any, out: Any) -> Any:
         n, k = x.shape
-        rows = self._rows(n, out.dtype)
+        rows = self._kept(np.empty, (n, 1), out.dtype)  # row maxima, then row sums
         self._row_max(x, rows)
         np.subtract(x, rows, out=out)
         np.exp(out, out=out)
-        np.matmul(out, self._ones((k, 1), out.dtype), out=rows)  # row sums, as a GEMV
+        np.matmul(out, self._kept(np.ones, (k, 1), out.dtype), out=rows)  # row sums, as a GEMV
         return np.divide(out, rows, out=out)
 
     def softmax_cross_entropy(self, logits: Any, labels: Any, probs: Any, dlogits: Any,
