@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
+from support.training import CPU_TRAINER
 
 from gpunn.backends import denormals, jit, jit_cache
 
@@ -84,7 +84,7 @@ RUN = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
+@CPU_TRAINER
 def test_the_next_run_loads_the_trainer_numba_compiled_before_and_trains_the_same(tmp_path):
     """Two processes with one cache folder: the first compiles the book network's trainer and
     numba keeps it; the second loads it (a cache hit, nothing compiled) and trains to the same

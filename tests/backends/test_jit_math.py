@@ -9,12 +9,12 @@ import re
 
 import numpy as np
 import pytest
+from support.training import CPU_TRAINER
 
 import gpunn as nn
 from gpunn.backends import jit, jit_math
 
-pytestmark = pytest.mark.skipif(jit.why_not() is not None,
-                                reason=f"no CPU one-kernel trainer: {jit.why_not()}")
+pytestmark = CPU_TRAINER
 
 TINY = np.finfo(np.float32).tiny  # the smallest normal float32
 

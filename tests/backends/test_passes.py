@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.training import apply_rule
+from support.training import apply_rule, same_bits
 
 from gpunn.backends import passes
 from gpunn.backends import schedule as slots
@@ -38,11 +38,6 @@ def with_specials(rng: np.random.Generator, dtype: type, shape: tuple = SHAPE) -
     where = rng.choice(a.size, each * specials.size, replace=False)
     a[where] = np.repeat(specials, each)
     return a.reshape(shape)
-
-
-def same_bits(got: np.ndarray, want: np.ndarray) -> None:
-    bits = {4: np.uint32, 8: np.uint64}[got.dtype.itemsize]
-    np.testing.assert_array_equal(got.view(bits), want.view(bits))
 
 
 @compiled

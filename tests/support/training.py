@@ -1,8 +1,17 @@
-"""Optimizer settings the training tests share, and a public view of a model's steps."""
+"""Optimizer settings the training tests share, a public view of a model's steps, a check that
+two arrays hold the same bits, and the mark of tests that need the CPU one-kernel trainer."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 import gpunn as nn
+from gpunn.backends import jit
+
+#: Tests of the compiled CPU trainer: skipped, saying why, where numba is missing.
+CPU_TRAINER = pytest.mark.skipif(jit.why_not() is not None,
+                                 reason=f"no CPU one-kernel trainer: {jit.why_not()}")
 
 #: Every rule with decay (and momentum), at learning rates that train the spiral in a few epochs.
 OPTIMIZERS = [lambda: nn.SGD(lr=0.5, decay=1e-3, momentum=0.9), lambda: nn.Adagrad(lr=0.3, decay=1e-3),
@@ -41,3 +50,10 @@ def apply_rule(bk, rule, params, grads, momentums, cache, schedule, scratch):
         bk.rmsprop_update(params, grads, cache, schedule, 1e-7, 0.9, scratch)
     else:
         bk.adam_update(params, grads, momentums, cache, schedule, 1e-7, 0.9, 0.999, scratch)
+
+
+def same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    """The same bits, element for element: NaN's sign and payload and -0 included (float32 or
+    float64)."""
+    bits = {4: np.uint32, 8: np.uint64}[got.dtype.itemsize]
+    np.testing.assert_array_equal(got.view(bits), want.view(bits))

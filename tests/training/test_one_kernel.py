@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 from support.backends import OneKernelNumpy, PlanningNumpy
-from support.training import OPTIMIZERS, made_steps
+from support.training import CPU_TRAINER, OPTIMIZERS, made_steps
 
 import gpunn as nn
 from gpunn.backends import get_backend, jit
@@ -52,7 +52,7 @@ def test_a_full_batch_launch_of_the_one_kernel_trainer_takes_up_to_1024_epochs()
         np.testing.assert_allclose(histories[0][key], histories[1][key], rtol=1e-7)
 
 
-@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
+@CPU_TRAINER
 @pytest.mark.parametrize("make_opt", RULES)
 @pytest.mark.parametrize("batch_size", [None, 64])
 @pytest.mark.parametrize("sizes", [(2, 16, 3), (4, 8, 12)])
@@ -64,7 +64,7 @@ def test_the_compiled_cpu_trainer_trains_as_the_planned_steps(make_opt, batch_si
     trains_as_the_planned_steps(make_opt, batch_size, "numpy", sizes)
 
 
-@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
+@CPU_TRAINER
 @pytest.mark.parametrize("make_opt", RULES)
 @pytest.mark.parametrize("batch_size", [None, 64])
 @pytest.mark.parametrize("sizes", [(2, 16, 3), (4, 8, 12)])
@@ -207,7 +207,7 @@ def test_shared_memory_of_the_books_run():
     assert 48 << 10 < need < 227 << 10
 
 
-@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
+@CPU_TRAINER
 def test_the_compiled_cpu_trainer_diverges_as_the_planned_steps_do():
     """A NaN loss (float32 overflow at lr 1e30) stops training at the same epoch with the same
     message, and the rollback leaves the same finite parameters."""
@@ -224,7 +224,7 @@ def test_the_compiled_cpu_trainer_diverges_as_the_planned_steps_do():
         np.testing.assert_allclose(b, a, rtol=1e-6)
 
 
-@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
+@CPU_TRAINER
 @pytest.mark.parametrize("dtype, make_opt, epochs, tolerance", [
     ("float64", lambda: nn.Adam(lr=0.05, decay=5e-7), 30, 1e-12),
     ("float32", lambda: nn.SGD(lr=1.0), 100, 1e-5)])
@@ -247,7 +247,7 @@ def test_the_compiled_cpu_trainer_agrees_with_the_numpy_steps_on_the_books_run(
     np.testing.assert_allclose(losses[1], losses[0], rtol=0, atol=tolerance)
 
 
-@pytest.mark.skipif(jit.why_not() is not None, reason=f"no CPU one-kernel trainer: {jit.why_not()}")
+@CPU_TRAINER
 def test_the_compiled_cpu_trainer_flushes_denormals_and_only_while_it_runs():
     """A class 95 below the others in float32 has a probability of exp(-95) = 5e-42 and
     gradients smaller still, denormals: the NumPy steps keep them, the compiled trainer
