@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from io import BytesIO
 from typing import NoReturn
 
@@ -394,6 +395,23 @@ def gpu_paths(bk) -> str:
     return "; ".join(parts)
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        return train(args)
+    if args.command == "predict":
+        return predict(args)
+    if args.command == "bench":
+        from . import bench
+
+        return bench.main(args)
+    return info()
+
+
+def _one_line(message: Warning | str, *_: object, **__: object) -> None:
+    """A warning as the command line says it: one line on stderr, no source file or line."""
+    print(f"gpunn: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -406,15 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "quiet", False):
         _log_to_stderr()
     try:
-        if args.command == "train":
-            return train(args)
-        if args.command == "predict":
-            return predict(args)
-        if args.command == "bench":
-            from . import bench
-
-            return bench.main(args)
-        return info()
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line  # catch_warnings puts it back
+            return _run(args)
     except (KeyboardInterrupt, Interrupted) as exc:
         if debug:
             raise

@@ -293,8 +293,10 @@ class Sequential(LayerStack):
         ``checkpoint``: a file saved every ``checkpoint_every`` epochs, at the end, and on Ctrl-C
         (as of the last finished epoch; Ctrl-C always puts the model back there). ``resume_from``:
         a checkpoint to continue from, with the optimizer state and the shuffling and dropout
-        generators as they were, so the run ends as an uninterrupted one would; ``epochs`` counts
-        all epochs, not extra ones. ``callbacks``: ``gpunn.callbacks`` objects (EarlyStopping,
+        generators as they were, so the run ends as an uninterrupted one would (a ``UserWarning``
+        says where it cannot: other rows, batch size or shuffling than the checkpoint's run, or a
+        checkpoint past ``epochs``, which trains nothing); ``epochs`` counts all epochs, not
+        extra ones. ``callbacks``: ``gpunn.callbacks`` objects (EarlyStopping,
         ModelCheckpoint, LambdaCallback, your own Callback), told of each epoch (with its
         metrics, data_loss and reg_loss) and each batch.
         """
@@ -329,7 +331,7 @@ class Sequential(LayerStack):
         loop = Loop(net, self.steps, data, epochs, min(batch, data.n), bool(shuffle), rng,
                     history, validation=validation)
         if resumed is not None:
-            loop.resume(*resumed)
+            loop.resume(*resumed, resume_from)
         loop.callbacks += callbacks
         if group is None or group.rank == 0:  # the files and the output are rank 0's
             loop.callbacks += _reporters(loop, checkpoint, checkpoint_every, verbose)

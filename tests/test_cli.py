@@ -59,10 +59,17 @@ def test_cli_train_npz_with_save_plot_checkpoint_resume_then_predict(tmp_path, c
     assert capsys.readouterr().out.startswith("test accuracy ")
     assert (tmp_path / "c.png").read_bytes()[:8] == PNG
     assert nn.load(tmp_path / "ck.safetensors").optimizer.iterations == 6 * 5  # 144 rows / 32
-    # --resume with more epochs continues from the checkpoint
+    # --resume with more epochs continues from the checkpoint, quietly: the same run
     assert cli.main(args[:6] + ["9"] + args[7:] + ["--resume"]) == 0
-    capsys.readouterr()
+    assert "warning" not in capsys.readouterr().err
     assert nn.load(tmp_path / "ck.safetensors").optimizer.iterations == 9 * 5
+    # another batch size goes on too, but says in one line that the run is not the first one's
+    assert cli.main(args[:6] + ["10"] + args[7:] + ["--resume", "--batch-size", "16"]) == 0
+    assert capsys.readouterr().err == (
+        f"gpunn: warning: resuming from {tmp_path / 'ck.safetensors'}, which was written by a fit "
+        f"over 144 rows in batches of 32, shuffled; this fit is over 144 rows in batches of 16, "
+        f"shuffled: it will not end as the first run would have\n")
+    assert nn.load(tmp_path / "ck.safetensors").optimizer.iterations == 9 * 5 + 9
     assert cli.main(["predict", str(tmp_path / "m.safetensors"), str(tmp_path / "data.npz"),
                      "--output", str(tmp_path / "p.npz"), "--backend", "numpy"]) == 0
     assert "accuracy" in capsys.readouterr().err

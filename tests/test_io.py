@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,9 @@ def test_resumed_fit_equals_an_uninterrupted_one_exactly(data, tmp_path):
     first = model_with_dropout()
     first.fit(X, y, epochs=3, batch_size=16, seed=5, verbose=0, checkpoint=ck)
     again = model_with_dropout(seed=99)  # other initial weights: all must come from the file
-    h_again = again.fit(X, y, epochs=8, batch_size=16, seed=5, verbose=0, resume_from=ck)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same run: nothing to warn of
+        h_again = again.fit(X, y, epochs=8, batch_size=16, seed=5, verbose=0, resume_from=ck)
     for a, b in zip(whole.get_params(), again.get_params()):
         np.testing.assert_array_equal(a, b)
     assert h_again.history == h_whole.history and h_again.epoch == list(range(1, 9))
@@ -342,6 +345,10 @@ def broken(meta_change):
     (broken(lambda t: t.update(dropout_rngs=[])), "0 dropout generator states"),
     (broken(lambda t: t.update(history_keys=["loss", "missing"])), "history is incomplete"),
     (lambda m: m["optimizer"].update(iterations="7"), "optimizer is not described"),
+    (broken(lambda t: t["run"].update(rows=0)), "the run it records is malformed"),
+    (broken(lambda t: t["run"].update(shuffle=1)), "the run it records is malformed"),
+    (broken(lambda t: t["run"].pop("batch_size")), "the run it records is malformed"),
+    (broken(lambda t: t.update(run=[120, 16, True])), "the run it records is malformed"),
 ])
 def test_a_failing_resume_changes_nothing(tmp_path, data, damage, pattern):
     X, y = data
@@ -355,6 +362,51 @@ def test_a_failing_resume_changes_nothing(tmp_path, data, damage, pattern):
         model.fit(X, y, epochs=4, batch_size=16, verbose=0, resume_from=crafted)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_params()))
     assert model.optimizer.iterations == 0 and model.layers[2].rng.bit_generator.state == rng_before
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"X": 100}, "a fit over 120 rows in batches of 16, shuffled; this fit is over 100 rows in "
+                 "batches of 16, shuffled"),
+    ({"batch_size": 32}, "this fit is over 120 rows in batches of 32, shuffled"),
+    ({"shuffle": False}, "this fit is over 120 rows in batches of 16, in order"),
+], ids=["rows", "batch_size", "shuffle"])
+def test_a_resume_into_another_run_goes_on_with_a_warning(tmp_path, data, change, words):
+    """Other rows, batches or order cannot end as the first run would have: fit says so (and
+    goes on: fine-tuning on other data from a checkpoint is a user's right)."""
+    X, y = data
+    ck = tmp_path / "ck.safetensors"
+    model_with_dropout(seed=1).fit(X, y, epochs=2, batch_size=16, verbose=0, checkpoint=ck)
+    rows = change.get("X", len(X))
+    options = {"batch_size": change.get("batch_size", 16), "shuffle": change.get("shuffle", True)}
+    model = model_with_dropout(seed=2)
+    with pytest.warns(UserWarning, match=f"resuming from {ck}, which was written by .*{words}: "
+                      f"it will not end as the first run would have"):
+        history = model.fit(X[:rows], y[:rows], epochs=3, verbose=0, resume_from=ck, **options)
+    assert history.epoch == [1, 2, 3]
+    assert model.optimizer.iterations == 2 * 8 + -(-rows // options["batch_size"])
+
+
+def test_a_resume_past_the_epochs_asked_for_trains_nothing_and_says_so(tmp_path, data):
+    X, y = data
+    ck = tmp_path / "ck.safetensors"
+    first = model_with_dropout(seed=1)
+    first.fit(X, y, epochs=3, batch_size=16, verbose=0, checkpoint=ck)
+    model = model_with_dropout(seed=2)
+    with pytest.warns(UserWarning, match="which is at epoch 3, past this fit's epochs=2 .*: "
+                                         "nothing is trained"):
+        history = model.fit(X, y, epochs=2, batch_size=16, verbose=0, resume_from=ck)
+    assert history.epoch == [1, 2, 3] and model.optimizer.iterations == 3 * 8
+    assert all(np.array_equal(a, b) for a, b in zip(first.get_params(), model.get_params()))
+
+
+def test_a_checkpoint_from_before_runs_were_recorded_resumes_without_a_warning(tmp_path, data):
+    X, y = data
+    ck = tmp_path / "ck.safetensors"
+    model_with_dropout(seed=1).fit(X, y, epochs=2, batch_size=16, verbose=0, checkpoint=ck)
+    older = rewrite(ck, tmp_path / "older.safetensors", meta=broken(lambda t: t.pop("run")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model_with_dropout(seed=2).fit(X, y, epochs=3, batch_size=32, verbose=0, resume_from=older)
 
 
 def test_resume_into_another_optimizer_rule_or_loss_is_refused_naming_the_difference(tmp_path, data):

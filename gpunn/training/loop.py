@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +56,11 @@ class Loop:
     def training_state(self) -> dict[str, Any]:
         """Where training stands, for a checkpoint: taken at an epoch boundary."""
         return {"epoch": self.done, **self.generators(), "history": self.history.history,
-                "history_epochs": self.history.epoch}
+                "history_epochs": self.history.epoch, "run": self.run_described()}
+
+    def run_described(self) -> dict[str, Any]:
+        """What a resume must repeat to go on as this run would have: its rows and batches."""
+        return {"rows": self.data.n, "batch_size": self.batch_size, "shuffle": self.shuffle}
 
     def set_generators(self, state: dict[str, Any]) -> None:
         """The shuffling and dropout generators back as ``state`` recorded them."""
@@ -63,14 +68,29 @@ class Loop:
         for layer, saved in zip(self.dropouts, state["dropout_rngs"]):
             layer.rng.bit_generator.state = saved
 
-    def resume(self, state: dict[str, Any], training: dict[str, Any]) -> None:
-        """Continue from a checkpoint's network state and training state (both checked)."""
+    def resume(self, state: dict[str, Any], training: dict[str, Any], path: Any) -> None:
+        """Continue from a checkpoint's network state and training state (both checked), with a
+        warning where this fit will not go on as the run that wrote ``path`` would have."""
+        for problem in self._unlike(training):
+            warnings.warn(f"resuming from {path}, {problem}", stacklevel=3)
         self.network.load_state_dict(state)
         self.done = int(training["epoch"])
         self.set_generators(training)
         self.history.history.update({k: list(v) for k, v in training["history"].items()
                                      if k in self.history.history})
         self.history.epoch = list(training["history_epochs"])
+
+    def _unlike(self, training: dict[str, Any]) -> list[str]:
+        """How this fit differs from the run a checkpoint records (None: not recorded)."""
+        problems = []
+        run, mine = training.get("run"), self.run_described()
+        if run is not None and run != mine:
+            problems.append(f"which was written by a fit over {_run_words(run)}; this fit is over "
+                            f"{_run_words(mine)}: it will not end as the first run would have")
+        if training["epoch"] > self.epochs:
+            problems.append(f"which is at epoch {training['epoch']}, past this fit's "
+                            f"epochs={self.epochs} (epochs counts all epochs): nothing is trained")
+        return problems
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -238,3 +258,8 @@ class Mark:
         loop.network.load_state_dict(self.state)
         loop.set_generators(self.generators)
         loop.history.truncate(self.done)
+
+
+def _run_words(run: dict[str, Any]) -> str:
+    order = "shuffled" if run["shuffle"] else "in order"
+    return f"{run['rows']} rows in batches of {run['batch_size']}, {order}"
