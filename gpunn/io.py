@@ -287,11 +287,11 @@ def read_checkpoint(network: Network, path: str | os.PathLike) -> tuple[dict[str
             raise ValueError(f"{path} is not a valid gpunn checkpoint (a generator state does "
                              f"not read: {exc})") from None
     restored = {"epoch": training["epoch"], "rng": training["rng"], "dropout_rngs": states,
-                "history": history, "history_epochs": epochs, "run": _run(training, path)}
+                "history": history, "history_epochs": epochs, "run": _recorded_run(training, path)}
     return state_for(network, tensors, meta, path), restored
 
 
-def _run(training: dict[str, Any], path: Any) -> dict[str, Any] | None:
+def _recorded_run(training: dict[str, Any], path: Any) -> dict[str, Any] | None:
     """The run a checkpoint was written by (rows, batch size, shuffled or not), or None in a file
     written before checkpoints recorded it."""
     run = training.get("run")

@@ -346,7 +346,8 @@ class Sequential(LayerStack):
     def evaluate(self, X: Any, y: Any, batch_size: int | None = None,
                  stream: bool | None = None) -> dict[str, float]:
         """Mean data loss on (X, y), without dropout, and the compiled metrics: {"loss",
-        "accuracy"} (accuracy when tracked). ``stream`` as for ``fit``."""
+        "accuracy"} (accuracy when tracked). ``batch_size``: rows per forward pass (None: 8192),
+        which bounds the memory it takes. ``stream`` as for ``fit``."""
         net = self._require_compiled("evaluate()")
         rows = _inference_rows(batch_size)
         result = net.evaluate_chunks(data_for(net, X, y, stream).chunks(rows))
@@ -355,7 +356,8 @@ class Sequential(LayerStack):
     def predict(self, X: Any, batch_size: int | None = None,
                 stream: bool | None = None) -> np.ndarray:
         """The model's outputs for X as a NumPy array (class probabilities with
-        SoftmaxCrossEntropy). ``stream`` as for ``fit``."""
+        SoftmaxCrossEntropy). ``batch_size``: rows per forward pass (None: 8192), which bounds
+        the memory it takes. ``stream`` as for ``fit``."""
         net = self._require_compiled("predict()")
         rows = _inference_rows(batch_size)
         return net.predict_chunks(x for x, _ in data_for(net, X, None, stream).chunks(rows))

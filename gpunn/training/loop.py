@@ -81,7 +81,7 @@ class Loop:
         self.history.epoch = list(training["history_epochs"])
 
     def _unlike(self, training: dict[str, Any]) -> list[str]:
-        """How this fit differs from the run a checkpoint records (None: not recorded)."""
+        """How this fit differs from the run a checkpoint records (an older file records none)."""
         problems = []
         run, mine = training.get("run"), self.run_described()
         if run is not None and run != mine:
