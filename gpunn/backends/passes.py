@@ -10,8 +10,10 @@ five steps each way, alternating).
 Each function does the same operations in the same order as base.py's reference ops, in the
 array's dtype, with no fast-math (no fused multiply-adds, no reassociation), so the results are
 the same bits, NaN, infinity, signed zeros and denormals included; tests/backends/test_passes.py
-ties them. One thread: the GEMMs already use every core, and a second thread pool fights BLAS's
-for them (measured: the same passes on two threads made the medium step 33 -> 58 ms).
+ties them. (But for which NaN an add of two NaNs returns: IEEE 754 leaves that to the
+implementation, and NumPy's own loops differ between versions; it is a NaN either way.)
+One thread: the GEMMs already use every core, and a second thread pool fights BLAS's for them
+(measured: the same passes on two threads made the medium step 33 -> 58 ms).
 
 numba is optional; without it, and for arrays under ``COMPILED_FROM`` elements (where a compiled
 call saves nothing and the first would cost a compile), the NumPy backend makes its NumPy calls.
