@@ -322,14 +322,16 @@ def assert_same_arrays(got: list[np.ndarray], want: list[np.ndarray], rtol: floa
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_chapter_ports_equal_the_books_formulas_in_float64(chapter):
-    """The first epochs of each chapter, to 1e-12. (gpunn sums bias gradients and softmax rows
+    """The first epochs of each chapter, to 1e-11. (gpunn sums bias gradients and softmax rows
     with BLAS and orders Adam's update its own way, so the last bits differ; Adam and momentum
-    grow that to ~1e-10 over a hundred epochs, which the longer runs below compare as printed.)"""
+    grow that to ~1e-10 over a hundred epochs, which the longer runs below compare as printed.
+    Measured after these 11 epochs: at most 8.4e-13 of the largest element with NumPy 2.4,
+    2.1e-12 with NumPy 1.26, whose reference sums round otherwise; both chapter 18's.)"""
     script = CHAPTERS[chapter]
     want, want_arrays = run(script, reference_names(), epochs=11, every=2)
     got, got_arrays = run(script, gpunn_names(), epochs=11, every=2, dtype="float64")
     assert_same_printout(got, want)
-    assert_same_arrays(got_arrays, want_arrays, rtol=1e-12)
+    assert_same_arrays(got_arrays, want_arrays, rtol=1e-11)
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
