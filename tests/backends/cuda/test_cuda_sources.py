@@ -32,7 +32,10 @@ def compile_source(text: str, name: str, arch: str, expressions: list[str],
     options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in options]
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
     _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-    log = b" " * size
+    # NVRTC writes into the buffer: a bytearray, never bytes. An empty log is 1 byte, its NUL, and
+    # b" " * 1 is CPython's one shared b" ", which that NUL would overwrite for the whole process
+    # (on Python 3.13 a space between two f-string fields compiled afterwards went missing).
+    log = bytearray(size)
     nvrtc.nvrtcGetProgramLog(prog, log)
     lowered = {}
     if err == nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -89,6 +92,14 @@ def test_the_build_check_catches_errors():
     ok, log, _ = compile_source("__global__ void k(float* x) { x[0] = INFINITY; }", "bad.cu",
                                 "sm_90", [])
     assert not ok and "INFINITY" in log
+
+
+def test_reading_an_empty_log_leaves_pythons_shared_bytes_alone():
+    """A clean compile's log is empty; reading it must not write into an object Python shares."""
+    ok, log, _ = compile_source("__global__ void k(float* x) { x[0] = 1.0f; }", "clean.cu",
+                                "sm_90", [])
+    assert ok and log == ""
+    assert bytes([32])[0] == 32 and f"{ok} {ok}" == "True True"
 
 
 def test_host_constants_match_the_sources():
