@@ -331,7 +331,7 @@ class Sequential(LayerStack):
         loop = Loop(net, self.steps, data, epochs, min(batch, data.n), bool(shuffle), rng,
                     history, validation=validation)
         if resumed is not None:
-            loop.resume(*resumed, resume_from)
+            loop.resume(*resumed, resume_from, warn=group is None or group.rank == 0)
         loop.callbacks += callbacks
         if group is None or group.rank == 0:  # the files and the output are rank 0's
             loop.callbacks += _reporters(loop, checkpoint, checkpoint_every, verbose)

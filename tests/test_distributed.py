@@ -157,6 +157,31 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_and_only_rank_0_talks(tmp_path
     assert resumed.optimizer.iterations == whole.optimizer.iterations
 
 
+def test_a_resume_into_another_run_on_two_ranks_warns_once(tmp_path):
+    """A one-process checkpoint of batches of 16, resumed on two ranks in batches of 8: the run
+    goes on, and the warning that it is not the first run's comes from rank 0 alone."""
+    X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+    nn.set_seed(0)
+    model = nn.Sequential([nn.Dense(2, 8), nn.ReLU(), nn.Dense(8, 3)])
+    model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend="numpy")
+    ck = tmp_path / "ck.safetensors"
+    model.fit(X, y, epochs=2, batch_size=16, seed=1, verbose=0, checkpoint=ck)
+    code = f"""
+        import gpunn as nn
+        X, y = nn.datasets.spiral_data(samples=20, classes=3, seed=0)
+        model = nn.Sequential([nn.Dense(2, 8), nn.ReLU(), nn.Dense(8, 3)])
+        model.compile(nn.SoftmaxCrossEntropy(), nn.Adam(lr=0.02), backend="numpy")
+        model.fit(X, y, epochs=3, batch_size=8, seed=1, verbose=0, distributed=True,
+                  resume_from={str(ck)!r})
+        assert model.optimizer.iterations == 2 * 4 + 8, model.optimizer.iterations
+    """
+    done = run_ranks(2, code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("UserWarning: resuming from") == 1, done.stderr
+    assert "60 rows in batches of 16, shuffled; this fit is over 60 rows in batches of 8" \
+        in done.stderr
+
+
 def test_a_launcher_whose_mpi_is_not_mpi4pys_is_named(tmp_path):
     import subprocess
 

@@ -68,10 +68,12 @@ class Loop:
         for layer, saved in zip(self.dropouts, state["dropout_rngs"]):
             layer.rng.bit_generator.state = saved
 
-    def resume(self, state: dict[str, Any], training: dict[str, Any], path: Any) -> None:
+    def resume(self, state: dict[str, Any], training: dict[str, Any], path: Any,
+               warn: bool = True) -> None:
         """Continue from a checkpoint's network state and training state (both checked), with a
-        warning where this fit will not go on as the run that wrote ``path`` would have."""
-        for problem in self._unlike(training):
+        warning (where ``warn``: one rank of several says it) where this fit will not go on as
+        the run that wrote ``path`` would have."""
+        for problem in self._unlike(training) if warn else ():
             warnings.warn(f"resuming from {path}, {problem}", stacklevel=3)
         self.network.load_state_dict(state)
         self.done = int(training["epoch"])
