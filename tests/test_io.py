@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -379,8 +380,8 @@ def test_a_resume_into_another_run_goes_on_with_a_warning(tmp_path, data, change
     rows = change.get("X", len(X))
     options = {"batch_size": change.get("batch_size", 16), "shuffle": change.get("shuffle", True)}
     model = model_with_dropout(seed=2)
-    with pytest.warns(UserWarning, match=f"resuming from {ck}, which was written by .*{words}: "
-                      f"it will not end as the first run would have"):
+    said = f"resuming from {re.escape(str(ck))}, which was written by .*{words}: it will not end"
+    with pytest.warns(UserWarning, match=said):
         history = model.fit(X[:rows], y[:rows], epochs=3, verbose=0, resume_from=ck, **options)
     assert history.epoch == [1, 2, 3]
     assert model.optimizer.iterations == 2 * 8 + -(-rows // options["batch_size"])
