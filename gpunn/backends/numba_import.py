@@ -2,8 +2,8 @@
 
 Why: importing numba takes longer than the rest of ``import gpunn`` together (2-core AMD EPYC:
 ``import gpunn`` 0.29-0.38 s when it imported numba, 0.13-0.19 s without), and many runs never
-call compiled code: any on the CuPy backend, and NumPy steps of networks too wide for the
-one-kernel trainer with no array of ``passes.COMPILED_FROM`` elements (the README's digits).
+call compiled code: any on the CuPy backend, and NumPy runs of networks too wide for the
+one-kernel trainer that end before the passes start (passes.NUMPY_FIRST; the README's digits).
 So passes.py, jit.py, jit_math.py and denormals.py reach numba only through ``numba()`` here,
 when they first compile; a run that needs none of them never imports it.
 

@@ -15,9 +15,9 @@ NUMBA_INSTALLED = importlib.util.find_spec("numba") is not None
 
 #: In a fresh process (argv[1] "blocked": numba's import fails there, as it does for a numba too
 #: old for the NumPy installed), one line each: whether numba is imported after import gpunn;
-#: after fits with nothing to compile (no array of passes.COMPILED_FROM elements; three layers,
-#: or Dense -> ReLU -> Dense too wide for the one-kernel trainer); after a fit with arrays that
-#: large (the compiled passes' size) but too short to start them (passes.NUMPY_FIRST); the
+#: after small fits (three layers, or Dense -> ReLU -> Dense too wide for the one-kernel trainer;
+#: far too few elements to start the passes); after a fit with 300 x 300 arrays, which the
+#: passes take, but too short to start them (passes.NUMPY_FIRST); the
 #: parameters' digest after that fit again with the passes started (passes.start_now()); whether
 #: numba is imported then; the path the book's network takes; jit.why_not().
 CHILD = """

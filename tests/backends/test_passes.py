@@ -95,7 +95,7 @@ def test_compiled_updates_are_the_reference_bits(rule, dtype, rng):
 
 @compiled
 def test_the_numpy_backend_takes_the_compiled_passes_for_large_arrays_only(monkeypatch, rng):
-    """Large C-ordered arrays of one dtype: compiled. Small (the book's layers), strided, or
+    """C-ordered arrays of one dtype from COMPILED_FROM elements: compiled. Smaller, strided, or
     without numba: NumPy's calls, the same numbers."""
     calls = []
 
@@ -121,9 +121,10 @@ def test_the_numpy_backend_takes_the_compiled_passes_for_large_arrays_only(monke
     z = rng.standard_normal(SHAPE).astype(np.float32)
     b = rng.standard_normal((1, SHAPE[1])).astype(np.float32)
     step(z, b, np.ones(SHAPE, np.float32))
-    assert calls == ["bias_relu", "relu_backward_in_place", "sgd"]
+    step(z[:64, :64].copy(), b[:, :64].copy(), np.ones((64, 64), np.float32))  # COMPILED_FROM
+    assert calls == ["bias_relu", "relu_backward_in_place", "sgd"] * 2
     calls.clear()
-    step(z[:200, :64].copy(), b[:, :64].copy(), np.ones((200, 64), np.float32))  # the book's size
+    step(z[:40, :64].copy(), b[:, :64].copy(), np.ones((40, 64), np.float32))  # under COMPILED_FROM
     step(z[:, ::2], b[:, ::2].copy(), np.ones((300, 129), np.float32))  # every other column
     monkeypatch.setattr(passes, "why_not", lambda: "needs numba (here: pretended missing)")
     step(z, b, np.ones(SHAPE, np.float32))
@@ -137,7 +138,7 @@ def test_info_says_whether_the_passes_are_compiled(capsys, monkeypatch):
         monkeypatch.setattr(passes, "why_not", lambda why_not=why_not: why_not)
         assert cli.main(["info"]) == 0
         line = next(x for x in capsys.readouterr().out.splitlines() if "element-wise" in x)
-        assert line == ("CPU element-wise passes compiled: on arrays of 65,536 elements or "
+        assert line == ("CPU element-wise passes compiled: on arrays of 4,096 elements or "
                         "more, once a process has taken 1,000,000,000 elements through NumPy's "
                         "calls" if why_not is None else
                         f"CPU element-wise passes compiled: no, NumPy's calls ({why_not})")
@@ -164,7 +165,7 @@ def test_a_process_starts_the_passes_once_numpy_first_elements_went_through_nump
     z = rng.standard_normal(SHAPE).astype(np.float32)
     b = rng.standard_normal((1, SHAPE[1])).astype(np.float32)
     for i in range(4):
-        fast.bias_relu(z[:200, :64].copy(), b[:, :64].copy())  # the book's size: not counted
+        fast.bias_relu(z[:40, :64].copy(), b[:, :64].copy())  # under COMPILED_FROM: not counted
         got, want = z.copy(), z.copy()
         fast.bias_relu(got, b)
         ref.bias_relu(want, b)
