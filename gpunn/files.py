@@ -35,7 +35,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             if path.exists():
-                os.fchmod(f.fileno(), path.stat().st_mode & 0o7777)
+                mode = path.stat().st_mode & 0o7777
+                if hasattr(os, "fchmod"):
+                    os.fchmod(f.fileno(), mode)
+                else:  # Windows before Python 3.13 has no fchmod
+                    os.chmod(tmp, mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

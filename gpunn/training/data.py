@@ -116,7 +116,8 @@ def _forget_pool() -> None:
     _pool, _pool_lock = None, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_pool)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def gather_rows(source: np.ndarray, index: Any, out: np.ndarray) -> np.ndarray:
