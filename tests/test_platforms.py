@@ -2,7 +2,8 @@
 gpunn goes without it. Windows cannot run here, so a child process takes those functions away
 before importing gpunn (Windows' os has no fork, register_at_fork or sysconf, and no fchmod before
 Python 3.13) and then imports, trains with a checkpoint every epoch (each save replacing the last
-file), saves over a file and loads it."""
+file), saves over a file and loads it. The CPU's data budget is read from what each system's
+os.sysconf says, a stand-in here."""
 
 from __future__ import annotations
 
@@ -40,3 +41,27 @@ def test_gpunn_imports_trains_and_saves_without_posix_only_os_functions(tmp_path
     done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
+def test_the_cpus_data_budget_comes_from_what_the_system_says(monkeypatch):
+    """Half the available RAM (Linux); half of all of it where only that is said (macOS has no
+    SC_AVPHYS_PAGES); no budget where neither is (Windows has no os.sysconf)."""
+    import math
+    import os
+
+    from gpunn.backends.numpy_backend import NumpyBackend
+
+    monkeypatch.delenv("GPUNN_DATA_BUDGET", raising=False)
+    said = {"SC_AVPHYS_PAGES": 1000, "SC_PHYS_PAGES": 4000, "SC_PAGE_SIZE": 4096}
+
+    def sysconf(name):
+        if name not in said:
+            raise ValueError("unrecognized configuration name")
+        return said[name]
+
+    monkeypatch.setattr(os, "sysconf", sysconf)
+    assert NumpyBackend().data_budget() == 1000 * 4096 / 2
+    del said["SC_AVPHYS_PAGES"]
+    assert NumpyBackend().data_budget() == 4000 * 4096 / 2
+    monkeypatch.delattr(os, "sysconf")
+    assert NumpyBackend().data_budget() == math.inf

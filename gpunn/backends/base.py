@@ -198,12 +198,15 @@ class Backend:
     # ---- data too big for the device: streamed from host memory -------------------------
 
     def free_memory(self) -> float:
-        """Bytes free on this backend's device: for the CPU, the physical memory available
-        (inf where the system does not say)."""
-        try:
-            return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (AttributeError, ValueError, OSError):  # not POSIX, or the name is unknown
-            return math.inf
+        """Bytes free on this backend's device: for the CPU, the physical memory available;
+        where the system does not say that (macOS), all its physical memory; inf where it says
+        neither (Windows, whose os has no sysconf)."""
+        for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
+            try:
+                return float(os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE"))
+            except (AttributeError, ValueError, OSError):  # not POSIX, or the name is unknown
+                continue
+        return math.inf
 
     def data_budget(self) -> float:
         """Bytes of data ``fit``, ``evaluate`` and ``predict`` keep whole on the device before
