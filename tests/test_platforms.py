@@ -45,14 +45,15 @@ def test_gpunn_imports_trains_and_saves_without_posix_only_os_functions(tmp_path
 
 def test_the_cpus_data_budget_comes_from_what_the_system_says(monkeypatch):
     """Half the available RAM (Linux); half of all of it where only that is said (macOS has no
-    SC_AVPHYS_PAGES); no budget where neither is (Windows has no os.sysconf)."""
+    SC_AVPHYS_PAGES, and knows the page size only as SC_PAGESIZE); no budget where neither is
+    (Windows has no os.sysconf)."""
     import math
     import os
 
     from gpunn.backends.numpy_backend import NumpyBackend
 
     monkeypatch.delenv("GPUNN_DATA_BUDGET", raising=False)
-    said = {"SC_AVPHYS_PAGES": 1000, "SC_PHYS_PAGES": 4000, "SC_PAGE_SIZE": 4096}
+    said = {"SC_AVPHYS_PAGES": 1000, "SC_PHYS_PAGES": 4000, "SC_PAGESIZE": 4096}
 
     def sysconf(name):
         if name not in said:

@@ -203,7 +203,7 @@ class Backend:
         neither (Windows, whose os has no sysconf)."""
         for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
             try:
-                return float(os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE"))
+                return float(os.sysconf(pages) * os.sysconf("SC_PAGESIZE"))
             except (AttributeError, ValueError, OSError):  # not POSIX, or the name is unknown
                 continue
         return math.inf
