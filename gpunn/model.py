@@ -330,10 +330,11 @@ class Sequential(LayerStack):
         net.optimizer.sync_schedule()
         loop = Loop(net, self.steps, data, epochs, min(batch, data.n), bool(shuffle), rng,
                     history, validation=validation)
+        talks = group is None or group.rank == 0  # the files, the output and warnings: rank 0's
         if resumed is not None:
-            loop.resume(*resumed, resume_from, warn=group is None or group.rank == 0)
+            loop.resume(*resumed, resume_from, warn=talks)
         loop.callbacks += callbacks
-        if group is None or group.rank == 0:  # the files and the output are rank 0's
+        if talks:
             loop.callbacks += _reporters(loop, checkpoint, checkpoint_every, verbose)
         net.group = group
         try:

@@ -7,9 +7,13 @@ os.sysconf says, a stand-in here."""
 
 from __future__ import annotations
 
+import math
+import os
 import subprocess
 import sys
 import textwrap
+
+from gpunn.backends.numpy_backend import NumpyBackend
 
 CHILD = textwrap.dedent("""
     import os
@@ -47,11 +51,6 @@ def test_the_cpus_data_budget_comes_from_what_the_system_says(monkeypatch):
     """Half the available RAM (Linux); half of all of it where only that is said (macOS has no
     SC_AVPHYS_PAGES, and knows the page size only as SC_PAGESIZE); no budget where neither is
     (Windows has no os.sysconf)."""
-    import math
-    import os
-
-    from gpunn.backends.numpy_backend import NumpyBackend
-
     monkeypatch.delenv("GPUNN_DATA_BUDGET", raising=False)
     said = {"SC_AVPHYS_PAGES": 1000, "SC_PHYS_PAGES": 4000, "SC_PAGESIZE": 4096}
 
